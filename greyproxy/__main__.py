@@ -1,0 +1,3 @@
+from greyproxy.cli import main
+
+raise SystemExit(main())
