@@ -1,0 +1,91 @@
+"""Command line: `greyproxy serve` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from greyproxy import __version__
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the proxy, DNS and API listeners in the foreground")
+    p.add_argument("-C", "--config", help="YAML configuration file")
+    p.add_argument("--host", help="bind address for listeners given as ':PORT'")
+    for name in ("http", "socks5", "dns", "api"):
+        p.add_argument(f"--listen-{name}", metavar="ADDR", help=f"{name} listener address (':0' = any free port)")
+    p.add_argument("--data-dir", help="data directory (default: $GREYPROXY_DATA_HOME or ~/.local/share/greyproxy)")
+    p.add_argument("--database-url", help="database URL (default: SQLite in the data dir)")
+    p.add_argument("--hold-seconds", type=float, help="how long an unmatched connection is held (default 30)")
+    p.add_argument("--silent-allow", action="store_true", help="start in silent allow-all mode until restart")
+    p.add_argument("--no-auth", action="store_true", help="no API token (for greyproxy-era clients; unsafe)")
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+        if fmt == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    from greyproxy.config import ConfigError, load_config
+    from greyproxy.runtime import Runtime
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    try:
+        config = load_config(args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"greyproxy: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level, config.log_format)
+    log = logging.getLogger("greyproxy")
+    for name in config.ignored:
+        log.warning("config: '%s' is not used by greyproxy and was ignored", name)
+    if config.api_auth == "none":
+        log.warning("API authentication is OFF (api.auth: none): anyone who can reach the API controls the proxy")
+    try:
+        runtime = Runtime(config)
+    except (OSError, ValueError) as exc:
+        print(f"greyproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+    def ready() -> None:
+        ports = runtime.ports
+        print(f"greyproxy {__version__}: data in {config.data_dir}", flush=True)
+        print(f"  HTTP proxy   {config.listen['http'].host}:{ports['http']}", flush=True)
+        print(f"  SOCKS5 proxy {config.listen['socks5'].host}:{ports['socks5']}", flush=True)
+        print(f"  API          {config.listen['api'].host}:{ports['api']}", flush=True)
+        print(f"  Dashboard    {runtime.dashboard_url}", flush=True)
+
+    try:
+        runtime.serve_forever(on_ready=ready)
+    except OSError as exc:
+        print(f"greyproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="greyproxy", description=__doc__)
+    parser.add_argument("-V", "--version", action="version", version=f"greyproxy {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _serve_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    parser.print_help()
+    return 2

@@ -1,0 +1,241 @@
+"""Configuration: embedded defaults < YAML file < environment < flags, into one frozen Config.
+
+An unknown key or a bad value stops the start with a message naming the key (D27).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from greyproxy.policy.durations import DurationError, parse_go_duration
+
+DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "listen": {"http": ":43051", "socks5": ":43052", "dns": ":43053", "api": ":43080"},
+    "data_dir": None,
+    "database": {"url": None},
+    "hold_seconds": 30,
+    "silent_allow": False,
+    "enforce_expiry_on_open": True,
+    "api": {"auth": "token", "allowed_origins": []},
+    "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None},
+    "dns": {"upstream": [], "policy": "log"},
+    "guard": {"private_ranges": "allow"},
+    "retention": {"logs_days": 30, "transactions_days": 7, "max_db_mb": 2048, "pending_ttl": "7d"},
+    "notifications": {"enabled": True},
+    "docker": {"enabled": False, "socket": "/var/run/docker.sock", "cache_ttl": "30s"},
+    "container_modes": [],
+    "middlewares": [],
+    "log": {"level": "info", "format": "text"},
+    "blocked_message": None,
+}
+
+LISTENERS = ("http", "socks5", "dns", "api")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: dict[str, ListenAddress]
+    data_dir: Path
+    database_url: str | None
+    hold_seconds: float
+    silent_allow: bool
+    enforce_expiry_on_open: bool
+    api_auth: str
+    allowed_origins: tuple[str, ...]
+    mitm_enabled: bool
+    container_modes: tuple[tuple[str, str], ...]
+    log_level: str
+    log_format: str
+    blocked_message: str | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "greyproxy.db"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    if env.get("GREYPROXY_DATA_HOME"):
+        return Path(env["GREYPROXY_DATA_HOME"])
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "greyproxy"
+    return Path(env.get("HOME", str(Path.home()))) / ".local" / "share" / "greyproxy"
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge override into a copy of base, refusing keys the defaults do not know."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown configuration key '{name}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{name}' must be a mapping")
+            out[key] = _merge(base[key], value, prefix=f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_address(text: str, default_host: str, key: str) -> ListenAddress:
+    """':PORT', 'HOST:PORT', '[v6]:PORT' or a bare port number."""
+    text = str(text).strip()
+    if text.isdigit():
+        text = f":{text}"
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"'{key}': '{text}' is not an address like ':43051' or '127.0.0.1:43051'")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"'{key}': port {port} is out of range 0-65535")
+    host = host.strip("[]") or default_host
+    return ListenAddress(host, port)
+
+
+def _from_gost(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Translate a greyproxy (GOST-style) file: listener addresses, greyproxy block, DNS forwarder."""
+    ours: dict[str, Any] = {"listen": {}}
+    ignored: list[str] = []
+    names = {"http-proxy": "http", "socks5-proxy": "socks5", "dns-proxy-udp": "dns", "dns-proxy-tcp": "dns"}
+    for svc in doc.get("services") or []:
+        name = svc.get("name", "")
+        if name in names and svc.get("addr"):
+            ours["listen"][names[name]] = svc["addr"]
+            nodes = (svc.get("forwarder") or {}).get("nodes") or []
+            if names[name] == "dns" and nodes:
+                ours["dns"] = {"upstream": [n["addr"] for n in nodes if n.get("addr")]}
+        else:
+            ignored.append(f"services[{name}]")
+    block = doc.get("greyproxy") or {}
+    if block.get("addr"):
+        ours["listen"]["api"] = block["addr"]
+    for key in ("notifications",):
+        if key in block:
+            ours[key] = block[key]
+    if "docker" in block:
+        docker = dict(block["docker"])
+        if "cacheTTL" in docker:
+            docker["cache_ttl"] = docker.pop("cacheTTL")
+        ours["docker"] = docker
+    if "middlewares" in block:
+        ours["middlewares"] = block["middlewares"]
+    if "host" in doc:
+        ours["host"] = doc["host"]
+    known = {"services", "greyproxy", "host"}
+    ignored += [k for k in doc if k not in known]
+    ignored += [f"greyproxy.{k}" for k in block if k not in {"addr", "notifications", "docker", "middlewares"}]
+    return ours, ignored
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    env = os.environ if env is None else env
+    merged = copy.deepcopy(DEFAULTS)
+    ignored: list[str] = []
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        if "services" in doc:
+            doc, ignored = _from_gost(doc)
+        merged = _merge(merged, doc)
+
+    if env.get("GREYPROXY_DATABASE_URL"):
+        merged["database"]["url"] = env["GREYPROXY_DATABASE_URL"]
+    if env.get("GREYPROXY_DOCKER_ENABLED"):
+        merged["docker"]["enabled"] = env["GREYPROXY_DOCKER_ENABLED"].lower() in ("1", "true", "yes")
+    if env.get("GREYPROXY_DOCKER_SOCKET"):
+        merged["docker"]["socket"] = env["GREYPROXY_DOCKER_SOCKET"]
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key in ("host", "hold_seconds", "data_dir"):
+        if key in flags:
+            merged[key] = flags[key]
+    for name in LISTENERS:
+        if f"listen_{name}" in flags:
+            merged["listen"][name] = flags[f"listen_{name}"]
+    if "database_url" in flags:
+        merged["database"]["url"] = flags["database_url"]
+    if flags.get("silent_allow"):
+        merged["silent_allow"] = True
+    if flags.get("no_auth"):
+        merged["api"]["auth"] = "none"
+    return _build(merged, env, tuple(ignored))
+
+
+def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, ...]) -> Config:
+    host = str(merged["host"])
+    listen = {name: parse_address(merged["listen"][name], host, f"listen.{name}") for name in LISTENERS}
+    try:
+        hold = float(merged["hold_seconds"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"'hold_seconds': '{merged['hold_seconds']}' is not a number") from None
+    if not 0 < hold <= 3600:
+        raise ConfigError("'hold_seconds' must be between 0 and 3600")
+    if merged["api"]["auth"] not in ("token", "none"):
+        raise ConfigError("'api.auth' must be 'token' or 'none'")
+    level = str(merged["log"]["level"]).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("'log.level' must be one of debug, info, warning, error")
+    if merged["log"]["format"] not in ("text", "json"):
+        raise ConfigError("'log.format' must be 'text' or 'json'")
+    modes = []
+    for i, entry in enumerate(merged["container_modes"] or []):
+        if not isinstance(entry, Mapping) or set(entry) != {"container", "mode"}:
+            raise ConfigError(f"'container_modes[{i}]' must be {{container: GLOB, mode: enforce|report|open}}")
+        if entry["mode"] not in ("enforce", "report", "open"):
+            raise ConfigError(f"'container_modes[{i}].mode' must be enforce, report or open")
+        modes.append((str(entry["container"]), str(entry["mode"])))
+    for key in ("retention.pending_ttl", "docker.cache_ttl"):
+        section, sub = key.split(".")
+        try:
+            parse_go_duration(str(merged[section][sub]))
+        except DurationError as exc:
+            raise ConfigError(f"'{key}': {exc}") from None
+    data_dir = Path(merged["data_dir"]) if merged["data_dir"] else default_data_dir(env)
+    return Config(
+        listen=listen,
+        data_dir=data_dir.expanduser(),
+        database_url=merged["database"]["url"],
+        hold_seconds=hold,
+        silent_allow=bool(merged["silent_allow"]),
+        enforce_expiry_on_open=bool(merged["enforce_expiry_on_open"]),
+        api_auth=merged["api"]["auth"],
+        allowed_origins=tuple(merged["api"]["allowed_origins"] or ()),
+        mitm_enabled=bool(merged["mitm"]["enabled"]),
+        container_modes=tuple(modes),
+        log_level=level,
+        log_format=merged["log"]["format"],
+        blocked_message=merged["blocked_message"],
+        raw=merged,
+        ignored=ignored,
+    )

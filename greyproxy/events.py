@@ -1,0 +1,81 @@
+"""The in-process event bus (§7): publish never blocks; slow subscribers lose events."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gevent.queue import Empty, Full, Queue
+
+Event = dict[str, Any]  # {"type": str, "data": Any}
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's bounded queue. `types=None` means every event type."""
+
+    bus: Bus
+    queue: Queue
+    types: set[str] | None
+    accept: Callable[[Event], bool] | None = None
+    dropped: int = 0
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except Empty:
+            return None
+
+    def close(self) -> None:
+        self.bus.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bus:
+    def __init__(self) -> None:
+        self._subs: dict[int, Subscription] = {}
+        self._ids = itertools.count()
+        # Synchronous hooks run inside publish (e.g. the hold manager re-deciding waiters);
+        # they must not block.
+        self._hooks: list[Callable[[Event], None]] = []
+
+    def subscribe(
+        self,
+        maxsize: int = 128,
+        types: Iterable[str] | None = None,
+        accept: Callable[[Event], bool] | None = None,
+    ) -> Subscription:
+        sub = Subscription(self, Queue(maxsize), set(types) if types is not None else None, accept)
+        self._subs[id(sub)] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.pop(id(sub), None)
+
+    def add_hook(self, hook: Callable[[Event], None]) -> None:
+        self._hooks.append(hook)
+
+    def publish(self, type_: str, data: Any) -> None:
+        event: Event = {"type": type_, "data": data}
+        for hook in list(self._hooks):
+            hook(event)
+        for sub in list(self._subs.values()):
+            if sub.types is not None and type_ not in sub.types:
+                continue
+            if sub.accept is not None and not sub.accept(event):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except Full:
+                sub.dropped += 1
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,325 @@
+"""In-memory compiled rule index (D5): the connection path never queries the database.
+
+Every pattern is compiled once in ``RuleIndex.__init__``.  Rules are bucketed by the shape of
+their destination pattern so that a lookup only looks at rules that can possibly match:
+
+* exact hosts / IPs: dict keyed by the canonical host;
+* ``*.x`` and ``**.x``: dicts keyed by the suffix ``x`` (the lookup walks the host's suffixes);
+* CIDR: per IP version, per prefix length, dict keyed by the masked network bits;
+* label globs: dict keyed by (label count, literal last label or None);
+* ``*``: a single bucket.
+
+Inside a bucket, rules are split by exact container name (dict) vs. container glob (list), and
+each list is pre-sorted by precedence, so a scan stops at the first eligible rule or as soon as
+it cannot beat the best rule found so far.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .patterns import (
+    DestinationKind,
+    PatternError,
+    canonical_host,
+    container_matcher,
+    parse_destination,
+    parsed_matcher,
+    port_matcher,
+    specificity,
+)
+
+LAYER_GLOBAL = 3
+LAYER_SESSION = 2
+LAYER_BUILTIN = 1
+
+_ACTION_RANK = {"deny": 0, "allow": 1}  # deny sorts first at equal layer and score (§3.4)
+
+
+def layer_of(created_by: str | None, session_id: str | None) -> int:
+    """§3.1 computed `source`: builtin, then session, else global."""
+    if created_by == "builtin":
+        return LAYER_BUILTIN
+    if session_id:
+        return LAYER_SESSION
+    return LAYER_GLOBAL
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    id: int
+    container_pattern: str
+    destination_pattern: str
+    port_pattern: str
+    action: str  # 'allow' | 'deny'
+    layer: int = LAYER_GLOBAL
+    expires_at: float | None = None  # epoch seconds; None = never
+    session_id: str | None = None
+
+
+SortKey = tuple[int, int, int, int]
+
+
+def sort_key(rule: RuleSpec) -> SortKey:
+    """Smaller wins: higher layer, higher specificity, deny before allow, lower id (D4)."""
+    score = specificity(rule.container_pattern, rule.destination_pattern, rule.port_pattern)
+    return (-rule.layer, -score, _ACTION_RANK[rule.action], rule.id)
+
+
+class _Entry:
+    """A compiled rule; its bucket already guarantees the destination matches."""
+
+    __slots__ = ("spec", "key", "container_match", "port_match", "expires_at", "session_id")
+
+    def __init__(self, spec: RuleSpec) -> None:
+        self.spec = spec
+        self.key = sort_key(spec)
+        self.container_match = container_matcher(spec.container_pattern)
+        self.port_match = port_matcher(spec.port_pattern)
+        self.expires_at = spec.expires_at
+        self.session_id = spec.session_id
+
+
+class _Query:
+    """The per-lookup inputs, bundled so the scan loops take one argument."""
+
+    __slots__ = ("container", "port", "now", "session")
+
+    def __init__(self, container: str, port: int, now: float, session: str | None) -> None:
+        self.container = container
+        self.port = port
+        self.now = now
+        self.session = session  # the container's current session id (§3.3)
+
+
+def _scan(entries: list[_Entry], q: _Query, best: _Entry | None, check_container: bool) -> _Entry | None:
+    """First eligible entry of a precedence-sorted list that beats `best`, else `best`."""
+    for e in entries:
+        if best is not None and e.key >= best.key:
+            return best  # sorted: nothing further down can win
+        if e.expires_at is not None and e.expires_at <= q.now:
+            continue
+        if e.session_id is not None and e.session_id != q.session:
+            continue
+        if not e.port_match(q.port):
+            continue
+        if check_container and not e.container_match(q.container):
+            continue
+        return e
+    return best
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The part of a container glob before its first wildcard ('web-*' -> 'web-')."""
+    for i, c in enumerate(pattern):
+        if c in "*?[":
+            return pattern[:i]
+    return pattern
+
+
+class _Bucket:
+    """Rules sharing one destination key, split by container pattern for cheap lookup.
+
+    Exact container names are a dict; container globs are grouped by their literal prefix so
+    that a glob like 'web-*' is only looked at for containers starting with 'web-'.
+    """
+
+    __slots__ = ("by_container", "by_prefix", "prefix_lens")
+
+    def __init__(self) -> None:
+        self.by_container: dict[str, list[_Entry]] = {}
+        self.by_prefix: dict[str, list[_Entry]] = {}
+        self.prefix_lens: tuple[int, ...] = ()
+
+    def add(self, entry: _Entry) -> None:
+        pattern = entry.spec.container_pattern
+        if any(c in "*?[" for c in pattern):
+            self.by_prefix.setdefault(_literal_prefix(pattern), []).append(entry)
+        else:
+            self.by_container.setdefault(pattern, []).append(entry)
+
+    def finalize(self) -> None:
+        for table in (self.by_container, self.by_prefix):
+            for entries in table.values():
+                entries.sort(key=lambda e: e.key)
+        self.prefix_lens = tuple(sorted({len(p) for p in self.by_prefix}))
+
+    def best(self, q: _Query, best: _Entry | None) -> _Entry | None:
+        exact = self.by_container.get(q.container)
+        if exact:
+            best = _scan(exact, q, best, check_container=False)
+        name = q.container
+        for n in self.prefix_lens:
+            if n > len(name):
+                break
+            entries = self.by_prefix.get(name[:n])
+            if entries:
+                best = _scan(entries, q, best, check_container=True)
+        return best
+
+
+def _bucket(table: dict, key: object) -> _Bucket:
+    bucket = table.get(key)
+    if bucket is None:
+        bucket = table[key] = _Bucket()
+    return bucket
+
+
+def _glob_key(labels: tuple[str, ...]) -> tuple[int, str | None]:
+    last = labels[-1]
+    literal = not any(c in "*?[" for c in last)
+    return (len(labels), last if literal else None)
+
+
+class _GlobGroup:
+    """All rules with one label-glob destination: the glob is tested once per lookup."""
+
+    __slots__ = ("matches", "bucket")
+
+    def __init__(self, matches: Callable[[str], bool]) -> None:
+        self.matches = matches
+        self.bucket = _Bucket()
+
+
+class RuleIndex:
+    def __init__(self, rules: Iterable[RuleSpec], current_sessions: Mapping[str, str] | None = None) -> None:
+        self._rules: tuple[RuleSpec, ...] = tuple(rules)
+        self._sessions: dict[str, str] = dict(current_sessions or {})
+        self._exact: dict[str, _Bucket] = {}
+        self._suffix: dict[str, _Bucket] = {}  # '*.x'
+        self._apex: dict[str, _Bucket] = {}  # '**.x'
+        # (label count, literal last label or None) -> destination glob -> group
+        self._glob: dict[tuple[int, str | None], dict[str, _GlobGroup]] = {}
+        # version -> prefix length -> network bits -> bucket
+        self._cidr: dict[int, dict[int, dict[int, _Bucket]]] = {4: {}, 6: {}}
+        self._any = _Bucket()
+        for rule in self._rules:
+            self._add(rule)
+        for bucket in self._all_buckets():
+            bucket.finalize()
+        # Only the prefix lengths actually in use are probed on lookup.
+        self._cidr_lens = {v: sorted(t) for v, t in self._cidr.items()}
+
+    # ----------------------------------------------------------------- building
+
+    def _add(self, rule: RuleSpec) -> None:
+        # Rules that cannot match are left out rather than raising: one bad database row must
+        # not stop the proxy (patterns are validated on write, D3).
+        if rule.action not in _ACTION_RANK or not rule.container_pattern:
+            return
+        try:
+            parsed = parse_destination(rule.destination_pattern)
+        except PatternError:
+            return
+        kind = parsed.kind
+        entry = _Entry(rule)
+        if kind == DestinationKind.GLOB:
+            groups = self._glob.setdefault(_glob_key(parsed.labels), {})
+            glob = ".".join(parsed.labels)
+            group = groups.get(glob)
+            if group is None:
+                group = groups[glob] = _GlobGroup(parsed_matcher(parsed))
+            group.bucket.add(entry)
+            return
+        if kind == DestinationKind.ANY:
+            self._any.add(entry)
+        elif kind == DestinationKind.EXACT:
+            _bucket(self._exact, parsed.value).add(entry)
+        elif kind == DestinationKind.SUFFIX:
+            _bucket(self._suffix, parsed.value).add(entry)
+        elif kind == DestinationKind.APEX_SUFFIX:
+            _bucket(self._apex, parsed.value).add(entry)
+        elif kind == DestinationKind.CIDR:
+            net = parsed.network
+            assert net is not None
+            shift = net.max_prefixlen - net.prefixlen
+            by_len = self._cidr[net.version].setdefault(net.prefixlen, {})
+            _bucket(by_len, int(net.network_address) >> shift).add(entry)
+
+    def _all_buckets(self) -> Iterable[_Bucket]:
+        yield self._any
+        yield from self._exact.values()
+        yield from self._suffix.values()
+        yield from self._apex.values()
+        for groups in self._glob.values():
+            yield from (group.bucket for group in groups.values())
+        for by_len in self._cidr.values():
+            for table in by_len.values():
+                yield from table.values()
+
+    # ----------------------------------------------------------------- lookup
+
+    def _candidate_buckets(self, host: str) -> Iterable[_Bucket]:
+        bucket = self._exact.get(host)
+        if bucket is not None:
+            yield bucket
+        bucket = self._apex.get(host)
+        if bucket is not None:
+            yield bucket
+        if self._suffix or self._apex:
+            dot = host.find(".")
+            while dot >= 0:
+                suffix = host[dot + 1 :]
+                for table in (self._suffix, self._apex):
+                    bucket = table.get(suffix)
+                    if bucket is not None:
+                        yield bucket
+                dot = host.find(".", dot + 1)
+        if self._glob:
+            n = host.count(".") + 1
+            for key in ((n, host[host.rfind(".") + 1 :]), (n, None)):
+                for group in self._glob.get(key, {}).values():
+                    if group.matches(host):
+                        yield group.bucket
+        yield from self._cidr_buckets(host)
+        yield self._any
+
+    def _cidr_buckets(self, host: str) -> Iterable[_Bucket]:
+        if not (self._cidr_lens[4] or self._cidr_lens[6]) or not host:
+            return
+        if not (host[0].isdigit() or ":" in host):
+            return
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        bits = int(ip)
+        tables = self._cidr[ip.version]
+        for plen in self._cidr_lens[ip.version]:
+            bucket = tables[plen].get(bits >> (ip.max_prefixlen - plen))
+            if bucket is not None:
+                yield bucket
+
+    def match(
+        self,
+        container: str,
+        host: str,
+        port: int,
+        resolved_hostname: str | None = None,
+        now: float | None = None,
+    ) -> RuleSpec | None:
+        """The winning rule (§3.4 + D4) for a connection, or None when nothing matches."""
+        q = _Query(container, port, time.time() if now is None else now, self._sessions.get(container))
+        candidates = [canonical_host(host)]
+        if resolved_hostname:
+            resolved = canonical_host(resolved_hostname)
+            if resolved != candidates[0]:
+                candidates.append(resolved)
+        best: _Entry | None = None
+        for candidate in candidates:
+            for bucket in self._candidate_buckets(candidate):
+                best = bucket.best(q, best)
+        return best.spec if best is not None else None
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def rules(self) -> tuple[RuleSpec, ...]:
+        return self._rules
+
+    @property
+    def current_sessions(self) -> Mapping[str, str]:
+        return dict(self._sessions)

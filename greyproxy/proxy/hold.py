@@ -1,0 +1,123 @@
+"""The hold (§4.2, D6): an unmatched connection waits here, open, for a human decision.
+
+Waiters are re-decided against the in-memory policy whenever it changes; only those whose
+answer actually changed are woken. At the timeout a final re-check runs before blocking.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import AsyncResult
+
+from greyproxy.events import Bus
+from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+
+WaiterKey = tuple[str, str, int]  # (container, host, port)
+
+# How often a held client socket is checked for a hang-up.
+HANGUP_POLL_SECONDS = 0.5
+_HANGUP_MASK = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+@dataclass(eq=False)
+class HeldConnection:
+    request: ConnectionRequest
+    result: AsyncResult = field(default_factory=AsyncResult)
+
+    @property
+    def key(self) -> WaiterKey:
+        return (self.request.container, self.request.host, self.request.port)
+
+
+def client_hung_up(sock: socket.socket) -> bool:
+    """True when the peer closed or reset, even with unread bytes buffered (POLLRDHUP)."""
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), _HANGUP_MASK)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+class HoldManager:
+    def __init__(self, bus: Bus, decide: Callable[[ConnectionRequest], Decision]) -> None:
+        self.bus = bus
+        self.decide = decide
+        self._waiters: dict[WaiterKey, set[HeldConnection]] = {}
+
+    def count(self, container: str, host: str, port: int) -> int:
+        return len(self._waiters.get((container, host, port), ()))
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self._waiters.values())
+
+    def _changed(self, key: WaiterKey, previous: int) -> None:
+        container, host, port = key
+        self.bus.publish(
+            "waiters.changed",
+            {
+                "container_name": container,
+                "host": host,
+                "port": port,
+                "previous_count": previous,
+                "current_count": self.count(*key),
+            },
+        )
+
+    def hold(self, request: ConnectionRequest, timeout: float, client: socket.socket | None) -> Decision:
+        waiter = HeldConnection(request)
+        key = waiter.key
+        previous = self.count(*key)
+        self._waiters.setdefault(key, set()).add(waiter)
+        self._changed(key, previous)
+        watcher = gevent.spawn(self._watch_hangup, waiter, client) if client is not None else None
+        try:
+            decision = waiter.result.get(timeout=timeout)
+        except gevent.Timeout:
+            decision = None
+        finally:
+            if watcher is not None:
+                watcher.kill(block=False)
+            previous = self.count(*key)
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
+            self._changed(key, previous)
+        if decision is None:
+            # Final re-check at the timeout (D6): a rule added a moment ago still counts.
+            decision = self.decide(request)
+            if decision.verdict is Verdict.HOLD:
+                decision = Decision(Verdict.DENY, "pending_timeout")
+        return decision
+
+    def _watch_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:
+        while not waiter.result.ready():
+            if client_hung_up(client):
+                waiter.result.set(Decision(Verdict.DENY, "client_gone"))
+                return
+            gevent.sleep(HANGUP_POLL_SECONDS)
+
+    def reevaluate(self) -> None:
+        """Called after every policy change: wake the waiters whose answer is no longer 'hold'."""
+        for waiters in list(self._waiters.values()):
+            for waiter in list(waiters):
+                if waiter.result.ready():
+                    continue
+                decision = self.decide(waiter.request)
+                if decision.verdict is not Verdict.HOLD:
+                    waiter.result.set(decision)
+
+    def dismiss(self, container: str, hosts: Iterable[str], port: int) -> None:
+        """A pending request was dismissed without a rule: block exactly its waiters."""
+        for host in hosts:
+            for waiter in list(self._waiters.get((container, host, port), ())):
+                if not waiter.result.ready():
+                    waiter.result.set(Decision(Verdict.DENY, "dismissed"))

@@ -1,0 +1,179 @@
+"""Minimal HTTP/1.x wire handling for the proxy: buffered reads, heads, and body framing.
+
+Bodies are relayed as they arrive (never buffered whole); chunked bodies are forwarded
+byte-exact, chunk framing included."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+MAX_HEAD = 64 * 1024
+READ_SIZE = 64 * 1024
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer",
+     "upgrade"}
+)
+
+
+class WireError(Exception):
+    """The peer sent something that is not HTTP/1.x we can handle."""
+
+
+class BufferedSocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_head(self) -> bytes | None:
+        """Bytes up to and including the blank line; None on a clean EOF before any byte."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = bytes(self.buf[: end + 4])
+                del self.buf[: end + 4]
+                return head
+            if len(self.buf) > MAX_HEAD:
+                raise WireError("header section too large")
+            if not self._fill():
+                if self.buf:
+                    raise WireError("connection closed in the middle of a header section")
+                return None
+
+    def readline(self, limit: int = 8192) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self.buf[: end + 2])
+                del self.buf[: end + 2]
+                return line
+            if len(self.buf) > limit:
+                raise WireError("line too long")
+            if not self._fill():
+                raise WireError("connection closed in the middle of a line")
+
+    def read_some(self, max_bytes: int) -> bytes:
+        if not self.buf and not self._fill():
+            return b""
+        chunk = bytes(self.buf[:max_bytes])
+        del self.buf[:max_bytes]
+        return chunk
+
+    def take_buffered(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+
+@dataclass
+class Head:
+    start: list[str]  # request: [method, target, version]; response: [version, code, reason]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def tokens(self, name: str) -> set[str]:
+        name = name.lower()
+        out: set[str] = set()
+        for key, value in self.headers:
+            if key.lower() == name:
+                out.update(t.strip().lower() for t in value.split(",") if t.strip())
+        return out
+
+
+def parse_head(raw: bytes, is_request: bool) -> Head:
+    try:
+        text = raw.decode("iso-8859-1")
+    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes everything
+        raise WireError(str(exc)) from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if is_request:
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise WireError(f"bad request line {lines[0][:100]!r}")
+    else:
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise WireError(f"bad status line {lines[0][:100]!r}")
+        parts = parts + [""] * (3 - len(parts))
+    head = Head(parts)
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise WireError(f"bad header line {line[:100]!r}")
+        head.headers.append((name, value.strip()))
+    return head
+
+
+def serialize_head(start: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [start] + [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
+
+
+def body_length(head: Head) -> int | None:
+    """Content-Length as an int, None if absent; WireError if malformed or conflicting."""
+    values = {v.strip() for k, v in head.headers if k.lower() == "content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not next(iter(values)).isdigit():
+        raise WireError("bad Content-Length")
+    return int(next(iter(values)))
+
+
+def is_chunked(head: Head) -> bool:
+    te = head.tokens("transfer-encoding")
+    if te and te != {"chunked"} and "chunked" not in te:
+        raise WireError("unsupported Transfer-Encoding")
+    return "chunked" in te
+
+
+def relay_body(src: BufferedSocket, dst: socket.socket, head: Head, until_close: bool = False) -> None:
+    """Forward one message body from src to dst, framing preserved."""
+    if is_chunked(head):
+        while True:
+            line = src.readline()
+            dst.sendall(line)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise WireError("bad chunk size") from None
+            if size == 0:
+                while True:  # trailers, then the final blank line
+                    trailer = src.readline()
+                    dst.sendall(trailer)
+                    if trailer == b"\r\n":
+                        return
+            _relay_exact(src, dst, size + 2)
+        return
+    length = body_length(head)
+    if length is not None:
+        _relay_exact(src, dst, length)
+    elif until_close:
+        while True:
+            chunk = src.read_some(READ_SIZE)
+            if not chunk:
+                return
+            dst.sendall(chunk)
+
+
+def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int) -> None:
+    while remaining > 0:
+        chunk = src.read_some(min(remaining, READ_SIZE))
+        if not chunk:
+            raise WireError("connection closed in the middle of a body")
+        dst.sendall(chunk)
+        remaining -= len(chunk)

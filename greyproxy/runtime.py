@@ -1,0 +1,181 @@
+"""Composition root: builds the store, bus, policy, services, listeners and API, and owns
+their start and stop order. Nothing else creates long-lived objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from gevent.server import StreamServer
+
+from greyproxy import __version__
+from greyproxy.config import Config, ListenAddress
+from greyproxy.events import Bus
+from greyproxy.proxy.gate import Gatekeeper
+from greyproxy.proxy.guard import ControlPlaneGuard
+from greyproxy.proxy.hold import HoldManager
+from greyproxy.proxy.http import HttpProxyHandler
+from greyproxy.proxy.socks5 import Socks5Handler
+from greyproxy.proxy.tracker import ConnectionTracker
+from greyproxy.services.modes import ModeService
+from greyproxy.services.pending import PendingService
+from greyproxy.services.policy_state import PolicyHolder
+from greyproxy.services.rules import RuleService
+from greyproxy.services.silent import SilentMode
+from greyproxy.store.db import open_database
+from greyproxy.store.migrate import apply_migrations
+from greyproxy.store.writer import StoreWriter
+
+log = logging.getLogger("greyproxy")
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Create or replace a file readable by its owner only (0600 from the first byte)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_token(data_dir: Path) -> str:
+    path = data_dir / "api-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            os.chmod(path, 0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    write_secret_file(path, token + "\n")
+    return token
+
+
+def _bind(addr: ListenAddress) -> Any:
+    from gevent import socket as gsocket
+
+    family = gsocket.AF_INET6 if ":" in addr.host else gsocket.AF_INET
+    sock = gsocket.socket(family, gsocket.SOCK_STREAM)
+    sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+    sock.bind((addr.host, addr.port))
+    sock.listen(1024)
+    return sock
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.version = __version__
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(config.data_dir, 0o700)
+
+        self.db = open_database(config.database_url, config.db_path)
+        apply_migrations(self.db)
+
+        self.bus = Bus()
+        self.policy = PolicyHolder()
+        self.silent = SilentMode(self.bus, self.policy_changed)
+        self.rules = RuleService(self.db, self.bus, self.policy_changed)
+        self.modes = ModeService(self.db, self.bus, self.policy_changed, config.container_modes)
+        self.holds = HoldManager(self.bus, self.policy.decide)
+        self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss)
+        self.writer = StoreWriter(self.db, self.pending, self.rules)
+        self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
+        self.guard = ControlPlaneGuard()
+        self.bus.add_hook(self._enforce_rule_events)
+        if config.silent_allow:
+            self.silent.mode = "allow"
+        self.policy_changed()
+
+        self.api_token: str | None = load_or_create_token(config.data_dir) if config.api_auth == "token" else None
+        self.ports: dict[str, int | None] = {}
+        self._servers: list[Any] = []
+        self._stopped = Event()
+
+    # -- policy ------------------------------------------------------------------------
+    def policy_changed(self) -> None:
+        """Rebuild the in-memory policy from the store, then re-decide every held connection."""
+        self.policy.rebuild(self.rules.all_specs(), self.silent.mode, self.modes.entries())
+        self.holds.reevaluate()
+
+    def _enforce_rule_events(self, event: dict[str, Any]) -> None:
+        kind, data = event["type"], event["data"]
+        if kind == "rule.deleted" or (kind == "rule.updated" and data.get("action") == "deny"):
+            self.tracker.cancel_rule(data["id"])
+
+    # -- listeners ---------------------------------------------------------------------
+    @property
+    def dashboard_url(self) -> str:
+        addr = self.config.listen["api"]
+        host = "127.0.0.1" if addr.host in ("0.0.0.0", "") else ("[::1]" if addr.host == "::" else addr.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        url = f"http://{host}:{self.ports['api']}/dashboard"
+        return f"{url}?token={self.api_token}" if self.api_token else url
+
+    def start(self) -> None:
+        from greyproxy.api.app import create_app
+
+        cfg = self.config.listen
+        sockets = {name: _bind(cfg[name]) for name in ("http", "socks5", "api")}
+        for name, sock in sockets.items():
+            host, port = sock.getsockname()[:2]
+            self.ports[name] = port
+            self.guard.add(ListenAddress(cfg[name].host, port))
+        self.ports["dns"] = None  # the DNS listener arrives with the DNS issue
+
+        gate = Gatekeeper(self)
+        http_handler = HttpProxyHandler(gate)
+        socks_handler = Socks5Handler(gate)
+        self._servers = [
+            StreamServer(sockets["http"], http_handler.handle, spawn=10_000),
+            StreamServer(sockets["socks5"], socks_handler.handle, spawn=10_000),
+            WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api")),
+        ]
+        self.writer.start()
+        self.tracker.start()
+        for server in self._servers:
+            server.start()
+        self._write_handshake()
+
+    def _write_handshake(self) -> None:
+        info = {
+            "port": self.ports["api"],
+            "token": self.api_token,
+            "pid": os.getpid(),
+            "version": self.version,
+            "started_at": self.started_at,
+            "ports": self.ports,
+        }
+        write_secret_file(self.config.data_dir / "api-handshake.json", json.dumps(info) + "\n")
+
+    def stop(self, grace: float = 2.0) -> None:
+        for server in self._servers:
+            server.stop(timeout=grace)
+        self.tracker.stop()
+        self.tracker.close_all()
+        self.writer.stop()
+        (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)
+        self.db.close()
+        self._stopped.set()
+
+    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        self.start()
+        if on_ready:
+            on_ready()
+        gevent.signal_handler(signal.SIGTERM, self._stopped.set)
+        gevent.signal_handler(signal.SIGINT, self._stopped.set)
+        self._stopped.wait()
+        self._stopped.clear()
+        self.stop()

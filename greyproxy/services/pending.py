@@ -1,0 +1,203 @@
+"""Pending queue (§4): rows for unmatched destinations, and their resolution into rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from greyproxy.events import Bus
+from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.scopes import patterns_for_scope
+from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json
+from greyproxy.store.models import PendingRequest
+from greyproxy.timeutil import iso, utcnow
+
+WaiterCount = Callable[[str, str, int], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One held connection's claim on the pending queue (queued by the proxy, written later)."""
+
+    container_name: str
+    container_id: str
+    destination_host: str
+    destination_port: int
+    resolved_hostname: str | None
+    when: dt.datetime
+
+
+def pending_to_json(row: PendingRequest, waiters: int | None = None) -> dict[str, Any]:
+    data = {
+        "id": row.id,
+        "container_name": row.container_name,
+        "container_id": row.container_id or "",
+        "destination_host": row.destination_host,
+        "destination_port": row.destination_port,
+        "resolved_hostname": row.resolved_hostname,
+        "first_seen": iso(row.first_seen),
+        "last_seen": iso(row.last_seen),
+        "attempt_count": row.attempt_count,
+    }
+    if waiters is not None:
+        data["waiter_count"] = waiters
+    return data
+
+
+def display_host(row: PendingRequest) -> str:
+    return row.resolved_hostname or row.destination_host
+
+
+class PendingService:
+    def __init__(
+        self,
+        db: peewee.Database,
+        bus: Bus,
+        rules: RuleService,
+        waiters: WaiterCount,
+        dismiss_waiters: Callable[[str, Iterable[str], int], None],
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.rules = rules
+        self.waiters = waiters
+        self.dismiss_waiters = dismiss_waiters
+
+    def to_json(self, row: PendingRequest) -> dict[str, Any]:
+        return pending_to_json(row, self.waiters(row.container_name, row.destination_host, row.destination_port))
+
+    # -- written by the store writer, off the connection path ----------------------------
+    def record_attempt(self, a: Attempt) -> None:
+        with self.db.atomic():
+            row = PendingRequest.get_or_none(
+                (PendingRequest.container_name == a.container_name)
+                & (PendingRequest.destination_host == a.destination_host)
+                & (PendingRequest.destination_port == a.destination_port)
+            )
+            if row is None and a.resolved_hostname:
+                # A different IP of a host that is already pending: bump that row (§4.2).
+                row = PendingRequest.get_or_none(
+                    (PendingRequest.container_name == a.container_name)
+                    & (PendingRequest.resolved_hostname == a.resolved_hostname)
+                    & (PendingRequest.destination_port == a.destination_port)
+                )
+            if row is None:
+                row = PendingRequest.create(
+                    container_name=a.container_name,
+                    container_id=a.container_id,
+                    destination_host=a.destination_host,
+                    destination_port=a.destination_port,
+                    resolved_hostname=a.resolved_hostname,
+                    first_seen=a.when,
+                    last_seen=a.when,
+                )
+                event = "pending_request.created"
+            else:
+                row.last_seen = max(row.last_seen, a.when)
+                row.attempt_count += 1
+                row.resolved_hostname = row.resolved_hostname or a.resolved_hostname
+                row.save()
+                event = "pending_request.updated"
+        self.bus.publish(event, self.to_json(row))
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, pending_id: int) -> PendingRequest:
+        row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
+        if row is None:
+            raise NotFound(f"pending request {pending_id} not found")
+        return row
+
+    def list(
+        self, container: str | None = None, destination: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        query = PendingRequest.select()
+        if container:
+            query = query.where(PendingRequest.container_name.contains(container))
+        if destination:
+            query = query.where(
+                PendingRequest.destination_host.contains(destination)
+                | PendingRequest.resolved_hostname.contains(destination)
+            )
+        groups: dict[tuple[str, str, int], list[PendingRequest]] = {}
+        for row in query:
+            groups.setdefault((row.container_name, display_host(row), row.destination_port), []).append(row)
+        items = []
+        for rows in groups.values():
+            newest = max(rows, key=lambda r: (r.last_seen, r.id))
+            item = self.to_json(newest)
+            item["attempt_count"] = sum(r.attempt_count for r in rows)
+            item["first_seen"] = iso(min(r.first_seen for r in rows))
+            item["waiter_count"] = sum(
+                self.waiters(r.container_name, r.destination_host, r.destination_port) for r in rows
+            )
+            items.append(item)
+        items.sort(key=lambda i: (i["last_seen"], i["id"]), reverse=True)
+        return items[offset : offset + limit], len(items)
+
+    def count(self) -> int:
+        return len({(display_host(r), r.destination_port, r.container_name) for r in PendingRequest.select()})
+
+    # -- resolution ----------------------------------------------------------------------
+    def _siblings(self, row: PendingRequest) -> list[PendingRequest]:
+        query = PendingRequest.select().where(
+            (PendingRequest.container_name == row.container_name)
+            & (PendingRequest.destination_port == row.destination_port)
+        )
+        host = display_host(row)
+        return [r for r in query if r.id == row.id or display_host(r) == host]
+
+    def resolve(
+        self, pending_id: int, action: str, scope: str | None, duration: str | None, notes: str | None,
+        actor: str = "admin",
+    ) -> dict[str, Any]:
+        """Turn a pending request into an allow or deny rule; ScopeError/DurationError propagate."""
+        row = self.get(pending_id)
+        seconds = rule_duration(duration)
+        container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
+        siblings = self._siblings(row)
+        with self.db.atomic():
+            for sib in siblings:
+                sib.delete_instance()
+        # Creating the rule re-decides the held connections (RuleService.on_change).
+        rule, _ = self.rules.create(
+            NewRule(
+                container_pattern=container_p,
+                destination_pattern=dest_p,
+                port_pattern=port_p,
+                action=action,
+                rule_type="temporary" if seconds else "permanent",
+                expires_in_seconds=seconds,
+                notes=notes,
+                created_by=actor,
+            )
+        )
+        rule_json = rule_to_json(rule)
+        event = "pending_request.allowed" if action == "allow" else "pending_request.dismissed"
+        self.bus.publish(event, {"pending_id": pending_id, "rule": rule_json})
+        return rule_json
+
+    def dismiss(self, pending_id: int) -> bool:
+        row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
+        if row is None:
+            return False
+        siblings = self._siblings(row)
+        with self.db.atomic():
+            for sib in siblings:
+                sib.delete_instance()
+        self.dismiss_waiters(row.container_name, {s.destination_host for s in siblings}, row.destination_port)
+        self.bus.publish("pending_request.dismissed", {"pending_id": pending_id})
+        return True
+
+    def prune_matching(self, matches_allow: Callable[[PendingRequest], bool]) -> int:
+        """After an ingest: drop pending rows an allow rule now covers (§3.9)."""
+        removed = 0
+        for row in PendingRequest.select().limit(10000):
+            if matches_allow(row):
+                row.delete_instance()
+                removed += 1
+                self.bus.publish("pending_request.dismissed", {"pending_id": row.id})
+        return removed

@@ -1,0 +1,40 @@
+"""Numbered migrations (migrations/mNNNN_name.py, each with up(db)), applied once, in order."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import pkgutil
+
+import peewee
+
+import migrations
+from greyproxy.store.models import SchemaMigration
+
+
+def available() -> list[tuple[int, str]]:
+    found = []
+    for info in pkgutil.iter_modules(migrations.__path__):
+        if info.name.startswith("m") and info.name[1:5].isdigit():
+            found.append((int(info.name[1:5]), info.name))
+    return sorted(found)
+
+
+def apply_migrations(db: peewee.Database) -> list[int]:
+    """Apply every migration not yet recorded in schema_migrations; returns the versions applied."""
+    db.create_tables([SchemaMigration], safe=True)
+    done = {row.version for row in SchemaMigration.select(SchemaMigration.version)}
+    applied = []
+    for version, name in available():
+        if version in done:
+            continue
+        module = importlib.import_module(f"migrations.{name}")
+        with db.atomic():
+            module.up(db)
+            SchemaMigration.create(
+                version=version,
+                name=name,
+                applied_at=datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
+            )
+        applied.append(version)
+    return applied
