@@ -1,0 +1,74 @@
+"""Approving from the control WebSocket releases the held connection (§6, D8)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import websocket
+
+from tests.integration.netutil import socks_connect
+
+
+def ws_connect(gp) -> websocket.WebSocket:
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{gp.ports['api']}/ws", header=[f"Authorization: Bearer {gp.token}"], timeout=10
+    )
+    assert json.loads(ws.recv())["type"] == "connected"
+    return ws
+
+
+def next_event(ws, wanted: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg.get("type") == wanted:
+            return msg
+    raise AssertionError(f"no {wanted} event within {timeout}s")
+
+
+def test_ws_allow_releases_held_connection(gp, origin):
+    ws = ws_connect(gp)
+    result = {}
+
+    def connect():
+        result["rep"], sock = socks_connect(gp.ports["socks5"], origin.host, origin.port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        result["body"] = sock.recv(65536)
+        sock.close()
+
+    t = threading.Thread(target=connect)
+    t.start()
+    created = next_event(ws, "pending_request.created")
+    assert created["data"]["destination_port"] == origin.port
+    waiters = next_event(ws, "waiters.changed")
+    assert waiters["data"]["current_count"] == 1
+    ws.send(json.dumps({"command": "allow", "pending_id": created["data"]["id"], "scope": "any_port",
+                        "duration": "1h"}))
+    reply = next_event(ws, "command_success")
+    assert reply["command"] == "allow" and reply["rule_id"]
+    t.join(5)
+    assert result["rep"] == 0
+    assert origin.body in result["body"]
+    rule = gp.api("GET", "/api/rules", params={"destination": origin.host}).json()["items"][0]
+    assert rule["port_pattern"] == "*" and rule["rule_type"] == "temporary" and rule["expires_at"]
+    ws.close()
+
+
+def test_ws_deny_blocks_held_connection(gp, origin):
+    ws = ws_connect(gp)
+    result = {}
+
+    def connect():
+        result["rep"], sock = socks_connect(gp.ports["socks5"], origin.host, origin.port)
+        sock.close()
+
+    t = threading.Thread(target=connect)
+    t.start()
+    created = next_event(ws, "pending_request.created")
+    ws.send(json.dumps({"command": "deny", "pending_id": created["data"]["id"]}))
+    next_event(ws, "command_success")
+    t.join(3)
+    assert result["rep"] == 0x02
+    ws.close()
