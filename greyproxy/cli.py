@@ -32,6 +32,18 @@ def _setup_logging(level: str, fmt: str) -> None:
     )
 
 
+def _raise_fd_limit() -> None:
+    """Each proxied connection holds two sockets; the default soft limit (1024) is too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1_048_576), hard))
+        except (ValueError, OSError):
+            pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gevent import monkey
 
@@ -47,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"greyproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level, config.log_format)
+    _raise_fd_limit()
     log = logging.getLogger("greyproxy")
     for name in config.ignored:
         log.warning("config: '%s' is not used by greyproxy and was ignored", name)
