@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import gevent
 from gevent.event import AsyncResult
+from gevent.monkey import get_original
 
 from greyproxy.events import Bus
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
@@ -21,6 +22,9 @@ WaiterKey = tuple[str, str, int]  # (container, host, port)
 
 # How often a held client socket is checked for a hang-up.
 HANGUP_POLL_SECONDS = 0.5
+# The OS poll, not gevent's cooperative one: only the real one reports POLLRDHUP, and a
+# zero-timeout poll never blocks the hub.
+_os_poll = get_original("select", "poll")
 _HANGUP_MASK = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
@@ -37,7 +41,7 @@ class HeldConnection:
 def client_hung_up(sock: socket.socket) -> bool:
     """True when the peer closed or reset, even with unread bytes buffered (POLLRDHUP)."""
     try:
-        poller = select.poll()
+        poller = _os_poll()
         poller.register(sock.fileno(), _HANGUP_MASK)
         return bool(poller.poll(0))
     except (OSError, ValueError):

@@ -19,10 +19,13 @@ def ws_connect(gp) -> websocket.WebSocket:
     return ws
 
 
-def next_event(ws, wanted: str, timeout: float = 5.0) -> dict:
+def next_event(ws, wanted: str, timeout: float = 5.0, seen: list | None = None) -> dict:
+    """The next message of type `wanted`; every message read on the way is appended to `seen`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         msg = json.loads(ws.recv())
+        if seen is not None:
+            seen.append(msg)
         if msg.get("type") == wanted:
             return msg
     raise AssertionError(f"no {wanted} event within {timeout}s")
@@ -35,15 +38,22 @@ def test_ws_allow_releases_held_connection(gp, origin):
     def connect():
         result["rep"], sock = socks_connect(gp.ports["socks5"], origin.host, origin.port)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        result["body"] = sock.recv(65536)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        result["body"] = data
         sock.close()
 
     t = threading.Thread(target=connect)
     t.start()
-    created = next_event(ws, "pending_request.created")
+    seen: list[dict] = []
+    created = next_event(ws, "pending_request.created", seen=seen)
     assert created["data"]["destination_port"] == origin.port
-    waiters = next_event(ws, "waiters.changed")
-    assert waiters["data"]["current_count"] == 1
+    # the waiter is counted as soon as the hold starts, which may be before the row is written
+    waiters = [m["data"] for m in seen if m["type"] == "waiters.changed"]
+    if not waiters:
+        waiters = [next_event(ws, "waiters.changed")["data"]]
+    assert waiters[0]["current_count"] == 1 and waiters[0]["port"] == origin.port
     ws.send(json.dumps({"command": "allow", "pending_id": created["data"]["id"], "scope": "any_port",
                         "duration": "1h"}))
     reply = next_event(ws, "command_success")
