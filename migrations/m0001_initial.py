@@ -7,6 +7,13 @@ so later model changes never alter what this migration does. Runs on SQLite and 
 import datetime
 
 import peewee
+from playhouse.sqlite_ext import AutoIncrementField
+
+
+def id_field(db: peewee.Database) -> peewee.AutoField:
+    """Ids are never reused (SQLite AUTOINCREMENT; PostgreSQL sequences never reuse): a stale
+    pending id held by a UI must not approve a newer, different request."""
+    return AutoIncrementField() if isinstance(db, peewee.SqliteDatabase) else peewee.AutoField()
 
 
 def up(db: peewee.Database) -> None:
@@ -16,6 +23,7 @@ def up(db: peewee.Database) -> None:
             legacy_table_names = False
 
     class Rule(Base):
+        id = id_field(db)
         container_pattern = peewee.TextField()
         destination_pattern = peewee.TextField()
         port_pattern = peewee.TextField(default="*")
@@ -37,6 +45,7 @@ def up(db: peewee.Database) -> None:
             ]
 
     class PendingRequest(Base):
+        id = id_field(db)
         container_name = peewee.TextField(index=True)
         container_id = peewee.TextField(default="")
         destination_host = peewee.TextField()
@@ -51,6 +60,7 @@ def up(db: peewee.Database) -> None:
             indexes = ((("container_name", "destination_host", "destination_port"), True),)
 
     class RequestLog(Base):
+        id = id_field(db)
         timestamp = peewee.DateTimeField(index=True)
         container_name = peewee.TextField(index=True)
         container_id = peewee.TextField(null=True)
@@ -69,6 +79,7 @@ def up(db: peewee.Database) -> None:
             table_name = "request_logs"
 
     class ContainerMode(Base):
+        id = id_field(db)
         container_pattern = peewee.TextField(unique=True)
         mode = peewee.TextField()
         created_at = peewee.DateTimeField()

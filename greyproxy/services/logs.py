@@ -34,7 +34,8 @@ def _where(query: peewee.ModelSelect, f: LogFilter) -> peewee.ModelSelect:
         query = query.where(RequestLog.container_name.contains(f.container))
     if f.destination:
         query = query.where(
-            RequestLog.destination_host.contains(f.destination) | RequestLog.resolved_hostname.contains(f.destination)
+            RequestLog.destination_host.contains(f.destination)
+            | RequestLog.resolved_hostname.contains(f.destination)
         )
     if f.result:
         query = query.where(RequestLog.result == f.result)
@@ -74,7 +75,9 @@ def _with_summaries(rows: list[RequestLog]) -> list[dict[str, Any]]:
     for row in rows:
         rule = rules.get(row.rule_id) if row.rule_id is not None else None
         summary = (
-            f"{rule.container_pattern} → {rule.destination_pattern}:{rule.port_pattern}" if rule is not None else None
+            f"{rule.container_pattern} → {rule.destination_pattern}:{rule.port_pattern}"
+            if rule is not None
+            else None
         )
         out.append(log_to_json(row, summary))
     return out
@@ -171,7 +174,7 @@ def _bucket_start(when: dt.datetime, group: str) -> dt.datetime:
     return day - dt.timedelta(days=day.weekday()) if group == "week" else day  # weeks start Monday
 
 
-def _step(group: str) -> dt.timedelta:
+def bucket_span(group: str) -> dt.timedelta:
     return {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1), "week": dt.timedelta(weeks=1)}[group]
 
 
@@ -195,7 +198,7 @@ def _timeline(f: LogFilter, group: str) -> list[dict[str, Any]]:
         starts, cursor = [], _bucket_start(f.since, group)
         while cursor <= f.until:
             starts.append(cursor)
-            cursor += _step(group)
+            cursor += bucket_span(group)
     return [{"timestamp": iso(s), **counts.get(s, {"allowed": 0, "blocked": 0})} for s in starts]
 
 
@@ -217,7 +220,11 @@ def log_stats(f: LogFilter, top: int = 10) -> dict[str, Any]:
 
 
 def auto_group(since: dt.datetime, until: dt.datetime) -> str:
-    return "day" if until - since > dt.timedelta(hours=48) else "hour"
+    """§5: hours up to 48 h, else days; weeks beyond a year so long ranges stay readable."""
+    span = until - since
+    if span <= dt.timedelta(hours=48):
+        return "hour"
+    return "day" if span <= dt.timedelta(days=366) else "week"
 
 
 def dashboard_stats(f: LogFilter, group: str, recent_limit: int = 10) -> dict[str, Any]:
@@ -226,7 +233,11 @@ def dashboard_stats(f: LogFilter, group: str, recent_limit: int = 10) -> dict[st
     by_container = _by_container(f, 20)
     for item in by_container:
         item["percentage"] = round(item["total"] * 100 / total, 1) if total else 0.0
-    recent = list(_where(RequestLog.select(), f).order_by(RequestLog.timestamp.desc(), RequestLog.id.desc()).limit(recent_limit))
+    recent = list(
+        _where(RequestLog.select(), f)
+        .order_by(RequestLog.timestamp.desc(), RequestLog.id.desc())
+        .limit(recent_limit)
+    )
     return {
         "period": _period(f),
         "total_requests": total,

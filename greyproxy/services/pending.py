@@ -14,7 +14,7 @@ from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json
 from greyproxy.store.models import PendingRequest
-from greyproxy.timeutil import iso, utcnow
+from greyproxy.timeutil import iso
 
 WaiterCount = Callable[[str, str, int], int]
 

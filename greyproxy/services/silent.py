@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,8 +10,6 @@ from typing import Any
 import gevent
 
 from greyproxy.events import Bus
-import datetime as dt
-
 from greyproxy.timeutil import iso
 
 

@@ -1,0 +1,85 @@
+"""Pending queue routes (§4.4, §5): list, count, allow/deny into a rule, dismiss, bulk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from greyproxy.api.context import API_ACTOR, runtime
+from greyproxy.api.parse import choice, id_list, int_arg, json_object, path_id, str_arg, str_field
+from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.scopes import SCOPES
+from greyproxy.services.rules import NotFound
+
+bp = Blueprint("pending", __name__)
+
+
+@bp.get("/api/pending")
+def list_pending() -> Any:
+    limit = int_arg("limit", 100, minimum=1, maximum=1000)
+    items, total = runtime().pending.list(
+        str_arg("container"), str_arg("destination"), limit, int_arg("offset", 0)
+    )
+    return {"items": items, "total": total}
+
+
+@bp.get("/api/pending/count")
+def count_pending() -> Any:
+    return {"count": runtime().pending.count()}
+
+
+def decision_fields(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(scope, duration, notes) of an allow/deny, validated before anything is looked up."""
+    scope = choice(str_field(body, "scope"), "scope", SCOPES)
+    duration = str_field(body, "duration")
+    rule_duration(duration)  # D7: an unknown duration is a 400, never silently permanent
+    return scope, duration, str_field(body, "notes")
+
+
+def _resolve(pending_id: str, action: str) -> Any:
+    pid = path_id(pending_id)
+    body = json_object(optional=True)  # an empty body means scope=exact, duration=permanent
+    rule = runtime().pending.resolve(pid, action, *decision_fields(body), actor=API_ACTOR)
+    return {"rule": rule, "pending_removed": True}
+
+
+@bp.post("/api/pending/<pending_id>/allow")
+def allow_pending(pending_id: str) -> Any:
+    return _resolve(pending_id, "allow")
+
+
+@bp.post("/api/pending/<pending_id>/deny")
+def deny_pending(pending_id: str) -> Any:
+    return _resolve(pending_id, "deny")
+
+
+@bp.delete("/api/pending/<pending_id>")
+def dismiss_pending(pending_id: str) -> Any:
+    pid = path_id(pending_id)
+    if not runtime().pending.dismiss(pid):
+        raise NotFound(f"pending request {pid} not found")
+    return {"status": "ok", "removed": True}
+
+
+@bp.post("/api/pending/bulk-allow")
+def bulk_allow() -> Any:
+    body = json_object()
+    ids = id_list(body, "pending_ids")
+    duration = str_field(body, "duration")
+    rule_duration(duration)  # a bad duration fails the whole request before anything changes
+    pending = runtime().pending
+    rules = []
+    for pid in ids:
+        try:
+            rules.append(pending.resolve(pid, "allow", "exact", duration, None, actor=API_ACTOR))
+        except NotFound:
+            continue  # already resolved elsewhere (or a sibling of an earlier id): skip, as greyproxy does
+    return {"rules_created": rules, "pending_removed": len(rules)}
+
+
+@bp.post("/api/pending/bulk-dismiss")
+def bulk_dismiss() -> Any:
+    ids = id_list(json_object(), "pending_ids")
+    pending = runtime().pending
+    return {"status": "ok", "removed": sum(1 for pid in ids if pending.dismiss(pid))}

@@ -1,0 +1,219 @@
+"""The control WebSocket `GET /ws` (§6, D8).
+
+Server → client: `{"type": "connected", ...}` once, then every bus event envelope
+`{"type", "data"}` (all types until the first `subscribe`, then only subscribed ones).
+Client → server: JSON commands (`ping`, `allow`, `deny`, `dismiss`, `subscribe`,
+`unsubscribe`, `claim_notifications`); every reply carries a `timestamp`.
+
+Each connection runs two greenlets, one reading commands and one pumping bus events; when
+either ends (socket closed, send failed) the other is killed, the bus subscription is closed
+and a notification claim is released.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from flask import Blueprint, current_app
+from flask_sock import Sock
+from gevent.lock import Semaphore
+from simple_websocket import ConnectionClosed
+
+from greyproxy.api.context import CLAIMS_KEY, RUNTIME_KEY
+from greyproxy.api.errors import ApiError
+from greyproxy.api.notifications import NotificationClaims
+from greyproxy.api.pending import decision_fields
+from greyproxy.api.streams import SUBSCRIBER_QUEUE, timestamp, to_json
+from greyproxy.events import Event, Subscription
+from greyproxy.policy.durations import DurationError
+from greyproxy.policy.scopes import ScopeError
+from greyproxy.services.rules import NotFound
+
+if TYPE_CHECKING:
+    from greyproxy.runtime import Runtime
+
+log = logging.getLogger("greyproxy.api.ws")
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+# simple-websocket options: ping idle clients so dead peers are noticed; cap command size.
+SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 1 << 20}
+POLL_SECONDS = 1.0  # how often both greenlets re-check that the socket is still open
+
+Reply = dict[str, Any]
+
+
+def _error(message: str) -> Reply:
+    return {"type": "error", "error": message}
+
+
+class CommandError(Exception):
+    """A command failed in a way the client should hear about as `{"type": "error"}`."""
+
+
+def _pending_id(cmd: dict[str, Any]) -> int:
+    value = cmd.get("pending_id")
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # some clients send ids as strings; the meaning is unambiguous
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CommandError("pending_id must be a positive integer")
+    return value
+
+
+class WholeSends:
+    """Socket wrapper: `send` writes every byte, one writer at a time.
+
+    simple-websocket writes frames with a single `socket.send`, which under gevent may send
+    only part of a frame once a slow client's buffer is full; the rest would be lost and the
+    stream corrupted. Its reader greenlet also writes (pongs, pings, close) on its own, so
+    the lock keeps those from landing inside one of our frames.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._lock = Semaphore()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class ControlConnection:
+    def __init__(self, ws: Any, rt: Runtime, claims: NotificationClaims) -> None:
+        ws.sock = WholeSends(ws.sock)
+        self.ws = ws
+        self.rt = rt
+        self.claims = claims
+        self.client_id = secrets.token_hex(8)
+        self.sub: Subscription = rt.bus.subscribe(SUBSCRIBER_QUEUE)
+        self.claimed = False
+        # Replies and events are sent from two greenlets; framing (compression state) and
+        # writing must happen in the same order, so one lock covers both.
+        self._send_lock = Semaphore()
+        self._commands: dict[str, Callable[[dict[str, Any]], Reply]] = {
+            "ping": lambda _cmd: {"type": "pong"},
+            "allow": lambda cmd: self._decide(cmd, "allow"),
+            "deny": lambda cmd: self._decide(cmd, "deny"),
+            "dismiss": self._dismiss,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "claim_notifications": self._claim,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        workers: list[gevent.Greenlet] = []
+        try:
+            self.send(
+                {"type": "connected", "message": "Connected to proxy event stream", "timestamp": timestamp()}
+            )
+            workers = [gevent.spawn(self._read_commands), gevent.spawn(self._pump_events)]
+            gevent.joinall(workers, count=1)  # whichever side ends first ends the session
+        finally:
+            gevent.killall(workers)
+            self.sub.close()
+            if self.claimed:
+                self.claims.release()
+
+    def send(self, message: dict[str, Any]) -> bool:
+        try:
+            with self._send_lock:
+                self.ws.send(to_json(message))
+            return True
+        except (ConnectionClosed, OSError):
+            return False
+
+    def _read_commands(self) -> None:
+        while self.ws.connected:
+            try:
+                message = self.ws.receive(timeout=POLL_SECONDS)
+            except ConnectionClosed:
+                return
+            if message is not None and not self.send({**self.handle(message), "timestamp": timestamp()}):
+                return
+
+    def _pump_events(self) -> None:
+        while self.ws.connected:
+            event = self.sub.get(timeout=POLL_SECONDS)
+            if event is not None and self._wanted(event) and not self.send(event):
+                return
+
+    def _wanted(self, event: Event) -> bool:
+        # Events queued before a `subscribe` narrowed the filter are dropped here.
+        return self.sub.types is None or event["type"] in self.sub.types
+
+    # -- commands --------------------------------------------------------------------------
+    def handle(self, message: str | bytes) -> Reply:
+        try:
+            cmd = json.loads(message)
+        except ValueError:
+            return _error("invalid JSON")
+        if not isinstance(cmd, dict):
+            return _error("invalid JSON")
+        name = cmd.get("command")
+        handler = self._commands.get(name) if isinstance(name, str) else None
+        if handler is None:
+            return _error(f"unknown command: {name}")
+        try:
+            return handler(cmd)
+        except CommandError as exc:
+            return _error(str(exc))
+        except ApiError as exc:
+            return _error(exc.message)
+        except (NotFound, DurationError, ScopeError) as exc:
+            return _error(str(exc))
+        except Exception:
+            log.exception("ws command %r failed", name)
+            return _error("internal error")
+
+    def _decide(self, cmd: dict[str, Any], action: str) -> Reply:
+        pid = _pending_id(cmd)
+        scope, duration, notes = decision_fields(cmd)
+        rule = self.rt.pending.resolve(pid, action, scope, duration, notes, actor=f"ws:{self.client_id}")
+        return {"type": "command_success", "command": action, "pending_id": pid, "rule_id": rule["id"]}
+
+    def _dismiss(self, cmd: dict[str, Any]) -> Reply:
+        pid = _pending_id(cmd)
+        if not self.rt.pending.dismiss(pid):
+            raise CommandError("pending request not found")
+        return {"type": "command_success", "command": "dismiss", "pending_id": pid}
+
+    def _event_type(self, cmd: dict[str, Any]) -> str:
+        event_type = cmd.get("event_type")
+        if not isinstance(event_type, str) or not event_type.strip():
+            raise CommandError(f"event_type is required for {cmd['command']}")
+        return event_type.strip()
+
+    def _subscribe(self, cmd: dict[str, Any]) -> Reply:
+        event_type = self._event_type(cmd)
+        if self.sub.types is None:
+            self.sub.types = set()  # the first subscribe switches from "everything" to a filter
+        self.sub.types.add(event_type)
+        return {"type": "subscribed", "event_type": event_type}
+
+    def _unsubscribe(self, cmd: dict[str, Any]) -> Reply:
+        event_type = self._event_type(cmd)
+        if self.sub.types is not None:
+            self.sub.types.discard(event_type)  # an empty filter delivers nothing (§6)
+        return {"type": "unsubscribed", "event_type": event_type}
+
+    def _claim(self, _cmd: dict[str, Any]) -> Reply:
+        if self.claimed:
+            raise CommandError("notifications already claimed by this connection")
+        self.claimed = True
+        return {"type": "notification_claimed", "active_claims": self.claims.acquire()}
+
+
+@sock.route("/ws", bp=bp)
+def control_socket(ws: Any) -> None:
+    # The request guard (token, Host, Origin) has already run: flask-sock upgrades inside the view.
+    ControlConnection(ws, current_app.extensions[RUNTIME_KEY], current_app.extensions[CLAIMS_KEY]).run()
