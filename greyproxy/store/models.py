@@ -76,6 +76,39 @@ class ContainerMode(BaseModel):
         table_name = "container_modes"
 
 
+class HttpTransaction(BaseModel):
+    """One HTTP exchange seen in clear (or one WebSocket frame: method WS_REQ / WS_RESP)."""
+
+    timestamp = peewee.DateTimeField(index=True)
+    container_name = peewee.TextField(index=True)
+    destination_host = peewee.TextField()
+    destination_port = peewee.IntegerField()
+    method = peewee.TextField()
+    url = peewee.TextField()
+    request_headers = peewee.TextField(null=True)  # JSON {Name: [values]}, redacted
+    request_body = peewee.BlobField(null=True)  # text-like bodies only, decompressed, at most 2 MiB
+    request_body_size = peewee.IntegerField(null=True)  # the true size on the wire (decoded)
+    request_body_truncated = peewee.BooleanField(default=False)
+    request_content_type = peewee.TextField(null=True)
+    status_code = peewee.IntegerField(null=True)
+    response_headers = peewee.TextField(null=True)
+    response_body = peewee.BlobField(null=True)
+    response_body_size = peewee.IntegerField(null=True)
+    response_body_truncated = peewee.BooleanField(default=False)
+    response_content_type = peewee.TextField(null=True)
+    duration_ms = peewee.IntegerField(null=True)
+    rule_id = peewee.IntegerField(null=True)
+    result = peewee.TextField(default="auto")
+    conversation_id = peewee.TextField(null=True, index=True)
+    substituted_credentials = peewee.TextField(null=True)  # JSON list of labels
+    session_id = peewee.TextField(null=True, index=True)
+    replay_of = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "http_transactions"
+        indexes = ((("destination_host", "destination_port"), False),)
+
+
 class SchemaMigration(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     name = peewee.TextField()
@@ -85,4 +118,4 @@ class SchemaMigration(BaseModel):
         table_name = "schema_migrations"
 
 
-ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, SchemaMigration]
+ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration]
