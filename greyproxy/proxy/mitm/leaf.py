@@ -1,0 +1,92 @@
+"""Leaf certificates per server name, signed by the CA, with their own key (D15), kept in a
+bounded LRU of ready-to-use server SSLContexts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import tempfile
+from collections import OrderedDict
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from greyproxy.proxy.mitm.ca import CertificateAuthority
+
+LEAF_VALIDITY = dt.timedelta(days=30)
+RENEW_BEFORE = dt.timedelta(days=1)
+
+
+class LeafCache:
+    def __init__(self, ca: CertificateAuthority, max_entries: int = 1024) -> None:
+        self.ca = ca
+        self.max_entries = max_entries
+        # One leaf key for this CA generation: never the CA's own key (D15).
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        self._contexts: OrderedDict[str, tuple[ssl.SSLContext, dt.datetime]] = OrderedDict()
+        self.generated = 0
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    def context_for(self, name: str) -> ssl.SSLContext:
+        name = name.lower().rstrip(".")
+        now = dt.datetime.now(dt.UTC)
+        entry = self._contexts.get(name)
+        if entry is not None and entry[1] - now > RENEW_BEFORE:
+            self._contexts.move_to_end(name)
+            return entry[0]
+        cert, not_after = self._issue(name, now)
+        ctx = self._server_context(cert)
+        self._contexts[name] = (ctx, not_after)
+        self._contexts.move_to_end(name)
+        while len(self._contexts) > self.max_entries:
+            self._contexts.popitem(last=False)
+        return ctx
+
+    def _issue(self, name: str, now: dt.datetime) -> tuple[x509.Certificate, dt.datetime]:
+        try:
+            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            san = x509.DNSName(name)
+        not_after = min(now + LEAF_VALIDITY, self.ca.cert.not_valid_after_utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+            .issuer_name(self.ca.cert.subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca.key.public_key()), critical=False
+            )
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        self.generated += 1
+        return cert, not_after
+
+    def _server_context(self, cert: x509.Certificate) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])  # no h2 to clients: keeps WebSocket upgrades visible
+        chain = cert.public_bytes(serialization.Encoding.PEM) + self.ca.cert_pem
+        # ssl can only load a chain from files: write both to a private temp file, load, delete.
+        fd, path = tempfile.mkstemp(prefix="greyproxy-leaf-", suffix=".pem")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(chain + self._key_pem)
+            ctx.load_cert_chain(path)
+        finally:
+            os.unlink(path)
+        return ctx
