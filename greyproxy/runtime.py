@@ -19,12 +19,15 @@ from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from greyproxy import __version__
+from greyproxy.capture.redact import Redactor
 from greyproxy.config import Config, ListenAddress
 from greyproxy.events import Bus
 from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
 from greyproxy.proxy.http import HttpProxyHandler
+from greyproxy.proxy.mitm.intercept import Interceptor
+from greyproxy.proxy.mitm.state import MitmState
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.tracker import ConnectionTracker
 from greyproxy.services.modes import ModeService
@@ -93,6 +96,12 @@ class Runtime:
         self.writer = StoreWriter(self.db, self.pending, self.rules)
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
         self.guard = ControlPlaneGuard()
+        mitm_cfg = config.raw["mitm"]
+        self.mitm = MitmState(config.data_dir, self.bus, enabled=config.mitm_enabled, bypass=mitm_cfg["bypass"],
+                              extra_ca_bundle=mitm_cfg["extra_ca_bundle"])
+        self.redactor = Redactor()
+        self.interceptor = Interceptor(self)
+        self.gate = Gatekeeper(self)
         self.bus.add_hook(self._enforce_rule_events)
         if config.silent_allow:
             self.silent.mode = "allow"
@@ -135,9 +144,8 @@ class Runtime:
             self.guard.add(ListenAddress(cfg[name].host, port))
         self.ports["dns"] = None  # the DNS listener arrives with the DNS issue
 
-        gate = Gatekeeper(self)
-        http_handler = HttpProxyHandler(gate)
-        socks_handler = Socks5Handler(gate)
+        http_handler = HttpProxyHandler(self.gate)
+        socks_handler = Socks5Handler(self.gate)
         self._servers = [
             StreamServer(sockets["http"], http_handler.handle, spawn=10_000),
             StreamServer(sockets["socks5"], socks_handler.handle, spawn=10_000),
@@ -145,6 +153,7 @@ class Runtime:
         ]
         self.writer.start()
         self.tracker.start()
+        self.mitm.watch()
         for server in self._servers:
             server.start()
         self._write_handshake()
@@ -164,6 +173,7 @@ class Runtime:
         for server in self._servers:
             server.stop(timeout=grace)
         self.tracker.stop()
+        self.mitm.stop()
         self.tracker.close_all()
         self.writer.stop()
         (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)

@@ -35,6 +35,7 @@ class Admission:
     host: str
     port: int
     decision: Decision
+    resolved_hostname: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -113,10 +114,14 @@ class Gatekeeper:
     def dial(self, host: str, port: int) -> socket.socket:
         return dial(host, port, self.rt.guard)
 
-    def tunnel(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
-        """Relay an allowed connection, registered so revoking its rule tears it down."""
+    def tunnel(self, admission: Admission, client: socket.socket, upstream: socket.socket, sniff: bool = True) -> None:
+        """Serve an allowed connection (sniffed: intercepted, parsed or piped), registered so
+        revoking its rule tears it down."""
         tracked = self.rt.tracker.add(TrackedConnection(admission.decision.rule, closer(client, upstream)))
         try:
-            relay(client, upstream)
+            if sniff:
+                self.rt.interceptor.serve(admission, client, upstream)
+            else:
+                relay(client, upstream)
         finally:
             self.rt.tracker.remove(tracked)

@@ -216,6 +216,6 @@ class HttpProxyHandler:
             upstream.sock.sendall(pending_up)
         if pending_down:
             conn.sock.sendall(pending_down)
-        self.gate.tunnel(admission, conn.sock, upstream.sock)
+        self.gate.tunnel(admission, conn.sock, upstream.sock, sniff=False)
 
 

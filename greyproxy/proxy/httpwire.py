@@ -6,7 +6,10 @@ byte-exact, chunk framing included."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+Tap = Callable[[bytes], None]  # sees a body's payload bytes (de-chunked) as they pass
 
 MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
@@ -141,8 +144,10 @@ def is_chunked(head: Head) -> bool:
     return "chunked" in te
 
 
-def relay_body(src: BufferedSocket, dst: socket.socket, head: Head, until_close: bool = False) -> None:
-    """Forward one message body from src to dst, framing preserved."""
+def relay_body(
+    src: BufferedSocket, dst: socket.socket, head: Head, until_close: bool = False, tap: Tap | None = None
+) -> None:
+    """Forward one message body from src to dst, framing preserved; `tap` sees the payload."""
     if is_chunked(head):
         while True:
             line = src.readline()
@@ -157,23 +162,31 @@ def relay_body(src: BufferedSocket, dst: socket.socket, head: Head, until_close:
                     dst.sendall(trailer)
                     if trailer == b"\r\n":
                         return
-            _relay_exact(src, dst, size + 2)
+            _relay_exact(src, dst, size, tap)
+            crlf = src.readline()
+            if crlf != b"\r\n":
+                raise WireError("chunk not followed by CRLF")
+            dst.sendall(crlf)
         return
     length = body_length(head)
     if length is not None:
-        _relay_exact(src, dst, length)
+        _relay_exact(src, dst, length, tap)
     elif until_close:
         while True:
             chunk = src.read_some(READ_SIZE)
             if not chunk:
                 return
             dst.sendall(chunk)
+            if tap is not None:
+                tap(chunk)
 
 
-def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int) -> None:
+def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int, tap: Tap | None = None) -> None:
     while remaining > 0:
         chunk = src.read_some(min(remaining, READ_SIZE))
         if not chunk:
             raise WireError("connection closed in the middle of a body")
         dst.sendall(chunk)
+        if tap is not None:
+            tap(chunk)
         remaining -= len(chunk)

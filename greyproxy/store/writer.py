@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -13,7 +14,7 @@ from gevent.event import Event
 
 from greyproxy.services.pending import Attempt, PendingService
 from greyproxy.services.rules import RuleService
-from greyproxy.store.models import RequestLog
+from greyproxy.store.models import HttpTransaction, RequestLog
 from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.store")
@@ -31,6 +32,10 @@ class StoreWriter:
         self._logs: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED_LOGS)
         self._attempts: deque[Attempt] = deque(maxlen=10_000)
         self._used: set[int] = set()
+        self._skips: deque[tuple[str, str, int, str]] = deque(maxlen=10_000)
+        self._transactions: deque[tuple[dict[str, Any], Callable[[HttpTransaction], None] | None]] = deque(
+            maxlen=10_000
+        )
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
@@ -43,6 +48,20 @@ class StoreWriter:
     def attempt(self, attempt: Attempt) -> None:
         self._attempts.append(attempt)
         self._wake.set()  # new pending rows should show up at once, not after a batch interval
+
+    def transaction(self, row: dict[str, Any], saved: Callable[[HttpTransaction], None] | None = None) -> None:
+        """Queue a captured exchange; `saved` runs (in the writer) once it has its id."""
+        self._transactions.append((row, saved))
+        self._wake.set()
+
+    def skip_reason(self, container: str, host: str, port: int, reason: str) -> None:
+        """Why a tunnel was not intercepted (§8.3), noted on the connection's log row."""
+        for row in reversed(self._logs):  # usually still queued: set it before it is written
+            if (row["container_name"], row["destination_host"], row["destination_port"]) == (container, host, port):
+                row["mitm_skip_reason"] = reason
+                return
+        self._skips.append((container, host, port, reason))
+        self._wake.set()
 
     def used(self, rule_id: int) -> None:
         self._used.add(rule_id)
@@ -71,6 +90,15 @@ class StoreWriter:
             attempt = self._attempts[0]
             self.pending.record_attempt(attempt)
             self._attempts.popleft()
+        if self._transactions:
+            batch = [self._transactions.popleft() for _ in range(min(BATCH_ROWS, len(self._transactions)))]
+            saved = []
+            with self.db.atomic():
+                for row, callback in batch:
+                    saved.append((HttpTransaction.create(**row), callback))
+            for txn, callback in saved:
+                if callback is not None:
+                    callback(txn)
         if self._used:
             used, self._used = self._used, set()
             self.rules.touch_used(used, utcnow())
@@ -81,3 +109,13 @@ class StoreWriter:
             for _ in batch:
                 self._logs.popleft()
             self.rows_written += len(batch)
+        while self._skips:
+            container, host, port, reason = self._skips.popleft()
+            latest = (
+                RequestLog.select(RequestLog.id)
+                .where((RequestLog.container_name == container) & (RequestLog.destination_host == host)
+                       & (RequestLog.destination_port == port))
+                .order_by(RequestLog.id.desc())
+                .limit(1)
+            )
+            RequestLog.update(mitm_skip_reason=reason).where(RequestLog.id.in_(latest)).execute()

@@ -1,0 +1,101 @@
+"""Turns what the interceptor saw into stored transactions: headers redacted, bodies tapped,
+written by the StoreWriter (never on the connection path), then `transaction.new`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from greyproxy.capture.bodies import BodyTap
+from greyproxy.capture.serialize import transaction_to_json
+from greyproxy.capture.websocket import Frame
+from greyproxy.proxy.httpwire import Head
+from greyproxy.store.models import HttpTransaction
+from greyproxy.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from greyproxy.runtime import Runtime
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request/response pair as it passes; filled in by the interceptor."""
+
+    container: str
+    host: str
+    port: int
+    url: str
+    request: Head
+    rule_id: int | None
+    started: float = field(default_factory=time.monotonic)
+    request_tap: BodyTap | None = None
+    response: Head | None = None
+    response_tap: BodyTap | None = None
+    session_id: str | None = None
+    substituted: list[str] = field(default_factory=list)
+
+    def tap_for(self, head: Head) -> BodyTap:
+        return BodyTap(head.get("content-type"), head.get("content-encoding"))
+
+
+class TransactionRecorder:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def _publish(self, txn: HttpTransaction) -> None:
+        self.rt.bus.publish("transaction.new", transaction_to_json(txn))
+
+    def _headers(self, head: Head | None) -> str | None:
+        if head is None:
+            return None
+        return json.dumps(self.rt.redactor.headers(head.headers))
+
+    def record(self, ex: Exchange) -> None:
+        req_body, req_size, req_cut = ex.request_tap.result() if ex.request_tap else (None, 0, False)
+        resp_body, resp_size, resp_cut = ex.response_tap.result() if ex.response_tap else (None, 0, False)
+        row: dict[str, Any] = {
+            "timestamp": utcnow(),
+            "container_name": ex.container,
+            "destination_host": ex.host,
+            "destination_port": ex.port,
+            "method": ex.request.start[0],
+            "url": self.rt.redactor.url(ex.url),
+            "request_headers": self._headers(ex.request),
+            "request_body": req_body,
+            "request_body_size": req_size,
+            "request_body_truncated": req_cut,
+            "request_content_type": ex.request.get("content-type"),
+            "status_code": int(ex.response.start[1]) if ex.response else None,
+            "response_headers": self._headers(ex.response),
+            "response_body": resp_body,
+            "response_body_size": resp_size,
+            "response_body_truncated": resp_cut,
+            "response_content_type": ex.response.get("content-type") if ex.response else None,
+            "duration_ms": int((time.monotonic() - ex.started) * 1000),
+            "rule_id": ex.rule_id,
+            "session_id": ex.session_id,
+            "substituted_credentials": json.dumps(ex.substituted) if ex.substituted else None,
+        }
+        self.rt.writer.transaction(row, self._publish)
+
+    def frame(self, ex: Exchange, frame: Frame, from_client: bool) -> None:
+        if not frame.payload:
+            return
+        url = ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        row: dict[str, Any] = {
+            "timestamp": utcnow(),
+            "container_name": ex.container,
+            "destination_host": ex.host,
+            "destination_port": ex.port,
+            "method": "WS_REQ" if from_client else "WS_RESP",
+            "url": self.rt.redactor.url(url),
+            "request_body": frame.payload,
+            "request_body_size": frame.size,
+            "request_body_truncated": len(frame.payload) < frame.size and not frame.inflated,
+            "status_code": 101,
+            "rule_id": ex.rule_id,
+            "session_id": ex.session_id,
+        }
+        self.rt.writer.transaction(row, self._publish)

@@ -1,0 +1,307 @@
+"""What happens inside an allowed tunnel (§1.3 step 7, §8.3): the first bytes decide.
+
+- TLS ClientHello → interception when enabled, a CA is loaded and the host is not bypassed
+  (else a blind pipe, with the skip reason recorded on the connection's log row);
+- plain HTTP → the same request loop, in clear;
+- anything else, or a server that speaks first → a blind pipe.
+
+In the request loop every request is re-checked (§3.8), its Host must name the server the
+tunnel was allowed for (D13), and each exchange is recorded as a transaction."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent import select as gselect
+
+from greyproxy.capture.recorder import Exchange, TransactionRecorder
+from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
+from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+from greyproxy.proxy.http import simple_response, split_host_port
+from greyproxy.proxy.httpwire import (
+    BufferedSocket,
+    Head,
+    WireError,
+    parse_head,
+    relay_body,
+    serialize_head,
+)
+from greyproxy.proxy.mitm.upstream import upstream_ssl_context
+from greyproxy.proxy.tunnel import relay
+
+if TYPE_CHECKING:
+    from greyproxy.proxy.gate import Admission
+    from greyproxy.runtime import Runtime
+
+log = logging.getLogger("greyproxy.mitm")
+
+SNIFF_TIMEOUT = 30.0  # if neither side speaks by then, it is an idle pipe
+HANDSHAKE_TIMEOUT = 15.0
+IDLE_TIMEOUT = 120.0
+_HTTP_METHOD = re.compile(rb"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|TRACE|CONNECT) ")
+_HTTP_PREFIXES = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"TRACE ", b"CONNECT ")
+
+
+def classify(first: bytes) -> str | None:
+    """'tls', 'http', 'other', or None when more bytes are needed to tell."""
+    if not first:
+        return None
+    if first[0] == 0x16:
+        return "tls" if len(first) < 2 or first[1] == 0x03 else "other"
+    if _HTTP_METHOD.match(first):
+        return "http"
+    if any(p.startswith(first) for p in _HTTP_PREFIXES):
+        return None
+    return "other"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class Interceptor:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.recorder = TransactionRecorder(runtime)
+
+    # -- entry -------------------------------------------------------------------------
+    def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
+        kind = self._sniff(client, upstream)
+        if kind == "http":
+            self._loop(admission, BufferedSocket(client), BufferedSocket(upstream), "http")
+            return
+        if kind == "tls":
+            reason = self._skip_reason(admission)
+            if reason is None:
+                self._intercept(admission, client, upstream)
+                return
+            self._skipped(admission, reason)
+        else:
+            self._skipped(admission, "non_tls")
+        relay(client, upstream)
+
+    def _skipped(self, admission: Admission, reason: str) -> None:
+        self.rt.writer.skip_reason(admission.container, admission.host, admission.port, reason)
+
+    def _sniff(self, client: socket.socket, upstream: socket.socket) -> str:
+        peeked = b""
+        for _ in range(16):  # bounded: a handful of short reads settle it
+            readable, _, _ = gselect.select([client, upstream], [], [], SNIFF_TIMEOUT)
+            if not readable:
+                return "other"
+            if upstream in readable and client not in readable:
+                return "other"  # the server speaks first (SSH, SMTP, ...): not ours to parse
+            try:
+                peeked = client.recv(16, socket.MSG_PEEK)
+            except OSError:
+                return "other"
+            kind = classify(peeked)
+            if kind is not None:
+                return kind
+            if not peeked:
+                return "other"
+            gevent.sleep(0.01)
+        return "other"
+
+    def _skip_reason(self, admission: Admission) -> str | None:
+        mitm = self.rt.mitm
+        if not mitm.enabled:
+            return "mitm_disabled"
+        if mitm.is_bypassed(admission.host):
+            return "mitm_bypass"
+        if mitm.leaves is None:
+            return "no_cert"
+        return None
+
+    # -- TLS ---------------------------------------------------------------------------
+    def _intercept(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
+        leaves = self.rt.mitm.leaves
+        assert leaves is not None
+        seen: dict[str, str | None] = {}
+
+        def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+            seen["sni"] = server_name
+            tls_obj.context = leaves.context_for(server_name or admission.host)
+
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.sni_callback = pick_leaf
+        base.set_alpn_protocols(["http/1.1"])
+        try:
+            tls_client = base.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            with gevent.Timeout(HANDSHAKE_TIMEOUT):
+                tls_client.do_handshake()
+        except (OSError, ssl.SSLError, gevent.Timeout) as exc:
+            # Typically a client that does not trust our CA (or pins its certificate).
+            log.info("MITM handshake with client failed for %s: %s", admission.host, exc)
+            self._skipped(admission, "mitm_error")
+            client.close()
+            upstream.close()
+            return
+        sni = seen.get("sni")
+        server_name = sni or admission.host
+        mismatch = self._sni_mismatch(admission, sni)
+        tls_upstream = None
+        upstream_error = None
+        if not mismatch:
+            try:
+                ctx = upstream_ssl_context(self.rt.config.raw["mitm"].get("extra_ca_bundle"))
+                tls_upstream = ctx.wrap_socket(upstream, server_hostname=server_name, do_handshake_on_connect=False)
+                with gevent.Timeout(HANDSHAKE_TIMEOUT):
+                    tls_upstream.do_handshake()
+            except (OSError, ssl.SSLError, gevent.Timeout) as exc:
+                upstream_error = str(exc) or exc.__class__.__name__
+                log.info("upstream TLS to %s failed: %s", server_name, upstream_error)
+        try:
+            if mismatch or tls_upstream is None:
+                self._refuse_all(
+                    BufferedSocket(tls_client),
+                    "sni_mismatch" if mismatch else "upstream_tls_error",
+                    admission,
+                    detail=mismatch or upstream_error or "",
+                )
+                return
+            self._loop(admission, BufferedSocket(tls_client), BufferedSocket(tls_upstream), "https", server_name)
+        finally:
+            for s in (tls_client, tls_upstream or upstream):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _sni_mismatch(self, admission: Admission, sni: str | None) -> str | None:
+        """D13: the name inside TLS must be the one the connection was allowed for."""
+        if not sni:
+            return None
+        sni = sni.lower().rstrip(".")
+        allowed = admission.host if not _is_ip(admission.host) else admission.resolved_hostname
+        if allowed is None or sni == allowed:
+            return None
+        return f"TLS server name {sni!r} is not the allowed destination {allowed!r}"
+
+    def _refuse_all(self, client: BufferedSocket, reason: str, admission: Admission, detail: str) -> None:
+        """Answer the first request (if any) with a 403/502 that says why, then close."""
+        self.rt.gate.record(admission.container, admission.host, admission.port, "HTTPS",
+                            Decision(Verdict.DENY, reason), 0)
+        try:
+            client.sock.settimeout(HANDSHAKE_TIMEOUT)
+            client.read_head()
+            code, text = (403, "Forbidden") if reason == "sni_mismatch" else (502, "Bad Gateway")
+            body = f"greyproxy: {detail}\n" if reason != "sni_mismatch" else self.rt.gate.blocked_text(admission, reason)
+            client.sock.sendall(simple_response(code, text, body, [("X-Greyproxy-Reason", reason)]))
+        except (OSError, WireError, ssl.SSLError):
+            pass
+
+    # -- the request loop ----------------------------------------------------------------
+    def _loop(self, admission: Admission, client: BufferedSocket, upstream: BufferedSocket, scheme: str,
+              server_name: str | None = None) -> None:
+        expected = (server_name or admission.host).lower()
+        rule_id = admission.decision.rule.id if admission.decision.rule else None
+        try:
+            while True:
+                client.sock.settimeout(IDLE_TIMEOUT)
+                raw = client.read_head()
+                if raw is None:
+                    return
+                request = parse_head(raw, is_request=True)
+                blocked = self._recheck(admission, request, expected)
+                if blocked is not None:
+                    client.sock.sendall(simple_response(
+                        403, "Forbidden", self.rt.gate.blocked_text(admission, blocked),
+                        [("X-Greyproxy-Reason", blocked)],
+                    ))
+                    return
+                if not self._exchange(admission, client, upstream, request, scheme, expected, rule_id):
+                    return
+        except (OSError, WireError, ssl.SSLError, gevent.Timeout) as exc:
+            log.debug("intercepted connection to %s ended: %s", admission.host, exc)
+
+    def _recheck(self, admission: Admission, request: Head, expected: str) -> str | None:
+        """A reason to refuse this request, or None."""
+        host_header = request.get("host")
+        if host_header:
+            try:
+                host, _ = split_host_port(host_header, admission.port)
+            except ValueError:
+                return "bad_host_header"
+            host = host.lower().rstrip(".")
+            if host != expected and not (_is_ip(expected) and expected == admission.host):
+                return "sni_mismatch"
+        decision = self.rt.policy.decide(ConnectionRequest(
+            container=admission.container, host=expected, port=admission.port,
+            resolved_hostname=admission.resolved_hostname,
+            control_plane=self.rt.guard.is_control_plane(expected, admission.port),
+        ))
+        if decision.verdict is Verdict.DENY:
+            return decision.reason
+        return None
+
+    def _exchange(self, admission: Admission, client: BufferedSocket, upstream: BufferedSocket, request: Head,
+                  scheme: str, host: str, rule_id: int | None) -> bool:
+        """Forward one request and its response; True if the connection can carry another."""
+        method, target, _version = request.start
+        default_port = 443 if scheme == "https" else 80
+        authority = host if admission.port == default_port else f"{host}:{admission.port}"
+        url = target if target.startswith(("http://", "https://")) else f"{scheme}://{authority}{target}"
+        ex = Exchange(admission.container, host, admission.port, url, request, rule_id)
+        is_upgrade = "upgrade" in request.tokens("connection") and (request.get("upgrade") or "").lower() == "websocket"
+        if is_upgrade:
+            rewrite_extension_offer(request)
+        # What is stored is the request as the client sent it (credentials substitution, when it
+        # lands, rewrites only what goes upstream).
+        upstream.sock.sendall(serialize_head(" ".join(request.start), request.headers))
+        ex.request_tap = ex.tap_for(request)
+        relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
+
+        upstream.sock.settimeout(IDLE_TIMEOUT)
+        raw = upstream.read_head()
+        if raw is None:
+            raise WireError("upstream closed before answering")
+        response = parse_head(raw, is_request=False)
+        while 100 <= int(response.start[1]) < 200 and response.start[1] != "101":
+            client.sock.sendall(raw)  # interim responses (100 Continue) pass through
+            raw = upstream.read_head()
+            if raw is None:
+                raise WireError("upstream closed before answering")
+            response = parse_head(raw, is_request=False)
+        ex.response = response
+        code = int(response.start[1])
+        client.sock.sendall(raw)
+        if code == 101 and is_upgrade:
+            self.recorder.record(ex)
+            self._websocket(ex, client, upstream, deflate_negotiated(response))
+            return False
+        no_body = method.upper() == "HEAD" or code in (204, 304)
+        framed = no_body or response.get("content-length") is not None or "chunked" in response.tokens(
+            "transfer-encoding")
+        ex.response_tap = ex.tap_for(response)
+        if not no_body:
+            relay_body(upstream, client.sock, response, until_close=not framed, tap=ex.response_tap.feed)
+        self.recorder.record(ex)
+        closing = "close" in request.tokens("connection") or "close" in response.tokens("connection")
+        return framed and not closing
+
+    def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:
+        client.sock.settimeout(None)
+        upstream.sock.settimeout(None)
+
+        def pump(src: BufferedSocket, dst: BufferedSocket, from_client: bool) -> None:
+            try:
+                relay_frames(src, dst.sock, deflate, lambda f: self.recorder.frame(ex, f, from_client))
+            except (OSError, WireError, ssl.SSLError):
+                pass
+
+        down = gevent.spawn(pump, upstream, client, False)
+        pump(client, upstream, True)
+        down.join(timeout=IDLE_TIMEOUT)
+        down.kill(block=False)
+
