@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from greyproxy import __version__
+from greyproxy import __version__, cli_cert
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"greyproxy {__version__}: data in {config.data_dir}", flush=True)
         print(f"  HTTP proxy   {config.listen['http'].host}:{ports['http']}", flush=True)
         print(f"  SOCKS5 proxy {config.listen['socks5'].host}:{ports['socks5']}", flush=True)
+        print(f"  DNS          {config.listen['dns'].host}:{ports['dns']} (UDP+TCP, policy {config.dns_policy})",
+              flush=True)
         print(f"  API          {config.listen['api'].host}:{ports['api']}", flush=True)
         print(f"  Dashboard    {runtime.dashboard_url}", flush=True)
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"greyproxy {__version__}")
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub)
+    cli_cert.add_parser(sub)
     return parser
 
 
@@ -100,5 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "cert":
+        return cli_cert.cmd_cert(args)
     parser.print_help()
     return 2

@@ -6,6 +6,7 @@ An unknown key or a bad value stops the start with a message naming the key (D27
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class Config:
     blocked_message: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     ignored: tuple[str, ...] = ()
+    dns_upstream: tuple[tuple[str, int], ...] = ()  # () = the system resolver's servers (§12.1)
+    dns_policy: str = "log"  # 'log' | 'enforce'
+    guard_private_ranges: str = "allow"  # 'allow' | 'deny' (D14)
 
     @property
     def db_path(self) -> Path:
@@ -113,6 +117,36 @@ def parse_address(text: str, default_host: str, key: str) -> ListenAddress:
         raise ConfigError(f"'{key}': port {port} is out of range 0-65535")
     host = host.strip("[]") or default_host
     return ListenAddress(host, port)
+
+
+def parse_dns_server(text: str, key: str) -> tuple[str, int]:
+    """'IP', 'IP:PORT', '[v6]:PORT' (an optional udp:// tcp:// dns:// prefix is ignored).
+
+    Only IP literals: the resolver of last resort cannot depend on resolving a name.
+    """
+    value = str(text).strip()
+    for scheme in ("udp://", "tcp://", "dns://"):
+        if value.lower().startswith(scheme):
+            value = value[len(scheme) :]
+    host, port = value, 53
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ConfigError(f"'{key}': '{text}' is not like '9.9.9.9:53' or '[2620:fe::fe]:53'")
+            port = int(rest[1:])
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        if not port_text.isdigit():
+            raise ConfigError(f"'{key}': '{text}' is not like '9.9.9.9:53' or '[2620:fe::fe]:53'")
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"'{key}': '{text}' must be an IP address with an optional port") from None
+    if not 0 < port <= 65535:
+        raise ConfigError(f"'{key}': port {port} is out of range 1-65535")
+    return host, port
 
 
 def _from_gost(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -221,6 +255,14 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
             parse_go_duration(str(merged[section][sub]))
         except DurationError as exc:
             raise ConfigError(f"'{key}': {exc}") from None
+    dns, guard = merged["dns"], merged["guard"]
+    if not isinstance(dns["upstream"] or [], list):
+        raise ConfigError("'dns.upstream' must be a list of 'IP:PORT' entries")
+    upstream = tuple(parse_dns_server(e, f"dns.upstream[{i}]") for i, e in enumerate(dns["upstream"] or []))
+    if dns["policy"] not in ("log", "enforce"):
+        raise ConfigError("'dns.policy' must be 'log' or 'enforce'")
+    if guard["private_ranges"] not in ("allow", "deny"):
+        raise ConfigError("'guard.private_ranges' must be 'allow' or 'deny'")
     data_dir = Path(merged["data_dir"]) if merged["data_dir"] else default_data_dir(env)
     return Config(
         listen=listen,
@@ -238,4 +280,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         blocked_message=merged["blocked_message"],
         raw=merged,
         ignored=ignored,
+        dns_upstream=upstream,
+        dns_policy=dns["policy"],
+        guard_private_ranges=guard["private_ranges"],
     )

@@ -19,25 +19,39 @@ from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from greyproxy import __version__
+from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.redact import Redactor
 from greyproxy.config import Config, ListenAddress
+from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
+from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
+from greyproxy.notify import DesktopNotifier
+from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, without_own_address
+from greyproxy.proxy.dnscache import CacheRow, HostnameCache
+from greyproxy.proxy.dnsupstream import Upstream, system_servers
 from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
 from greyproxy.proxy.http import HttpProxyHandler
 from greyproxy.proxy.mitm.intercept import Interceptor
 from greyproxy.proxy.mitm.state import MitmState
+from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.tracker import ConnectionTracker
+from greyproxy.services.credentials import CredentialService
+from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
 from greyproxy.services.policy_state import PolicyHolder
 from greyproxy.services.rules import RuleService
+from greyproxy.services.sessions import SessionService
+from greyproxy.services.settings import SettingsStore
 from greyproxy.services.silent import SilentMode
 from greyproxy.store.db import open_database
+from greyproxy.store.dnscache import load_dns_cache
 from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.writer import StoreWriter
+from greyproxy.trust import is_installed
 
 log = logging.getLogger("greyproxy")
 
@@ -95,11 +109,27 @@ class Runtime:
         self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss)
         self.writer = StoreWriter(self.db, self.pending, self.rules)
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
-        self.guard = ControlPlaneGuard()
+        self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
+        # DNS (§12): the upstream servers, the dial-time resolver, and the per-client IP → name
+        # cache, loaded from the previous run (rows keep their absolute expiry).
+        self.dns_upstream = Upstream(config.dns_upstream or system_servers())
+        self.resolver = Resolver(self.dns_upstream)
+        self.dnscache = HostnameCache(persist=self.writer.dns_cache)
+        self.dnscache.load(CacheRow(*row) for row in load_dns_cache(time.time()))
+        self.dns: DnsService | None = None
+        # Settings first: the MITM toggle, bypass list and redaction patterns saved there win over YAML.
+        self.settings = SettingsStore.for_config(config, self.bus)
+        saved = self.settings.values()
         mitm_cfg = config.raw["mitm"]
-        self.mitm = MitmState(config.data_dir, self.bus, enabled=config.mitm_enabled, bypass=mitm_cfg["bypass"],
+        self.mitm = MitmState(config.data_dir, self.bus, enabled=saved["mitmEnabled"], bypass=saved["mitmBypass"],
                               extra_ca_bundle=mitm_cfg["extra_ca_bundle"])
-        self.redactor = Redactor()
+        self.redactor = Redactor(saved["redactedHeaders"])
+        self.settings.cert_info = lambda: self.mitm.status(is_installed())
+        self.settings.on_change(self._apply_settings)
+        self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
+        self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
+        self._setup_sessions()
+        self.recorder = TransactionRecorder(self)
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
         self.bus.add_hook(self._enforce_rule_events)
@@ -111,12 +141,40 @@ class Runtime:
         self.ports: dict[str, int | None] = {}
         self._servers: list[Any] = []
         self._stopped = Event()
+        self.notifier = DesktopNotifier.for_runtime(self)
+
+    def _setup_sessions(self) -> None:
+        """Sessions and credentials (§11): a key of the wrong size turns credential support off
+        with a clear error instead of silently replacing the key (which would lose every secret)."""
+        self.vault = Vault()
+        key_error, created = None, False
+        try:
+            key, created = load_or_create_key(self.config.data_dir)
+        except KeyFileError as exc:
+            key, key_error = None, str(exc)
+            log.error("%s", exc)
+        self.credentials = CredentialService(self.db, self.bus, self.vault, key, key_error)
+        self.sessions = SessionService(self.db, self.bus, self.rules, self.credentials, self.vault,
+                                       self.policy_changed, self.tracker.cancel_session)
+        self.credentials.load(created)
+        self.sessions.load(created)
 
     # -- policy ------------------------------------------------------------------------
     def policy_changed(self) -> None:
         """Rebuild the in-memory policy from the store, then re-decide every held connection."""
-        self.policy.rebuild(self.rules.all_specs(), self.silent.mode, self.modes.entries())
+        sessions = getattr(self, "sessions", None)  # None while the runtime is being built
+        self.policy.rebuild(
+            self.rules.all_specs(), self.silent.mode, self.modes.entries(),
+            current_sessions=sessions.current_sessions() if sessions else None,
+            allow_all=sessions.allow_all_containers() if sessions else frozenset(),
+        )
         self.holds.reevaluate()
+
+    def _apply_settings(self, values: dict[str, Any]) -> None:
+        """Settings the proxy acts on apply to the next connection (the recorder reads self.redactor)."""
+        self.mitm.enabled = values["mitmEnabled"]
+        self.mitm.set_bypass(values["mitmBypass"])
+        self.redactor = Redactor(values["redactedHeaders"])
 
     def _enforce_rule_events(self, event: dict[str, Any]) -> None:
         kind, data = event["type"], event["data"]
@@ -142,7 +200,12 @@ class Runtime:
             host, port = sock.getsockname()[:2]
             self.ports[name] = port
             self.guard.add(ListenAddress(cfg[name].host, port))
-        self.ports["dns"] = None  # the DNS listener arrives with the DNS issue
+        udp, tcp = bind_dns_sockets(cfg["dns"])
+        self.ports["dns"] = udp.getsockname()[1]
+        self.guard.add(ListenAddress(cfg["dns"].host, self.ports["dns"]))
+        self.dns_upstream.servers = without_own_address(self.dns_upstream.servers, cfg["dns"], self.ports["dns"])
+        answerer = DnsAnswerer(self.dns_upstream, self.dnscache, lambda: self.policy.state, self.config.dns_policy)
+        self.dns = DnsService(udp, tcp, answerer)
 
         http_handler = HttpProxyHandler(self.gate)
         socks_handler = Socks5Handler(self.gate)
@@ -150,10 +213,14 @@ class Runtime:
             StreamServer(sockets["http"], http_handler.handle, spawn=10_000),
             StreamServer(sockets["socks5"], socks_handler.handle, spawn=10_000),
             WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api")),
+            self.dns,
         ]
         self.writer.start()
+        self.sessions.start()
         self.tracker.start()
         self.mitm.watch()
+        self.retention.start()
+        self.notifier.start()
         for server in self._servers:
             server.start()
         self._write_handshake()
@@ -173,7 +240,10 @@ class Runtime:
         for server in self._servers:
             server.stop(timeout=grace)
         self.tracker.stop()
+        self.sessions.stop()
         self.mitm.stop()
+        self.retention.stop()
+        self.notifier.stop()
         self.tracker.close_all()
         self.writer.stop()
         (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)
@@ -186,6 +256,7 @@ class Runtime:
             on_ready()
         gevent.signal_handler(signal.SIGTERM, self._stopped.set)
         gevent.signal_handler(signal.SIGINT, self._stopped.set)
+        gevent.signal_handler(signal.SIGHUP, self.mitm.reload)  # pick up a replaced CA (§17 reload)
         self._stopped.wait()
         self._stopped.clear()
         self.stop()

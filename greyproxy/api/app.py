@@ -13,15 +13,20 @@ from flask.json.provider import DefaultJSONProvider
 
 from greyproxy.api import (
     allowall,
+    cert,
     dashboard,
     events,
     health,
     logs,
+    maintenance,
     modes,
     notifications,
+    pages,
     pending,
     rules,
+    sessions,
     settings,
+    transactions,
     ws,
 )
 from greyproxy.api.auth import install_guard
@@ -43,6 +48,11 @@ BLUEPRINTS = (
     modes.bp,
     events.bp,
     ws.bp,
+    transactions.bp,
+    cert.bp,
+    maintenance.bp,
+    pages.bp,
+    sessions.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -52,7 +62,8 @@ class _JSONProvider(DefaultJSONProvider):
 
 
 def create_app(runtime: Runtime) -> Flask:
-    app = Flask("greyproxy.api")
+    # static_folder=None: the dashboard blueprint (pages.py) serves /static/ from greyproxy/web.
+    app = Flask("greyproxy.api", static_folder=None)
     app.json = _JSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -60,7 +71,7 @@ def create_app(runtime: Runtime) -> Flask:
     )
     app.extensions[RUNTIME_KEY] = runtime
     app.extensions[CLAIMS_KEY] = notifications.NotificationClaims(runtime.bus)
-    app.extensions[SETTINGS_KEY] = settings.SettingsStore.for_config(runtime.config, runtime.bus)
+    app.extensions[SETTINGS_KEY] = runtime.settings
     # Strict routing would turn "/api/rules/" into a 308 redirect; a trailing slash is harmless.
     app.url_map.strict_slashes = False
     install_guard(app)

@@ -14,6 +14,7 @@ from flask import Flask, Response, redirect, request
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
+from greyproxy.api.pages import login_page
 
 TOKEN_COOKIE = "greyproxy_token"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -70,7 +71,7 @@ class RequestGuard:
             # The URL `serve` prints: trade the query token for a cookie, then drop it from the URL
             # so it does not linger in history, bookmarks or Referer headers.
             if not _same(request.args["token"], token):
-                raise _unauthorized()
+                return _refuse("That token is not the current API token.")
             rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
             response = redirect(request.path + (f"?{urlencode(rest)}" if rest else ""), code=302)
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
@@ -80,12 +81,20 @@ class RequestGuard:
         if scheme.lower() != "bearer" or not presented.strip():
             presented = request.cookies.get(TOKEN_COOKIE, "")
         if not _same(presented.strip(), token):
-            raise _unauthorized()
+            return _refuse("This browser is not logged in to the dashboard.")
         return None
 
 
 def _same(presented: str, token: str) -> bool:
     return hmac.compare_digest(presented.encode(), token.encode())
+
+
+def _refuse(reason: str) -> Response:
+    """API and WebSocket clients get the JSON 401; a browser asking for a page gets a page
+    that explains how to log in (the JSON would only confuse a person)."""
+    if request.method in ("GET", "HEAD") and not request.path.startswith("/api/") and request.path != "/ws":
+        return login_page(reason)
+    raise _unauthorized()
 
 
 def _unauthorized() -> ApiError:

@@ -129,7 +129,7 @@ def ingest_rules() -> Any:
     rt = runtime()
     imported, skipped = rt.rules.ingest(items)
     cleaned = rt.pending.prune_matching(_allowed_now) if imported else 0
-    return {"imported": len(imported), "skipped": skipped, "pending_cleaned": cleaned}
+    return {"imported": imported, "skipped": skipped, "pending_cleaned": cleaned}
 
 
 def _changes(body: dict[str, Any]) -> dict[str, Any]:

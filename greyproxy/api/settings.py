@@ -1,15 +1,12 @@
-"""Runtime settings (§16): `GET/PUT /api/settings`, persisted to `<data_dir>/settings.json`.
+"""Runtime settings (§16): `GET/PUT /api/settings`.
 
-The file holds only the keys a user changed, with greyproxy's flat on-disk names
-(`theme`, `notificationsEnabled`, `mitmEnabled`); the API speaks the nested shape.
+The store itself (services/settings.py) belongs to the runtime, which applies changes to the
+proxy at once; this module validates the nested JSON shape and hands the changes over.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from pathlib import Path
+import re
 from typing import Any
 
 from flask import Blueprint
@@ -17,89 +14,72 @@ from flask import Blueprint
 from greyproxy.api.context import claims, settings_store
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import bool_field, choice, json_object, no_unknown_keys, str_field
-from greyproxy.config import Config
-from greyproxy.events import Bus
+from greyproxy.capture.redact import DEFAULT_REDACTED_HEADERS
+from greyproxy.services.settings import SettingsStore, settings_to_json
 
-log = logging.getLogger("greyproxy.api")
+__all__ = ["SettingsStore", "bp", "settings_to_json"]
+
 bp = Blueprint("settings", __name__)
 
 THEMES = ("system", "light", "dark")
-SETTINGS_FILE = "settings.json"
+MAX_PATTERNS = 200
+MAX_PATTERN_LENGTH = 200
+# Header-name token characters (RFC 9110 tchar) plus `*`, the pattern wildcard.
+_HEADER_PATTERN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Host names, IP literals and `*` globs, as the bypass list matches them.
+_BYPASS_PATTERN = re.compile(r"^[a-z0-9*._\-:\[\]]+$")
 
 
-class SettingsStore:
-    def __init__(self, path: Path, defaults: dict[str, Any], bus: Bus) -> None:
-        self.path = path
-        self.defaults = defaults
-        self.bus = bus
-        self.stored = self._load()
-
-    @classmethod
-    def for_config(cls, config: Config, bus: Bus) -> SettingsStore:
-        defaults = {
-            "theme": "system",
-            "notificationsEnabled": bool(config.raw.get("notifications", {}).get("enabled", True)),
-            "mitmEnabled": config.mitm_enabled,
-        }
-        return cls(config.data_dir / SETTINGS_FILE, defaults, bus)
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            # A broken file must not stop the proxy; the defaults apply until the next PUT rewrites it.
-            log.warning("ignoring unreadable %s: %s", self.path, exc)
-            return {}
-        return {k: v for k, v in data.items() if k in self.defaults} if isinstance(data, dict) else {}
-
-    def values(self) -> dict[str, Any]:
-        return {**self.defaults, **self.stored}
-
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        if changes:
-            self.stored.update(changes)
-            self._save()
-            self.bus.publish("settings.changed", settings_to_json(self.values(), None))
-        return self.values()
-
-    def _save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.stored, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
-
-
-def settings_to_json(values: dict[str, Any], active_claims: int | None) -> dict[str, Any]:
-    notifications: dict[str, Any] = {
-        "enabled": values["notificationsEnabled"],
-        "available": False,  # no desktop notifier backend yet
-        "backend": "none",
-        "supportsActions": False,
-    }
-    if active_claims is not None:
-        notifications["activeClaims"] = active_claims
-    return {
-        "theme": values["theme"],
-        "notifications": notifications,
-        "mitm": {"enabled": values["mitmEnabled"]},
-    }
-
-
-def _section_flag(body: dict[str, Any], section: str) -> bool | None:
-    """`{"<section>": {"enabled": bool}}` → the bool (None when the section is absent)."""
+def _section(body: dict[str, Any], section: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
     value = body.get(section)
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ApiError(400, f"'{section}' must be an object like {{\"enabled\": true}}")
-    no_unknown_keys(value, ("enabled",))
-    return bool_field(value, "enabled")
+    no_unknown_keys(value, keys)
+    return value
+
+
+def _string_list(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, f"'{name}' must be an array of strings")
+    if len(value) > MAX_PATTERNS:
+        raise ApiError(400, f"'{name}' may hold at most {MAX_PATTERNS} entries")
+    out: list[str] = []
+    for raw in value:
+        item = raw.strip()
+        if not item:
+            raise ApiError(400, f"'{name}' entries must not be empty")
+        if len(item) > MAX_PATTERN_LENGTH:
+            raise ApiError(400, f"'{name}' entries must be at most {MAX_PATTERN_LENGTH} characters")
+        out.append(item)
+    return out
+
+
+def redacted_headers_field(value: Any) -> list[str]:
+    """The custom patterns to store: defaults and duplicates dropped (case-insensitively), so a
+    client may send back what GET showed it."""
+    patterns = _string_list(value, "redactedHeaders")
+    builtin = {p.lower() for p in DEFAULT_REDACTED_HEADERS}
+    custom: dict[str, str] = {}
+    for pattern in patterns:
+        if not _HEADER_PATTERN.match(pattern):
+            raise ApiError(400, f"'redactedHeaders': {pattern!r} is not a header name or a pattern with '*'")
+        if pattern.lower() not in builtin:
+            custom.setdefault(pattern.lower(), pattern)
+    return list(custom.values())
+
+
+def bypass_field(value: Any) -> list[str]:
+    hosts = [h.lower().rstrip(".") for h in _string_list(value, "mitm.bypass")]
+    for host in hosts:
+        if not _BYPASS_PATTERN.match(host):
+            raise ApiError(400, f"'mitm.bypass': {host!r} is not a host name, IP or '*' pattern")
+    return list(dict.fromkeys(hosts))
 
 
 def _current() -> dict[str, Any]:
-    return settings_to_json(settings_store().values(), claims().active)
+    return settings_store().to_json(claims().active)
 
 
 @bp.get("/api/settings")
@@ -111,14 +91,24 @@ def get_settings() -> Any:
 def put_settings() -> Any:
     body = json_object()
     # Unknown keys are refused (greyproxy silently ignored e.g. flat `mitmEnabled`).
-    no_unknown_keys(body, ("theme", "notifications", "mitm"))
+    no_unknown_keys(body, ("theme", "notifications", "mitm", "redactedHeaders"))
     changes: dict[str, Any] = {}
     theme = choice(str_field(body, "theme"), "theme", THEMES)
     if theme is not None:
         changes["theme"] = theme
-    for section, key in (("notifications", "notificationsEnabled"), ("mitm", "mitmEnabled")):
-        flag = _section_flag(body, section)
+    notifications = _section(body, "notifications", ("enabled",))
+    if notifications is not None:
+        flag = bool_field(notifications, "enabled")
         if flag is not None:
-            changes[key] = flag
+            changes["notificationsEnabled"] = flag
+    mitm = _section(body, "mitm", ("enabled", "bypass"))
+    if mitm is not None:
+        flag = bool_field(mitm, "enabled")
+        if flag is not None:
+            changes["mitmEnabled"] = flag
+        if mitm.get("bypass") is not None:
+            changes["mitmBypass"] = bypass_field(mitm["bypass"])
+    if body.get("redactedHeaders") is not None:
+        changes["redactedHeaders"] = redacted_headers_field(body["redactedHeaders"])
     settings_store().update(changes)
     return _current()

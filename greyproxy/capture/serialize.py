@@ -1,4 +1,4 @@
-"""JSON shape of a stored transaction (§5 Txn)."""
+"""JSON shape of a stored transaction (§5 Txn), shared by the REST API and `transaction.new`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ from greyproxy.store.models import HttpTransaction
 from greyproxy.timeutil import iso
 
 
-def _json(text: str | None) -> Any:
-    return json.loads(text) if text else None
+def parse_json_column(text: str | None) -> Any:
+    """A JSON column's value; None when empty or unreadable (a hand-edited row must not 500)."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
 
 
-def _text(body: bytes | None) -> str | None:
+def body_text(body: bytes | memoryview | None) -> str | None:
+    """Stored bodies are text-like by construction; bytes that are not UTF-8 show as U+FFFD."""
     return None if body is None else bytes(body).decode("utf-8", errors="replace")
 
 
@@ -26,23 +33,23 @@ def transaction_to_json(row: HttpTransaction, bodies: bool = False) -> dict[str,
         "destination_port": row.destination_port,
         "method": row.method,
         "url": row.url,
-        "request_headers": _json(row.request_headers),
+        "request_headers": parse_json_column(row.request_headers),
         "request_body_size": row.request_body_size,
         "request_body_truncated": bool(row.request_body_truncated),
         "request_content_type": row.request_content_type,
         "status_code": row.status_code,
-        "response_headers": _json(row.response_headers),
+        "response_headers": parse_json_column(row.response_headers),
         "response_body_size": row.response_body_size,
         "response_body_truncated": bool(row.response_body_truncated),
         "response_content_type": row.response_content_type,
         "duration_ms": row.duration_ms,
         "rule_id": row.rule_id,
         "result": row.result,
-        "substituted_credentials": _json(row.substituted_credentials),
+        "substituted_credentials": parse_json_column(row.substituted_credentials),
         "session_id": row.session_id,
         "replay_of": row.replay_of,
     }
     if bodies:
-        data["request_body"] = _text(row.request_body)
-        data["response_body"] = _text(row.response_body)
+        data["request_body"] = body_text(row.request_body)
+        data["response_body"] = body_text(row.response_body)
     return data

@@ -1,5 +1,10 @@
 """The decision flow shared by both proxy listeners (§1.3, §4): identity → decide → hold →
-log, then dial under the guard and track the tunnel under the rule that allowed it."""
+dial under the guard → log, then track the tunnel under the rule that allowed it.
+
+One log row per admission: a blocked one is logged by `admit`; an allowed one by `dial` (or
+`admitted` when an HTTP keep-alive upstream is reused), once the IP actually dialled is known.
+A raw-IP destination is enriched with the name this client resolved to that IP through our DNS
+listener (proxy/dnscache.py: keyed by the connection's source IP, never by PTR)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.policy.identity import container_from_username
+from greyproxy.proxy.dnscache import canonical_ip
 from greyproxy.proxy.tracker import TrackedConnection
-from greyproxy.proxy.tunnel import closer, dial, relay
+from greyproxy.proxy.tunnel import DialError, closer, dial, peer_ip, relay
 from greyproxy.services.pending import Attempt
 from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:
+    from greyproxy.capture.recorder import Exchange
     from greyproxy.runtime import Runtime
 
 log = logging.getLogger("greyproxy.decision")
@@ -36,6 +43,8 @@ class Admission:
     port: int
     decision: Decision
     resolved_hostname: str | None = None
+    method: str = ""
+    elapsed_ms: int = 0  # decision time, hold included
 
     @property
     def allowed(self) -> bool:
@@ -58,6 +67,7 @@ class Gatekeeper:
         self,
         *,
         username: str | None,
+        password: str | None = None,
         source_ip: str,
         host: str,
         port: int,
@@ -66,26 +76,50 @@ class Gatekeeper:
     ) -> Admission:
         rt = self.rt
         started = time.monotonic()
-        container = container_from_username(username, source_ip)
+        container, refusal = rt.sessions.identity(username, password, container_from_username(username, source_ip))
         host = normalize_host(host)
+        # Only a raw IP needs a name, and only this client's own lookups may supply it (§12.2, D13).
+        resolved = rt.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
         request = ConnectionRequest(
-            container=container, host=host, port=port, control_plane=rt.guard.is_control_plane(host, port)
+            container=container,
+            host=host,
+            port=port,
+            resolved_hostname=resolved,
+            control_plane=rt.guard.is_control_plane(host, port),
         )
-        decision = rt.policy.decide(request)
+        if refusal is not None:  # D12: this container's session requires its proxy token
+            decision = Decision(Verdict.DENY, refusal)
+        else:
+            decision = rt.policy.decide(request)
         if decision.verdict is Verdict.HOLD:
-            rt.writer.attempt(Attempt(container, "", host, port, None, utcnow()))
+            rt.writer.attempt(Attempt(container, "", host, port, resolved, utcnow()))
             decision = rt.holds.hold(request, rt.config.hold_seconds, client)
         elapsed_ms = int((time.monotonic() - started) * 1000)
-        self.record(container, host, port, method, decision, elapsed_ms)
-        return Admission(container, host, port, decision)
+        admission = Admission(container, host, port, decision, resolved, method, elapsed_ms)
+        if not admission.allowed:
+            self.record(container, host, port, method, decision, elapsed_ms, resolved_hostname=resolved)
+        return admission
 
-    def record(self, container: str, host: str, port: int, method: str, decision: Decision, elapsed_ms: int) -> None:
+    def record(
+        self,
+        container: str,
+        host: str,
+        port: int,
+        method: str,
+        decision: Decision,
+        elapsed_ms: int,
+        *,
+        resolved_hostname: str | None = None,
+        dialed_ip: str | None = None,
+    ) -> None:
         allowed = decision.verdict is Verdict.ALLOW
         rule_id = decision.rule.id if decision.rule is not None else None
         self.rt.writer.log(
             container_name=container,
             destination_host=host,
             destination_port=port,
+            resolved_hostname=resolved_hostname,
+            dialed_ip=dialed_ip,
             method=method,
             result="allowed" if allowed else "blocked",
             rule_id=rule_id,
@@ -96,9 +130,29 @@ class Gatekeeper:
         if allowed and rule_id is not None:
             self.rt.writer.used(rule_id)
         log.info(
-            "decision container=%s destination=%s port=%s decision=%s reason=%s rule_id=%s hold_ms=%s",
-            container, host, port, "allow" if allowed else "block", decision.reason, rule_id, elapsed_ms,
+            "decision container=%s destination=%s port=%s resolved=%s dialed=%s decision=%s reason=%s "
+            "rule_id=%s hold_ms=%s",
+            container, host, port, resolved_hostname, dialed_ip, "allow" if allowed else "block",
+            decision.reason, rule_id, elapsed_ms,
         )
+
+    def admitted(self, admission: Admission, dialed_ip: str | None) -> None:
+        """The log row of an allowed admission (called once, after the dial attempt)."""
+        a = admission
+        self.record(a.container, a.host, a.port, a.method, a.decision, a.elapsed_ms,
+                    resolved_hostname=a.resolved_hostname, dialed_ip=dialed_ip)
+
+    def substitute(
+        self, exchange: Exchange, headers: list[tuple[str, str]], target: str, host: str
+    ) -> tuple[list[tuple[str, str]], str]:
+        """Swap credential placeholders for secrets in what goes upstream (§11.2, D15); the
+        exchange keeps the original request for storage and learns which labels were used."""
+        new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host)
+        if result.changed:
+            exchange.substituted = result.labels
+            exchange.session_id = result.session_id
+            self.rt.sessions.count_substitutions(result.per_session)
+        return new_headers, new_target
 
     def blocked_text(self, admission: Admission, reason: str | None = None) -> str:
         template = self.rt.config.blocked_message or DEFAULT_BLOCKED_TEXT
@@ -111,13 +165,35 @@ class Gatekeeper:
             dashboard=dashboard,
         )
 
-    def dial(self, host: str, port: int) -> socket.socket:
-        return dial(host, port, self.rt.guard)
+    def dial(self, admission: Admission) -> socket.socket:
+        """Connect upstream for an allowed admission and write its log row; a guard refusal at
+        dial time (control_plane, private_range) is logged as blocked with that reason."""
+        rule = admission.decision.rule
+        # Only an allow rule can name a private address into reach (D14); in report mode the
+        # decision may carry the deny rule that would have applied.
+        pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
+        try:
+            sock = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver, rule_pattern=pattern)
+        except DialError as exc:
+            if exc.reason in ("control_plane", "private_range"):
+                a = admission
+                self.record(a.container, a.host, a.port, a.method, Decision(Verdict.DENY, exc.reason),
+                            a.elapsed_ms, resolved_hostname=a.resolved_hostname)
+            else:
+                self.admitted(admission, None)
+            raise
+        self.admitted(admission, peer_ip(sock))
+        return sock
 
     def tunnel(self, admission: Admission, client: socket.socket, upstream: socket.socket, sniff: bool = True) -> None:
         """Serve an allowed connection (sniffed: intercepted, parsed or piped), registered so
         revoking its rule tears it down."""
-        tracked = self.rt.tracker.add(TrackedConnection(admission.decision.rule, closer(client, upstream)))
+        # A connection let through by a session's allow-all has no rule: it ends with the session.
+        session_id = (self.rt.sessions.current_sessions().get(admission.container)
+                      if admission.reason == "session_allow_all" else None)
+        tracked = self.rt.tracker.add(
+            TrackedConnection(admission.decision.rule, closer(client, upstream), session_id=session_id)
+        )
         try:
             if sniff:
                 self.rt.interceptor.serve(admission, client, upstream)

@@ -1,4 +1,6 @@
-"""Self-approval guard (D11): proxied traffic can never reach this process's own listeners."""
+"""Dial-time guards: proxied traffic can never reach this process's own listeners (D11), and,
+with `guard.private_ranges: deny`, never a private, loopback, link-local or metadata address
+unless the rule that allowed it names that IP or a CIDR containing it (D14)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,16 @@ import socket
 from collections.abc import Iterable
 
 from greyproxy.config import ListenAddress
+from greyproxy.policy.patterns import DestinationKind, PatternError, canonical_host, parse_destination
 
 LOCAL_NAMES = ("localhost", "localhost.", "ip6-localhost", "ip6-loopback")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Cloud metadata services: link-local or private already, listed so the intent is explicit.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -32,8 +42,38 @@ def _is_local_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
         return False
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64 or 6to4 address leads to (they reach it through a gateway)."""
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
+def is_private_destination(ip: IPAddress) -> bool:
+    """Not a public Internet address: private, loopback, link-local, shared, reserved, metadata."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or _embedded_ipv4(ip)
+        if inner is not None and is_private_destination(inner):
+            return True
+    return ip in METADATA_ADDRESSES or not ip.is_global
+
+
+def rule_names_address(destination_pattern: str | None, ip: IPAddress) -> bool:
+    """The rule's destination is this very IP, or a CIDR containing it (not a name, not `*`)."""
+    if not destination_pattern:
+        return False
+    try:
+        parsed = parse_destination(destination_pattern)
+    except PatternError:
+        return False
+    if parsed.kind == DestinationKind.CIDR and parsed.network is not None:
+        return ip.version == parsed.network.version and ip in parsed.network
+    return parsed.kind == DestinationKind.EXACT and canonical_host(parsed.value) == str(ip)
+
+
 class ControlPlaneGuard:
-    def __init__(self, own: Iterable[ListenAddress] = ()) -> None:
+    def __init__(self, own: Iterable[ListenAddress] = (), deny_private: bool = False) -> None:
+        self.deny_private = deny_private
         self.ports: set[int] = set()
         self.bound: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         self.wildcard = False
@@ -75,3 +115,12 @@ class ControlPlaneGuard:
             return False
         ip = _ip(ip_text)
         return ip is not None and self._ours(ip)
+
+    def private_range_refused(self, ip_text: str, rule_pattern: str | None) -> bool:
+        """D14 on the IP actually dialled: refuse a private address no rule names explicitly."""
+        if not self.deny_private:
+            return False
+        ip = _ip(ip_text)
+        if ip is None:
+            return True  # not an address we can judge: refuse rather than guess
+        return is_private_destination(ip) and not rule_names_address(rule_pattern, ip)

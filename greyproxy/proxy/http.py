@@ -8,6 +8,7 @@ import logging
 import socket
 from urllib.parse import urlsplit
 
+from greyproxy.capture.recorder import Exchange
 from greyproxy.proxy.gate import Admission, Gatekeeper
 from greyproxy.proxy.httpwire import (
     HOP_BY_HOP,
@@ -18,7 +19,7 @@ from greyproxy.proxy.httpwire import (
     relay_body,
     serialize_head,
 )
-from greyproxy.proxy.tunnel import DialError, set_nodelay
+from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
 log = logging.getLogger("greyproxy.http")
 
@@ -102,10 +103,11 @@ class HttpProxyHandler:
             client.close()
 
     def _admit(self, conn: BufferedSocket, head: Head, address: tuple, host: str, port: int, method: str) -> Admission:
-        username, _password = proxy_credentials(head)
+        username, password = proxy_credentials(head)
         conn.sock.settimeout(None)
         return self.gate.admit(
-            username=username, source_ip=address[0], host=host, port=port, method=method, client=conn.sock
+            username=username, password=password, source_ip=address[0], host=host, port=port, method=method,
+            client=conn.sock,
         )
 
     def _refuse(self, conn: BufferedSocket, admission: Admission, reason: str | None = None) -> None:
@@ -116,10 +118,10 @@ class HttpProxyHandler:
 
     def _dial(self, conn: BufferedSocket, admission: Admission) -> socket.socket | None:
         try:
-            return self.gate.dial(admission.host, admission.port)
+            return self.gate.dial(admission)
         except DialError as exc:
-            if exc.reason == "control_plane":
-                self._refuse(conn, admission, "control_plane")
+            if exc.reason in ("control_plane", "private_range"):  # guard refusals are 403s (D24)
+                self._refuse(conn, admission, exc.reason)
             else:
                 conn.sock.sendall(
                     simple_response(503, "Service Unavailable", f"{exc}\n", [("X-Greyproxy-Reason", exc.reason)])
@@ -170,6 +172,8 @@ class HttpProxyHandler:
             if sock is None:
                 return False
             upstream = upstreams[key] = BufferedSocket(sock)
+        else:
+            self.gate.admitted(admission, peer_ip(upstream.sock))  # kept-alive upstream: no new dial
         upstream.sock.settimeout(UPSTREAM_TIMEOUT)
         conn.sock.settimeout(UPSTREAM_TIMEOUT)
 
@@ -180,8 +184,12 @@ class HttpProxyHandler:
         headers = [(k, v) for k, v in head.headers if k.lower() not in HOP_BY_HOP]
         if upgrade:
             headers += [("Connection", "Upgrade"), ("Upgrade", head.get("upgrade") or "")]
+        rule = admission.decision.rule
+        exchange = Exchange(admission.container, admission.host, port, target, head, rule.id if rule else None)
+        headers, path = self.gate.substitute(exchange, headers, path, admission.host)
         upstream.sock.sendall(serialize_head(f"{method} {path} HTTP/1.1", headers))
-        relay_body(conn, upstream.sock, head)
+        exchange.request_tap = exchange.tap_for(head)
+        relay_body(conn, upstream.sock, head, tap=exchange.request_tap.feed)
 
         resp_raw = upstream.read_head()
         if resp_raw is None:
@@ -203,8 +211,11 @@ class HttpProxyHandler:
         out_headers = [(k, v) for k, v in resp.headers if k.lower() not in HOP_BY_HOP]
         out_headers.append(("Connection", "keep-alive" if keep else "close"))
         conn.sock.sendall(serialize_head(" ".join(resp.start).rstrip(), out_headers))
+        exchange.response = resp
+        exchange.response_tap = exchange.tap_for(resp)
         if not no_body:
-            relay_body(upstream, conn.sock, resp, until_close=not framed)
+            relay_body(upstream, conn.sock, resp, until_close=not framed, tap=exchange.response_tap.feed)
+        self.gate.rt.recorder.record(exchange)
         if upstream_close:
             upstreams.pop(key).sock.close()
         return keep

@@ -106,7 +106,7 @@ class Socks5Handler:
     def _handle(self, client: socket.socket, address: tuple) -> None:
         client.settimeout(HANDSHAKE_TIMEOUT)
         set_nodelay(client)
-        username, _password = self._negotiate(client)
+        username, password = self._negotiate(client)
         target = self._read_target(client)
         if target is None:
             return
@@ -116,16 +116,18 @@ class Socks5Handler:
             return
         client.settimeout(None)
         admission = self.gate.admit(
-            username=username, source_ip=address[0], host=host, port=port, method="SOCKS5", client=client
+            username=username, password=password, source_ip=address[0], host=host, port=port, method="SOCKS5",
+            client=client,
         )
         if not admission.allowed:
             client.sendall(reply(REP_NOT_ALLOWED))
             return
         try:
-            upstream = self.gate.dial(admission.host, port)
+            upstream = self.gate.dial(admission)
         except DialError as exc:
             log.info("socks5 dial %s:%s failed: %s", host, port, exc)
-            client.sendall(reply(REP_NOT_ALLOWED if exc.reason == "control_plane" else REP_NETWORK_UNREACHABLE))
+            refused = exc.reason in ("control_plane", "private_range")  # guard refusals: "not allowed"
+            client.sendall(reply(REP_NOT_ALLOWED if refused else REP_NETWORK_UNREACHABLE))
             return
         client.sendall(reply(REP_SUCCEEDED, upstream.getsockname()[:2]))
         self.gate.tunnel(admission, client, upstream)

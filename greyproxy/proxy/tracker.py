@@ -52,6 +52,13 @@ class ConnectionTracker:
             self._cancel(conn)
         return len(conns)
 
+    def cancel_session(self, session_id: str) -> int:
+        """A session ended: close what its allow-all let through (its rules' tunnels go with the rules)."""
+        conns = [c for c in self._all if c.session_id == session_id]
+        for conn in conns:
+            self._cancel(conn)
+        return len(conns)
+
     def _cancel(self, conn: TrackedConnection) -> None:
         self.remove(conn)
         try:

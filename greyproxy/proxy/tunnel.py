@@ -8,9 +8,11 @@ import gevent
 from gevent import socket as gsocket
 
 from greyproxy.proxy.guard import ControlPlaneGuard
+from greyproxy.proxy.resolver import ResolveError, Resolver, system_addresses
 
 DIAL_TIMEOUT = 10.0
 RESOLVE_TIMEOUT = 10.0
+MAX_DIAL_ADDRESSES = 4  # bounds a dial to a few connect timeouts
 BULK_BUFFER = 256 * 1024
 SMALL_READ = 64 * 1024
 
@@ -30,21 +32,34 @@ def set_nodelay(sock: socket.socket) -> None:
         pass
 
 
-def dial(host: str, port: int, guard: ControlPlaneGuard, timeout: float = DIAL_TIMEOUT) -> socket.socket:
-    """Resolve and connect, refusing any address that is one of our own listeners (D11)."""
+def dial(
+    host: str,
+    port: int,
+    guard: ControlPlaneGuard,
+    timeout: float = DIAL_TIMEOUT,
+    *,
+    resolver: Resolver | None = None,
+    rule_pattern: str | None = None,
+) -> socket.socket:
+    """Resolve and connect under the guards, checked on every IP actually dialled: never one of
+    our own listeners (D11), and no private address the allowing rule does not name (D14).
+    The IP dialled is the socket's peer (getpeername)."""
     try:
-        with gevent.Timeout(RESOLVE_TIMEOUT):
-            infos = gsocket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except (OSError, gevent.Timeout) as exc:
-        raise DialError("dns_failure", f"cannot resolve {host}: {exc}") from None
+        addresses = resolver.resolve(host) if resolver is not None else system_addresses(host, RESOLVE_TIMEOUT)
+    except ResolveError as exc:
+        raise DialError("dns_failure", str(exc)) from None
     last: Exception | None = None
-    for family, type_, proto, _name, sockaddr in infos:
-        if guard.is_own_address(sockaddr[0], port):
+    private: str | None = None
+    for ip in addresses[:MAX_DIAL_ADDRESSES]:
+        if guard.is_own_address(ip, port):
             raise DialError("control_plane", f"{host}:{port} is this proxy's own listener")
-        sock = gsocket.socket(family, type_, proto)
+        if guard.private_range_refused(ip, rule_pattern):
+            private = private or ip
+            continue
+        sock = gsocket.socket(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(sockaddr)
+            sock.connect((ip, port))
         except OSError as exc:
             sock.close()
             last = exc
@@ -52,7 +67,17 @@ def dial(host: str, port: int, guard: ControlPlaneGuard, timeout: float = DIAL_T
         sock.settimeout(None)
         set_nodelay(sock)
         return sock
+    if private is not None and last is None:
+        raise DialError("private_range", f"{host} is the private address {private}, which no rule names (D14)")
     raise DialError("upstream_unreachable", f"cannot connect to {host}:{port}: {last}")
+
+
+def peer_ip(sock: socket.socket) -> str | None:
+    """The IP a connected socket talks to (the one actually dialled), or None if it is gone."""
+    try:
+        return str(sock.getpeername()[0])
+    except (OSError, IndexError):
+        return None
 
 
 def _pump(src: socket.socket, dst: socket.socket, counter: list[int], index: int) -> None:

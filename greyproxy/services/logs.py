@@ -55,12 +55,14 @@ def log_to_json(row: RequestLog, summary: str | None = None) -> dict[str, Any]:
         "destination_host": row.destination_host,
         "destination_port": row.destination_port,
         "resolved_hostname": row.resolved_hostname,
+        "dialed_ip": row.dialed_ip,  # the address actually connected to (issue 6)
         "method": row.method,
         "result": row.result,
         "rule_id": row.rule_id,
         "response_time_ms": row.response_time_ms,
         "reason": row.reason,  # D24
         "would": row.would,  # D26 report mode
+        "mitm_skip_reason": row.mitm_skip_reason,  # why a tunnel was not intercepted (§8.3)
     }
     if summary is not None:
         data["rule_summary"] = summary

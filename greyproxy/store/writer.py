@@ -3,7 +3,9 @@ connection never waits on SQL (D5). A crash loses at most one batch interval of 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,7 @@ from gevent.event import Event
 
 from greyproxy.services.pending import Attempt, PendingService
 from greyproxy.services.rules import RuleService
+from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
 from greyproxy.store.models import HttpTransaction, RequestLog
 from greyproxy.timeutil import utcnow
 
@@ -21,6 +24,8 @@ log = logging.getLogger("greyproxy.store")
 
 MAX_QUEUED_LOGS = 200_000  # beyond this the oldest rows are dropped (and counted), memory stays bounded
 BATCH_ROWS = 500
+MAX_QUEUED_DNS = 50_000  # distinct (client, ip) rows waiting; beyond this new ones are dropped
+DNS_PRUNE_SECONDS = 60.0  # how often expired dns_cache rows are deleted
 
 
 class StoreWriter:
@@ -36,6 +41,10 @@ class StoreWriter:
         self._transactions: deque[tuple[dict[str, Any], Callable[[HttpTransaction], None] | None]] = deque(
             maxlen=10_000
         )
+        # (client_ip, ip) -> newest row: a burst of lookups for one name is one upsert
+        self._dns: dict[tuple[str, str], DnsRow] = {}
+        self._dns_pruned_at = 0.0
+        self.dns_dropped = 0
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
@@ -65,6 +74,14 @@ class StoreWriter:
 
     def used(self, rule_id: int) -> None:
         self._used.add(rule_id)
+
+    def dns_cache(self, row: DnsRow) -> None:
+        """Persist one IP → hostname attribution (client_ip, ip, hostname, expires_at epoch)."""
+        key = (row[0], row[1])
+        if key not in self._dns and len(self._dns) >= MAX_QUEUED_DNS:
+            self.dns_dropped += 1
+            return
+        self._dns[key] = row
 
     # -- the writer greenlet -------------------------------------------------------------
     def start(self) -> None:
@@ -104,8 +121,11 @@ class StoreWriter:
             self.rules.touch_used(used, utcnow())
         while self._logs:
             batch = [self._logs[i] for i in range(min(BATCH_ROWS, len(self._logs)))]
+            # Name every column any row of the batch sets: peewee would otherwise take the
+            # columns from the first row alone and silently drop the others' extra fields.
+            fields = list(dict.fromkeys(key for row in batch for key in row))
             with self.db.atomic():
-                RequestLog.insert_many(batch).execute()
+                RequestLog.insert_many(batch, fields=fields).execute()
             for _ in batch:
                 self._logs.popleft()
             self.rows_written += len(batch)
@@ -119,3 +139,15 @@ class StoreWriter:
                 .limit(1)
             )
             RequestLog.update(mitm_skip_reason=reason).where(RequestLog.id.in_(latest)).execute()
+        self._flush_dns()
+
+    def _flush_dns(self) -> None:
+        while self._dns:
+            keys = list(itertools.islice(self._dns, BATCH_ROWS))
+            save_dns_cache(self.db, [self._dns[k] for k in keys])
+            for k in keys:
+                del self._dns[k]
+        now = time.time()
+        if now - self._dns_pruned_at >= DNS_PRUNE_SECONDS:
+            self._dns_pruned_at = now
+            prune_dns_cache(now)

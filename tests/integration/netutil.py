@@ -12,9 +12,11 @@ import time
 
 
 def socks_connect(proxy_port: int, host: str, port: int, user: str | None = "agent1", password: str = "x",
-                  timeout: float = 15.0) -> tuple[int, socket.socket]:
-    """RFC 1928/1929 CONNECT through the proxy; returns (reply code, socket)."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+                  timeout: float = 15.0, source: str | None = None) -> tuple[int, socket.socket]:
+    """RFC 1928/1929 CONNECT through the proxy (from `source`, a local IP, if given);
+    returns (reply code, socket)."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     if user is None:
         sock.sendall(b"\x05\x01\x00")
         assert sock.recv(2) == b"\x05\x00"

@@ -68,7 +68,7 @@ class TLSHandler(BaseHTTPRequestHandler):
         self.server.seen.append({"method": "GET", "path": self.path, "headers": dict(self.headers)})  # type: ignore[attr-defined]
         if self.path.startswith("/gzip"):
             payload = json.dumps({"compressed": True, "items": list(range(50))}).encode()
-            self._send(200, gzip.compress(payload), "application/json", {"Content-Encoding": "gzip",
+            self._send(200, gzip.compress(payload, mtime=0), "application/json", {"Content-Encoding": "gzip",
                                                                           "Set-Cookie": "session=abc"})
         elif self.path.startswith("/binary"):
             self._send(200, bytes(range(256)) * 16, "application/octet-stream")

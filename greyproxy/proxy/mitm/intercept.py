@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import select as gselect
 
-from greyproxy.capture.recorder import Exchange, TransactionRecorder
+from greyproxy.capture.recorder import Exchange
 from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.proxy.http import simple_response, split_host_port
@@ -72,13 +72,16 @@ def _is_ip(host: str) -> bool:
 class Interceptor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.recorder = TransactionRecorder(runtime)
+        self.recorder = runtime.recorder
 
     # -- entry -------------------------------------------------------------------------
     def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
         kind = self._sniff(client, upstream)
         if kind == "http":
-            self._loop(admission, BufferedSocket(client), BufferedSocket(upstream), "http")
+            try:
+                self._loop(admission, BufferedSocket(client), BufferedSocket(upstream), "http")
+            finally:
+                upstream.close()
             return
         if kind == "tls":
             reason = self._skip_reason(admission)
@@ -94,12 +97,15 @@ class Interceptor:
         self.rt.writer.skip_reason(admission.container, admission.host, admission.port, reason)
 
     def _sniff(self, client: socket.socket, upstream: socket.socket) -> str:
-        peeked = b""
+        # gevent's poll (event-loop watchers), not select(): select() cannot take fds >= 1024.
+        poller = gselect.poll()
+        poller.register(client.fileno(), gselect.POLLIN)
+        poller.register(upstream.fileno(), gselect.POLLIN)
         for _ in range(16):  # bounded: a handful of short reads settle it
-            readable, _, _ = gselect.select([client, upstream], [], [], SNIFF_TIMEOUT)
-            if not readable:
+            ready = {fd for fd, _ in poller.poll(SNIFF_TIMEOUT * 1000)}
+            if not ready:
                 return "other"
-            if upstream in readable and client not in readable:
+            if client.fileno() not in ready:
                 return "other"  # the server speaks first (SSH, SMTP, ...): not ours to parse
             try:
                 peeked = client.recv(16, socket.MSG_PEEK)
@@ -256,9 +262,10 @@ class Interceptor:
         is_upgrade = "upgrade" in request.tokens("connection") and (request.get("upgrade") or "").lower() == "websocket"
         if is_upgrade:
             rewrite_extension_offer(request)
-        # What is stored is the request as the client sent it (credentials substitution, when it
-        # lands, rewrites only what goes upstream).
-        upstream.sock.sendall(serialize_head(" ".join(request.start), request.headers))
+        # What is stored is the request as the client sent it (placeholders); only what goes
+        # upstream carries the real secrets (§11.2).
+        headers, target = self.rt.gate.substitute(ex, request.headers, target, host)
+        upstream.sock.sendall(serialize_head(f"{method} {target} {request.start[2]}", headers))
         ex.request_tap = ex.tap_for(request)
         relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
 
@@ -287,7 +294,11 @@ class Interceptor:
         if not no_body:
             relay_body(upstream, client.sock, response, until_close=not framed, tap=ex.response_tap.feed)
         self.recorder.record(ex)
-        closing = "close" in request.tokens("connection") or "close" in response.tokens("connection")
+        closing = (
+            "close" in request.tokens("connection")
+            or "close" in response.tokens("connection")
+            or (request.start[2] == "HTTP/1.0" and "keep-alive" not in request.tokens("connection"))
+        )
         return framed and not closing
 
     def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:

@@ -1,0 +1,35 @@
+"""Maintenance of stored traffic: retro-active header redaction (§5, §9) and retention (D19).
+
+`GET /api/maintenance/redact-headers` (the job's last progress) and `POST
+/api/maintenance/prune` (run retention now instead of at the next 10-minute tick) are ours;
+greyproxy has neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from greyproxy.api.context import runtime
+
+bp = Blueprint("maintenance", __name__)
+
+
+@bp.post("/api/maintenance/redact-headers")
+def redact_headers() -> Any:
+    # Rows still queued in the writer would otherwise miss this run.
+    runtime().writer.flush()
+    runtime().redaction.start()  # Conflict (409) while a run is in progress
+    return {"status": "redaction started"}
+
+
+@bp.get("/api/maintenance/redact-headers")
+def redact_headers_status() -> Any:
+    return {k: v for k, v in runtime().redaction.status.items()}
+
+
+@bp.post("/api/maintenance/prune")
+def prune() -> Any:
+    runtime().writer.flush()
+    return {"status": "ok", **runtime().retention.prune()}

@@ -1,0 +1,106 @@
+"""The in-memory map placeholder → secret used on the request path, and substitution
+(§11.2, D15): only where the destination matches the credential's `hosts` when set."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
+
+from greyproxy.credentials.placeholders import PLACEHOLDER_RE, PREFIX
+from greyproxy.policy.patterns import destination_matcher
+
+log = logging.getLogger("greyproxy.credentials")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    placeholder: str
+    value: str
+    label: str
+    session_id: str | None  # None = a global credential
+    hosts: tuple[str, ...] = ()  # destination patterns; empty = any destination (greyproxy)
+
+    def allowed_for(self, host: str) -> bool:
+        return not self.hosts or any(destination_matcher(p)(host) for p in self.hosts)
+
+
+@dataclass(slots=True)
+class Substitution:
+    labels: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    refused: list[str] = field(default_factory=list)  # placeholders sent to a host outside their `hosts`
+    per_session: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.labels)
+
+
+class Vault:
+    def __init__(self) -> None:
+        self._secrets: dict[str, Secret] = {}
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def put(self, secret: Secret) -> None:
+        self._secrets[secret.placeholder] = secret
+
+    def remove(self, placeholders: Iterable[str]) -> None:
+        for p in placeholders:
+            self._secrets.pop(p, None)
+
+    def remove_session(self, session_id: str) -> None:
+        self.remove([p for p, s in self._secrets.items() if s.session_id == session_id])
+
+    def _replace(self, text: str, host: str, result: Substitution) -> str:
+        def swap(match) -> str:  # noqa: ANN001 - re.Match
+            placeholder = match.group(0)
+            secret = self._secrets.get(placeholder)
+            if secret is None:
+                return placeholder
+            if not secret.allowed_for(host):
+                result.refused.append(placeholder)
+                return placeholder
+            if secret.label not in result.labels:
+                result.labels.append(secret.label)
+            if secret.session_id is not None:
+                result.session_id = result.session_id or secret.session_id
+                result.per_session[secret.session_id] = result.per_session.get(secret.session_id, 0) + 1
+            return secret.value
+
+        return PLACEHOLDER_RE.sub(swap, text)
+
+    def substitute_headers(self, headers: list[tuple[str, str]], host: str, result: Substitution) -> list[tuple[str, str]]:
+        if not self._secrets:
+            return headers
+        return [(k, self._replace(v, host, result) if PREFIX in v else v) for k, v in headers]
+
+    def substitute_target(self, target: str, host: str, result: Substitution) -> str:
+        """Placeholders in query values (possibly percent-encoded: ':' as %3A)."""
+        if not self._secrets or "?" not in target:
+            return target
+        path, _, query = target.partition("?")
+        if PREFIX not in unquote(query):
+            return target
+        pieces = []
+        for piece in query.split("&"):
+            key, sep, value = piece.partition("=")
+            raw = unquote(value)
+            if sep and PREFIX in raw:
+                new = self._replace(raw, host, result)
+                if new != raw:
+                    value = quote(new, safe="")  # re-encode the whole value: always valid
+            pieces.append(f"{key}{sep}{value}")
+        return f"{path}?{'&'.join(pieces)}"
+
+    def substitute_request(self, headers: list[tuple[str, str]], target: str, host: str) -> tuple[list[tuple[str, str]], str, Substitution]:
+        result = Substitution()
+        new_headers = self.substitute_headers(headers, host, result)
+        new_target = self.substitute_target(target, host, result)
+        if result.refused:
+            log.warning("credential placeholder(s) sent to %s, outside their allowed hosts: not substituted "
+                        "(%d placeholder(s))", host, len(result.refused))
+        return new_headers, new_target, result

@@ -1,0 +1,363 @@
+// Shared by every dashboard page: REST calls, the live /ws connection, DOM building, formatting,
+// and the page shell (pending badge, live indicator, theme, browser notifications).
+//
+// Everything shown comes from agents (hostnames, container names, headers), so it is never
+// parsed as HTML: `h()` builds elements and sets text with textContent.
+
+export const HOLD_SECONDS = Number(document.body.dataset.holdSeconds || 30);
+
+// ---- REST -------------------------------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// The HttpOnly cookie set by /dashboard?token=… authenticates these same-origin calls; the token
+// itself is never visible to this script.
+export async function api(method, path, body) {
+  const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json"; // the API refuses bodies without it
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "greyproxy is not reachable");
+  }
+  const text = await res.text();
+  let data = text;
+  if (text && (res.headers.get("Content-Type") || "").includes("json")) {
+    try { data = JSON.parse(text); } catch { /* keep the text */ }
+  }
+  if (!res.ok) {
+    if (res.status === 401) shell.loggedOut();
+    const message = data && typeof data === "object" && data.error ? data.error : `${res.status} ${res.statusText}`;
+    throw new ApiError(res.status, message);
+  }
+  return data;
+}
+
+export const get = (path, params) => api("GET", params ? `${path}?${query(params)}` : path);
+
+// Query string from an object, dropping empty values.
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== "" && v !== false) q.set(k, String(v));
+  }
+  return q.toString();
+}
+
+// A route that returns 404 is an API that has not landed in this greyproxy yet: the page shows
+// its empty state and lights up once the API exists.
+export const isMissing = (err) => err instanceof ApiError && err.status === 404;
+
+// ---- DOM --------------------------------------------------------------------------------------
+
+// h("a", {href: "/x", class: "y", onclick: fn, dataset: {id: 1}}, "text", child, [more])
+export function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "text") node.textContent = value;
+    else if (value === true) node.setAttribute(key, "");
+    else node.setAttribute(key, value);
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    if (Array.isArray(child)) append(node, child);
+    else node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+export const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
+
+export function replaceChildren(node, ...children) {
+  node.replaceChildren();
+  append(node, children);
+}
+
+export function debounce(fn, ms = 150) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+// Form fields as an object; checkboxes become booleans.
+export function formValues(form) {
+  const out = {};
+  for (const el of form.elements) {
+    if (!el.name) continue;
+    out[el.name] = el.type === "checkbox" ? el.checked : el.value.trim();
+  }
+  return out;
+}
+
+export function showFormError(form, message) {
+  const box = $(".form-error", form);
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+export function emptyRow(table, text) {
+  const cols = $$("thead th", table).length || 1;
+  return h("tr", { class: "empty-row" }, h("td", { colspan: cols }, text));
+}
+
+// ---- formatting -------------------------------------------------------------------------------
+
+export const parseTime = (iso) => (iso ? new Date(iso) : null);
+
+export function timeText(iso) {
+  const d = parseTime(iso);
+  if (!d) return "—";
+  const sameDay = d.toDateString() === new Date().toDateString();
+  return sameDay ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+export function durationText(seconds) {
+  const s = Math.abs(Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  const minutes = Math.round(s / 60);
+  if (minutes < 60) return `${minutes} min`; // 3599 s is "1 h", not "60 min"
+  const hours = s / 3600;
+  if (hours < 23.95) return `${hours.toFixed(hours < 10 ? 1 : 0).replace(/\.0$/, "")} h`;
+  const days = s / 86400;
+  return `${days.toFixed(days < 10 ? 1 : 0).replace(/\.0$/, "")} d`;
+}
+
+// "3 min ago" / "in 2 h"
+export function relative(iso) {
+  const d = parseTime(iso);
+  if (!d) return "—";
+  const seconds = (d.getTime() - Date.now()) / 1000;
+  if (Math.abs(seconds) < 5) return "just now";
+  return seconds > 0 ? `in ${durationText(seconds)}` : `${durationText(seconds)} ago`;
+}
+
+// A <time> element showing relative text with the exact time on hover.
+export function timeEl(iso, mode = "relative") {
+  if (!iso) return h("span", { class: "muted" }, "—");
+  return h("time", { datetime: iso, title: new Date(iso).toLocaleString(), dataset: { mode } },
+    mode === "relative" ? relative(iso) : timeText(iso));
+}
+
+// Relative times drift; refresh them every 15 s without re-fetching anything.
+setInterval(() => {
+  for (const el of $$("time[data-mode=relative]")) el.textContent = relative(el.getAttribute("datetime"));
+}, 15000);
+
+export function destText(item) {
+  return item.resolved_hostname || item.destination_host;
+}
+
+// datetime-local (local time, no zone) -> RFC 3339 UTC, and back.
+export function localToIso(value) {
+  return value ? new Date(value).toISOString() : "";
+}
+export function isoToLocal(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+export function badge(text, kind) {
+  return h("span", { class: `badge badge-${kind || text}` }, text);
+}
+
+// Pretty-print a body: JSON when it parses, otherwise the text as is.
+export function prettyBody(text) {
+  if (text === undefined || text === null || text === "") return "";
+  if (typeof text !== "string") return JSON.stringify(text, null, 2);
+  const trimmed = text.trim();
+  if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+    try { return JSON.stringify(JSON.parse(trimmed), null, 2); } catch { /* not JSON */ }
+  }
+  return text;
+}
+
+// ---- toasts -----------------------------------------------------------------------------------
+
+export function toast(message, kind = "info") {
+  const box = $("#toasts");
+  if (!box) return;
+  const node = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+  box.append(node);
+  setTimeout(() => node.remove(), kind === "error" ? 8000 : 4000);
+}
+
+export function reportError(err) {
+  if (err instanceof ApiError && err.status === 401) return; // the banner already says it
+  toast(err.message || String(err), "error");
+}
+
+// ---- pagination -------------------------------------------------------------------------------
+
+// Renders "‹ Prev  page 2 of 7 (312)  Next ›" into `nav`; onPage(offset) loads another page.
+export function renderPager(nav, { total, limit, offset }, onPage) {
+  if (!nav) return;
+  const pages = Math.max(1, Math.ceil(total / limit));
+  const page = Math.floor(offset / limit) + 1;
+  replaceChildren(nav,
+    h("button", { type: "button", class: "btn btn-small", disabled: page <= 1, onclick: () => onPage(offset - limit) }, "‹ Prev"),
+    h("span", { class: "muted" }, `Page ${page} of ${pages} · ${total} total`),
+    h("button", { type: "button", class: "btn btn-small", disabled: page >= pages, onclick: () => onPage(offset + limit) }, "Next ›"),
+  );
+  nav.hidden = total <= limit && offset === 0;
+}
+
+// ---- live updates over /ws --------------------------------------------------------------------
+
+class Live {
+  constructor() {
+    this.handlers = [];
+    this.resyncs = [];
+    this.delay = 1000;
+    this.everConnected = false;
+    this.socket = null;
+  }
+
+  // on("pending_request.created", fn) · on(["rule.created", "rule.deleted"], fn) · on("rule.*", fn)
+  on(types, fn) {
+    for (const type of [].concat(types)) this.handlers.push([type, fn]);
+  }
+
+  // Called after a reconnect: events were missed, so lists must be re-read.
+  onResync(fn) {
+    this.resyncs.push(fn);
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+    this.socket = socket;
+    this.setState("connecting");
+    socket.onopen = () => {
+      this.delay = 1000;
+      this.setState("live");
+      if (this.everConnected) this.resyncs.forEach((fn) => fn());
+      this.everConnected = true;
+    };
+    socket.onmessage = (msg) => {
+      let event;
+      try { event = JSON.parse(msg.data); } catch { return; }
+      this.dispatch(event);
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      this.setState("offline");
+      // Back off so a stopped greyproxy is not hammered; the page keeps working over REST.
+      setTimeout(() => this.connect(), this.delay);
+      this.delay = Math.min(this.delay * 2, 30000);
+    };
+  }
+
+  dispatch(event) {
+    for (const [type, fn] of this.handlers) {
+      const match = type === "*" || type === event.type || (type.endsWith(".*") && event.type.startsWith(type.slice(0, -1)));
+      if (!match) continue;
+      try { fn(event.data, event); } catch (err) { console.error(err); }
+    }
+  }
+
+  setState(state) {
+    const el = $("#live-status");
+    if (!el) return;
+    el.dataset.state = state;
+    const text = { live: "live", connecting: "connecting", offline: "reconnecting" }[state];
+    $(".live-text", el).textContent = text;
+    el.title = `Live updates: ${text}`;
+  }
+}
+
+export const live = new Live();
+
+// ---- the shell ------------------------------------------------------------------------------
+
+export const shell = {
+  notifications: { enabled: true, claims: 0 },
+  loggedOutShown: false,
+
+  start() {
+    live.connect();
+    this.refreshBadge();
+    const refreshBadge = debounce(() => this.refreshBadge(), 200);
+    live.on(["pending_request.*"], refreshBadge);
+    live.onResync(refreshBadge);
+    live.on("pending_request.created", (item) => this.notifyBrowser(item));
+    live.on("settings.changed", (s) => this.applySettings(s));
+    live.on("notification.claims_changed", (d) => { this.notifications.claims = d.active_claims; });
+    get("/api/settings").then((s) => this.applySettings(s)).catch(() => {});
+  },
+
+  async refreshBadge() {
+    const el = $("#pending-badge");
+    if (!el) return;
+    try {
+      const { count } = await get("/api/pending/count");
+      el.textContent = count > 99 ? "99+" : String(count);
+      el.hidden = count === 0;
+      document.title = document.title.replace(/^\(\d+\+?\) /, "");
+      if (count) document.title = `(${el.textContent}) ${document.title}`;
+    } catch { /* the banner reports a lost login; anything else shows up elsewhere */ }
+  },
+
+  applySettings(settings) {
+    if (settings.theme) document.documentElement.dataset.theme = settings.theme;
+    if (settings.notifications) {
+      this.notifications.enabled = settings.notifications.enabled;
+      if (settings.notifications.activeClaims !== undefined) this.notifications.claims = settings.notifications.activeClaims;
+    }
+  },
+
+  // A tab in the background shows a system notification that opens the request; a visible tab
+  // needs none (the list updates). A companion app's claim silences us like the desktop notifier.
+  notifyBrowser(item) {
+    if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
+    if (!this.notifications.enabled || this.notifications.claims > 0) return;
+    const note = new Notification("GreyProxy", {
+      body: `${item.container_name} wants to connect to ${destText(item)}:${item.destination_port}`,
+      tag: `greyproxy-pending-${item.id}`,
+    });
+    note.onclick = () => {
+      window.focus();
+      location.href = `/pending?highlight=${encodeURIComponent(item.id)}`;
+      note.close();
+    };
+  },
+
+  loggedOut() {
+    if (this.loggedOutShown) return;
+    this.loggedOutShown = true;
+    const banner = $("#banner");
+    if (!banner) return;
+    replaceChildren(banner, "This browser is no longer logged in (the API token changed or the cookie is gone). ",
+      "Open the Dashboard URL printed by ", h("code", {}, "greyproxy serve"), " to log in again.");
+    banner.hidden = false;
+  },
+};
+
+// Each page module calls this once: shell first, then the page's own setup.
+export function startPage(init) {
+  shell.start();
+  Promise.resolve()
+    .then(init)
+    .catch(reportError);
+}

@@ -1,0 +1,188 @@
+// Rules page: list with filters and expiry, create, edit (dialog) and delete.
+// Validation is the API's: its message is shown next to the form and nothing is saved.
+import {
+  $, api, badge, debounce, emptyRow, formValues, get, h, isoToLocal, live, localToIso, relative,
+  renderPager, reportError, showFormError, startPage, timeEl, toast,
+} from "./core.js";
+
+const PAGE_SIZE = 50;
+const table = $("#rules-table");
+const filters = $("#rule-filters");
+const createPanel = $("#rule-create");
+const createForm = $("#rule-form");
+const toggle = $("#new-rule-toggle");
+const dialog = $("#rule-dialog");
+const editForm = $("#rule-edit-form");
+let offset = 0;
+let rules = new Map();
+let editing = null;
+
+function expiryCell(rule) {
+  if (!rule.expires_at) return h("span", { class: "muted" }, "never");
+  const expired = !rule.is_active;
+  return h("time", {
+    datetime: rule.expires_at,
+    title: new Date(rule.expires_at).toLocaleString(),
+    class: expired ? "expired" : "expires",
+    dataset: { mode: "relative" },
+  }, expired ? `expired ${relative(rule.expires_at)}` : relative(rule.expires_at));
+}
+
+function sourceCell(rule) {
+  if (rule.source === "builtin") return badge("built-in", "muted");
+  if (rule.source === "session") return h("span", { title: rule.session_id || "" }, badge("session", "info"));
+  return h("span", { class: "muted" }, rule.created_by || "");
+}
+
+function row(rule) {
+  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
+  return h("tr", { dataset: { id: rule.id }, class: rule.is_active ? "" : "is-expired" },
+    cell("Action", badge(rule.action)),
+    cell("Container", h("code", {}, rule.container_pattern)),
+    cell("Destination", h("code", {}, rule.destination_pattern)),
+    cell("Port", h("code", {}, rule.port_pattern)),
+    cell("Expires", expiryCell(rule)),
+    cell("Last used", timeEl(rule.last_used_at)),
+    cell("Source", sourceCell(rule)),
+    cell("Notes", rule.notes || ""),
+    h("td", { class: "row-actions" },
+      h("button", { type: "button", class: "btn btn-small", dataset: { edit: rule.id },
+        "aria-label": `Edit rule ${rule.id}` }, "Edit"),
+      h("button", { type: "button", class: "btn btn-small btn-bad", dataset: { delete: rule.id },
+        "aria-label": `Delete rule ${rule.id}` }, "Delete")),
+  );
+}
+
+async function refresh() {
+  const f = formValues(filters);
+  const params = {
+    container: f.container, destination: f.destination, action: f.action,
+    include_expired: f.include_expired, limit: PAGE_SIZE, offset,
+  };
+  try {
+    const data = await get("/api/rules", params);
+    if (!data.items.length && offset > 0) { // the last rule of a page went away
+      offset = Math.max(0, offset - PAGE_SIZE);
+      return refresh();
+    }
+    rules = new Map(data.items.map((r) => [String(r.id), r]));
+    const body = $("tbody", table);
+    body.replaceChildren(...data.items.map(row));
+    if (!data.items.length) body.append(emptyRow(table, "No rules match."));
+    renderPager($("#rules-pager"), { total: data.total, limit: PAGE_SIZE, offset }, (o) => { offset = o; refresh(); });
+  } catch (err) {
+    reportError(err);
+  }
+}
+const refreshSoon = debounce(refresh, 150);
+
+// ---- create -------------------------------------------------------------------------------------
+
+function showCreate(open) {
+  createPanel.hidden = !open;
+  toggle.setAttribute("aria-expanded", String(open));
+  if (open) createForm.elements.container_pattern.focus();
+}
+
+async function create(event) {
+  event.preventDefault();
+  const f = formValues(createForm);
+  const body = {
+    container_pattern: f.container_pattern,
+    destination_pattern: f.destination_pattern,
+    port_pattern: f.port_pattern || "*",
+    action: f.action,
+    notes: f.notes || null,
+  };
+  if (f.lifetime) {
+    body.rule_type = "temporary";
+    body.expires_in_seconds = Number(f.lifetime);
+  }
+  showFormError(createForm, "");
+  try {
+    const rule = await api("POST", "/api/rules", body);
+    toast(`Rule #${rule.id} saved: ${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`, "ok");
+    createForm.reset();
+    showCreate(false);
+    refresh();
+  } catch (err) {
+    showFormError(createForm, err.message);
+  }
+}
+
+// Links such as "Rule…" on the dashboard open the form pre-filled: /rules?new=1&destination=…
+function prefillFromUrl() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has("new")) return;
+  for (const name of ["container_pattern", "destination_pattern", "port_pattern", "action"]) {
+    const short = name.replace("_pattern", "");
+    if (params.has(short)) createForm.elements[name].value = params.get(short);
+  }
+  showCreate(true);
+}
+
+// ---- edit / delete ------------------------------------------------------------------------------
+
+function openEdit(rule) {
+  editing = rule;
+  for (const name of ["container_pattern", "destination_pattern", "port_pattern", "action"]) {
+    editForm.elements[name].value = rule[name];
+  }
+  editForm.elements.notes.value = rule.notes || "";
+  editForm.elements.expires_at.value = isoToLocal(rule.expires_at);
+  showFormError(editForm, "");
+  dialog.showModal();
+}
+
+async function saveEdit(event) {
+  event.preventDefault();
+  const f = formValues(editForm);
+  const changes = {};
+  for (const name of ["container_pattern", "destination_pattern", "port_pattern", "action"]) {
+    if (f[name] !== editing[name]) changes[name] = f[name];
+  }
+  if ((f.notes || null) !== (editing.notes || null)) changes.notes = f.notes;
+  if (f.expires_at !== isoToLocal(editing.expires_at)) changes.expires_at = localToIso(f.expires_at); // "" = never
+  try {
+    if (Object.keys(changes).length) await api("PUT", `/api/rules/${editing.id}`, changes);
+    dialog.close();
+    toast(`Rule #${editing.id} saved`, "ok");
+    refresh();
+  } catch (err) {
+    showFormError(editForm, err.message);
+  }
+}
+
+async function remove(rule) {
+  const what = `${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`;
+  if (!window.confirm(`Delete rule #${rule.id} (${what})? Connections it allowed are closed.`)) return;
+  try {
+    await api("DELETE", `/api/rules/${rule.id}`);
+    toast(`Rule #${rule.id} deleted`);
+    refresh();
+  } catch (err) {
+    reportError(err);
+  }
+}
+
+startPage(async () => {
+  toggle.addEventListener("click", () => showCreate(createPanel.hidden));
+  $("#rule-cancel").addEventListener("click", () => { createForm.reset(); showFormError(createForm, ""); showCreate(false); });
+  createForm.addEventListener("submit", create);
+  editForm.addEventListener("submit", saveEdit);
+  $("[data-close]", dialog).addEventListener("click", () => dialog.close());
+  table.addEventListener("click", (event) => {
+    const edit = event.target.closest("[data-edit]");
+    const del = event.target.closest("[data-delete]");
+    if (edit) openEdit(rules.get(edit.dataset.edit));
+    if (del) remove(rules.get(del.dataset.delete));
+  });
+  const refilter = debounce(() => { offset = 0; refresh(); }, 250);
+  filters.addEventListener("input", refilter);
+  filters.addEventListener("change", refilter);
+  filters.addEventListener("submit", (e) => e.preventDefault());
+  live.on("rule.*", refreshSoon);
+  live.onResync(refresh);
+  prefillFromUrl();
+  await refresh();
+});

@@ -1,0 +1,153 @@
+// Settings page: theme, notifications (desktop + this browser), TLS interception, silent mode.
+import {
+  $, $$, api, formValues, get, h, live, relative, reportError, showFormError, startPage, toast,
+} from "./core.js";
+
+const notifyBox = $("#notify-enabled");
+const mitmBox = $("#mitm-enabled");
+const bypassForm = $("#bypass-form");
+const redactForm = $("#redact-form");
+// §9: always redacted by greyproxy; listed apart so the textarea holds only the user's own.
+const DEFAULT_REDACTED = ["authorization", "proxy-authorization", "cookie", "set-cookie", "*api-key*", "*token*", "*secret*"];
+
+const lines = (text) => text.split("\n").map((l) => l.trim()).filter(Boolean);
+
+function showSettings(s) {
+  for (const radio of $$("input[name=theme]")) radio.checked = radio.value === s.theme;
+  document.documentElement.dataset.theme = s.theme;
+  notifyBox.checked = Boolean(s.notifications?.enabled);
+  mitmBox.checked = Boolean(s.mitm?.enabled);
+  const backend = s.notifications?.backend;
+  if (backend && backend !== "none") $("#notify-backend").textContent = `Desktop notifications via ${backend}.`;
+  showClaims(s.notifications?.activeClaims || 0);
+  showMitmDetails(s.mitm || {});
+  showRedaction(s.redactedHeaders);
+}
+
+// The CA and bypass list are shown when this greyproxy reports them (TLS interception).
+function showMitmDetails(mitm) {
+  const cert = $("#cert-status");
+  if (mitm.certGenerated !== undefined) {
+    cert.hidden = false;
+    cert.replaceChildren(...(mitm.certGenerated
+      ? ["CA certificate", mitm.certExpiry ? ` valid until ${mitm.certExpiry}` : "", mitm.installed ? ", trusted by this system. " : ", not trusted by this system yet. ",
+        h("a", { href: "/api/cert/download", download: "greyproxy-ca.pem" }, "Download it")]
+      : ["No CA certificate yet: run ", h("code", {}, "greyproxy cert generate"), "."]));
+  }
+  if (Array.isArray(mitm.bypass)) {
+    bypassForm.hidden = false;
+    if (document.activeElement !== bypassForm.elements.bypass) bypassForm.elements.bypass.value = mitm.bypass.join("\n");
+  }
+}
+
+function showRedaction(patterns) {
+  if (!Array.isArray(patterns)) return;
+  $("#redact-card").hidden = false;
+  const always = patterns.filter((p) => DEFAULT_REDACTED.includes(p.toLowerCase()));
+  $("#redact-defaults").replaceChildren(...always.flatMap((p, i) => [i ? ", " : "", h("code", {}, p)]));
+  if (document.activeElement !== redactForm.elements.patterns) {
+    redactForm.elements.patterns.value = patterns.filter((p) => !DEFAULT_REDACTED.includes(p.toLowerCase())).join("\n");
+  }
+}
+
+async function saveList(form, body, what) {
+  showFormError(form, "");
+  try {
+    showSettings(await api("PUT", "/api/settings", body));
+    toast(`${what} saved`, "ok");
+  } catch (err) {
+    showFormError(form, err.message);
+  }
+}
+
+function showClaims(n) {
+  const el = $("#notify-claims");
+  el.hidden = !n;
+  el.textContent = n ? `A companion app has claimed notifications (${n}); greyproxy and this dashboard stay quiet meanwhile.` : "";
+}
+
+async function put(changes, what) {
+  try {
+    showSettings(await api("PUT", "/api/settings", changes));
+    toast(`${what} saved`, "ok");
+  } catch (err) {
+    reportError(err);
+    showSettings(await get("/api/settings"));
+  }
+}
+
+// ---- browser notifications ------------------------------------------------------------------
+
+function showPermission() {
+  const text = $("#browser-permission");
+  const ask = $("#browser-permission-ask");
+  if (!("Notification" in window)) {
+    text.textContent = "This browser cannot show notifications.";
+    ask.hidden = true;
+    return;
+  }
+  const words = {
+    granted: "Browser notifications are allowed.",
+    denied: "Browser notifications are blocked; allow them in the site settings of your browser.",
+    default: "Browser notifications are not allowed yet.",
+  };
+  text.textContent = words[Notification.permission] || Notification.permission;
+  ask.hidden = Notification.permission !== "default";
+}
+
+// ---- silent mode --------------------------------------------------------------------------------
+
+function showSilent(status) {
+  const el = $("#silent-status");
+  el.dataset.active = String(Boolean(status.active));
+  $("#silent-off").hidden = !status.active;
+  if (!status.active) {
+    el.textContent = "Off: unknown connections wait for you.";
+    return;
+  }
+  const what = status.mode === "deny" ? "Denying" : "Allowing";
+  const until = status.expires_at
+    ? `until ${new Date(status.expires_at).toLocaleTimeString()} (${relative(status.expires_at)})`
+    : "until greyproxy restarts";
+  el.replaceChildren(h("strong", {}, `${what} everything`), ` ${until}.`);
+}
+
+async function silent(method, body) {
+  try {
+    showSilent(await api(method, "/api/allowall", body));
+  } catch (err) {
+    reportError(err);
+  }
+}
+
+startPage(async () => {
+  for (const radio of $$("input[name=theme]")) {
+    radio.addEventListener("change", () => put({ theme: radio.value }, "Theme"));
+  }
+  notifyBox.addEventListener("change", () => put({ notifications: { enabled: notifyBox.checked } }, "Notifications"));
+  mitmBox.addEventListener("change", () => put({ mitm: { enabled: mitmBox.checked } }, "Traffic inspection"));
+  $("#browser-permission-ask").addEventListener("click", async () => {
+    await Notification.requestPermission();
+    showPermission();
+  });
+  $("#silent-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    silent("POST", formValues(e.target));
+  });
+  $("#silent-off").addEventListener("click", () => silent("DELETE"));
+  bypassForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    saveList(bypassForm, { mitm: { bypass: lines(bypassForm.elements.bypass.value) } }, "Bypass list");
+  });
+  redactForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    saveList(redactForm, { redactedHeaders: lines(redactForm.elements.patterns.value) }, "Redaction patterns");
+  });
+  live.on("settings.changed", showSettings);
+  live.on("notification.claims_changed", (d) => showClaims(d.active_claims));
+  live.on("allowall.changed", () => get("/api/allowall").then(showSilent).catch(reportError));
+  showPermission();
+  const [settings, status] = await Promise.all([get("/api/settings"), get("/api/allowall")]);
+  showSettings(settings);
+  showSilent(status);
+});
