@@ -76,6 +76,11 @@ class Bus:
             except Full:
                 sub.dropped += 1
 
+    def wants(self, type_: str) -> bool:
+        """Whether a subscriber would receive an event of this type, so a costly payload can be
+        skipped. Hooks do not count: they are for control events (rules), not traffic."""
+        return any(s.types is None or type_ in s.types for s in self._subs.values())
+
     @property
     def subscriber_count(self) -> int:
         return len(self._subs)

@@ -45,7 +45,8 @@ class TransactionRecorder:
         self.rt = runtime
 
     def _publish(self, txn: HttpTransaction) -> None:
-        self.rt.bus.publish("transaction.new", transaction_to_json(txn))
+        if self.rt.bus.wants("transaction.new"):  # serializing for nobody is wasted hub time
+            self.rt.bus.publish("transaction.new", transaction_to_json(txn))
 
     def _headers(self, head: Head | None) -> str | None:
         if head is None:

@@ -24,6 +24,7 @@ log = logging.getLogger("greyproxy.store")
 
 MAX_QUEUED_LOGS = 200_000  # beyond this the oldest rows are dropped (and counted), memory stays bounded
 BATCH_ROWS = 500
+TRANSACTION_DELAY = 0.25  # seconds: how long a captured exchange may wait before it is written
 MAX_QUEUED_DNS = 50_000  # distinct (client, ip) rows waiting; beyond this new ones are dropped
 DNS_PRUNE_SECONDS = 60.0  # how often expired dns_cache rows are deleted
 
@@ -59,9 +60,10 @@ class StoreWriter:
         self._wake.set()  # new pending rows should show up at once, not after a batch interval
 
     def transaction(self, row: dict[str, Any], saved: Callable[[HttpTransaction], None] | None = None) -> None:
-        """Queue a captured exchange; `saved` runs (in the writer) once it has its id."""
+        """Queue a captured exchange; `saved` runs (in the writer) once it has its id. Written
+        within TRANSACTION_DELAY, in batches: one commit per exchange would cost the hub more
+        than the exchange itself."""
         self._transactions.append((row, saved))
-        self._wake.set()
 
     def skip_reason(self, container: str, host: str, port: int, reason: str) -> None:
         """Why a tunnel was not intercepted (§8.3), noted on the connection's log row."""
@@ -93,29 +95,46 @@ class StoreWriter:
         self.flush()
 
     def _run(self) -> None:
+        last_logs = time.monotonic()
         while True:
-            self._wake.wait(timeout=self.interval)
+            self._wake.wait(timeout=TRANSACTION_DELAY)
             self._wake.clear()
             try:
-                self.flush()
+                self._flush_attempts()
+                self._flush_transactions()
+                if time.monotonic() - last_logs >= self.interval or len(self._logs) >= BATCH_ROWS:
+                    last_logs = time.monotonic()
+                    self.flush()
             except Exception:  # keep the writer alive; the rows stay queued for the next try
                 log.exception("store writer: flush failed")
                 gevent.sleep(self.interval)
 
-    def flush(self) -> None:
+    def _flush_attempts(self) -> None:
         while self._attempts:
             attempt = self._attempts[0]
             self.pending.record_attempt(attempt)
             self._attempts.popleft()
-        if self._transactions:
+
+    def _flush_transactions(self) -> None:
+        while self._transactions:
             batch = [self._transactions.popleft() for _ in range(min(BATCH_ROWS, len(self._transactions)))]
-            saved = []
+            rows = [row for row, _ in batch]
+            fields = list(dict.fromkeys(key for row in rows for key in row))
             with self.db.atomic():
-                for row, callback in batch:
-                    saved.append((HttpTransaction.create(**row), callback))
-            for txn, callback in saved:
+                if isinstance(self.db, peewee.SqliteDatabase):
+                    # One multi-row INSERT; its AUTOINCREMENT ids are consecutive (single writer).
+                    last = HttpTransaction.insert_many(rows, fields=fields).execute()
+                    ids = range(last - len(rows) + 1, last + 1)
+                else:
+                    ids = [r[0] for r in HttpTransaction.insert_many(rows, fields=fields)
+                           .returning(HttpTransaction.id).tuples().execute()]
+            for (row, callback), txn_id in zip(batch, ids, strict=True):
                 if callback is not None:
-                    callback(txn)
+                    callback(HttpTransaction(id=txn_id, **row))
+
+    def flush(self) -> None:
+        self._flush_attempts()
+        self._flush_transactions()
         if self._used:
             used, self._used = self._used, set()
             self.rules.touch_used(used, utcnow())
