@@ -16,6 +16,7 @@ from gevent.event import Event
 
 from greyproxy.services.pending import Attempt, PendingService
 from greyproxy.services.rules import RuleService
+from greyproxy.store.bulk import insert_rows
 from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
 from greyproxy.store.models import HttpTransaction, RequestLog
 from greyproxy.timeutil import utcnow
@@ -49,6 +50,8 @@ class StoreWriter:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
+        # (table, seconds, rows) for each batch written; the runtime points it at the metrics.
+        self.observe_batch: Callable[[str, float, int], None] = lambda _table, _seconds, _rows: None
 
     # -- called from the connection path: memory only ----------------------------------
     def log(self, **row: Any) -> None:
@@ -118,16 +121,9 @@ class StoreWriter:
     def _flush_transactions(self) -> None:
         while self._transactions:
             batch = [self._transactions.popleft() for _ in range(min(BATCH_ROWS, len(self._transactions)))]
-            rows = [row for row, _ in batch]
-            fields = list(dict.fromkeys(key for row in rows for key in row))
-            with self.db.atomic():
-                if isinstance(self.db, peewee.SqliteDatabase):
-                    # One multi-row INSERT; its AUTOINCREMENT ids are consecutive (single writer).
-                    last = HttpTransaction.insert_many(rows, fields=fields).execute()
-                    ids = range(last - len(rows) + 1, last + 1)
-                else:
-                    ids = [r[0] for r in HttpTransaction.insert_many(rows, fields=fields)
-                           .returning(HttpTransaction.id).tuples().execute()]
+            started = time.monotonic()
+            ids = insert_rows(self.db, HttpTransaction, [row for row, _ in batch])
+            self.observe_batch("http_transactions", time.monotonic() - started, len(batch))
             for (row, callback), txn_id in zip(batch, ids, strict=True):
                 if callback is not None:
                     callback(HttpTransaction(id=txn_id, **row))
@@ -140,11 +136,9 @@ class StoreWriter:
             self.rules.touch_used(used, utcnow())
         while self._logs:
             batch = [self._logs[i] for i in range(min(BATCH_ROWS, len(self._logs)))]
-            # Name every column any row of the batch sets: peewee would otherwise take the
-            # columns from the first row alone and silently drop the others' extra fields.
-            fields = list(dict.fromkeys(key for row in batch for key in row))
-            with self.db.atomic():
-                RequestLog.insert_many(batch, fields=fields).execute()
+            started = time.monotonic()
+            insert_rows(self.db, RequestLog, batch)
+            self.observe_batch("request_logs", time.monotonic() - started, len(batch))
             for _ in batch:
                 self._logs.popleft()
             self.rows_written += len(batch)
