@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
@@ -63,6 +63,9 @@ def export_har() -> Response:
     limit = int_arg("limit", 1000, minimum=1, maximum=MAX_EXPORT)
     offset = int_arg("offset", 0)
     entries = export_entries(txn_filter(), limit, offset)
+    if request.method == "HEAD":
+        # A streamed body has no length; gevent's server would answer HEAD with a stray chunk.
+        return _attachment(Response(b"", mimetype="application/json"), f"greyproxy-{_stamp()}.har")
     # Streamed: entries are loaded and written one at a time.
     return _attachment(Response(har_stream(entries), mimetype="application/json"), f"greyproxy-{_stamp()}.har")
 
