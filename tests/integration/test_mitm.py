@@ -10,25 +10,13 @@ import subprocess
 import pytest
 
 from tests.integration.netutil import http_connect, socks_connect, wait_until
-from tests.integration.tlsutil import TLSOrigin
 
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "20"]
 
 
 @pytest.fixture
-def tls_origin(tmp_path):
-    origin = TLSOrigin(tmp_path)
-    yield origin
-    origin.close()
-
-
-@pytest.fixture
-def mgp(gp_factory, tls_origin):
-    gp = gp_factory(config_yaml=f"mitm: {{extra_ca_bundle: '{tls_origin.ca_path}'}}\n")
-    resp = gp.api("POST", "/api/cert/generate")
-    assert resp.status_code == 200, resp.text
-    gp.ca_path = gp.data_dir / "ca-cert.pem"
-    return gp
+def mgp(intercepting_gp):
+    return intercepting_gp()
 
 
 def transactions(gp, **params) -> list[dict]:

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from tests.integration.netutil import EchoServer, http_connect, socks_connect, wait_until
-from tests.integration.tlsutil import TLSOrigin
 
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "15"]
 SESSION_ID = "gw-0123456789abcdef"
@@ -23,17 +22,8 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def tls_origin(tmp_path):
-    origin = TLSOrigin(tmp_path)
-    yield origin
-    origin.close()
-
-
-@pytest.fixture
-def sgp(gp_factory, tls_origin):
-    gp = gp_factory(config_yaml=f"mitm: {{extra_ca_bundle: '{tls_origin.ca_path}'}}\n", hold_seconds=2)
-    assert gp.api("POST", "/api/cert/generate").status_code == 200
-    return gp
+def sgp(intercepting_gp):
+    return intercepting_gp(hold_seconds=2)
 
 
 def make_session(gp, origin_port: int, tls_port: int, **extra) -> dict:
