@@ -1,4 +1,5 @@
-"""Command line: `greyproxy serve` and friends."""
+"""Command line: `greyproxy serve` here; the other verbs live in small modules (cli_cert: the CA,
+cli_ops: status / rules / token, cli_install: install / uninstall / service)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import logging
 import sys
 
-from greyproxy import __version__, cli_cert
+from greyproxy import __version__, cli_cert, cli_install, cli_ops
+from greyproxy.logsetup import setup_logging
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,16 +22,6 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-seconds", type=float, help="how long an unmatched connection is held (default 30)")
     p.add_argument("--silent-allow", action="store_true", help="start in silent allow-all mode until restart")
     p.add_argument("--no-auth", action="store_true", help="no API token (for greyproxy-era clients; unsafe)")
-
-
-def _setup_logging(level: str, fmt: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-        if fmt == "json"
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _raise_fd_limit() -> None:
@@ -58,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"greyproxy: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format)
     _raise_fd_limit()
     log = logging.getLogger("greyproxy")
     for name in config.ignored:
@@ -70,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"greyproxy: cannot start: {exc}", file=sys.stderr)
         return 1
+    # SIGHUP re-reads the same file with the same flags (flags still win over the file).
+    runtime.reloader.load = lambda: load_config(args.config, flags=flags)
 
     def ready() -> None:
         ports = runtime.ports
@@ -90,11 +84,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="greyproxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="greyproxy", description="A policy-enforcing egress firewall proxy for sandboxed AI agents.")
     parser.add_argument("-V", "--version", action="version", version=f"greyproxy {__version__}")
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub)
     cli_cert.add_parser(sub)
+    cli_ops.add_parsers(sub)
+    cli_install.add_parsers(sub)
     return parser
 
 
@@ -105,5 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "cert":
         return cli_cert.cmd_cert(args)
+    if args.command in ("status", "rules", "token"):
+        return cli_ops.run(args)
+    if args.command in ("install", "uninstall", "service"):
+        return cli_install.run(args)
     parser.print_help()
     return 2

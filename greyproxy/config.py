@@ -33,9 +33,11 @@ DEFAULTS: dict[str, Any] = {
     "notifications": {"enabled": True},
     "docker": {"enabled": False, "socket": "/var/run/docker.sock", "cache_ttl": "30s"},
     "container_modes": [],
+    "rules_files": [],
     "middlewares": [],
     "log": {"level": "info", "format": "text"},
     "blocked_message": None,
+    "drain_seconds": 5,
 }
 
 LISTENERS = ("http", "socks5", "dns", "api")
@@ -74,6 +76,9 @@ class Config:
     dns_upstream: tuple[tuple[str, int], ...] = ()  # () = the system resolver's servers (§12.1)
     dns_policy: str = "log"  # 'log' | 'enforce'
     guard_private_ranges: str = "allow"  # 'allow' | 'deny' (D14)
+    rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
+    drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
+    source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
 
     @property
     def db_path(self) -> Path:
@@ -202,6 +207,9 @@ def load_config(
         if "services" in doc:
             doc, ignored = _from_gost(doc)
         merged = _merge(merged, doc)
+        source: Path | None = Path(path).resolve()
+    else:
+        source = None
 
     if env.get("GREYPROXY_DATABASE_URL"):
         merged["database"]["url"] = env["GREYPROXY_DATABASE_URL"]
@@ -223,10 +231,24 @@ def load_config(
         merged["silent_allow"] = True
     if flags.get("no_auth"):
         merged["api"]["auth"] = "none"
-    return _build(merged, env, tuple(ignored))
+    return _build(merged, env, tuple(ignored), source)
 
 
-def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, ...]) -> Config:
+def build_config(merged: dict[str, Any], env: Mapping[str, str] | None = None, ignored: tuple[str, ...] = (),
+                 source: Path | None = None) -> Config:
+    """A Config from an already merged raw dict (a reload keeps some keys at their old values)."""
+    return _build(copy.deepcopy(merged), os.environ if env is None else env, ignored, source)
+
+
+def _rules_files(value: Any, source: Path | None) -> tuple[Path, ...]:
+    if not isinstance(value or [], list) or not all(isinstance(v, str) and v.strip() for v in value or []):
+        raise ConfigError("'rules_files' must be a list of file paths")
+    base = source.parent if source is not None else Path.cwd()
+    return tuple((base / Path(v).expanduser()).resolve() for v in value or [])
+
+
+def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, ...],
+           source: Path | None = None) -> Config:
     host = str(merged["host"])
     listen = {name: parse_address(merged["listen"][name], host, f"listen.{name}") for name in LISTENERS}
     try:
@@ -264,6 +286,12 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
     if guard["private_ranges"] not in ("allow", "deny"):
         raise ConfigError("'guard.private_ranges' must be 'allow' or 'deny'")
     data_dir = Path(merged["data_dir"]) if merged["data_dir"] else default_data_dir(env)
+    try:
+        drain = float(merged["drain_seconds"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"'drain_seconds': '{merged['drain_seconds']}' is not a number") from None
+    if not 0 <= drain <= 3600:
+        raise ConfigError("'drain_seconds' must be between 0 and 3600")
     return Config(
         listen=listen,
         data_dir=data_dir.expanduser(),
@@ -283,4 +311,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         dns_upstream=upstream,
         dns_policy=dns["policy"],
         guard_private_ranges=guard["private_ranges"],
+        rules_files=_rules_files(merged["rules_files"], source),
+        drain_seconds=drain,
+        source=source,
     )

@@ -18,17 +18,20 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
-from greyproxy import __version__
+from greyproxy import __version__, sdnotify
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.redact import Redactor
-from greyproxy.config import Config, ListenAddress
+from greyproxy.config import Config, ListenAddress, load_config
 from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
 from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
+from greyproxy.metrics import Metrics
 from greyproxy.notify import DesktopNotifier
+from greyproxy.policy.durations import parse_go_duration
 from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, without_own_address
 from greyproxy.proxy.dnscache import CacheRow, HostnameCache
 from greyproxy.proxy.dnsupstream import Upstream, system_servers
+from greyproxy.proxy.docker import DockerResolver
 from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
@@ -38,6 +41,7 @@ from greyproxy.proxy.mitm.state import MitmState
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.tracker import ConnectionTracker
+from greyproxy.reload import Reloader, sync_rules_files
 from greyproxy.services.credentials import CredentialService
 from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy
 from greyproxy.services.modes import ModeService
@@ -101,6 +105,7 @@ class Runtime:
         apply_migrations(self.db)
 
         self.bus = Bus()
+        self.metrics = Metrics()
         self.policy = PolicyHolder()
         self.silent = SilentMode(self.bus, self.policy_changed)
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
@@ -108,6 +113,7 @@ class Runtime:
         self.holds = HoldManager(self.bus, self.policy.decide)
         self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss)
         self.writer = StoreWriter(self.db, self.pending, self.rules)
+        self.writer.observe_batch = self.metrics.db_batch
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
         self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
         # DNS (§12): the upstream servers, the dial-time resolver, and the per-client IP → name
@@ -125,23 +131,41 @@ class Runtime:
                               extra_ca_bundle=mitm_cfg["extra_ca_bundle"])
         self.redactor = Redactor(saved["redactedHeaders"])
         self.settings.cert_info = lambda: self.mitm.status(is_installed())
-        self.settings.on_change(self._apply_settings)
+        self.settings.on_change(self.apply_settings)
         self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
         self.recorder = TransactionRecorder(self)
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
+        self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
         if config.silent_allow:
             self.silent.mode = "allow"
         self.policy_changed()
+        if config.rules_files:  # a bad rules file stops the start, like a bad config key (D27)
+            log.info("rules files: %s", sync_rules_files(self, config.rules_files))
+        # SIGHUP; the CLI replaces `load` with one that also re-applies its command-line flags.
+        self.reloader = Reloader(self, lambda: load_config(config.source))
 
         self.api_token: str | None = load_or_create_token(config.data_dir) if config.api_auth == "token" else None
         self.ports: dict[str, int | None] = {}
         self._servers: list[Any] = []
         self._stopped = Event()
         self.notifier = DesktopNotifier.for_runtime(self)
+        self.settings.notifier_info = self.notifier.status
+        self.metrics.bind(version=self.version, held=lambda: self.holds.total, pending=self.pending.count,
+                          tunnels=lambda: len(self.tracker))
+        self._stopping = False
+        self._hurry = Event()
+
+    def build_docker_resolver(self, config: Config) -> DockerResolver | None:
+        """§14: only when enabled; the gate asks it for the identity of each source IP."""
+        docker = config.raw["docker"]
+        if not docker["enabled"]:
+            return None
+        return DockerResolver(str(docker["socket"]), parse_go_duration(str(docker["cache_ttl"])),
+                              on_result=self.metrics.docker)
 
     def _setup_sessions(self) -> None:
         """Sessions and credentials (§11): a key of the wrong size turns credential support off
@@ -170,7 +194,7 @@ class Runtime:
         )
         self.holds.reevaluate()
 
-    def _apply_settings(self, values: dict[str, Any]) -> None:
+    def apply_settings(self, values: dict[str, Any]) -> None:
         """Settings the proxy acts on apply to the next connection (the recorder reads self.redactor)."""
         self.mitm.enabled = values["mitmEnabled"]
         self.mitm.set_bypass(values["mitmBypass"])
@@ -223,9 +247,14 @@ class Runtime:
         self.notifier.start()
         for server in self._servers:
             server.start()
-        self._write_handshake()
+        self.write_handshake()
 
-    def _write_handshake(self) -> None:
+    def status_line(self) -> str:
+        p = self.ports
+        return (f"http :{p.get('http')} socks5 :{p.get('socks5')} dns :{p.get('dns')} api :{p.get('api')}; "
+                f"{self.holds.total} held, {len(self.tracker)} open")
+
+    def write_handshake(self) -> None:
         info = {
             "port": self.ports["api"],
             "token": self.api_token,
@@ -236,9 +265,30 @@ class Runtime:
         }
         write_secret_file(self.config.data_dir / "api-handshake.json", json.dumps(info) + "\n")
 
-    def stop(self, grace: float = 2.0) -> None:
-        for server in self._servers:
-            server.stop(timeout=grace)
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful: stop accepting, answer held connections, let open ones finish for up to
+        `drain_seconds` (a second SIGTERM/SIGINT cuts it short), then close what is left."""
+        self._stopping = True
+        grace = self.config.drain_seconds if grace is None else grace
+        sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
+        proxies, others = self._servers[:2], self._servers[2:]
+        for server in proxies:
+            server.close()
+        self.holds.release_all("shutting_down")
+        pools = [s.pool for s in proxies if s.pool is not None]
+        deadline = time.monotonic() + grace
+        if any(len(p) for p in pools):
+            log.info("draining %d connection(s) for up to %g s", sum(len(p) for p in pools), grace)
+        while any(len(p) for p in pools) and time.monotonic() < deadline and not self._hurry.is_set():
+            gevent.sleep(0.05)
+        left = sum(len(p) for p in pools)
+        if left:
+            log.info("closing %d connection(s) still open after the drain", left)
+        self.tracker.close_all()  # their handlers end on the closed sockets
+        for pool in pools:
+            pool.kill(block=True, timeout=1)
+        for server in others:
+            server.stop(timeout=1.0)
         self.tracker.stop()
         self.sessions.stop()
         self.mitm.stop()
@@ -250,13 +300,21 @@ class Runtime:
         self.db.close()
         self._stopped.set()
 
+    def _on_stop_signal(self) -> None:
+        if self._stopping:
+            self._hurry.set()
+        else:
+            self._stopped.set()
+
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         self.start()
         if on_ready:
             on_ready()
-        gevent.signal_handler(signal.SIGTERM, self._stopped.set)
-        gevent.signal_handler(signal.SIGINT, self._stopped.set)
-        gevent.signal_handler(signal.SIGHUP, self.mitm.reload)  # pick up a replaced CA (§17 reload)
+        gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGHUP, self.reloader.reload)  # config, rules files, token, CA (§17)
+        # Every listener is bound and serving: tell systemd (Type=notify), if it is watching.
+        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self.status_line()}")
         self._stopped.wait()
         self._stopped.clear()
         self.stop()

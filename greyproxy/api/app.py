@@ -19,8 +19,10 @@ from greyproxy.api import (
     health,
     logs,
     maintenance,
+    metrics,
     modes,
     notifications,
+    openapi,
     pages,
     pending,
     rules,
@@ -53,6 +55,8 @@ BLUEPRINTS = (
     maintenance.bp,
     pages.bp,
     sessions.bp,
+    metrics.bp,
+    openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024
 

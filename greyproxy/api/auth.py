@@ -92,7 +92,9 @@ def _same(presented: str, token: str) -> bool:
 def _refuse(reason: str) -> Response:
     """API and WebSocket clients get the JSON 401; a browser asking for a page gets a page
     that explains how to log in (the JSON would only confuse a person)."""
-    if request.method in ("GET", "HEAD") and not request.path.startswith("/api/") and request.path != "/ws":
+    # /metrics is for Prometheus, not a person: the JSON 401 (with WWW-Authenticate) fits it.
+    if request.method in ("GET", "HEAD") and not request.path.startswith("/api/") \
+            and request.path not in ("/ws", "/metrics"):
         return login_page(reason)
     raise _unauthorized()
 

@@ -91,7 +91,7 @@ def get_settings() -> Any:
 def put_settings() -> Any:
     body = json_object()
     # Unknown keys are refused (greyproxy silently ignored e.g. flat `mitmEnabled`).
-    no_unknown_keys(body, ("theme", "notifications", "mitm", "redactedHeaders"))
+    no_unknown_keys(body, ("theme", "notifications", "mitm", "conversations", "redactedHeaders"))
     changes: dict[str, Any] = {}
     theme = choice(str_field(body, "theme"), "theme", THEMES)
     if theme is not None:
@@ -108,6 +108,11 @@ def put_settings() -> Any:
             changes["mitmEnabled"] = flag
         if mitm.get("bypass") is not None:
             changes["mitmBypass"] = bypass_field(mitm["bypass"])
+    conversations = _section(body, "conversations", ("enabled",))
+    if conversations is not None:
+        flag = bool_field(conversations, "enabled")
+        if flag is not None:
+            changes["conversationsEnabled"] = flag
     if body.get("redactedHeaders") is not None:
         changes["redactedHeaders"] = redacted_headers_field(body["redactedHeaders"])
     settings_store().update(changes)

@@ -40,6 +40,13 @@ class Exchange:
         return BodyTap(head.get("content-type"), head.get("content-encoding"))
 
 
+def _head_size(head: Head | None) -> int:
+    """Bytes of a message head on the wire (start line, headers, blank line)."""
+    if head is None:
+        return 0
+    return sum(len(p) for p in head.start) + 4 + sum(len(k) + len(v) + 4 for k, v in head.headers) + 2
+
+
 class TransactionRecorder:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -80,8 +87,11 @@ class TransactionRecorder:
             "substituted_credentials": json.dumps(ex.substituted) if ex.substituted else None,
         }
         self.rt.writer.transaction(row, self._publish)
+        # Parsed traffic (intercepted or plain HTTP) is not piped by relay(): count heads + bodies.
+        self.rt.metrics.relayed(_head_size(ex.request) + req_size, _head_size(ex.response) + resp_size)
 
     def frame(self, ex: Exchange, frame: Frame, from_client: bool) -> None:
+        self.rt.metrics.relayed(frame.size if from_client else 0, 0 if from_client else frame.size)
         if not frame.payload:
             return
         url = ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)

@@ -45,6 +45,7 @@ class Admission:
     resolved_hostname: str | None = None
     method: str = ""
     elapsed_ms: int = 0  # decision time, hold included
+    container_id: str = ""  # set only when the Docker resolver named the container (§2)
 
     @property
     def allowed(self) -> bool:
@@ -76,7 +77,11 @@ class Gatekeeper:
     ) -> Admission:
         rt = self.rt
         started = time.monotonic()
-        container, refusal = rt.sessions.identity(username, password, container_from_username(username, source_ip))
+        # §2: a container the engine knows by this source IP, else the username, else unknown-<ip>.
+        found = rt.docker.lookup(source_ip) if rt.docker is not None else None
+        claimed = found.name if found is not None else container_from_username(username, source_ip)
+        container, refusal = rt.sessions.identity(username, password, claimed)
+        container_id = found.id if found is not None and container == found.name else ""
         host = normalize_host(host)
         # Only a raw IP needs a name, and only this client's own lookups may supply it (§12.2, D13).
         resolved = rt.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
@@ -91,13 +96,18 @@ class Gatekeeper:
             decision = Decision(Verdict.DENY, refusal)
         else:
             decision = rt.policy.decide(request)
+        decided = time.monotonic()
+        held_seconds = None
         if decision.verdict is Verdict.HOLD:
-            rt.writer.attempt(Attempt(container, "", host, port, resolved, utcnow()))
+            rt.writer.attempt(Attempt(container, container_id, host, port, resolved, utcnow()))
             decision = rt.holds.hold(request, rt.config.hold_seconds, client)
+            held_seconds = time.monotonic() - decided
+        rt.metrics.timing(decided - started, held_seconds)
         elapsed_ms = int((time.monotonic() - started) * 1000)
-        admission = Admission(container, host, port, decision, resolved, method, elapsed_ms)
+        admission = Admission(container, host, port, decision, resolved, method, elapsed_ms, container_id)
         if not admission.allowed:
-            self.record(container, host, port, method, decision, elapsed_ms, resolved_hostname=resolved)
+            self.record(container, host, port, method, decision, elapsed_ms, resolved_hostname=resolved,
+                        container_id=container_id)
         return admission
 
     def record(
@@ -111,11 +121,13 @@ class Gatekeeper:
         *,
         resolved_hostname: str | None = None,
         dialed_ip: str | None = None,
+        container_id: str = "",
     ) -> None:
         allowed = decision.verdict is Verdict.ALLOW
         rule_id = decision.rule.id if decision.rule is not None else None
         self.rt.writer.log(
             container_name=container,
+            container_id=container_id or None,
             destination_host=host,
             destination_port=port,
             resolved_hostname=resolved_hostname,
@@ -129,18 +141,22 @@ class Gatekeeper:
         )
         if allowed and rule_id is not None:
             self.rt.writer.used(rule_id)
-        log.info(
-            "decision container=%s destination=%s port=%s resolved=%s dialed=%s decision=%s reason=%s "
-            "rule_id=%s hold_ms=%s",
-            container, host, port, resolved_hostname, dialed_ip, "allow" if allowed else "block",
-            decision.reason, rule_id, elapsed_ms,
-        )
+        # Counted where the log row is written, so the metrics always agree with /api/logs.
+        self.rt.metrics.decided("allowed" if allowed else "blocked", decision.reason)
+        if log.isEnabledFor(logging.INFO):
+            # One structured line per decision: key=value as text, top-level fields as JSON.
+            log.info("decision", extra={"fields": {
+                "container": container, "destination": host, "port": port,
+                "decision": "allow" if allowed else "block", "reason": decision.reason, "rule_id": rule_id,
+                "hold_ms": elapsed_ms, "resolved": resolved_hostname, "dialed_ip": dialed_ip,
+                "method": method, "would": decision.would,
+            }})
 
     def admitted(self, admission: Admission, dialed_ip: str | None) -> None:
         """The log row of an allowed admission (called once, after the dial attempt)."""
         a = admission
         self.record(a.container, a.host, a.port, a.method, a.decision, a.elapsed_ms,
-                    resolved_hostname=a.resolved_hostname, dialed_ip=dialed_ip)
+                    resolved_hostname=a.resolved_hostname, dialed_ip=dialed_ip, container_id=a.container_id)
 
     def substitute(
         self, exchange: Exchange, headers: list[tuple[str, str]], target: str, host: str
@@ -178,7 +194,7 @@ class Gatekeeper:
             if exc.reason in ("control_plane", "private_range"):
                 a = admission
                 self.record(a.container, a.host, a.port, a.method, Decision(Verdict.DENY, exc.reason),
-                            a.elapsed_ms, resolved_hostname=a.resolved_hostname)
+                            a.elapsed_ms, resolved_hostname=a.resolved_hostname, container_id=a.container_id)
             else:
                 self.admitted(admission, None)
             raise
@@ -198,6 +214,6 @@ class Gatekeeper:
             if sniff:
                 self.rt.interceptor.serve(admission, client, upstream)
             else:
-                relay(client, upstream)
+                self.rt.metrics.relayed(*relay(client, upstream))
         finally:
             self.rt.tracker.remove(tracked)

@@ -119,6 +119,14 @@ class HoldManager:
                 if decision.verdict is not Verdict.HOLD:
                     waiter.result.set(decision)
 
+    def release_all(self, reason: str) -> None:
+        """Shutting down: answer every held connection now (blocked with `reason`) rather than
+        keeping it waiting through the drain for a decision nobody can make any more."""
+        for waiters in list(self._waiters.values()):
+            for waiter in list(waiters):
+                if not waiter.result.ready():
+                    waiter.result.set(Decision(Verdict.DENY, reason))
+
     def dismiss(self, container: str, hosts: Iterable[str], port: int) -> None:
         """A pending request was dismissed without a rule: block exactly its waiters."""
         for host in hosts:

@@ -1,7 +1,8 @@
 """Runtime settings (§16), persisted to `<data_dir>/settings.json`.
 
 The file holds only the keys a user changed, with greyproxy's flat on-disk names (`theme`,
-`notificationsEnabled`, `mitmEnabled`, `redactedHeaders`, plus our `mitmBypass`); the API
+`notificationsEnabled`, `mitmEnabled`, `conversationsEnabled`, `redactedHeaders`, plus our
+`mitmBypass`); the API
 speaks the nested shape. The runtime owns the store because the proxy acts on it (MITM
 toggle, bypass list, redaction patterns): listeners registered with `on_change` apply a
 change at once.
@@ -34,6 +35,8 @@ class SettingsStore:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         # Set by the runtime: the CA part of `mitm` in the JSON shape (needs the MITM state).
         self.cert_info: Callable[[], dict[str, Any]] | None = None
+        # Set by the runtime: the desktop notifier's backend fields of `notifications` (§16).
+        self.notifier_info: Callable[[], dict[str, Any]] | None = None
 
     @classmethod
     def for_config(cls, config: Config, bus: Bus) -> SettingsStore:
@@ -42,6 +45,7 @@ class SettingsStore:
             "notificationsEnabled": bool(config.raw.get("notifications", {}).get("enabled", True)),
             "mitmEnabled": config.mitm_enabled,
             "mitmBypass": [str(p) for p in (config.raw.get("mitm", {}).get("bypass") or [])],
+            "conversationsEnabled": True,
             "redactedHeaders": [],  # custom patterns only; the defaults always apply
         }
         return cls(config.data_dir / SETTINGS_FILE, defaults, bus)
@@ -84,7 +88,8 @@ class SettingsStore:
         return self.values()
 
     def to_json(self, active_claims: int | None) -> dict[str, Any]:
-        return settings_to_json(self.values(), active_claims, self.cert_info() if self.cert_info else None)
+        return settings_to_json(self.values(), active_claims, self.cert_info() if self.cert_info else None,
+                                self.notifier_info() if self.notifier_info else None)
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
@@ -99,12 +104,13 @@ def redacted_header_list(values: dict[str, Any]) -> list[str]:
 
 
 def settings_to_json(values: dict[str, Any], active_claims: int | None,
-                     cert: dict[str, Any] | None = None) -> dict[str, Any]:
+                     cert: dict[str, Any] | None = None, notifier: dict[str, Any] | None = None) -> dict[str, Any]:
     notifications: dict[str, Any] = {
         "enabled": values["notificationsEnabled"],
-        "available": False,  # no desktop notifier backend yet
+        "available": False,
         "backend": "none",
         "supportsActions": False,
+        **(notifier or {}),
     }
     if active_claims is not None:
         notifications["activeClaims"] = active_claims
@@ -119,5 +125,6 @@ def settings_to_json(values: dict[str, Any], active_claims: int | None,
         "theme": values["theme"],
         "notifications": notifications,
         "mitm": mitm,
+        "conversations": {"enabled": values.get("conversationsEnabled", True)},
         "redactedHeaders": redacted_header_list(values),
     }

@@ -91,7 +91,7 @@ class Interceptor:
             self._skipped(admission, reason)
         else:
             self._skipped(admission, "non_tls")
-        relay(client, upstream)
+        self.rt.metrics.relayed(*relay(client, upstream))
 
     def _skipped(self, admission: Admission, reason: str) -> None:
         self.rt.writer.skip_reason(admission.container, admission.host, admission.port, reason)
@@ -149,6 +149,7 @@ class Interceptor:
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:
             # Typically a client that does not trust our CA (or pins its certificate).
             log.info("MITM handshake with client failed for %s: %s", admission.host, exc)
+            self.rt.metrics.mitm("client_error")
             self._skipped(admission, "mitm_error")
             client.close()
             upstream.close()
@@ -167,6 +168,7 @@ class Interceptor:
             except (OSError, ssl.SSLError, gevent.Timeout) as exc:
                 upstream_error = str(exc) or exc.__class__.__name__
                 log.info("upstream TLS to %s failed: %s", server_name, upstream_error)
+        self.rt.metrics.mitm("sni_mismatch" if mismatch else "upstream_error" if tls_upstream is None else "ok")
         try:
             if mismatch or tls_upstream is None:
                 self._refuse_all(

@@ -1,0 +1,29 @@
+"""`GET /metrics` (Prometheus text format) and `GET /api/metrics` (the same figures as JSON), D18.
+
+Both need the API token like every other route (D9): Prometheus sends it with
+`authorization: {type: Bearer, credentials_file: <data>/api-token}` in its scrape config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+from prometheus_client.exposition import choose_encoder
+
+from greyproxy.api.context import runtime
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    # The text format Prometheus asks for (Accept): classic 0.0.4 by default, OpenMetrics on request.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(runtime().metrics.registry), content_type=content_type,
+                    headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/api/metrics")
+def metrics_json() -> Any:
+    return runtime().metrics.snapshot()

@@ -1,0 +1,391 @@
+"""The OpenAPI 3.1 document of the control plane (D23), `GET /api/openapi.json`, and a plain
+server-rendered reference page built from it, `GET /docs` (no Swagger UI, nothing fetched).
+
+The document is written here, compactly, with helpers for the shapes that recur; a test walks
+the app's URL map and fails for any `/api/...`, `/ws` or `/metrics` route that is not described,
+so adding a route without describing it breaks the build.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flask import Blueprint, make_response, render_template
+
+from greyproxy import __version__
+from greyproxy.api.context import runtime, settings_store
+from greyproxy.api.pages import PAGES, WEB_DIR, _secured
+
+bp = Blueprint("openapi", __name__, template_folder=str(WEB_DIR / "templates"))
+
+JSON = "application/json"
+
+
+# -- schema helpers --------------------------------------------------------------------------
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def s(type_: str | list[str], description: str | None = None, **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type_, **kw}
+    if description:
+        out["description"] = description
+    return out
+
+
+def obj(props: dict[str, Any], required: tuple[str, ...] = (), extra: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(required)
+    if not extra:
+        out["additionalProperties"] = False
+    return out
+
+
+def arr(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def page_of(item: str) -> dict[str, Any]:
+    return obj({"items": arr(ref(item)), "total": s("integer")}, ("items", "total"))
+
+
+STR, INT, BOOL, NUM = s("string"), s("integer"), s("boolean"), s("number")
+NSTR, NINT = s(["string", "null"]), s(["integer", "null"])
+TIME = s("string", format="date-time")
+NTIME = s(["string", "null"], format="date-time")
+OK = obj({"status": s("string", enum=["ok"])}, extra=True)
+ANY_OBJECT = {"type": "object", "additionalProperties": True}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj({"error": s("string", "what is wrong, in one line")}, ("error",)),
+    "Rule": obj({
+        "id": INT, "container_pattern": STR, "destination_pattern": STR, "port_pattern": STR,
+        "rule_type": s("string", enum=["permanent", "temporary"]), "action": s("string", enum=["allow", "deny"]),
+        "created_at": TIME, "expires_at": NTIME, "last_used_at": NTIME, "created_by": STR, "notes": NSTR,
+        "session_id": NSTR, "is_active": BOOL, "source": s("string", enum=["builtin", "session", "global"]),
+    }, ("id", "container_pattern", "destination_pattern", "port_pattern", "action")),
+    "NewRule": obj({
+        "container_pattern": STR, "destination_pattern": STR, "port_pattern": s("string", default="*"),
+        "action": s("string", enum=["allow", "deny"], default="allow"),
+        "rule_type": s("string", enum=["permanent", "temporary"], default="permanent"),
+        "expires_in_seconds": s("integer", minimum=1), "notes": STR, "created_by": STR,
+    }, ("container_pattern", "destination_pattern")),
+    "RuleChanges": obj({
+        "container_pattern": STR, "destination_pattern": STR, "port_pattern": STR,
+        "action": s("string", enum=["allow", "deny"]), "notes": NSTR,
+        "expires_at": s(["string", "null"], "RFC 3339; empty or null makes the rule permanent"),
+    }),
+    "Pending": obj({
+        "id": INT, "container_name": STR, "container_id": STR, "destination_host": STR, "destination_port": INT,
+        "resolved_hostname": NSTR, "first_seen": TIME, "last_seen": TIME, "attempt_count": INT,
+        "waiter_count": s("integer", "connections held open for it right now"),
+    }, ("id", "container_name", "destination_host", "destination_port")),
+    "Decision": obj({
+        "scope": s("string", enum=["exact", "any_port", "subdomain_wildcard", "all_containers"]),
+        "duration": s("string", "once, 1h, 12h, 24h, 7d, 30d, permanent or a Go duration such as 30m"),
+        "notes": STR,
+    }),
+    "RequestLog": obj({
+        "id": INT, "timestamp": TIME, "container_name": STR, "container_id": NSTR, "destination_host": STR,
+        "destination_port": NINT, "resolved_hostname": NSTR, "dialed_ip": NSTR, "method": NSTR,
+        "result": s("string", enum=["allowed", "blocked"]), "rule_id": NINT, "response_time_ms": NINT,
+        "reason": NSTR, "would": NSTR, "mitm_skip_reason": NSTR, "rule_summary": STR,
+    }, ("id", "timestamp", "container_name", "destination_host", "result")),
+    "Transaction": obj({
+        "id": INT, "timestamp": TIME, "container_name": STR, "destination_host": STR, "destination_port": INT,
+        "method": STR, "url": STR, "request_headers": ANY_OBJECT, "request_body_size": INT,
+        "request_body_truncated": BOOL, "request_content_type": NSTR, "status_code": NINT,
+        "response_headers": ANY_OBJECT, "response_body_size": INT, "response_body_truncated": BOOL,
+        "response_content_type": NSTR, "duration_ms": NINT, "rule_id": NINT, "result": NSTR,
+        "substituted_credentials": {}, "session_id": NSTR, "replay_of": NINT,
+        "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
+        "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
+    }, ("id", "timestamp", "method", "url")),
+    "Session": obj({
+        "session_id": STR, "container_name": STR, "credential_count": INT, "credential_labels": arr(STR),
+        "metadata": ANY_OBJECT, "ttl_seconds": INT, "created_at": TIME, "expires_at": TIME,
+        "last_heartbeat": NTIME, "substitution_count": INT, "allow_all": BOOL, "identity_bound": BOOL,
+    }, ("session_id", "container_name")),
+    "NewSession": obj({
+        "session_id": STR, "container_name": STR, "mappings": ANY_OBJECT, "metadata": ANY_OBJECT,
+        "ttl_seconds": INT, "global_credentials": arr(STR),
+        "network_rules": arr(obj({"destination_pattern": STR, "port_pattern": STR,
+                                  "action": s("string", enum=["allow", "deny"]), "notes": STR})),
+        "allow_all": BOOL, "proxy_token": s("string", "required as the proxy password from then on (D12)"),
+    }, ("session_id", "container_name")),
+    "Credential": obj({"id": STR, "label": STR, "placeholder": STR, "value_preview": STR, "hosts": arr(STR),
+                       "created_at": TIME}),
+    "ContainerMode": obj({"id": INT, "container_pattern": STR, "mode": s("string", enum=["enforce", "report", "open"]),
+                          "created_at": NTIME, "source": s("string", enum=["config", "api"])}),
+    "Settings": obj({
+        "theme": s("string", enum=["system", "light", "dark"]),
+        "notifications": obj({"enabled": BOOL, "available": BOOL, "backend": STR, "installHint": STR,
+                              "supportsActions": BOOL, "activeClaims": INT}),
+        "mitm": obj({"enabled": BOOL, "bypass": arr(STR), "certGenerated": BOOL, "certExpiry": STR,
+                     "certPath": STR, "installed": BOOL}),
+        "conversations": obj({"enabled": BOOL}),
+        "redactedHeaders": arr(STR),
+    }),
+    "SettingsUpdate": obj({
+        "theme": s("string", enum=["system", "light", "dark"]),
+        "notifications": obj({"enabled": BOOL}, extra=False),
+        "mitm": obj({"enabled": BOOL, "bypass": arr(STR)}, extra=False),
+        "conversations": obj({"enabled": BOOL}, extra=False),
+        "redactedHeaders": s("array", "custom patterns (replaces the stored list)", items=STR),
+    }, extra=False),
+    "Health": obj({"service": STR, "version": STR, "status": s("string", enum=["ok", "unhealthy"]),
+                   "ports": ANY_OBJECT}, ("status",)),
+    "Metrics": obj({
+        "uptime_seconds": NUM,
+        "connections": obj({"allowed": INT, "blocked": INT, "by_reason": ANY_OBJECT}),
+        "decision_seconds": ANY_OBJECT, "hold_seconds": ANY_OBJECT, "held_connections": NINT,
+        "pending_requests": NINT, "open_tunnels": NINT, "bytes_relayed": obj({"up": INT, "down": INT}),
+        "mitm_handshakes": ANY_OBJECT, "db_write_batches": ANY_OBJECT, "db_rows_written": ANY_OBJECT,
+        "docker_lookups": ANY_OBJECT, "reloads": ANY_OBJECT,
+    }),
+    "CertStatus": obj({"generated": BOOL, "subject": STR, "expiresAt": STR, "certPath": STR, "installed": BOOL}),
+    "SilentMode": obj({"active": BOOL, "mode": s("string", enum=["allow", "deny"]), "expires_at": TIME,
+                       "remaining_seconds": INT}, ("active",)),
+    "MaintenanceProgress": obj({"task": STR, "processed": INT, "total": INT, "done": BOOL}),
+}
+
+
+# -- operation helpers -------------------------------------------------------------------------
+def body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": schema}}}
+
+
+def query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        out["description"] = description
+    return out
+
+
+def path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or s("integer", minimum=1)}
+
+
+PAGING = [query("limit", s("integer", minimum=1, maximum=1000)), query("offset", s("integer", minimum=0))]
+TIME_RANGE = [query("from_date", TIME), query("to_date", TIME)]
+
+
+def op(summary: str, tag: str, response: dict[str, Any] | None = None, *, status: str = "200",
+       params: list[dict[str, Any]] | None = None, request: dict[str, Any] | None = None,
+       errors: tuple[int, ...] = (), media: str = JSON, public: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        status: {"description": "OK" if status == "200" else "Created" if status == "201" else "Result"}
+    }
+    if response is not None:
+        responses[status]["content"] = {media: {"schema": response}}
+    for code in (*errors, *(() if public else (401,))):
+        responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
+    out: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if params:
+        out["parameters"] = params
+    if request is not None:
+        out["requestBody"] = request
+    if public:
+        out["security"] = []
+    return out
+
+
+ERROR_TEXT = {400: "Bad input (the message says which field)", 401: "Missing or invalid API token",
+              404: "Not found", 409: "Conflict", 415: "Content-Type must be application/json",
+              503: "Unavailable"}
+
+
+def build_spec() -> dict[str, Any]:
+    rid, pid, tid = path_param("rule_id"), path_param("pending_id"), path_param("txn_id")
+    sid = path_param("session_id", s("string"))
+    log_filters = [query("container", STR), query("destination", STR),
+                   query("result", s("string", enum=["allowed", "blocked"]))]
+    txn_filters = [query("container", STR), query("destination", STR), query("method", STR),
+                   query("session_id", STR), *TIME_RANGE]
+    paths: dict[str, dict[str, Any]] = {
+        "/api/health": {"get": op("Liveness, version and ports (no token needed)", "operations", ref("Health"),
+                                  errors=(503,), public=True)},
+        "/api/metrics": {"get": op("Metrics as JSON (the figures of /metrics)", "operations", ref("Metrics"))},
+        "/metrics": {"get": op("Metrics in the Prometheus text format", "operations", STR,
+                               media="text/plain; version=0.0.4")},
+        "/api/openapi.json": {"get": op("This document", "operations", ANY_OBJECT)},
+        "/api/dashboard": {"get": op("Dashboard figures for a period", "logs", ANY_OBJECT, errors=(400,), params=[
+            query("period", s("string", enum=["today", "7d", "30d"])),
+            query("group_by", STR), query("recent_limit", s("integer", minimum=0, maximum=100)), *TIME_RANGE])},
+        "/api/rules": {
+            "get": op("List rules", "rules", page_of("Rule"), errors=(400,), params=[
+                query("container", STR), query("destination", STR),
+                query("action", s("string", enum=["allow", "deny"])), query("include_expired", BOOL), *PAGING]),
+            "post": op("Create a rule (an identical rule is returned as is)", "rules", ref("Rule"), status="201",
+                       request=body(ref("NewRule")), errors=(400, 415)),
+        },
+        "/api/rules/ingest": {"post": op(
+            "Bulk import; identical rules are skipped, all or nothing", "rules",
+            obj({"imported": INT, "skipped": INT, "pending_cleaned": INT}), request=body(arr(ref("NewRule"))),
+            errors=(400, 415))},
+        "/api/rules/{rule_id}": {
+            "get": op("One rule", "rules", ref("Rule"), params=[rid], errors=(400, 404)),
+            "put": op("Change a rule (partial)", "rules", ref("Rule"), params=[rid], request=body(ref("RuleChanges")),
+                      errors=(400, 404, 409, 415)),
+            "delete": op("Delete a rule (its live connections are closed)", "rules",
+                         obj({"status": STR, "deleted": BOOL}), params=[rid], errors=(400, 404)),
+        },
+        "/api/pending": {"get": op("Pending requests", "pending", page_of("Pending"), errors=(400,),
+                                   params=[query("container", STR), query("destination", STR), *PAGING])},
+        "/api/pending/count": {"get": op("Number of pending requests", "pending", obj({"count": INT}))},
+        "/api/pending/{pending_id}": {"delete": op("Dismiss without a rule (held connections are blocked)",
+                                                   "pending", OK, params=[pid], errors=(400, 404))},
+        "/api/pending/{pending_id}/allow": {"post": op(
+            "Allow: creates a rule; held connections go through", "pending",
+            obj({"rule": ref("Rule"), "pending_removed": BOOL}), params=[pid],
+            request=body(ref("Decision"), required=False), errors=(400, 404, 415))},
+        "/api/pending/{pending_id}/deny": {"post": op(
+            "Deny: creates a deny rule; held connections are blocked", "pending",
+            obj({"rule": ref("Rule"), "pending_removed": BOOL}), params=[pid],
+            request=body(ref("Decision"), required=False), errors=(400, 404, 415))},
+        "/api/pending/bulk-allow": {"post": op(
+            "Allow several (scope exact)", "pending", obj({"rules_created": arr(ref("Rule")), "pending_removed": INT}),
+            request=body(obj({"pending_ids": arr(INT), "duration": STR}, ("pending_ids",))), errors=(400, 415))},
+        "/api/pending/bulk-dismiss": {"post": op(
+            "Dismiss several", "pending", obj({"status": STR, "removed": INT}),
+            request=body(obj({"pending_ids": arr(INT)}, ("pending_ids",))), errors=(400, 415))},
+        "/api/logs": {"get": op("Connection log, newest first", "logs", page_of("RequestLog"), errors=(400,),
+                                params=[*log_filters, *TIME_RANGE, *PAGING])},
+        "/api/logs/stats": {"get": op("Counts and an hourly timeline for a time range", "logs", ANY_OBJECT,
+                                      errors=(400,), params=[*log_filters, *TIME_RANGE])},
+        "/api/allowall": {
+            "get": op("Silent mode status", "modes", ref("SilentMode")),
+            "post": op("Silent allow-all / deny-all for a while", "modes", ref("SilentMode"), errors=(400, 415),
+                       request=body(obj({"mode": s("string", enum=["allow", "deny"]),
+                                         "duration": s("string", "Go duration up to 8h, or 'restart'")},
+                                        ("mode", "duration")))),
+            "delete": op("End silent mode", "modes", ref("SilentMode")),
+        },
+        "/api/container-modes": {
+            "get": op("Per-container modes (YAML ones included, read-only)", "modes", page_of("ContainerMode")),
+            "post": op("Set a container's mode", "modes", ref("ContainerMode"), status="201", errors=(400, 415),
+                       request=body(obj({"container_pattern": STR,
+                                         "mode": s("string", enum=["enforce", "report", "open"])},
+                                        ("container_pattern", "mode")))),
+        },
+        "/api/container-modes/{mode_id}": {"delete": op("Remove a container mode", "modes",
+                                                        obj({"status": STR, "deleted": BOOL}),
+                                                        params=[path_param("mode_id")], errors=(400, 404))},
+        "/api/settings": {
+            "get": op("Runtime settings (§16)", "settings", ref("Settings")),
+            "put": op("Change settings (nested shape); publishes settings.changed", "settings", ref("Settings"),
+                      request=body(ref("SettingsUpdate")), errors=(400, 415)),
+        },
+        "/api/notifications": {
+            "get": op("Desktop notifications on/off and active claims", "settings",
+                      obj({"enabled": BOOL, "active_claims": INT})),
+            "put": op("Turn desktop notifications on or off", "settings", obj({"enabled": BOOL}),
+                      request=body(obj({"enabled": BOOL}, ("enabled",))), errors=(400, 415)),
+        },
+        "/api/events": {"get": op("Server-Sent Events: one event:/data: pair per bus event", "events", STR,
+                                  media="text/event-stream",
+                                  params=[query("types", STR, "comma-separated event types to receive")])},
+        "/ws": {"get": {**op("Control WebSocket: events out, commands in (allow, deny, dismiss, subscribe, "
+                             "claim_notifications, ping)", "events"),
+                        "responses": {"101": {"description": "Switching Protocols"},
+                                      "401": {"$ref": "#/components/responses/E401"}}}},
+        "/api/transactions": {"get": op("Captured HTTP exchanges, newest first", "transactions",
+                                        page_of("Transaction"), errors=(400,), params=[*txn_filters, *PAGING])},
+        "/api/transactions/export/har": {"get": op("HAR 1.2 export of the filtered exchanges", "transactions",
+                                                   ANY_OBJECT, errors=(400,), params=[*txn_filters, *PAGING])},
+        "/api/transactions/{txn_id}": {"get": op("One exchange, with bodies", "transactions", ref("Transaction"),
+                                                 params=[tid], errors=(400, 404))},
+        "/api/transactions/{txn_id}/har": {"get": op("One exchange as HAR 1.2", "transactions", ANY_OBJECT,
+                                                     params=[tid], errors=(400, 404))},
+        "/api/transactions/{txn_id}/curl": {"get": op("One exchange as a runnable curl command", "transactions",
+                                                      STR, media="text/plain", params=[tid], errors=(400, 404))},
+        "/api/transactions/{txn_id}/replay": {"post": op(
+            "Send the stored request again (subject to the rules); lands as a new exchange", "transactions",
+            ANY_OBJECT, params=[tid], errors=(400, 404, 409))},
+        "/api/cert/status": {"get": op("The interception CA", "cert", ref("CertStatus"))},
+        "/api/cert/generate": {"post": op("Create the CA (force=true replaces it)", "cert", ANY_OBJECT,
+                                          params=[query("force", BOOL)], errors=(400, 409))},
+        "/api/cert/download": {"get": op("The CA certificate (PEM)", "cert", STR, media="application/x-pem-file",
+                                         errors=(404,))},
+        "/api/cert/reload": {"post": op("Load the CA files again", "cert", ANY_OBJECT, errors=(400,))},
+        "/api/maintenance/redact-headers": {
+            "post": op("Apply the redaction patterns to stored exchanges (background job; progress as "
+                       "maintenance.progress events)", "maintenance", obj({"status": STR}), errors=(409,)),
+            "get": op("Last state of that job", "maintenance", ref("MaintenanceProgress")),
+        },
+        "/api/maintenance/prune": {"post": op("Run retention now", "maintenance", ANY_OBJECT, errors=(409,))},
+        "/api/sessions": {
+            "get": op("Live sessions", "sessions", arr(ref("Session"))),
+            "post": op("Create or replace a session (credentials, rules, allow-all)", "sessions", ANY_OBJECT,
+                       request=body(ref("NewSession")), errors=(400, 415, 503)),
+        },
+        "/api/sessions/{session_id}/heartbeat": {"post": op(
+            "Extend a session by its TTL", "sessions", obj({"session_id": STR, "expires_at": TIME}), params=[sid],
+            errors=(404,))},
+        "/api/sessions/{session_id}": {"delete": op("End a session (its rules and connections go too)", "sessions",
+                                                    obj({"session_id": STR, "deleted": BOOL}), params=[sid],
+                                                    errors=(404,))},
+        "/api/credentials": {
+            "get": op("Global credentials (values never shown)", "sessions", arr(ref("Credential"))),
+            "post": op("Store a global credential", "sessions", ref("Credential"), errors=(400, 409, 415, 503),
+                       request=body(obj({"label": STR, "value": STR, "hosts": arr(STR)}, ("label", "value")))),
+        },
+        "/api/credentials/{credential_id}": {"delete": op(
+            "Delete a global credential", "sessions", obj({"id": STR, "deleted": BOOL}),
+            params=[path_param("credential_id", s("string"))], errors=(404,))},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "greyproxy control API",
+            "version": __version__,
+            "description": "Rules, pending requests, logs, captured traffic, sessions and settings of a "
+                           "greyproxy instance. Every route needs `Authorization: Bearer <token>` (the "
+                           "token is in <data>/api-token) except GET /api/health.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "tags": [{"name": t} for t in ("rules", "pending", "logs", "modes", "settings", "events", "transactions",
+                                       "cert", "maintenance", "sessions", "operations")],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+            "responses": {f"E{code}": {"description": text, "content": {JSON: {"schema": ref("Error")}}}
+                          for code, text in ERROR_TEXT.items()},
+        },
+    }
+
+
+_SPEC = build_spec()
+METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def spec() -> dict[str, Any]:
+    return copy.deepcopy(_SPEC)
+
+
+@bp.get("/api/openapi.json")
+def openapi_json() -> Any:
+    return spec()
+
+
+@bp.get("/docs")
+def reference() -> Any:
+    """A readable list of every route, from the same document (server-rendered, no script)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for path, item in _SPEC["paths"].items():
+        for method in METHODS:
+            if method in item:
+                operation = item[method]
+                groups.setdefault(operation["tags"][0], []).append({
+                    "method": method.upper(), "path": path, "summary": operation["summary"],
+                    "public": operation.get("security") == [],
+                    "params": [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"],
+                    "statuses": sorted(operation["responses"]),
+                })
+    html = render_template("api_reference.html", groups=groups, pages=PAGES, page=None, title="API reference",
+                           theme=settings_store().values()["theme"], version=runtime().version)
+    return _secured(make_response(html))
