@@ -28,6 +28,7 @@ from greyproxy.proxy.httpwire import (
     BufferedSocket,
     Head,
     WireError,
+    forward_message,
     parse_head,
     relay_body,
     serialize_head,
@@ -284,8 +285,8 @@ class Interceptor:
             response = parse_head(raw, is_request=False)
         ex.response = response
         code = int(response.start[1])
-        client.sock.sendall(raw)
         if code == 101 and is_upgrade:
+            client.sock.sendall(raw)
             self.recorder.record(ex)
             self._websocket(ex, client, upstream, deflate_negotiated(response))
             return False
@@ -293,8 +294,8 @@ class Interceptor:
         framed = no_body or response.get("content-length") is not None or "chunked" in response.tokens(
             "transfer-encoding")
         ex.response_tap = ex.tap_for(response)
-        if not no_body:
-            relay_body(upstream, client.sock, response, until_close=not framed, tap=ex.response_tap.feed)
+        forward_message(upstream, client.sock, raw, response, no_body=no_body, until_close=not framed,
+                        tap=ex.response_tap.feed)
         self.recorder.record(ex)
         closing = (
             "close" in request.tokens("connection")
