@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from greyproxy.config import Config, ConfigError, load_config
+from greyproxy.files import write_file
 from greyproxy.rulesyaml import RulesFileError, dump_rules, parse_rules
 from greyproxy.timeutil import iso, utcnow
 
@@ -206,16 +207,6 @@ def _import(instance: Instance, path: Path) -> int:
 
 
 # -- token show / rotate -------------------------------------------------------------------
-def write_private(path: Path, text: str) -> None:
-    """Replace a file atomically, readable by its owner only from the first byte."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     config = config_of(args)
     path = config.data_dir / TOKEN_FILE
@@ -235,7 +226,7 @@ def _rotate(config: Config, path: Path) -> int:
     token = secrets.token_urlsafe(32)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(path, token + "\n")
+        write_file(path, token + "\n")
     except OSError as exc:
         return err(f"cannot write {path}: {exc.strerror or exc}")
     print(token)

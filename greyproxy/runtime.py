@@ -25,6 +25,7 @@ from greyproxy.config import Config, ListenAddress, load_config
 from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
 from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
+from greyproxy.files import write_file
 from greyproxy.metrics import Metrics
 from greyproxy.notify import DesktopNotifier
 from greyproxy.policy.durations import parse_go_duration
@@ -60,16 +61,6 @@ from greyproxy.trust import is_installed
 log = logging.getLogger("greyproxy")
 
 
-def write_secret_file(path: Path, text: str) -> None:
-    """Create or replace a file readable by its owner only (0600 from the first byte)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def load_or_create_token(data_dir: Path) -> str:
     path = data_dir / "api-token"
     if path.exists():
@@ -78,7 +69,7 @@ def load_or_create_token(data_dir: Path) -> str:
             os.chmod(path, 0o600)
             return token
     token = secrets.token_urlsafe(32)
-    write_secret_file(path, token + "\n")
+    write_file(path, token + "\n")
     return token
 
 
@@ -263,7 +254,7 @@ class Runtime:
             "started_at": self.started_at,
             "ports": self.ports,
         }
-        write_secret_file(self.config.data_dir / "api-handshake.json", json.dumps(info) + "\n")
+        write_file(self.config.data_dir / "api-handshake.json", json.dumps(info) + "\n")
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful: stop accepting, answer held connections, let open ones finish for up to

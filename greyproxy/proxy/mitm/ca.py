@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from greyproxy.files import write_file
+
 CA_CERT_FILE = "ca-cert.pem"
 CA_KEY_FILE = "ca-key.pem"
 CA_COMMON_NAME = "Greyproxy CA"
@@ -39,15 +41,6 @@ class CertificateAuthority:
 
 def ca_paths(data_dir: Path) -> tuple[Path, Path]:
     return data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def generate_ca(data_dir: Path, force: bool = False) -> CertificateAuthority:
@@ -78,9 +71,9 @@ def generate_ca(data_dir: Path, force: bool = False) -> CertificateAuthority:
         .sign(key, hashes.SHA256())
     )
     # Key first (0600), then the certificate: a reader never sees a cert without its key.
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+    write_file(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                        serialization.NoEncryption()), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return load_ca(data_dir)  # type: ignore[return-value]
 
 
