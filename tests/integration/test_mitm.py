@@ -211,3 +211,16 @@ def test_plain_proxy_requests_are_recorded(gp, origin):
     assert item["url"] == f"http://{origin.host}:{origin.port}/a?password=[REDACTED]"
     detail = gp.api("GET", f"/api/transactions/{item['id']}").json()
     assert detail["response_body"] == origin.body.decode()
+
+
+def test_http10_request_inside_a_tunnel_ends_the_connection(mgp, origin):
+    mgp.api("POST", "/api/rules", json={"container_pattern": "old", "destination_pattern": origin.host})
+    status, _, sock = http_connect(mgp.ports["http"], origin.host, origin.port, user="old")
+    assert status == 200
+    sock.settimeout(5)
+    sock.sendall(f"GET /legacy HTTP/1.0\r\nHost: {origin.host}\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):  # must end: HTTP/1.0 without keep-alive closes after one answer
+        data += chunk
+    sock.close()
+    assert data.endswith(origin.body)
