@@ -18,7 +18,7 @@ Prints one JSON line per rule count::
   the best estimate of the average cost.
 * ``by_host_shape_us`` splits the per-call figures by the shape of the requested host
   (IP literal, IP with a DNS-learned name, hostname with 2 / 3 / 4 labels): the index's
-  cost depends on it (label globs are bucketed by label count and last label).
+  cost depends on it (label globs are bucketed by label count and literal tail or head).
 * ``verdicts`` / ``reasons`` count the outcomes, to show the mix of hits (allow / deny by rule)
   and misses (hold, no matching rule) that was measured.
 

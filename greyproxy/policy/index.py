@@ -6,7 +6,9 @@ their destination pattern so that a lookup only looks at rules that can possibly
 * exact hosts / IPs: dict keyed by the canonical host;
 * ``*.x`` and ``**.x``: dicts keyed by the suffix ``x`` (the lookup walks the host's suffixes);
 * CIDR: per IP version, per prefix length, dict keyed by the masked network bits;
-* label globs: dict keyed by (label count, literal last label or None);
+* label globs: dict keyed by label count and the pattern's literal tail (or, when its last
+  label is a wildcard, its literal head), so ``svc*.corp.example`` is only tried for
+  three-label hosts ending in ``corp.example`` and ``api.github.*`` for ones starting ``api.github``;
 * ``*``: a single bucket.
 
 Inside a bucket, rules are split by exact container name (dict) vs. container glob (list), and
@@ -168,10 +170,23 @@ def _bucket(table: dict, key: object) -> _Bucket:
     return bucket
 
 
-def _glob_key(labels: tuple[str, ...]) -> tuple[int, str | None]:
-    last = labels[-1]
-    literal = not any(c in "*?[" for c in last)
-    return (len(labels), last if literal else None)
+def _is_literal(label: str) -> bool:
+    return not any(c in "*?[" for c in label)
+
+
+def _glob_key(labels: tuple[str, ...]) -> tuple[str, int, str]:
+    """Where a label glob is filed: by its literal tail ('svc*.corp.example' → corp.example), or,
+    when its last label is a wildcard, by its literal head ('api.github.*' → api.github)."""
+    n = len(labels)
+    i = n
+    while i > 0 and _is_literal(labels[i - 1]):
+        i -= 1
+    if i < n:
+        return ("tail", n, ".".join(labels[i:]))
+    j = 0
+    while j < n and _is_literal(labels[j]):
+        j += 1
+    return ("head", n, ".".join(labels[:j]))
 
 
 class _GlobGroup:
@@ -191,8 +206,8 @@ class RuleIndex:
         self._exact: dict[str, _Bucket] = {}
         self._suffix: dict[str, _Bucket] = {}  # '*.x'
         self._apex: dict[str, _Bucket] = {}  # '**.x'
-        # (label count, literal last label or None) -> destination glob -> group
-        self._glob: dict[tuple[int, str | None], dict[str, _GlobGroup]] = {}
+        # _glob_key(...) -> destination glob -> group
+        self._glob: dict[tuple[str, int, str], dict[str, _GlobGroup]] = {}
         # version -> prefix length -> network bits -> bucket
         self._cidr: dict[int, dict[int, dict[int, _Bucket]]] = {4: {}, 6: {}}
         self._any = _Bucket()
@@ -269,11 +284,17 @@ class RuleIndex:
                         yield bucket
                 dot = host.find(".", dot + 1)
         if self._glob:
-            n = host.count(".") + 1
-            for key in ((n, host[host.rfind(".") + 1 :]), (n, None)):
-                for group in self._glob.get(key, {}).values():
-                    if group.matches(host):
-                        yield group.bucket
+            labels = host.split(".")
+            n = len(labels)
+            # every literal tail and head the host could share with a pattern of its label count
+            keys = [("tail", n, ".".join(labels[i:])) for i in range(1, n)]
+            keys += [("head", n, ".".join(labels[:j])) for j in range(n)]
+            for key in keys:
+                groups = self._glob.get(key)
+                if groups is not None:
+                    for group in groups.values():
+                        if group.matches(host):
+                            yield group.bucket
         yield from self._cidr_buckets(host)
         yield self._any
 
