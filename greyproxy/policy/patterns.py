@@ -113,6 +113,15 @@ def container_matcher(pattern: str) -> Callable[[str], bool]:
 # --------------------------------------------------------------------------- destination
 
 
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 literal (brackets and an IPv6 zone allowed), not a name."""
+    try:
+        ipaddress.ip_address(host.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def canonical_host(host: str) -> str:
     """Canonical form of a destination host for matching.
 

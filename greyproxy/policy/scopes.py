@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
+
+from greyproxy.policy.patterns import is_ip_literal
 
 SCOPES = ("exact", "any_port", "subdomain_wildcard", "all_containers")
 
@@ -20,18 +21,10 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def registrable_domain(host: str) -> str | None:
     """'a.b.example.co.uk' -> 'example.co.uk'; None for IPs, single labels and public suffixes."""
     h = host.strip().lower().rstrip(".")
-    if not h or "." not in h or _is_ip(h):
+    if not h or "." not in h or is_ip_literal(h):
         return None
     return _psl().privatesuffix(h)
 

@@ -17,7 +17,9 @@ from greyproxy.proxy.httpwire import (
     WireError,
     parse_head,
     relay_body,
+    response_framing,
     serialize_head,
+    wants_close,
 )
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
@@ -196,11 +198,8 @@ class HttpProxyHandler:
             raise WireError("upstream closed before answering")
         resp = parse_head(resp_raw, is_request=False)
         code = int(resp.start[1])
-        client_close = "close" in head.tokens("connection") or (
-            version == "HTTP/1.0" and "keep-alive" not in head.tokens("connection")
-        )
-        no_body = method.upper() == "HEAD" or code in (204, 304) or 100 <= code < 200
-        framed = no_body or resp.get("content-length") is not None or "chunked" in resp.tokens("transfer-encoding")
+        client_close = wants_close(head)
+        no_body, framed = response_framing(method, resp)
         upstream_close = "close" in resp.tokens("connection") or not framed
         if code == 101 and upgrade:
             conn.sock.sendall(resp_raw)

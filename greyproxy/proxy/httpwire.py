@@ -127,6 +127,22 @@ def serialize_head(start: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
 
 
+def wants_close(request: Head) -> bool:
+    """The client asked for the connection to end after this exchange."""
+    tokens = request.tokens("connection")
+    return "close" in tokens or (request.start[2] == "HTTP/1.0" and "keep-alive" not in tokens)
+
+
+def response_framing(method: str, response: Head) -> tuple[bool, bool]:
+    """(no_body, framed): whether the response has no body, and whether its end is known
+    without the upstream closing (a length, chunks, or no body at all)."""
+    code = int(response.start[1])
+    no_body = method.upper() == "HEAD" or code in (204, 304) or 100 <= code < 200
+    framed = no_body or response.get("content-length") is not None or "chunked" in response.tokens(
+        "transfer-encoding")
+    return no_body, framed
+
+
 def body_length(head: Head) -> int | None:
     """Content-Length as an int, None if absent; WireError if malformed or conflicting."""
     values = {v.strip() for k, v in head.headers if k.lower() == "content-length"}

@@ -8,7 +8,6 @@ name it does not know: `/etc/hosts` names, `localhost`, container aliases), the 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -20,6 +19,7 @@ import dns.rdatatype
 import gevent
 from gevent import socket as gsocket
 
+from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.dnsupstream import Upstream, UpstreamError
 
 log = logging.getLogger("greyproxy.dns")
@@ -34,14 +34,6 @@ MAX_ADDRESSES = 16
 
 class ResolveError(OSError):
     """The name has no address, or no resolver answered in time."""
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _local_name(name: str) -> bool:
@@ -85,7 +77,7 @@ class Resolver:
     def resolve(self, host: str) -> list[str]:
         """Addresses to dial for `host` (IPv4 first); an IP literal is returned as is."""
         name = host.strip().strip("[]").rstrip(".").lower()
-        if _is_ip(name.split("%", 1)[0]):
+        if is_ip_literal(name):
             return [name]
         if not name:
             raise ResolveError("empty host name")

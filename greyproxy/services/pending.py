@@ -150,6 +150,13 @@ class PendingService:
         host = display_host(row)
         return [r for r in query if r.id == row.id or display_host(r) == host]
 
+    def _remove_with_siblings(self, row: PendingRequest) -> list[PendingRequest]:
+        siblings = self._siblings(row)
+        with self.db.atomic():
+            for sib in siblings:
+                sib.delete_instance()
+        return siblings
+
     def resolve(
         self, pending_id: int, action: str, scope: str | None, duration: str | None, notes: str | None,
         actor: str = "admin",
@@ -158,10 +165,7 @@ class PendingService:
         row = self.get(pending_id)
         seconds = rule_duration(duration)
         container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
-        siblings = self._siblings(row)
-        with self.db.atomic():
-            for sib in siblings:
-                sib.delete_instance()
+        self._remove_with_siblings(row)
         # Creating the rule re-decides the held connections (RuleService.on_change).
         rule, _ = self.rules.create(
             NewRule(
@@ -184,10 +188,7 @@ class PendingService:
         row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
         if row is None:
             return False
-        siblings = self._siblings(row)
-        with self.db.atomic():
-            for sib in siblings:
-                sib.delete_instance()
+        siblings = self._remove_with_siblings(row)
         self.dismiss_waiters(row.container_name, {s.destination_host for s in siblings}, row.destination_port)
         self.bus.publish("pending_request.dismissed", {"pending_id": pending_id})
         return True

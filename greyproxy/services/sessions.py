@@ -113,6 +113,7 @@ class SessionService:
         self.on_change = on_change
         self.on_end = on_end  # tears down connections the session allowed without a rule (allow-all)
         self._live: dict[str, SessionInfo] = {}
+        self._current: dict[str, str] = {}
         self._substitutions: dict[str, int] = {}
         self._sweeper: gevent.Greenlet | None = None
 
@@ -126,13 +127,21 @@ class SessionService:
         return [s for s in self._live.values() if s.expires_at > now]
 
     def current_sessions(self) -> dict[str, str]:
-        """container → its most recently created unexpired session (§3.3 supersession)."""
+        """container → its most recently created unexpired session (§3.3 supersession).
+        Kept up to date when a session starts, beats or ends, so a connection only reads it."""
+        return self._current
+
+    def _set_live(self, info: SessionInfo | None, session_id: str) -> None:
+        if info is None:
+            self._live.pop(session_id, None)
+        else:
+            self._live[session_id] = info
         newest: dict[str, SessionInfo] = {}
-        for info in self.live():
-            best = newest.get(info.container_name)
-            if best is None or (info.created_at, info.session_id) > (best.created_at, best.session_id):
-                newest[info.container_name] = info
-        return {c: s.session_id for c, s in newest.items()}
+        for live in self.live():
+            best = newest.get(live.container_name)
+            if best is None or (live.created_at, live.session_id) > (best.created_at, best.session_id):
+                newest[live.container_name] = live
+        self._current = {c: s.session_id for c, s in newest.items()}
 
     def allow_all_containers(self) -> frozenset[str]:
         current = self.current_sessions()
@@ -176,7 +185,7 @@ class SessionService:
                 self.rules.delete_session_rules(row.session_id)
                 row.delete_instance()
                 continue
-            self._live[row.session_id] = self._info(row)
+            self._set_live(self._info(row), row.session_id)
 
     def _load_mappings(self, row: Session) -> bool:
         if not row.mappings_enc:
@@ -228,7 +237,7 @@ class SessionService:
         self.vault.remove_session(spec.session_id)
         for m in spec.mappings:
             self.vault.put(Secret(m.placeholder, m.value, labels[m.placeholder], spec.session_id, m.hosts))
-        self._live[spec.session_id] = self._info(row)
+        self._set_live(self._info(row), spec.session_id)
         rules = [
             NewRule(container_pattern=spec.container_name, destination_pattern=r.destination_pattern,
                     port_pattern=r.port_pattern, action=r.action, rule_type="temporary", notes=r.notes,
@@ -265,7 +274,7 @@ class SessionService:
         row.expires_at = now + dt.timedelta(seconds=row.ttl_seconds)
         row.last_heartbeat = now
         row.save()
-        self._live[session_id] = self._info(row)
+        self._set_live(self._info(row), session_id)
         self.rules.extend_session_rules(session_id, row.expires_at)
         self.bus.publish("session.heartbeat", session_id)
         return {"session_id": session_id, "expires_at": iso(row.expires_at)}
@@ -278,7 +287,7 @@ class SessionService:
         return deleted
 
     def _end(self, session_id: str) -> None:
-        self._live.pop(session_id, None)
+        self._set_live(None, session_id)
         self.on_end(session_id)
         self.vault.remove_session(session_id)
         self._substitutions.pop(session_id, None)

@@ -10,7 +10,6 @@ tunnel was allowed for (D13), and each exchange is recorded as a transaction."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import socket
@@ -23,6 +22,7 @@ from gevent import select as gselect
 from greyproxy.capture.recorder import Exchange
 from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.http import simple_response, split_host_port
 from greyproxy.proxy.httpwire import (
     BufferedSocket,
@@ -31,7 +31,9 @@ from greyproxy.proxy.httpwire import (
     forward_message,
     parse_head,
     relay_body,
+    response_framing,
     serialize_head,
+    wants_close,
 )
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.tunnel import relay
@@ -60,14 +62,6 @@ def classify(first: bytes) -> str | None:
     if any(p.startswith(first) for p in _HTTP_PREFIXES):
         return None
     return "other"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 class Interceptor:
@@ -192,7 +186,7 @@ class Interceptor:
         if not sni:
             return None
         sni = sni.lower().rstrip(".")
-        allowed = admission.host if not _is_ip(admission.host) else admission.resolved_hostname
+        allowed = admission.host if not is_ip_literal(admission.host) else admission.resolved_hostname
         if allowed is None or sni == allowed:
             return None
         return f"TLS server name {sni!r} is not the allowed destination {allowed!r}"
@@ -243,7 +237,7 @@ class Interceptor:
             except ValueError:
                 return "bad_host_header"
             host = host.lower().rstrip(".")
-            if host != expected and not (_is_ip(expected) and expected == admission.host):
+            if host != expected and not (is_ip_literal(expected) and expected == admission.host):
                 return "sni_mismatch"
         decision = self.rt.policy.decide(ConnectionRequest(
             container=admission.container, host=expected, port=admission.port,
@@ -290,19 +284,12 @@ class Interceptor:
             self.recorder.record(ex)
             self._websocket(ex, client, upstream, deflate_negotiated(response))
             return False
-        no_body = method.upper() == "HEAD" or code in (204, 304)
-        framed = no_body or response.get("content-length") is not None or "chunked" in response.tokens(
-            "transfer-encoding")
+        no_body, framed = response_framing(method, response)
         ex.response_tap = ex.tap_for(response)
         forward_message(upstream, client.sock, raw, response, no_body=no_body, until_close=not framed,
                         tap=ex.response_tap.feed)
         self.recorder.record(ex)
-        closing = (
-            "close" in request.tokens("connection")
-            or "close" in response.tokens("connection")
-            or (request.start[2] == "HTTP/1.0" and "keep-alive" not in request.tokens("connection"))
-        )
-        return framed and not closing
+        return framed and not wants_close(request) and "close" not in response.tokens("connection")
 
     def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:
         client.sock.settimeout(None)
