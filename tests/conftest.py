@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.ports import free_port
+
 START_TIMEOUT = 20.0
 
 
@@ -111,8 +113,16 @@ class Greyproxy:
         return self.log_path.read_text(errors="replace")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.call_failed = report.failed  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def gp_factory(tmp_path: Path) -> Iterator[Any]:
+def gp_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[Greyproxy] = []
 
     def make(extra_args: list[str] | None = None, config_yaml: str | None = None, hold_seconds: float = 5.0,
@@ -124,6 +134,10 @@ def gp_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for proxy in started:
         proxy.stop()
+    if getattr(request.node, "call_failed", False):  # CI shows only the report: put the server logs in it
+        for proxy in started:
+            print(f"--- {proxy.log_path.name} (last 60 lines) ---")
+            print("\n".join(proxy.logs().splitlines()[-60:]))
 
 
 @pytest.fixture
@@ -160,7 +174,7 @@ class OriginHandler(BaseHTTPRequestHandler):
 class Origin:
     # 127.0.0.2, not 127.0.0.1: the builtin rules allow 127.0.0.1, and tests need unmatched destinations.
     def __init__(self, host: str = "127.0.0.2", body: bytes = b"hello from origin\n") -> None:
-        self.server = ThreadingHTTPServer((host, 0), OriginHandler)
+        self.server = ThreadingHTTPServer((host, free_port(host)), OriginHandler)
         self.server.daemon_threads = True
         self.server.body = body  # type: ignore[attr-defined]
         self.server.requests = []  # type: ignore[attr-defined]

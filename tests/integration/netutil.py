@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 
+from tests.ports import free_port
+
 
 def socks_connect(proxy_port: int, host: str, port: int, user: str | None = "agent1", password: str = "x",
                   timeout: float = 15.0, source: str | None = None) -> tuple[int, socket.socket]:
@@ -80,7 +82,7 @@ class EchoServer:
     def __init__(self, host: str = "127.0.0.2") -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, free_port(host)))
         self.sock.listen(64)
         self.host, self.port = host, self.sock.getsockname()[1]
         self.connections = 0

@@ -12,6 +12,7 @@ from websockets.sync.server import serve
 
 from tests.integration.netutil import http_connect, wait_until
 from tests.integration.tlsutil import make_origin_pki
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def wss_origin(tmp_path):
         for message in ws:
             ws.send(f"echo:{message}")
 
-    server = serve(echo, "127.0.0.1", 0, ssl=ctx, compression="deflate")
+    server = serve(echo, "127.0.0.1", free_port("127.0.0.1"), ssl=ctx, compression="deflate")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     server.port = server.socket.getsockname()[1]
     server.ca_path = ca_path

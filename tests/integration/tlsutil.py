@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.ports import free_port
+
 
 def make_origin_pki(folder: Path) -> tuple[Path, Path]:
     """(ca.pem, leaf-with-key.pem) for localhost, 127.0.0.1 and 127.0.0.2."""
@@ -90,7 +92,7 @@ class TLSOrigin:
         self.ca_path, leaf = make_origin_pki(folder)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(leaf)
-        self.server = ThreadingHTTPServer((host, 0), TLSHandler)
+        self.server = ThreadingHTTPServer((host, free_port(host)), TLSHandler)
         self.server.daemon_threads = True
         self.server.seen = []  # type: ignore[attr-defined]
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
