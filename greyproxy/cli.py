@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from greyproxy import __version__, cli_cert, cli_install, cli_ops
 from greyproxy.logsetup import setup_logging
+
+if TYPE_CHECKING:
+    from greyproxy.runtime import Runtime
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  DNS          {config.listen['dns'].host}:{ports['dns']} (UDP+TCP, policy {config.dns_policy})",
               flush=True)
         print(f"  API          {config.listen['api'].host}:{ports['api']}", flush=True)
-        print(f"  Dashboard    {runtime.dashboard_url}", flush=True)
+        print(f"  Dashboard    {_dashboard_line(runtime)}", flush=True)
 
     try:
         runtime.serve_forever(on_ready=ready)
@@ -81,6 +85,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"greyproxy: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _dashboard_line(runtime: Runtime) -> str:
+    """The login URL carries the API token (D9): print it to a terminal, never into a log file
+    or the journal, where whoever reads the logs would get control of the proxy."""
+    url = runtime.dashboard_url
+    if "?token=" not in url or sys.stdout.isatty():
+        return url
+    return f"{url.split('?', 1)[0]}  (log in with the URL `greyproxy token show --url` prints)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,7 +217,14 @@ def cmd_token(args: argparse.Namespace) -> int:
             return err(f"no token yet ({path}); `greyproxy serve` creates one")
         except OSError as exc:
             return err(f"cannot read {path}: {exc.strerror or exc}")
-        print(token)
+        if not args.url:
+            print(token)
+            return 0
+        try:
+            base = Instance.find(config).base
+        except NotRunning as exc:
+            return err(str(exc))
+        print(f"{base}/dashboard?token={token}")
         return 0
     return _rotate(config, path)
 
@@ -278,9 +285,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     token = sub.add_parser("token", help="show or rotate the API token")
     verbs = token.add_subparsers(dest="token_command", required=True)
-    for name, text in (("show", "print the API token"),
-                       ("rotate", "write a new API token; a running greyproxy switches to it at once")):
-        add_common(verbs.add_parser(name, help=text))
+    p = verbs.add_parser("show", help="print the API token")
+    p.add_argument("--url", action="store_true", help="print the running dashboard's login URL instead")
+    add_common(p)
+    p = verbs.add_parser("rotate", help="write a new API token; a running greyproxy switches to it at once")
+    add_common(p)
     token.set_defaults(func=cmd_token)
 
 

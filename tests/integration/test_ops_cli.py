@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,6 +154,41 @@ def test_token_show_and_rotate_reach_the_running_instance(gp):
     assert gp.api("GET", "/api/rules").status_code == 200
     assert cli("token", "show", "--data-dir", str(gp.data_dir)).stdout.strip() == new
     assert cli("status", "--data-dir", str(gp.data_dir)).returncode == 0
+
+
+def test_the_login_url_goes_to_a_terminal_never_into_the_log(gp, tmp_path):
+    log = gp.logs()
+    assert "/dashboard  (log in with the URL `greyproxy token show --url` prints)" in log
+    assert gp.token not in log  # stdout here is a file, as it is under systemd (the journal)
+    shown = cli("token", "show", "--url", "--data-dir", str(gp.data_dir))
+    assert shown.returncode == 0 and shown.stdout.strip() == f"{gp.api_url}/dashboard?token={gp.token}"
+    login = gp.session.get(shown.stdout.strip(), allow_redirects=False)
+    assert login.status_code == 302 and "greyproxy_token=" in login.headers["Set-Cookie"]
+    (tmp_path / "api-token").write_text("t\n")  # a token, but no greyproxy running with it
+    stopped = cli("token", "show", "--url", "--data-dir", str(tmp_path))
+    assert stopped.returncode == 1 and "not running" in stopped.stderr
+
+    # On a terminal the URL to click is printed whole (D9).
+    main, child = pty.openpty()
+    cmd = gp.command()
+    cmd[cmd.index("--data-dir") + 1] = str(tmp_path / "tty")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=child, stderr=subprocess.DEVNULL)
+    os.close(child)
+    out = b""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (b"Dashboard" in out and out.endswith(b"\n")):
+            if select.select([main], [], [], 1)[0]:
+                try:
+                    out += os.read(main, 4096)
+                except OSError:  # EIO: the child is gone and the terminal closed
+                    break
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(main)
+    token = (tmp_path / "tty" / "api-token").read_text().strip()
+    assert f"/dashboard?token={token}" in out.decode()
 
 
 # -- install / uninstall ------------------------------------------------------------------------
