@@ -39,6 +39,7 @@ from greyproxy.proxy.hold import HoldManager
 from greyproxy.proxy.http import HttpProxyHandler
 from greyproxy.proxy.mitm.intercept import Interceptor
 from greyproxy.proxy.mitm.state import MitmState
+from greyproxy.proxy.ptr import ReverseNames
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.tracker import ConnectionTracker
@@ -102,14 +103,17 @@ class Runtime:
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
         self.modes = ModeService(self.db, self.bus, self.policy_changed, config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
-        self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss)
+        # DNS (§12): the upstream servers, also asked for the PTR names shown beside raw IPs (D13).
+        self.dns_upstream = Upstream(config.dns_upstream or system_servers())
+        self.reverse = ReverseNames(self.dns_upstream, on_found=lambda ip, _name: self.pending.ptr_found(ip))
+        self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss,
+                                      self.reverse.peek)
         self.writer = StoreWriter(self.db, self.pending, self.rules)
         self.writer.observe_batch = self.metrics.db_batch
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
         self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
-        # DNS (§12): the upstream servers, the dial-time resolver, and the per-client IP → name
-        # cache, loaded from the previous run (rows keep their absolute expiry).
-        self.dns_upstream = Upstream(config.dns_upstream or system_servers())
+        # The dial-time resolver, and the per-client IP → name cache, loaded from the previous
+        # run (rows keep their absolute expiry).
         self.resolver = Resolver(self.dns_upstream)
         self.dnscache = HostnameCache(persist=self.writer.dns_cache)
         self.dnscache.load(CacheRow(*row) for row in load_dns_cache(time.time()))

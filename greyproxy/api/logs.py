@@ -44,7 +44,11 @@ def log_filter(since: dt.datetime | None, until: dt.datetime | None) -> LogFilte
 def get_logs() -> Any:
     limit = int_arg("limit", 50, minimum=1, maximum=1000)
     offset = int_arg("offset", 0)
-    return list_logs(log_filter(time_arg("from_date"), time_arg("to_date")), limit, offset)
+    page = list_logs(log_filter(time_arg("from_date"), time_arg("to_date")), limit, offset)
+    reverse = runtime().reverse
+    for item in page["items"]:  # display only (D13); unknown ones are looked up for the next read
+        item["ptr_hostname"] = None if item["resolved_hostname"] else reverse.peek(item["destination_host"])
+    return page
 
 
 @bp.get("/api/logs/stats")

@@ -53,6 +53,7 @@ def page_of(item: str) -> dict[str, Any]:
 
 STR, INT, BOOL, NUM = s("string"), s("integer"), s("boolean"), s("number")
 NSTR, NINT = s(["string", "null"]), s(["integer", "null"])
+PTR = s(["string", "null"], "reverse DNS name of a raw-IP destination: shown, never matched by rules (D13)")
 TIME = s("string", format="date-time")
 NTIME = s(["string", "null"], format="date-time")
 OK = obj({"status": s("string", enum=["ok"])}, extra=True)
@@ -79,7 +80,7 @@ SCHEMAS: dict[str, Any] = {
     }),
     "Pending": obj({
         "id": INT, "container_name": STR, "container_id": STR, "destination_host": STR, "destination_port": INT,
-        "resolved_hostname": NSTR, "first_seen": TIME, "last_seen": TIME, "attempt_count": INT,
+        "resolved_hostname": NSTR, "ptr_hostname": PTR, "first_seen": TIME, "last_seen": TIME, "attempt_count": INT,
         "waiter_count": s("integer", "connections held open for it right now"),
     }, ("id", "container_name", "destination_host", "destination_port")),
     "Decision": obj({
@@ -89,7 +90,7 @@ SCHEMAS: dict[str, Any] = {
     }),
     "RequestLog": obj({
         "id": INT, "timestamp": TIME, "container_name": STR, "container_id": NSTR, "destination_host": STR,
-        "destination_port": NINT, "resolved_hostname": NSTR, "dialed_ip": NSTR, "method": NSTR,
+        "destination_port": NINT, "resolved_hostname": NSTR, "ptr_hostname": PTR, "dialed_ip": NSTR, "method": NSTR,
         "result": s("string", enum=["allowed", "blocked"]), "rule_id": NINT, "response_time_ms": NINT,
         "reason": NSTR, "would": NSTR, "mitm_skip_reason": NSTR, "rule_summary": STR,
     }, ("id", "timestamp", "container_name", "destination_host", "result")),

@@ -31,7 +31,7 @@ class Attempt:
     when: dt.datetime
 
 
-def pending_to_json(row: PendingRequest, waiters: int | None = None) -> dict[str, Any]:
+def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostname: str | None = None) -> dict[str, Any]:
     data = {
         "id": row.id,
         "container_name": row.container_name,
@@ -39,6 +39,7 @@ def pending_to_json(row: PendingRequest, waiters: int | None = None) -> dict[str
         "destination_host": row.destination_host,
         "destination_port": row.destination_port,
         "resolved_hostname": row.resolved_hostname,
+        "ptr_hostname": ptr_hostname,  # display only (D13): whoever owns the IP block writes it
         "first_seen": iso(row.first_seen),
         "last_seen": iso(row.last_seen),
         "attempt_count": row.attempt_count,
@@ -60,15 +61,24 @@ class PendingService:
         rules: RuleService,
         waiters: WaiterCount,
         dismiss_waiters: Callable[[str, Iterable[str], int], None],
+        ptr_name: Callable[[str], str | None] = lambda host: None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.rules = rules
         self.waiters = waiters
         self.dismiss_waiters = dismiss_waiters
+        self.ptr_name = ptr_name
 
     def to_json(self, row: PendingRequest) -> dict[str, Any]:
-        return pending_to_json(row, self.waiters(row.container_name, row.destination_host, row.destination_port))
+        ptr = self.ptr_name(row.destination_host) if not row.resolved_hostname else None
+        return pending_to_json(row, self.waiters(row.container_name, row.destination_host, row.destination_port),
+                               ptr)
+
+    def ptr_found(self, ip: str) -> None:
+        """A PTR name for `ip` arrived: dashboards showing its pending rows get them again."""
+        for row in PendingRequest.select().where(PendingRequest.destination_host == ip):
+            self.bus.publish("pending_request.updated", self.to_json(row))
 
     # -- written by the store writer, off the connection path ----------------------------
     def record_attempt(self, a: Attempt) -> None:

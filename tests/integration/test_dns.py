@@ -195,6 +195,13 @@ def test_forged_ptr_never_makes_a_connection_match_a_name_rule(gp_factory, auth,
     assert rep == 0x02
     assert [p["resolved_hostname"] for p in pending(gp)] == [None]
     assert svc.requests == []
+    # The PTR name is shown to the human deciding (D13), marked as such, and still grants nothing.
+    assert gp.wait_for(lambda: [p["ptr_hostname"] for p in pending(gp)] == ["svc.test"])
+    rep, _ = fetch_via_socks(gp, "127.0.0.5", svc.port, source=CLIENT_B)
+    assert rep == 0x02 and svc.requests == []
+    row = log_for(gp, "127.0.0.5")
+    assert row["resolved_hostname"] is None and row["ptr_hostname"] == "svc.test"
+    assert auth.names().count("5.0.0.127.in-addr.arpa") == 2, "the client's dig -x, then one lookup of ours"
 
 
 def test_cname_answer_is_attributed_to_the_name_asked_for(gp_factory, auth, svc):

@@ -10,6 +10,7 @@ const AUTO_REFRESH_MS = 5000;
 const DETAIL_FIELDS = [
   ["id", "Log id"], ["timestamp", "Time"], ["container_name", "Container"], ["container_id", "Container id"],
   ["destination_host", "Destination"], ["resolved_hostname", "Resolved hostname"],
+  ["ptr_hostname", "Reverse DNS (PTR, unverified: never matched by rules)"],
   ["destination_port", "Port"], ["method", "Via"], ["result", "Result"], ["reason", "Reason"],
   ["would", "Would have (report mode)"], ["rule_id", "Rule id"], ["rule_summary", "Rule"],
   ["response_time_ms", "Decision time (ms)"],
@@ -18,7 +19,9 @@ const DETAIL_FIELDS = [
 function destCell(item) {
   const shown = item.resolved_hostname || item.destination_host;
   const ip = item.resolved_hostname && item.resolved_hostname !== item.destination_host ? item.destination_host : null;
-  return [h("span", {}, shown), ip ? h("span", { class: "muted small" }, ` ${ip}`) : null];
+  const ptr = item.ptr_hostname ? h("span", { class: "muted small", title: "Reverse DNS (PTR): unverified, never matched by rules" },
+    ` PTR ${item.ptr_hostname}`) : null;
+  return [h("span", {}, shown), ip ? h("span", { class: "muted small" }, ` ${ip}`) : null, ptr];
 }
 
 function reasonCell(item) {

@@ -74,7 +74,9 @@ function buildCard(item) {
       h("div", { class: "pending-dest" },
         h("span", { class: "dest-host" }),
         h("span", { class: "dest-port" }),
-        h("span", { class: "dest-ip muted" })),
+        h("span", { class: "dest-ip muted" }),
+        h("span", { class: "dest-ptr muted small",
+          title: "Reverse DNS (PTR): written by whoever owns this IP block, so rules never match it" })),
       h("span", { class: "chip chip-container", title: "Container (the proxy user name)" })),
     h("div", { class: "pending-meta" },
       h("span", { class: "waiting" }),
@@ -103,6 +105,7 @@ function updateCard(card, item) {
   $(".dest-host", card).textContent = destText(item);
   $(".dest-port", card).textContent = `:${item.destination_port}`;
   $(".dest-ip", card).textContent = resolved ? item.destination_host : "";
+  $(".dest-ptr", card).textContent = item.ptr_hostname ? ` PTR ${item.ptr_hostname} (unverified)` : "";
   $(".chip-container", card).textContent = item.container_name;
   $(".attempts", card).textContent = `${item.attempt_count} attempt${item.attempt_count === 1 ? "" : "s"}`;
   $(".seen", card).replaceChildren("first ", timeEl(item.first_seen), " · last ", timeEl(item.last_seen));
