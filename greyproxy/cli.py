@@ -26,6 +26,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-seconds", type=float, help="how long an unmatched connection is held (default 30)")
     p.add_argument("--silent-allow", action="store_true", help="start in silent allow-all mode until restart")
     p.add_argument("--no-auth", action="store_true", help="no API token (for greyproxy-era clients; unsafe)")
+    p.add_argument("--middleware", action="append", metavar="URL",
+                   help="a WebSocket middleware (ws://, wss://; http(s):// is rewritten); repeatable")
+    p.add_argument("--middleware-cmd", action="append", metavar="CMD",
+                   help="a stdio middleware command, split like a shell would (not run through one); repeatable")
 
 
 def _raise_fd_limit() -> None:

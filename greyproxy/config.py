@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from greyproxy.middleware.config import MiddlewareConfig, configs_from
 from greyproxy.policy.durations import DurationError, parse_go_duration
 
 DEFAULTS: dict[str, Any] = {
@@ -79,6 +80,7 @@ class Config:
     rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
+    middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
 
     @property
     def db_path(self) -> Path:
@@ -231,6 +233,11 @@ def load_config(
         merged["silent_allow"] = True
     if flags.get("no_auth"):
         merged["api"]["auth"] = "none"
+    # §13 cascade order: --middleware URLs, then --middleware-cmd commands, then the YAML list.
+    cli_middlewares = [{"url": u} for u in flags.get("middleware") or []]
+    cli_middlewares += [{"command": c} for c in flags.get("middleware_cmd") or []]
+    if cli_middlewares:
+        merged["middlewares"] = cli_middlewares + list(merged["middlewares"] or [])
     return _build(merged, env, tuple(ignored), source)
 
 
@@ -292,6 +299,12 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError(f"'drain_seconds': '{merged['drain_seconds']}' is not a number") from None
     if not 0 <= drain <= 3600:
         raise ConfigError("'drain_seconds' must be between 0 and 3600")
+    if not isinstance(merged["middlewares"] or [], list):
+        raise ConfigError("'middlewares' must be a list of {command: ...} or {url: ...} entries")
+    try:
+        middlewares = tuple(configs_from([], [], merged["middlewares"] or []))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         listen=listen,
         data_dir=data_dir.expanduser(),
@@ -314,4 +327,5 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         rules_files=_rules_files(merged["rules_files"], source),
         drain_seconds=drain,
         source=source,
+        middlewares=middlewares,
     )

@@ -8,7 +8,7 @@ then keeps its old value, so the running process never half-applies a key):
   list is unchanged), hold_seconds, blocked_message, enforce_expiry_on_open,
   guard.private_ranges, retention, docker, container_modes, the YAML defaults of settings
   (notifications, mitm) where settings.json does not override them, mitm.extra_ca_bundle,
-  drain_seconds, and middlewares when a middleware engine is present;
+  drain_seconds, and middlewares (an unchanged one keeps its process or connection);
 - restart needed: host, listen.*, data_dir, database.url, api.*, silent_allow.
 
 The API token file is read again too (`greyproxy token rotate` writes it, then signals), and
@@ -293,9 +293,6 @@ class Reloader:
         return True
 
     def _middlewares(self, _old: Config, new: Config) -> bool:
-        engine = getattr(self.rt, "middlewares", None)
-        if engine is None or not hasattr(engine, "reload"):
-            return False  # no middleware engine in this build: reported, not pretended
-        engine.reload(new.raw["middlewares"])
+        self.rt.middlewares.reload(list(new.middlewares))  # unchanged ones keep their connection
         return True
 

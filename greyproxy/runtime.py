@@ -27,6 +27,7 @@ from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
 from greyproxy.files import write_file
 from greyproxy.metrics import Metrics
+from greyproxy.middleware import MiddlewareEngine
 from greyproxy.notify import DesktopNotifier
 from greyproxy.policy.durations import parse_go_duration
 from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, without_own_address
@@ -131,6 +132,7 @@ class Runtime:
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
         self.recorder = TransactionRecorder(self)
+        self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
         self.docker = self.build_docker_resolver(config)
@@ -240,6 +242,7 @@ class Runtime:
         self.mitm.watch()
         self.retention.start()
         self.notifier.start()
+        self.middlewares.start()  # hello handshakes, at most 5 s; failures are retried, not fatal
         for server in self._servers:
             server.start()
         self.write_handshake()
@@ -289,6 +292,7 @@ class Runtime:
         self.mitm.stop()
         self.retention.stop()
         self.notifier.stop()
+        self.middlewares.stop()
         self.tracker.close_all()
         self.writer.stop()
         (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from greyproxy.api import (
     logs,
     maintenance,
     metrics,
+    middlewares,
     modes,
     notifications,
     openapi,
@@ -56,6 +57,7 @@ BLUEPRINTS = (
     pages.bp,
     sessions.bp,
     metrics.bp,
+    middlewares.bp,
     openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024

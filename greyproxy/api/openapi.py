@@ -101,9 +101,20 @@ SCHEMAS: dict[str, Any] = {
         "response_headers": ANY_OBJECT, "response_body_size": INT, "response_body_truncated": BOOL,
         "response_content_type": NSTR, "duration_ms": NINT, "rule_id": NINT, "result": NSTR,
         "substituted_credentials": {}, "session_id": NSTR, "replay_of": NINT,
+        "middleware_actions": s("array", "what external middlewares did to this exchange (§13)",
+                                items=obj({"middleware": STR, "hook": STR, "action": STR, "tags": {}})),
         "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
         "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
     }, ("id", "timestamp", "method", "url")),
+    "Middleware": obj({
+        "name": STR, "transport": s("string", enum=["stdio", "websocket"]), "target": STR, "connected": BOOL,
+        "version": NINT, "hooks": arr(ANY_OBJECT), "max_body_bytes": INT, "on_disconnect": STR,
+        "timeout_ms": INT, "last_error": NSTR, "requests": INT, "denied": INT, "rewritten": INT, "failures": INT,
+    }, ("name", "transport", "connected")),
+    "MiddlewareEvent": obj({
+        "id": INT, "timestamp": TIME, "middleware": STR, "hook": STR, "action": STR, "status_code": NINT,
+        "reason": NSTR, "tags": {}, "container_name": STR, "destination_host": STR, "method": STR, "url": STR,
+    }, ("id", "timestamp", "middleware", "action")),
     "Session": obj({
         "session_id": STR, "container_name": STR, "credential_count": INT, "credential_labels": arr(STR),
         "metadata": ANY_OBJECT, "ttl_seconds": INT, "created_at": TIME, "expires_at": TIME,
@@ -212,6 +223,13 @@ def build_spec() -> dict[str, Any]:
         "/metrics": {"get": op("Metrics in the Prometheus text format", "operations", STR,
                                media="text/plain; version=0.0.4")},
         "/api/openapi.json": {"get": op("This document", "operations", ANY_OBJECT)},
+        "/api/middlewares": {"get": op("External middlewares (§13): connection, hooks and counters", "middleware",
+                                       page_of("Middleware"))},
+        "/api/middlewares/events": {"get": op(
+            "What middlewares did: deny, block, rewrite, tagged passes, errors (newest first)", "middleware",
+            page_of("MiddlewareEvent"), errors=(400,),
+            params=[query("middleware", STR), query("action", STR), query("container", STR),
+                    query("hook", s("string", enum=["http-request", "http-response"])), *PAGING])},
         "/api/dashboard": {"get": op("Dashboard figures for a period", "logs", ANY_OBJECT, errors=(400,), params=[
             query("period", s("string", enum=["today", "7d", "30d"])),
             query("group_by", STR), query("recent_limit", s("integer", minimum=0, maximum=100)), *TIME_RANGE])},
@@ -349,7 +367,7 @@ def build_spec() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "tags": [{"name": t} for t in ("rules", "pending", "logs", "modes", "settings", "events", "transactions",
-                                       "cert", "maintenance", "sessions", "operations")],
+                                       "cert", "maintenance", "sessions", "middleware", "operations")],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -35,6 +35,8 @@ class Exchange:
     response_tap: BodyTap | None = None
     session_id: str | None = None
     substituted: list[str] = field(default_factory=list)
+    middleware_facts: Any = None  # the RequestFacts the middlewares saw (proxy/mwhooks.py)
+    middleware_actions: list[dict[str, Any]] = field(default_factory=list)
 
     def tap_for(self, head: Head) -> BodyTap:
         return BodyTap(head.get("content-type"), head.get("content-encoding"))
@@ -85,6 +87,7 @@ class TransactionRecorder:
             "rule_id": ex.rule_id,
             "session_id": ex.session_id,
             "substituted_credentials": json.dumps(ex.substituted) if ex.substituted else None,
+            "middleware_actions": json.dumps(ex.middleware_actions) if ex.middleware_actions else None,
         }
         self.rt.writer.transaction(row, self._publish)
         # Parsed traffic (intercepted or plain HTTP) is not piped by relay(): count heads + bodies.

@@ -48,6 +48,7 @@ def transaction_to_json(row: HttpTransaction, bodies: bool = False) -> dict[str,
         "substituted_credentials": parse_json_column(row.substituted_credentials),
         "session_id": row.session_id,
         "replay_of": row.replay_of,
+        "middleware_actions": parse_json_column(row.middleware_actions) or [],  # §13 badges
     }
     if bodies:
         data["request_body"] = body_text(row.request_body)

@@ -21,6 +21,7 @@ from greyproxy.proxy.httpwire import (
     serialize_head,
     wants_close,
 )
+from greyproxy.proxy.mwhooks import MiddlewareHooks
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
 log = logging.getLogger("greyproxy.http")
@@ -74,6 +75,7 @@ def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[st
 class HttpProxyHandler:
     def __init__(self, gate: Gatekeeper) -> None:
         self.gate = gate
+        self.hooks = MiddlewareHooks(gate.rt)
 
     def handle(self, client: socket.socket, address: tuple) -> None:
         set_nodelay(client)
@@ -188,10 +190,21 @@ class HttpProxyHandler:
             headers += [("Connection", "Upgrade"), ("Upgrade", head.get("upgrade") or "")]
         rule = admission.decision.rule
         exchange = Exchange(admission.container, admission.host, port, target, head, rule.id if rule else None)
+        step = None if upgrade else self.hooks.before_request(exchange, conn, head, headers, path, tls=False)
+        if step is not None and step.refusal is not None:
+            conn.sock.sendall(step.refusal)
+            return False
+        if step is not None and step.headers is not None:
+            headers = step.headers
         headers, path = self.gate.substitute(exchange, headers, path, admission.host)
-        upstream.sock.sendall(serialize_head(f"{method} {path} HTTP/1.1", headers))
+        head_out = serialize_head(f"{method} {path} HTTP/1.1", headers)
         exchange.request_tap = exchange.tap_for(head)
-        relay_body(conn, upstream.sock, head, tap=exchange.request_tap.feed)
+        if step is not None and step.body is not None:  # a middleware replaced the body
+            upstream.sock.sendall(head_out + step.body)
+            exchange.request_tap.feed(step.body)
+        else:
+            upstream.sock.sendall(head_out)
+            relay_body(conn, upstream.sock, head, tap=exchange.request_tap.feed)
 
         resp_raw = upstream.read_head()
         if resp_raw is None:
@@ -207,13 +220,23 @@ class HttpProxyHandler:
             upstreams.pop(key, None)
             return False
         keep = not client_close and framed
-        out_headers = [(k, v) for k, v in resp.headers if k.lower() not in HOP_BY_HOP]
-        out_headers.append(("Connection", "keep-alive" if keep else "close"))
-        conn.sock.sendall(serialize_head(" ".join(resp.start).rstrip(), out_headers))
         exchange.response = resp
-        exchange.response_tap = exchange.tap_for(resp)
-        if not no_body:
-            relay_body(upstream, conn.sock, resp, until_close=not framed, tap=exchange.response_tap.feed)
+        changed = self.hooks.after_response(exchange, upstream, resp, no_body, framed)
+        if changed is not None:
+            exchange.response = Head([resp.start[0], str(changed.status_code), changed.reason], changed.headers)
+            keep = keep and not changed.close
+            upstream_close = upstream_close or changed.close
+        out_headers = [(k, v) for k, v in exchange.response.headers if k.lower() not in HOP_BY_HOP]
+        out_headers.append(("Connection", "keep-alive" if keep else "close"))
+        out_head = serialize_head(" ".join(exchange.response.start).rstrip(), out_headers)
+        exchange.response_tap = exchange.tap_for(exchange.response)
+        if changed is not None and changed.body is not None:
+            conn.sock.sendall(out_head + changed.body)
+            exchange.response_tap.feed(changed.body)
+        else:
+            conn.sock.sendall(out_head)
+            if not no_body:
+                relay_body(upstream, conn.sock, resp, until_close=not framed, tap=exchange.response_tap.feed)
         self.gate.rt.recorder.record(exchange)
         if upstream_close:
             upstreams.pop(key).sock.close()

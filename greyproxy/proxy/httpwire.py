@@ -226,3 +226,58 @@ def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int, tap: T
         if tap is not None:
             tap(chunk)
         remaining -= len(chunk)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Collector:
+    """A relay destination that keeps what passes: the raw bytes and the payload."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.raw = bytearray()
+        self.payload = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.raw += data
+
+    def feed(self, chunk: bytes) -> None:
+        self.payload += chunk
+        if len(self.payload) > self.limit:
+            raise _BodyTooLarge
+
+
+@dataclass
+class WholeBody:
+    raw: bytes  # as it came off the wire, framing included
+    payload: bytes  # de-chunked
+
+
+def read_whole_body(src: BufferedSocket, head: Head, limit: int, until_close: bool = False) -> WholeBody | None:
+    """Read the body of the message whose head was just read, whole, for a middleware to see.
+    None when its payload is over `limit`: then the bytes read so far are put back, so the
+    stream is as if nothing had been read and the body can still be relayed as it arrives."""
+    sink = _Collector(limit)
+    try:
+        relay_body(src, sink, head, until_close=until_close, tap=sink.feed)  # type: ignore[arg-type]
+    except _BodyTooLarge:
+        unread(src, bytes(sink.raw))
+        return None
+    return WholeBody(bytes(sink.raw), bytes(sink.payload))
+
+
+class _Discard:
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
+def discard_body(src: BufferedSocket, head: Head, until_close: bool = False) -> None:
+    """Consume a body nobody will forward (a middleware replaced it)."""
+    relay_body(src, _Discard(), head, until_close=until_close)  # type: ignore[arg-type]
+
+
+def unread(src: BufferedSocket, data: bytes) -> None:
+    """Put bytes back in front of what is buffered: the next reads return them first."""
+    src.buf[:0] = data

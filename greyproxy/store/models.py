@@ -104,10 +104,31 @@ class HttpTransaction(BaseModel):
     substituted_credentials = peewee.TextField(null=True)  # JSON list of labels
     session_id = peewee.TextField(null=True, index=True)
     replay_of = peewee.IntegerField(null=True)
+    middleware_actions = peewee.TextField(null=True)  # JSON list of {middleware, hook, action, tags}
 
     class Meta:
         table_name = "http_transactions"
         indexes = ((("destination_host", "destination_port"), False),)
+
+
+class MiddlewareEvent(BaseModel):
+    """What an external middleware did to an exchange (§13 audit): deny, block, rewrite, a
+    tagged allow/passthrough, or `error` when its on_disconnect policy applied."""
+
+    timestamp = peewee.DateTimeField(index=True)
+    middleware = peewee.TextField()
+    hook = peewee.TextField()
+    action = peewee.TextField()
+    status_code = peewee.IntegerField(null=True)
+    reason = peewee.TextField(null=True)
+    tags = peewee.TextField(null=True)  # JSON object
+    container_name = peewee.TextField()
+    destination_host = peewee.TextField()
+    method = peewee.TextField()
+    url = peewee.TextField()
+
+    class Meta:
+        table_name = "middleware_events"
 
 
 class DnsCacheEntry(BaseModel):
@@ -167,4 +188,5 @@ class SchemaMigration(BaseModel):
         table_name = "schema_migrations"
 
 
-ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session, GlobalCredential]
+ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session,
+              GlobalCredential, MiddlewareEvent]

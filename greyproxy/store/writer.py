@@ -18,7 +18,7 @@ from greyproxy.services.pending import Attempt, PendingService
 from greyproxy.services.rules import RuleService
 from greyproxy.store.bulk import insert_rows
 from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
-from greyproxy.store.models import HttpTransaction, RequestLog
+from greyproxy.store.models import HttpTransaction, MiddlewareEvent, RequestLog
 from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.store")
@@ -43,6 +43,7 @@ class StoreWriter:
         self._transactions: deque[tuple[dict[str, Any], Callable[[HttpTransaction], None] | None]] = deque(
             maxlen=10_000
         )
+        self._middleware_events: deque[dict[str, Any]] = deque(maxlen=10_000)
         # (client_ip, ip) -> newest row: a burst of lookups for one name is one upsert
         self._dns: dict[tuple[str, str], DnsRow] = {}
         self._dns_pruned_at = 0.0
@@ -67,6 +68,10 @@ class StoreWriter:
         within TRANSACTION_DELAY, in batches: one commit per exchange would cost the hub more
         than the exchange itself."""
         self._transactions.append((row, saved))
+
+    def middleware_event(self, row: dict[str, Any]) -> None:
+        """One middleware audit row (§13); written with the next log batch."""
+        self._middleware_events.append(row)
 
     def skip_reason(self, container: str, host: str, port: int, reason: str) -> None:
         """Why a tunnel was not intercepted (§8.3), noted on the connection's log row."""
@@ -142,6 +147,10 @@ class StoreWriter:
             for _ in batch:
                 self._logs.popleft()
             self.rows_written += len(batch)
+        while self._middleware_events:
+            batch = [self._middleware_events.popleft()
+                     for _ in range(min(BATCH_ROWS, len(self._middleware_events)))]
+            insert_rows(self.db, MiddlewareEvent, batch)
         while self._skips:
             container, host, port, reason = self._skips.popleft()
             latest = (

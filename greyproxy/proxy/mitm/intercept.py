@@ -36,6 +36,7 @@ from greyproxy.proxy.httpwire import (
     wants_close,
 )
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
+from greyproxy.proxy.mwhooks import MiddlewareHooks
 from greyproxy.proxy.tunnel import relay
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Interceptor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.recorder = runtime.recorder
+        self.hooks = MiddlewareHooks(runtime)
 
     # -- entry -------------------------------------------------------------------------
     def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
@@ -257,14 +259,28 @@ class Interceptor:
         url = target if target.startswith(("http://", "https://")) else f"{scheme}://{authority}{target}"
         ex = Exchange(admission.container, host, admission.port, url, request, rule_id)
         is_upgrade = "upgrade" in request.tokens("connection") and (request.get("upgrade") or "").lower() == "websocket"
+        headers = request.headers
+        step = None
         if is_upgrade:
             rewrite_extension_offer(request)
+        else:
+            step = self.hooks.before_request(ex, client, request, headers, target, tls=scheme == "https")
+            if step is not None and step.refusal is not None:
+                client.sock.sendall(step.refusal)
+                return False
+            if step is not None and step.headers is not None:
+                headers = step.headers
         # What is stored is the request as the client sent it (placeholders); only what goes
         # upstream carries the real secrets (§11.2).
-        headers, target = self.rt.gate.substitute(ex, request.headers, target, host)
-        upstream.sock.sendall(serialize_head(f"{method} {target} {request.start[2]}", headers))
+        headers, target = self.rt.gate.substitute(ex, headers, target, host)
+        head_out = serialize_head(f"{method} {target} {request.start[2]}", headers)
         ex.request_tap = ex.tap_for(request)
-        relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
+        if step is not None and step.body is not None:  # a middleware replaced the body
+            upstream.sock.sendall(head_out + step.body)
+            ex.request_tap.feed(step.body)
+        else:
+            upstream.sock.sendall(head_out)
+            relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
 
         upstream.sock.settimeout(IDLE_TIMEOUT)
         raw = upstream.read_head()
@@ -285,11 +301,21 @@ class Interceptor:
             self._websocket(ex, client, upstream, deflate_negotiated(response))
             return False
         no_body, framed = response_framing(method, response)
-        ex.response_tap = ex.tap_for(response)
-        forward_message(upstream, client.sock, raw, response, no_body=no_body, until_close=not framed,
-                        tap=ex.response_tap.feed)
+        keep = framed and not wants_close(request) and "close" not in response.tokens("connection")
+        changed = self.hooks.after_response(ex, upstream, response, no_body, framed)
+        if changed is not None:
+            ex.response = Head([response.start[0], str(changed.status_code), changed.reason], changed.headers)
+            raw = serialize_head(" ".join(ex.response.start), changed.headers)
+            keep = keep and not changed.close
+        ex.response_tap = ex.tap_for(ex.response)
+        if changed is not None and changed.body is not None:
+            client.sock.sendall(raw + changed.body)
+            ex.response_tap.feed(changed.body)
+        else:
+            forward_message(upstream, client.sock, raw, response, no_body=no_body, until_close=not framed,
+                            tap=ex.response_tap.feed)
         self.recorder.record(ex)
-        return framed and not wants_close(request) and "close" not in response.tokens("connection")
+        return keep
 
     def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:
         client.sock.settimeout(None)

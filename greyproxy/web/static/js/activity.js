@@ -36,6 +36,15 @@ function statusBadge(code) {
   return h("span", { class: `badge badge-${kind}` }, String(code));
 }
 
+// What external middlewares did to an exchange (§13): deny/block in red, rewrites and tags in blue.
+function middlewareBadges(t) {
+  return (t.middleware_actions || []).map((a) => {
+    const kind = ["deny", "block", "error"].includes(a.action) ? "bad" : "info";
+    const title = `${a.middleware} · ${a.hook}${a.tags ? ` · ${JSON.stringify(a.tags)}` : ""}`;
+    return h("span", { class: `badge badge-${kind} badge-mw`, title }, a.action);
+  });
+}
+
 async function refreshTraffic() {
   if (!trafficAvailable) return;
   const f = formValues(trafficFilters);
@@ -50,7 +59,7 @@ async function refreshTraffic() {
         cell("Time", timeEl(t.timestamp, "absolute")),
         cell("Method", h("code", {}, t.method)),
         cell("URL", h("span", { class: "url" }, t.url)),
-        cell("Status", statusBadge(t.status_code)),
+        cell("Status", statusBadge(t.status_code), ...middlewareBadges(t)),
         cell("Container", t.container_name),
         cell("Took", t.duration_ms == null ? "" : `${t.duration_ms} ms`));
     }));
@@ -122,7 +131,8 @@ async function showTransaction(id) {
       t.duration_ms != null ? [h("dt", {}, "Duration"), h("dd", {}, `${t.duration_ms} ms`)] : null,
       t.substituted_credentials?.length ? [h("dt", {}, "Credentials substituted"), h("dd", {}, t.substituted_credentials.join(", "))] : null,
       t.session_id ? [h("dt", {}, "Session"), h("dd", {}, t.session_id)] : null,
-      t.replay_of ? [h("dt", {}, "Replay of"), h("dd", {}, `#${t.replay_of}`)] : null),
+      t.replay_of ? [h("dt", {}, "Replay of"), h("dd", {}, `#${t.replay_of}`)] : null,
+      t.middleware_actions?.length ? [h("dt", {}, "Middlewares"), h("dd", {}, middlewareBadges(t))] : null),
     tools,
     headersBlock("Request headers", t.request_headers),
     bodyBlock("Request body", t.request_body, t.request_content_type, t.request_body_size, t.request_body_truncated),

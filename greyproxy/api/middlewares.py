@@ -1,0 +1,55 @@
+"""`GET /api/middlewares` (live status of the external middlewares, §13) and
+`GET /api/middlewares/events` (their audit trail: denials, blocks, rewrites, tagged passes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint
+
+from greyproxy.api.context import runtime
+from greyproxy.api.parse import int_arg, str_arg
+from greyproxy.store.models import MiddlewareEvent
+from greyproxy.timeutil import iso
+
+bp = Blueprint("middlewares", __name__)
+
+
+@bp.get("/api/middlewares")
+def list_middlewares() -> Any:
+    items = runtime().middlewares.status()
+    return {"items": items, "total": len(items)}
+
+
+def event_to_json(row: MiddlewareEvent) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": iso(row.timestamp),
+        "middleware": row.middleware,
+        "hook": row.hook,
+        "action": row.action,
+        "status_code": row.status_code,
+        "reason": row.reason,
+        "tags": json.loads(row.tags) if row.tags else None,
+        "container_name": row.container_name,
+        "destination_host": row.destination_host,
+        "method": row.method,
+        "url": row.url,
+    }
+
+
+@bp.get("/api/middlewares/events")
+def list_events() -> Any:
+    limit = int_arg("limit", 50, minimum=1, maximum=1000)
+    offset = int_arg("offset", 0)
+    runtime().writer.flush()  # events of a moment ago sit in the writer's queue
+    query = MiddlewareEvent.select()
+    for name, column in (("middleware", MiddlewareEvent.middleware), ("action", MiddlewareEvent.action),
+                         ("container", MiddlewareEvent.container_name), ("hook", MiddlewareEvent.hook)):
+        value = str_arg(name)
+        if value:
+            query = query.where(column == value)
+    total = query.count()
+    rows = query.order_by(MiddlewareEvent.id.desc()).limit(limit).offset(offset)
+    return {"items": [event_to_json(r) for r in rows], "total": total}
