@@ -194,8 +194,7 @@ class HttpProxyHandler:
         if step is not None and step.refusal is not None:
             conn.sock.sendall(step.refusal)
             return False
-        if step is not None and step.headers is not None:
-            headers = step.headers
+        headers = step.headers if step is not None and step.headers is not None else headers
         headers, path = self.gate.substitute(exchange, headers, path, admission.host)
         head_out = serialize_head(f"{method} {path} HTTP/1.1", headers)
         exchange.request_tap = exchange.tap_for(head)

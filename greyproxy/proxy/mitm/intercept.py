@@ -259,17 +259,15 @@ class Interceptor:
         url = target if target.startswith(("http://", "https://")) else f"{scheme}://{authority}{target}"
         ex = Exchange(admission.container, host, admission.port, url, request, rule_id)
         is_upgrade = "upgrade" in request.tokens("connection") and (request.get("upgrade") or "").lower() == "websocket"
-        headers = request.headers
         step = None
         if is_upgrade:
-            rewrite_extension_offer(request)
+            rewrite_extension_offer(request)  # replaces request.headers
         else:
-            step = self.hooks.before_request(ex, client, request, headers, target, tls=scheme == "https")
+            step = self.hooks.before_request(ex, client, request, request.headers, target, tls=scheme == "https")
             if step is not None and step.refusal is not None:
                 client.sock.sendall(step.refusal)
                 return False
-            if step is not None and step.headers is not None:
-                headers = step.headers
+        headers = step.headers if step is not None and step.headers is not None else request.headers
         # What is stored is the request as the client sent it (placeholders); only what goes
         # upstream carries the real secrets (§11.2).
         headers, target = self.rt.gate.substitute(ex, headers, target, host)
