@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "cert":
         return cli_cert.cmd_cert(args)
-    if args.command in ("status", "rules", "token"):
+    if args.command in ("status", "rules", "token", "audit"):
         return cli_ops.run(args)
     if args.command in ("install", "uninstall", "service"):
         return cli_install.run(args)

@@ -156,7 +156,8 @@ def cmd_reload(data_dir: Path, api_host: str) -> int:
         return _err(f"cannot read {handshake}: {exc}")
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(api_host, api_host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/api/cert/reload"
-    request = urllib.request.Request(url, data=b"", method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=b"", method="POST",
+                                     headers={"Content-Type": "application/json", "X-Greyproxy-Client": "cli"})
     if info.get("token"):
         request.add_header("Authorization", f"Bearer {info['token']}")
     # Never through an environment proxy: this is a call to our own control plane.

@@ -1,4 +1,4 @@
-"""`greyproxy status`, `rules export|import`, `token show|rotate` (issue 8, §18).
+"""`greyproxy status`, `rules export|import`, `token show|rotate` (issue 8, §18), `audit verify` (D16).
 
 They talk to the running instance through its API, found with `<data>/api-handshake.json`
 (port + token, D9): a change made here goes through the same services as the dashboard's, so
@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -24,6 +25,7 @@ from typing import Any
 from greyproxy.config import Config, ConfigError, load_config
 from greyproxy.files import write_file
 from greyproxy.rulesyaml import RulesFileError, dump_rules, parse_rules
+from greyproxy.services.audit import verify
 from greyproxy.timeutil import iso, utcnow
 
 TOKEN_FILE = "api-token"
@@ -89,6 +91,7 @@ class Instance:
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        request.add_header("X-Greyproxy-Client", "cli")  # the audit log's actor (D16)
         if self.info.get("token"):
             request.add_header("Authorization", f"Bearer {self.info['token']}")
         # Never through an environment proxy: this is a call to our own control plane.
@@ -267,6 +270,28 @@ def _rotate(config: Config, path: Path) -> int:
     return err(f"token written to {path}, but greyproxy (pid {pid}) did not confirm the reload within 5 s")
 
 
+# -- audit verify ------------------------------------------------------------------------------
+AUDIT_COLUMNS = "id, timestamp, actor, kind, target, before, after, prev_hash, hash"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Walk the audit log's hash chain in the database file itself (also while greyproxy runs:
+    WAL lets a reader in), so a tampered log is found even when the API is not reachable."""
+    path = config_of(args).db_path
+    if not path.exists():
+        return err(f"no database at {path}")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            count, problem = verify(db.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id"))
+    except sqlite3.Error as exc:
+        return err(f"cannot read the audit log in {path}: {exc}")
+    if problem is not None:
+        print(f"audit log BROKEN: {problem} ({count} entries before it are intact)", file=sys.stderr)
+        return 1
+    print(f"audit log intact: {count} entr{'y' if count == 1 else 'ies'}, each linked to the one before")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="is greyproxy running: ports, rules, pending, health")
     add_common(p)
@@ -291,6 +316,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("rotate", help="write a new API token; a running greyproxy switches to it at once")
     add_common(p)
     token.set_defaults(func=cmd_token)
+
+    audit = sub.add_parser("audit", help="check the audit log")
+    verbs = audit.add_subparsers(dest="audit_command", required=True)
+    add_common(verbs.add_parser("verify", help="walk the hash chain; exit 1 at the first broken link"))
+    audit.set_defaults(func=cmd_audit)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.tracker import ConnectionTracker
 from greyproxy.reload import Reloader, sync_rules_files
+from greyproxy.services.audit import AuditLog, current_actor
 from greyproxy.services.credentials import CredentialService
 from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy
 from greyproxy.services.modes import ModeService
@@ -128,6 +129,9 @@ class Runtime:
         self.redactor = Redactor(saved["redactedHeaders"])
         self.settings.cert_info = lambda: self.mitm.status(is_installed())
         self.settings.on_change(self.apply_settings)
+        # D16: from here on every change published on the bus is an audit entry.
+        self.audit = AuditLog(self.db, self.bus, {"settings": lambda: self.settings.to_json(None),
+                                                  "silent": self.silent.status})
         self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
@@ -299,6 +303,10 @@ class Runtime:
         self.db.close()
         self._stopped.set()
 
+    def _on_reload_signal(self) -> None:
+        current_actor.set("signal")  # this greenlet's own context: audit entries say who (D16)
+        self.reloader.reload()
+
     def _on_stop_signal(self) -> None:
         if self._stopping:
             self._hurry.set()
@@ -311,7 +319,7 @@ class Runtime:
             on_ready()
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
         gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
-        gevent.signal_handler(signal.SIGHUP, self.reloader.reload)  # config, rules files, token, CA (§17)
+        gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)  # config, rules files, token, CA (§17)
         # Every listener is bound and serving: tell systemd (Type=notify), if it is watching.
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self.status_line()}")
         self._stopped.wait()

@@ -13,6 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from greyproxy.api import (
     allowall,
+    audit,
     cert,
     dashboard,
     events,
@@ -58,6 +59,7 @@ BLUEPRINTS = (
     sessions.bp,
     metrics.bp,
     middlewares.bp,
+    audit.bp,
     openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -15,6 +15,7 @@ from flask import Flask, Response, redirect, request
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.pages import login_page
+from greyproxy.services.audit import current_actor
 
 TOKEN_COOKIE = "greyproxy_token"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -110,6 +111,23 @@ def _exempt() -> bool:
     return request.path.startswith("/static/")
 
 
+def request_actor() -> str:
+    """Who is making this request, for the audit log (D16). Everyone here holds the token; the
+    CLI says it is the CLI (a label, not a credential)."""
+    if request.headers.get("X-Greyproxy-Client") == "cli":
+        return "cli"
+    if request.headers.get("Authorization", "").partition(" ")[0].lower() == "bearer":
+        return "token"
+    if request.cookies.get(TOKEN_COOKIE):
+        return "dashboard"
+    return "api"  # api.auth: none
+
+
+def _set_actor() -> None:
+    current_actor.set(request_actor())  # this request's greenlet only
+
+
 def install_guard(app: Flask) -> None:
     guard = RequestGuard()
     app.before_request(guard.check)
+    app.before_request(_set_actor)

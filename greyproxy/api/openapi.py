@@ -106,6 +106,10 @@ SCHEMAS: dict[str, Any] = {
         "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
         "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
     }, ("id", "timestamp", "method", "url")),
+    "AuditEntry": obj({
+        "id": INT, "timestamp": TIME, "actor": STR, "kind": STR, "target": NSTR, "before": {}, "after": {},
+        "prev_hash": STR, "hash": s("string", "SHA-256 over prev_hash and this entry (greyproxy audit verify)"),
+    }, ("id", "timestamp", "actor", "kind", "hash")),
     "Middleware": obj({
         "name": STR, "transport": s("string", enum=["stdio", "websocket"]), "target": STR, "connected": BOOL,
         "version": NINT, "hooks": arr(ANY_OBJECT), "max_body_bytes": INT, "on_disconnect": STR,
@@ -223,6 +227,12 @@ def build_spec() -> dict[str, Any]:
         "/metrics": {"get": op("Metrics in the Prometheus text format", "operations", STR,
                                media="text/plain; version=0.0.4")},
         "/api/openapi.json": {"get": op("This document", "operations", ANY_OBJECT)},
+        "/api/audit": {"get": op("The audit log of control-plane changes (D16), newest first", "operations",
+                                 page_of("AuditEntry"), errors=(400,), params=[
+                                     query("since", TIME), query("until", TIME),
+                                     query("kind", s("string", "exact kind, or a family such as 'rule'")),
+                                     query("actor", s("string", "token, dashboard, cli, ws:<client>, signal, system")),
+                                     *PAGING])},
         "/api/middlewares": {"get": op("External middlewares (§13): connection, hooks and counters", "middleware",
                                        page_of("Middleware"))},
         "/api/middlewares/events": {"get": op(

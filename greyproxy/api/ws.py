@@ -32,6 +32,7 @@ from greyproxy.api.streams import SUBSCRIBER_QUEUE, timestamp, to_json
 from greyproxy.events import Event, Subscription
 from greyproxy.policy.durations import DurationError
 from greyproxy.policy.scopes import ScopeError
+from greyproxy.services.audit import current_actor
 from greyproxy.services.rules import NotFound
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class ControlConnection:
             return False
 
     def _read_commands(self) -> None:
+        current_actor.set(f"ws:{self.client_id}")  # changes made by commands are this client's (D16)
         while self.ws.connected:
             try:
                 message = self.ws.receive(timeout=POLL_SECONDS)

@@ -131,6 +131,22 @@ class MiddlewareEvent(BaseModel):
         table_name = "middleware_events"
 
 
+class AuditEntry(BaseModel):
+    """One control-plane change (D16), linked to the one before it by `prev_hash`."""
+
+    timestamp = peewee.TextField(index=True)  # fixed-width ISO text: hashed exactly as stored
+    actor = peewee.TextField(index=True)
+    kind = peewee.TextField(index=True)
+    target = peewee.TextField(null=True)
+    before = peewee.TextField(null=True)  # canonical JSON
+    after = peewee.TextField(null=True)
+    prev_hash = peewee.TextField()
+    hash = peewee.TextField()
+
+    class Meta:
+        table_name = "audit_log"
+
+
 class DnsCacheEntry(BaseModel):
     """IP → name a DNS client was told (proxy/dnscache.py); per client, with absolute expiry."""
 
@@ -189,4 +205,4 @@ class SchemaMigration(BaseModel):
 
 
 ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session,
-              GlobalCredential, MiddlewareEvent]
+              GlobalCredential, MiddlewareEvent, AuditEntry]

@@ -15,7 +15,10 @@ def exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
     data = b""
     try:
         sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # ENOTCONN: the proxy had already closed, and reset, the connection
+            pass
         while len(data) < 1 << 20:
             chunk = sock.recv(65536)
             if not chunk:
