@@ -49,6 +49,7 @@ PAGES = (
     Page("conversations", "Conversations"),
     Page("sessions", "Sessions"),
     Page("credentials", "Credentials"),
+    Page("audit", "Audit"),
     Page("settings", "Settings"),
 )
 

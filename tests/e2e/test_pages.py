@@ -14,7 +14,8 @@ from playwright.sync_api import expect
 from tests.e2e.conftest import DESKTOP, PHONE
 from tests.integration.netutil import curl
 
-PAGES = ["dashboard", "pending", "rules", "logs", "activity", "conversations", "sessions", "credentials", "settings"]
+PAGES = ["dashboard", "pending", "rules", "logs", "activity", "conversations", "sessions", "credentials", "audit",
+         "settings"]
 HOLD = 30.0
 
 
@@ -71,6 +72,7 @@ def test_every_page_renders(busy_gp, dashboards, viewport_name):
             "conversations": "#conv-empty:not([hidden]), #conv-list li",
             "sessions": "#sessions-empty:not([hidden]), #sessions-table tbody tr",
             "credentials": "#creds-empty:not([hidden]), #creds-table tbody tr",
+            "audit": "#audit-table tbody tr[data-id]",
             "settings": "#silent-status:not(:text('…'))",
         }[name]
         expect(page.locator(ready).first).to_be_visible()
@@ -281,4 +283,32 @@ def test_credentials_page_adds_lists_and_deletes(gp, dashboards):
     row.locator("button", has_text="Delete").click()
     expect(row).to_have_count(0)
     assert gp.api("GET", "/api/credentials").json() == []
+    assert dash.errors == []
+
+
+def test_audit_page_shows_who_changed_what(busy_gp, dashboards):
+    dash = dashboards(busy_gp).login("/audit")
+    page = dash.page
+    rows = page.locator("#audit-table tbody tr[data-id]")
+    expect(rows).to_have_count(3)  # the three rules busy_gp created over REST
+    expect(rows.first.locator("td[data-label=Actor]")).to_have_text("token")
+    expect(rows.first.locator("td[data-label=Change]")).to_have_text("rule.create")
+
+    # a change made from this dashboard appears live, with the dashboard as its actor
+    dash.goto("/settings")
+    page.locator("input[name=theme][value=dark]").check()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    dash.goto("/audit")
+    expect(rows).to_have_count(4)
+    first = rows.first
+    expect(first.locator("td[data-label=Actor]")).to_have_text("dashboard")
+    expect(first.locator("td[data-label=Change]")).to_have_text("settings.update")
+    first.click()
+    detail = page.locator("#audit-table .detail-row")
+    expect(detail).to_contain_text("Before")
+    expect(detail.locator("pre").nth(1)).to_contain_text('"theme": "dark"')
+
+    page.locator("#audit-filters [name=kind]").select_option("rule")
+    expect(rows).to_have_count(3)
+    dash.shot("audit-detail")
     assert dash.errors == []

@@ -120,6 +120,17 @@ async function silent(method, body) {
   }
 }
 
+function showMiddlewares(items) {
+  $("#mw-empty").hidden = items.length > 0;
+  $("#mw-list").replaceChildren(...items.map((m) => h("li", {},
+    h("span", { class: `badge badge-${m.connected ? "ok" : "bad"}` }, m.connected ? "connected" : "down"), " ",
+    h("strong", {}, m.name), h("span", { class: "muted small" }, ` ${m.transport} · ${m.target}`),
+    h("div", { class: "muted small" },
+      `hooks: ${m.hooks.map((hk) => hk.type).join(", ") || "none"} · ${m.requests} asked · ${m.denied} denied · ` +
+      `${m.rewritten} rewritten · ${m.failures} failures · on disconnect: ${m.on_disconnect}`),
+    m.last_error ? h("div", { class: "form-error" }, m.last_error) : null)));
+}
+
 startPage(async () => {
   for (const radio of $$("input[name=theme]")) {
     radio.addEventListener("change", () => put({ theme: radio.value }, "Theme"));
@@ -150,4 +161,6 @@ startPage(async () => {
   const [settings, status] = await Promise.all([get("/api/settings"), get("/api/allowall")]);
   showSettings(settings);
   showSilent(status);
+  get("/api/middlewares").then((d) => showMiddlewares(d.items)).catch(reportError);
+  live.on("config.reloaded", () => get("/api/middlewares").then((d) => showMiddlewares(d.items)).catch(reportError));
 });
