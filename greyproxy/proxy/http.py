@@ -16,6 +16,7 @@ from greyproxy.proxy.httpwire import (
     Head,
     WireError,
     parse_head,
+    read_final_response,
     relay_body,
     response_framing,
     serialize_head,
@@ -205,10 +206,7 @@ class HttpProxyHandler:
             upstream.sock.sendall(head_out)
             relay_body(conn, upstream.sock, head, tap=exchange.request_tap.feed)
 
-        resp_raw = upstream.read_head()
-        if resp_raw is None:
-            raise WireError("upstream closed before answering")
-        resp = parse_head(resp_raw, is_request=False)
+        resp_raw, resp = read_final_response(upstream, conn.sock)
         code = int(resp.start[1])
         client_close = wants_close(head)
         no_body, framed = response_framing(method, resp)

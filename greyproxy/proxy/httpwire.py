@@ -133,6 +133,19 @@ def wants_close(request: Head) -> bool:
     return "close" in tokens or (request.start[2] == "HTTP/1.0" and "keep-alive" not in tokens)
 
 
+def read_final_response(upstream: BufferedSocket, client: socket.socket) -> tuple[bytes, Head]:
+    """The response head that answers the request (raw, parsed); interim 1xx heads such as
+    100 Continue go straight on to the client (101 is final: the protocol switches)."""
+    while True:
+        raw = upstream.read_head()
+        if raw is None:
+            raise WireError("upstream closed before answering")
+        head = parse_head(raw, is_request=False)
+        if not 100 <= int(head.start[1]) < 200 or head.start[1] == "101":
+            return raw, head
+        client.sendall(raw)
+
+
 def response_framing(method: str, response: Head) -> tuple[bool, bool]:
     """(no_body, framed): whether the response has no body, and whether its end is known
     without the upstream closing (a length, chunks, or no body at all)."""

@@ -108,6 +108,10 @@ class MiddlewareHooks:
         ex.middleware_facts = facts
         if not engine.wants_request(facts):
             return None
+        if (head.get("expect") or "").lower() == "100-continue":
+            # The client waits for this before sending the body we must read whole first (the
+            # upstream's own 100 later is one more interim response, which clients accept).
+            client.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         whole = self._read(client, head)
         facts.body = whole.payload if whole is not None else None
         outcome = engine.on_request(facts)

@@ -144,3 +144,24 @@ def test_sighup_without_the_middleware_lets_requests_through(mw, origin):
 def test_bad_middleware_config_refuses_to_start(gp_factory):
     with pytest.raises(RuntimeError, match=r"middlewares\[0\]"):
         gp_factory(config_yaml="middlewares:\n  - {command: [x], url: 'ws://127.0.0.1:1'}\n")
+
+
+def test_expect_continue_is_answered_before_the_body_is_read_for_a_middleware(mw, origin):
+    import base64
+    import socket
+
+    auth = base64.b64encode(b"agent1:x").decode()
+    head = (f"POST http://127.0.0.2:{origin.port}/mw/rewrite-request HTTP/1.1\r\nHost: 127.0.0.2:{origin.port}\r\n"
+            f"Proxy-Authorization: Basic {auth}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+            "Connection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", mw.ports["http"]), timeout=10) as sock:
+        sock.sendall(head.encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # not a wait for a body never sent
+        sock.sendall(b"hello")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    while answer.startswith(b"HTTP/1.1 100"):  # the origin's own 100 Continue is passed on too
+        answer = answer.split(b"\r\n\r\n", 1)[1]
+    assert answer.split(b"\r\n", 1)[0].endswith(b"200 OK") and answer.endswith(b"rewritten body")
+    assert origin.requests[-1]["body"] == b"rewritten body"

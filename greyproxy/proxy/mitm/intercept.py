@@ -30,6 +30,7 @@ from greyproxy.proxy.httpwire import (
     WireError,
     forward_message,
     parse_head,
+    read_final_response,
     relay_body,
     response_framing,
     serialize_head,
@@ -281,16 +282,7 @@ class Interceptor:
             relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
 
         upstream.sock.settimeout(IDLE_TIMEOUT)
-        raw = upstream.read_head()
-        if raw is None:
-            raise WireError("upstream closed before answering")
-        response = parse_head(raw, is_request=False)
-        while 100 <= int(response.start[1]) < 200 and response.start[1] != "101":
-            client.sock.sendall(raw)  # interim responses (100 Continue) pass through
-            raw = upstream.read_head()
-            if raw is None:
-                raise WireError("upstream closed before answering")
-            response = parse_head(raw, is_request=False)
+        raw, response = read_final_response(upstream, client.sock)
         ex.response = response
         code = int(response.start[1])
         if code == 101 and is_upgrade:
