@@ -204,3 +204,12 @@ def test_restart_keeps_rules_and_pending(gp, origin):
     rules = gp.api("GET", "/api/rules", params={"destination": "kept.example"}).json()["items"]
     assert [r["destination_pattern"] for r in rules] == ["kept.example"]
     assert [p["destination_host"] for p in pending_items(gp)] == [origin.host]
+
+
+def test_plain_proxy_passes_100_continue_and_then_the_answer(gp, origin):
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                              "port_pattern": str(origin.port)}).status_code == 201
+    out, err = curl("-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}", "-H", "Expect: 100-continue",
+                    "--data-binary", "payload-after-continue", f"http://{origin.host}:{origin.port}/post").communicate(30)
+    assert out == b"payload-after-continue", err  # the origin echoes the body it got
+    assert origin.requests[-1]["body"] == b"payload-after-continue"
