@@ -16,6 +16,7 @@ cannot take the proxy down.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -113,6 +114,9 @@ def container_matcher(pattern: str) -> Callable[[str], bool]:
 # --------------------------------------------------------------------------- destination
 
 
+# Both run for every connection, mostly on hosts seen before: parsing an address with
+# ipaddress costs more than the rest of the decision. Bounded caches of pure functions.
+@functools.lru_cache(maxsize=8192)
 def is_ip_literal(host: str) -> bool:
     """An IPv4 or IPv6 literal (brackets and an IPv6 zone allowed), not a name."""
     try:
@@ -122,6 +126,7 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=8192)
 def canonical_host(host: str) -> str:
     """Canonical form of a destination host for matching.
 

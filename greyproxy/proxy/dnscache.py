@@ -22,6 +22,7 @@ store writer, which saves them in batches.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
@@ -41,6 +42,7 @@ class CacheRow(NamedTuple):
     expires_at: float  # epoch seconds
 
 
+@functools.lru_cache(maxsize=8192)  # per connection and per DNS answer, mostly the same few IPs
 def canonical_ip(text: str) -> str | None:
     """Compressed IP text (IPv4-mapped IPv6 as IPv4, no brackets or zone), or None."""
     try:

@@ -198,7 +198,8 @@ class Gatekeeper:
         self.admitted(admission, peer_ip(sock))
         return sock
 
-    def tunnel(self, admission: Admission, client: socket.socket, upstream: socket.socket, sniff: bool = True) -> None:
+    def tunnel(self, admission: Admission, client: socket.socket, upstream: socket.socket, sniff: bool = True,
+               early: bytes = b"") -> None:
         """Serve an allowed connection (sniffed: intercepted, parsed or piped), registered so
         revoking its rule tears it down."""
         # A connection let through by a session's allow-all has no rule: it ends with the session.
@@ -209,8 +210,10 @@ class Gatekeeper:
         )
         try:
             if sniff:
-                self.rt.interceptor.serve(admission, client, upstream)
+                self.rt.interceptor.serve(admission, client, upstream, early)
             else:
+                if early:
+                    upstream.sendall(early)
                 self.rt.metrics.relayed(*relay(client, upstream))
         finally:
             self.rt.tracker.remove(tracked)

@@ -147,10 +147,8 @@ class HttpProxyHandler:
         if upstream is None:
             return
         conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n")
-        early = conn.take_buffered()  # bytes the client sent right after the CONNECT head
-        if early:
-            upstream.sendall(early)
-        self.gate.tunnel(admission, conn.sock, upstream)
+        # Bytes the client sent right behind the CONNECT head go through the same inspection.
+        self.gate.tunnel(admission, conn.sock, upstream, early=conn.take_buffered())
 
     def _forward(
         self, conn: BufferedSocket, head: Head, address: tuple, upstreams: dict[tuple[str, int], BufferedSocket]

@@ -73,13 +73,24 @@ class Interceptor:
         self.hooks = MiddlewareHooks(runtime)
 
     # -- entry -------------------------------------------------------------------------
-    def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
-        kind = self._sniff(client, upstream)
+    def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes = b"") -> None:
+        """`early`: bytes the client sent before the tunnel was set up (right behind its CONNECT
+        head), already read off the socket, so they are judged here rather than peeked."""
+        kind = (classify(early[:16]) or "other") if early else self._sniff(client, upstream)
         if kind == "http":
+            buffered = BufferedSocket(client)
+            buffered.buf += early  # parsed, re-checked and recorded like every later request
             try:
-                self._loop(admission, BufferedSocket(client), BufferedSocket(upstream), "http")
+                self._loop(admission, buffered, BufferedSocket(upstream), "http")
             finally:
                 upstream.close()
+            return
+        if early:
+            # A TLS hello already read cannot be replayed into our own TLS server: the tunnel is
+            # piped as is, and the log says why it was not inspected.
+            self._skipped(admission, "early_data" if kind == "tls" else "non_tls")
+            upstream.sendall(early)
+            self.rt.metrics.relayed(*relay(client, upstream))
             return
         if kind == "tls":
             reason = self._skip_reason(admission)
