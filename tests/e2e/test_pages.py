@@ -12,6 +12,7 @@ import websocket
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import DESKTOP, PHONE
+from tests.integration.mwutil import middleware_yaml
 from tests.integration.netutil import curl
 
 PAGES = ["dashboard", "pending", "rules", "logs", "activity", "conversations", "sessions", "credentials", "audit",
@@ -311,4 +312,30 @@ def test_audit_page_shows_who_changed_what(busy_gp, dashboards):
     page.locator("#audit-filters [name=kind]").select_option("rule")
     expect(rows).to_have_count(3)
     dash.shot("audit-detail")
+    assert dash.errors == []
+
+
+def test_middleware_badges_in_activity_and_status_in_settings(gp_factory, dashboards, origin, tmp_path):
+    gp = gp_factory(config_yaml=middleware_yaml(tmp_path / "seen.jsonl"))
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                              "port_pattern": str(origin.port)}).status_code == 201
+    assert through_proxy(gp, f"http://{origin.host}:{origin.port}/mw/rewrite-response") == "299"
+    assert through_proxy(gp, f"http://{origin.host}:{origin.port}/mw/block-response") == "502"
+
+    dash = dashboards(gp).login("/activity?tab=traffic")
+    page = dash.page
+    row = page.locator("#traffic-table tbody tr[data-id]", has_text="/mw/rewrite-response")
+    expect(row.locator(".badge-mw")).to_have_text("rewrite")
+    blocked = page.locator("#traffic-table tbody tr[data-id]", has_text="/mw/block-response")
+    expect(blocked.locator(".badge-mw.badge-bad")).to_have_text("block")
+    row.click()
+    expect(page.locator("#txn-detail")).to_contain_text("Middlewares")
+    dash.shot("activity-middleware")
+
+    dash.goto("/settings")
+    item = page.locator("#mw-list li")
+    expect(item).to_contain_text("test-mw")
+    expect(item.locator(".badge")).to_have_text("connected")
+    expect(item).to_contain_text("stdio")
+    dash.shot("settings-middleware")
     assert dash.errors == []

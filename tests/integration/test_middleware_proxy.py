@@ -5,25 +5,13 @@ the audit trail, on the transactions and in `GET /api/middlewares`; SIGHUP repla
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.integration.mwutil import middleware_yaml, seen_messages
 from tests.integration.netutil import wait_until
-
-SCRIPT = Path(__file__).with_name("mw_script.py")
-
-
-def middleware_yaml(seen: Path) -> str:
-    return f"middlewares:\n  - command: {json.dumps([sys.executable, str(SCRIPT), str(seen)])}\n"
-
-
-def seen_messages(seen: Path) -> list[dict]:
-    return [json.loads(line) for line in seen.read_text().splitlines()] if seen.exists() else []
 
 
 @pytest.fixture
