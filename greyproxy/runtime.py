@@ -22,6 +22,7 @@ from greyproxy import __version__, sdnotify
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.redact import Redactor
 from greyproxy.config import Config, ListenAddress, load_config
+from greyproxy.conversations.assembler import ConversationAssembler
 from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
 from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
@@ -136,6 +137,9 @@ class Runtime:
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
         self.recorder = TransactionRecorder(self)
+        self.assembler = ConversationAssembler(self.db, self.bus,
+                                               lambda: bool(self.settings.values()["conversationsEnabled"]))
+        self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
@@ -200,6 +204,8 @@ class Runtime:
         self.mitm.enabled = values["mitmEnabled"]
         self.mitm.set_bypass(values["mitmBypass"])
         self.redactor = Redactor(values["redactedHeaders"])
+        if values["conversationsEnabled"] and getattr(self, "assembler", None) is not None:
+            self.assembler.wake()  # turned back on: assemble what was captured meanwhile
 
     def _enforce_rule_events(self, event: dict[str, Any]) -> None:
         kind, data = event["type"], event["data"]
@@ -247,6 +253,7 @@ class Runtime:
         self.retention.start()
         self.notifier.start()
         self.middlewares.start()  # hello handshakes, at most 5 s; failures are retried, not fatal
+        self.assembler.start()
         for server in self._servers:
             server.start()
         self.write_handshake()
@@ -297,6 +304,7 @@ class Runtime:
         self.retention.stop()
         self.notifier.stop()
         self.middlewares.stop()
+        self.assembler.stop()
         self.tracker.close_all()
         self.writer.stop()
         (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from greyproxy.api import (
     allowall,
     audit,
     cert,
+    conversations,
     dashboard,
     events,
     health,
@@ -60,6 +61,7 @@ BLUEPRINTS = (
     metrics.bp,
     middlewares.bp,
     audit.bp,
+    conversations.bp,
     openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -106,6 +106,16 @@ SCHEMAS: dict[str, Any] = {
         "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
         "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
     }, ("id", "timestamp", "method", "url")),
+    "Conversation": obj({
+        "id": STR, "model": NSTR, "container_name": STR, "provider": NSTR, "client_name": NSTR,
+        "started_at": TIME, "ended_at": TIME, "turn_count": INT, "system_prompt": NSTR,
+        "system_prompt_summary": NSTR, "first_prompt": NSTR, "parent_conversation_id": NSTR,
+        "last_turn_has_response": BOOL, "metadata": ANY_OBJECT, "request_ids": arr(STR), "incomplete": BOOL,
+        "incomplete_reason": NSTR,
+        "turns": s("array", "only on GET /api/conversations/{id}", items=obj({
+            "turn_number": INT, "user_prompt": NSTR, "steps": arr(ANY_OBJECT), "api_calls_in_turn": INT,
+            "request_ids": arr(STR), "timestamp": TIME, "timestamp_end": TIME, "duration_ms": NINT, "model": NSTR})),
+    }, ("id", "container_name", "turn_count")),
     "AuditEntry": obj({
         "id": INT, "timestamp": TIME, "actor": STR, "kind": STR, "target": NSTR, "before": {}, "after": {},
         "prev_hash": STR, "hash": s("string", "SHA-256 over prev_hash and this entry (greyproxy audit verify)"),
@@ -364,6 +374,19 @@ def build_spec() -> dict[str, Any]:
         "/api/credentials/{credential_id}": {"delete": op(
             "Delete a global credential", "sessions", obj({"id": STR, "deleted": BOOL}),
             params=[path_param("credential_id", s("string"))], errors=(404,))},
+        "/api/conversations": {"get": op(
+            "LLM conversations assembled from captured traffic (top-level ones, newest first)", "conversations",
+            page_of("Conversation"), errors=(400,),
+            params=[query("container", STR), query("model", STR), query("provider", STR), *PAGING])},
+        "/api/conversations/{conversation_id}": {"get": op(
+            "One conversation with its turns", "conversations", ref("Conversation"),
+            params=[path_param("conversation_id", s("string"))], errors=(404,))},
+        "/api/conversations/{conversation_id}/subagents": {"get": op(
+            "Conversations of the subagents it started", "conversations", obj({"items": arr(ref("Conversation"))}),
+            params=[path_param("conversation_id", s("string"))], errors=(404,))},
+        "/api/maintenance/rebuild-conversations": {"post": op(
+            "Assemble every conversation again from the first transaction", "maintenance",
+            obj({"status": STR}), errors=(503,))},
     }
     return {
         "openapi": "3.1.0",
@@ -377,7 +400,8 @@ def build_spec() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "tags": [{"name": t} for t in ("rules", "pending", "logs", "modes", "settings", "events", "transactions",
-                                       "cert", "maintenance", "sessions", "middleware", "operations")],
+                                       "cert", "maintenance", "sessions", "middleware", "conversations",
+                                       "operations")],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

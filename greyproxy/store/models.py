@@ -147,6 +147,69 @@ class AuditEntry(BaseModel):
         table_name = "audit_log"
 
 
+class EndpointRuleRow(BaseModel):
+    """URL → LLM decoder (§10.2); built-in rows are re-seeded at every start."""
+
+    host_pattern = peewee.TextField()
+    path_pattern = peewee.TextField()
+    method = peewee.TextField(default="POST")
+    decoder_name = peewee.TextField(index=True)
+    priority = peewee.IntegerField(default=0)
+    enabled = peewee.BooleanField(default=True)
+    user_defined = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "endpoint_rules"
+
+
+class Conversation(BaseModel):
+    id = peewee.TextField(primary_key=True)
+    model = peewee.TextField(null=True)
+    container_name = peewee.TextField(index=True)
+    provider = peewee.TextField(null=True, index=True)
+    client_name = peewee.TextField(null=True)
+    started_at = peewee.DateTimeField(index=True)
+    ended_at = peewee.DateTimeField()
+    turn_count = peewee.IntegerField(default=0)
+    system_prompt = peewee.TextField(null=True)
+    system_prompt_summary = peewee.TextField(null=True)
+    first_prompt = peewee.TextField(null=True)
+    parent_conversation_id = peewee.TextField(null=True, index=True)
+    last_turn_has_response = peewee.BooleanField(default=False)
+    metadata_json = peewee.TextField(default="{}")
+    request_ids_json = peewee.TextField(default="[]")
+    incomplete = peewee.BooleanField(default=False)
+    incomplete_reason = peewee.TextField(null=True)
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "conversations"
+
+
+class Turn(BaseModel):
+    conversation_id = peewee.TextField(index=True)
+    turn_number = peewee.IntegerField()
+    user_prompt = peewee.TextField(null=True)
+    steps_json = peewee.TextField(default="[]")
+    api_calls_in_turn = peewee.IntegerField(default=0)
+    request_ids_json = peewee.TextField(default="[]")
+    timestamp = peewee.DateTimeField(null=True)
+    timestamp_end = peewee.DateTimeField(null=True)
+    duration_ms = peewee.IntegerField(null=True)
+    model = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "turns"
+
+
+class ConversationProcessingState(BaseModel):
+    key = peewee.TextField(primary_key=True)
+    value = peewee.TextField()
+
+    class Meta:
+        table_name = "conversation_processing_state"
+
+
 class DnsCacheEntry(BaseModel):
     """IP → name a DNS client was told (proxy/dnscache.py); per client, with absolute expiry."""
 
@@ -205,4 +268,5 @@ class SchemaMigration(BaseModel):
 
 
 ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session,
-              GlobalCredential, MiddlewareEvent, AuditEntry]
+              GlobalCredential, MiddlewareEvent, AuditEntry, EndpointRuleRow, Conversation, Turn,
+              ConversationProcessingState]

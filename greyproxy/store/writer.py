@@ -51,6 +51,8 @@ class StoreWriter:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
+        # Called after transactions were written (the conversation assembler wakes up).
+        self.on_transactions: Callable[[], None] = lambda: None
         # (table, seconds, rows) for each batch written; the runtime points it at the metrics.
         self.observe_batch: Callable[[str, float, int], None] = lambda _table, _seconds, _rows: None
 
@@ -132,6 +134,7 @@ class StoreWriter:
             for (row, callback), txn_id in zip(batch, ids, strict=True):
                 if callback is not None:
                     callback(HttpTransaction(id=txn_id, **row))
+            self.on_transactions()
 
     def flush(self) -> None:
         self._flush_attempts()

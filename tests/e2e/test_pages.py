@@ -12,6 +12,8 @@ import websocket
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import DESKTOP, PHONE
+from tests.integration.llmutil import HOST as LLM_HOST
+from tests.integration.llmutil import agent_session, chat_server
 from tests.integration.mwutil import middleware_yaml
 from tests.integration.netutil import curl
 
@@ -338,4 +340,26 @@ def test_middleware_badges_in_activity_and_status_in_settings(gp_factory, dashbo
     expect(item.locator(".badge")).to_have_text("connected")
     expect(item).to_contain_text("stdio")
     dash.shot("settings-middleware")
+    assert dash.errors == []
+
+
+def test_conversation_page_shows_turns_and_tool_calls(gp, dashboards):
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": LLM_HOST}
+                  ).status_code == 201
+    with chat_server() as llm:
+        agent_session(gp, llm)
+        assert gp.wait_for(lambda: (lambda c: c and c[0]["turn_count"] == 2)(
+            gp.api("GET", "/api/conversations").json()["items"]), timeout=10)
+    dash = dashboards(gp).login("/conversations")
+    page = dash.page
+    item = page.locator("#conv-list .conv-item")
+    expect(item).to_have_count(1)
+    expect(item).to_contain_text("hello")
+    item.click()
+    detail = page.locator("#conv-detail")
+    expect(detail.locator(".turn")).to_have_count(2)
+    expect(detail).to_contain_text("how many files are there?")
+    expect(detail).to_contain_text("bash")
+    expect(detail).to_contain_text("There are two files.")
+    dash.shot("conversation-detail")
     assert dash.errors == []

@@ -1,5 +1,4 @@
 // Conversations page: LLM conversations assembled from captured traffic, list + turn-by-turn view.
-// The API arrives with LLM dissection; until then the page shows its empty state.
 import {
   $, $$, debounce, formValues, get, h, isMissing, live, prettyBody, renderPager, reportError,
   startPage, timeEl,
@@ -31,7 +30,12 @@ async function refresh() {
         h("span", { class: "muted small" },
           [c.model, c.container_name, c.client_name, `${c.turn_count ?? 0} turns`].filter(Boolean).join(" · "), " · ",
           timeEl(c.started_at))))));
-    if (!items.length) listEl.append(h("li", { class: "muted" }, "No conversations match."));
+    const filtered = Object.values(f).some(Boolean);
+    if (!items.length) {
+      listEl.append(h("li", { class: "muted" }, filtered ? "No conversations match." :
+        "No conversations yet. They are assembled from captured LLM API calls (Anthropic, OpenAI, OpenRouter, " +
+        "Gemini, and any chat-completions endpoint, recognised by its request); HTTPS calls are seen with TLS interception on."));
+    }
     renderPager($("#conv-pager"), { total: data.total || 0, limit: PAGE_SIZE, offset }, (o) => { offset = Math.max(0, o); refresh(); });
   } catch (err) {
     if (isMissing(err)) showMissing(); else reportError(err);
@@ -70,7 +74,8 @@ async function show(id) {
   detail.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   try {
     const c = await get(`/api/conversations/${encodeURIComponent(id)}`);
-    detail.replaceChildren(
+    // replaceChildren() takes nodes only: flatten the turn list and drop the absent parts.
+    const parts = [
       h("div", { class: "card-head" }, h("h2", {}, c.model || "Conversation"),
         h("button", { type: "button", class: "btn btn-small", onclick: () => { detail.hidden = true; selected = null; } }, "Close")),
       h("p", { class: "muted" }, [c.provider, c.container_name, c.client_name].filter(Boolean).join(" · "), " · ",
@@ -82,7 +87,8 @@ async function show(id) {
       c.parent_conversation_id ? h("p", {}, h("button", { type: "button", class: "btn btn-small",
         onclick: () => show(c.parent_conversation_id) }, "← Parent conversation")) : null,
       (c.turns || []).map(turnView),
-    );
+    ];
+    detail.replaceChildren(...parts.flat().filter((part) => part !== null && part !== undefined));
   } catch (err) {
     detail.replaceChildren(h("p", { class: "form-error" }, err.message));
   }

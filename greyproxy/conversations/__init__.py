@@ -1,0 +1,1 @@
+"""LLM conversation dissection and assembly (spec §10)."""
