@@ -48,6 +48,9 @@ BATCH = 200
 GAP = dt.timedelta(minutes=5)
 PREVIEW = 500  # characters of a tool input or result kept on a step
 PROMPT_TITLE = 200
+HEAD_COLUMNS = (HttpTransaction.id, HttpTransaction.timestamp, HttpTransaction.container_name,
+                HttpTransaction.destination_host, HttpTransaction.method, HttpTransaction.url,
+                HttpTransaction.request_content_type)
 
 
 def _text(body: bytes | str | None) -> str | None:
@@ -188,13 +191,23 @@ class ConversationAssembler:
             for r in EndpointRuleRow.select().order_by(EndpointRuleRow.id)
         ]
 
+    def _rule_for(self, row: HttpTransaction) -> EndpointRule | None:
+        return pick(self._rules, row.destination_host.lower(), urlsplit(row.url).path or "/", row.method)
+
+    def _candidate(self, row: HttpTransaction) -> bool:
+        """Worth loading the bodies of: a known LLM endpoint, or a JSON POST that might be one."""
+        if row.method in ("WS_REQ", "WS_RESP"):
+            return False  # OpenAI WebSocket sessions: not assembled yet
+        if self._rule_for(row) is not None:
+            return True
+        return row.method == "POST" and "json" in (row.request_content_type or "").lower()
+
     def _decoder_for(self, row: HttpTransaction, request_body: str | None) -> str | None:
-        path = urlsplit(row.url).path or "/"
-        host = row.destination_host.lower()
-        rule = pick(self._rules, host, path, row.method)
+        rule = self._rule_for(row)
         if rule is not None:
             return rule.decoder
-        learned = auto_rule(host, path, row.method, request_body)
+        path = urlsplit(row.url).path or "/"
+        learned = auto_rule(row.destination_host.lower(), path, row.method, request_body)
         if learned is None:
             return None
         EndpointRuleRow.insert(host_pattern=learned.host, path_pattern=learned.path, method=learned.method,
@@ -207,8 +220,6 @@ class ConversationAssembler:
 
     # -- assembly ----------------------------------------------------------------------------
     def _dissect(self, row: HttpTransaction) -> Dissected | None:
-        if row.method in ("WS_REQ", "WS_RESP"):
-            return None  # OpenAI WebSocket sessions: not assembled yet
         request_body = _text(row.request_body)
         decoder = self._decoder_for(row, request_body)
         if decoder is None:
@@ -218,11 +229,15 @@ class ConversationAssembler:
     def run_once(self) -> int:
         """Assemble the next batch of transactions; returns how many were read."""
         cursor = int(self._state("last_processed_id") or 0)
-        rows = list(HttpTransaction.select().where(HttpTransaction.id > cursor)
+        # Heads first: most traffic is not LLM calls, and its bodies need not be read at all.
+        rows = list(HttpTransaction.select(*HEAD_COLUMNS).where(HttpTransaction.id > cursor)
                     .order_by(HttpTransaction.id).limit(BATCH))
         touched: dict[str, None] = {}
         recent: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
-        for row in rows:
+        for head in rows:
+            if not self._candidate(head):
+                continue
+            row = HttpTransaction.get_by_id(head.id)
             dissected = self._dissect(row)
             if dissected is not None:
                 cid = self._conversation_for(row, dissected, recent)
@@ -253,7 +268,7 @@ class ConversationAssembler:
 
     def rebuild(self, cid: str) -> None:
         rows = HttpTransaction.select().where(HttpTransaction.conversation_id == cid).order_by(HttpTransaction.id)
-        calls = [Call(row, d) for row in rows if (d := self._dissect(row)) is not None]
+        calls = [Call(row, d) for row in rows if self._candidate(row) and (d := self._dissect(row)) is not None]
         if not calls:
             return
         # The fullest history (ties: the latest) tells the whole story; its answer ends it.
