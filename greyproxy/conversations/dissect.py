@@ -492,9 +492,15 @@ def _anthropic_response(body: str, content_type: str | None) -> _Response | None
 # --------------------------------------------------------------------------- openai (Responses API)
 
 
-def _responses_content(content: Any) -> list[Block]:
+_TEXT_PART_KINDS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+_IMAGE_PART_KINDS = frozenset({"input_image", "image_url", "image"})
+
+
+def _content_parts(content: Any, keep_empty_string: bool) -> list[Block]:
+    """OpenAI content: a string, or a list of parts (Responses and Chat Completions share the
+    part shapes: text-like kinds, refusal, images; a Chat part may also be an untyped {text})."""
     if isinstance(content, str):
-        return [Block("text", text=content)]
+        return [Block("text", text=content)] if content or keep_empty_string else []
     blocks = []
     for part in _l(content):
         if isinstance(part, str):
@@ -503,17 +509,21 @@ def _responses_content(content: Any) -> list[Block]:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
-        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-            blocks.append(Block("text", text=part.get("text") if isinstance(part.get("text"), str) else ""))
+        text = part.get("text")
+        if kind in _TEXT_PART_KINDS or (kind is None and isinstance(text, str)):
+            blocks.append(Block("text", text=text if isinstance(text, str) else ""))
         elif kind == "refusal":
-            blocks.append(
-                Block("text", text=part.get("refusal") if isinstance(part.get("refusal"), str) else "")
-            )
-        elif kind in ("input_image", "image_url", "image"):
+            refusal = part.get("refusal")
+            blocks.append(Block("text", text=refusal if isinstance(refusal, str) else ""))
+        elif kind in _IMAGE_PART_KINDS:
             blocks.append(Block("image"))
         else:
             blocks.append(Block("other"))
     return blocks
+
+
+def _responses_content(content: Any) -> list[Block]:
+    return _content_parts(content, keep_empty_string=True)
 
 
 def _responses_output_text(output: Any) -> str | None:
@@ -723,27 +733,7 @@ def _openai_response(body: str, content_type: str | None) -> _Response | None:
 
 
 def _chat_text_parts(content: Any) -> list[Block]:
-    if isinstance(content, str):
-        return [Block("text", text=content)] if content else []
-    blocks = []
-    for part in _l(content):
-        if isinstance(part, str):
-            blocks.append(Block("text", text=part))
-            continue
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind == "text" or (kind is None and isinstance(part.get("text"), str)):
-            blocks.append(Block("text", text=part.get("text") if isinstance(part.get("text"), str) else ""))
-        elif kind == "refusal":
-            blocks.append(
-                Block("text", text=part.get("refusal") if isinstance(part.get("refusal"), str) else "")
-            )
-        elif kind in ("image_url", "image", "input_image"):
-            blocks.append(Block("image"))
-        else:
-            blocks.append(Block("other"))
-    return blocks
+    return _content_parts(content, keep_empty_string=False)
 
 
 def _chat_plain_text(content: Any) -> str | None:
