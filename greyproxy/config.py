@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None},
     "dns": {"upstream": [], "policy": "log"},
     "guard": {"private_ranges": "allow"},
+    "identity": {"anonymous": "challenge"},
     "retention": {"logs_days": 30, "transactions_days": 7, "max_db_mb": 2048, "pending_ttl": "7d"},
     "notifications": {"enabled": True},
     "docker": {"enabled": False, "socket": "/var/run/docker.sock", "cache_ttl": "30s"},
@@ -77,6 +78,7 @@ class Config:
     dns_upstream: tuple[tuple[str, int], ...] = ()  # () = the system resolver's servers (§12.1)
     dns_policy: str = "log"  # 'log' | 'enforce'
     guard_private_ranges: str = "allow"  # 'allow' | 'deny' (D14)
+    identity_anonymous: str = "challenge"  # 'challenge' (407, D28) | 'fallback' (unknown-<ip>)
     rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
@@ -292,6 +294,9 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError("'dns.policy' must be 'log' or 'enforce'")
     if guard["private_ranges"] not in ("allow", "deny"):
         raise ConfigError("'guard.private_ranges' must be 'allow' or 'deny'")
+    anonymous = merged["identity"]["anonymous"]
+    if anonymous not in ("challenge", "fallback"):
+        raise ConfigError(f"'identity.anonymous' must be 'challenge' or 'fallback' (got {anonymous!r})")
     data_dir = Path(merged["data_dir"]) if merged["data_dir"] else default_data_dir(env)
     try:
         drain = float(merged["drain_seconds"])
@@ -324,6 +329,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         dns_upstream=upstream,
         dns_policy=dns["policy"],
         guard_private_ranges=guard["private_ranges"],
+        identity_anonymous=anonymous,
         rules_files=_rules_files(merged["rules_files"], source),
         drain_seconds=drain,
         source=source,

@@ -27,6 +27,7 @@ def test_defaults_bind_loopback_on_the_greyproxy_ports(tmp_path):
     }
     assert cfg.data_dir == tmp_path
     assert cfg.hold_seconds == 30 and cfg.api_auth == "token"
+    assert cfg.identity_anonymous == "challenge"  # D28
 
 
 def test_precedence_flag_over_file_over_default(tmp_path):
@@ -57,6 +58,8 @@ def test_env_data_home_and_no_auth_flag(tmp_path):
         ("container_modes: [{container: x, mode: loose}]\n", "container_modes[0].mode"),
         ("retention: {pending_ttl: forever}\n", "'retention.pending_ttl'"),
         ("log: {level: loud}\n", "'log.level'"),
+        ("identity: {anonymous: deny}\n", "'identity.anonymous' must be 'challenge' or 'fallback'"),
+        ("identity: {anonymus: fallback}\n", "unknown configuration key 'identity.anonymus'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):
@@ -94,3 +97,9 @@ log: {level: info}
     assert cfg.raw["dns"]["upstream"] == ["9.9.9.9:53"]
     assert "services[something-else]" in cfg.ignored and "log" in cfg.ignored
     assert "greyproxy.pathPrefix" in cfg.ignored
+
+
+def test_identity_anonymous_fallback(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("identity: {anonymous: fallback}\n")
+    assert load_config(path, env={}).identity_anonymous == "fallback"
