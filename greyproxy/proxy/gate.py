@@ -61,6 +61,15 @@ class Gatekeeper:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
+    def challenges(self, source_ip: str) -> bool:
+        """D28: whether an HTTP-proxy client that sent no usable credentials is answered 407
+        instead of becoming `unknown-<ip>`: yes with `identity.anonymous: challenge`, unless
+        Docker names this source (then the container's name is its identity anyway)."""
+        rt = self.rt
+        if rt.config.identity_anonymous != "challenge":
+            return False
+        return rt.docker is None or rt.docker.lookup(source_ip) is None
+
     def admit(
         self,
         *,
