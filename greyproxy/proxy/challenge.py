@@ -71,3 +71,12 @@ def response(head: Head, sockname: tuple, buffered: bool) -> tuple[bytes, bool]:
         f"X-Greyproxy-Reason: {REASON}",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body, keep
+
+
+class ChallengeSent(Exception):
+    """Raised after the 407 went out: this request is over; `keep` says whether the client's
+    retry may come on the same connection."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__("407 sent")
+        self.keep = keep
