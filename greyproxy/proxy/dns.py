@@ -104,6 +104,17 @@ class DnsAnswerer:
         except Exception:  # any malformed packet is dropped, whatever dnspython raises
             log.debug("dns %s %s: malformed query dropped (%d bytes)", transport, client_ip, len(wire))
             return None
+        try:
+            return self._answer(query, wire, client_ip, transport)
+        except Exception as exc:  # a query that parsed is answered, whatever goes wrong after
+            log.warning("dns %s %s: SERVFAIL after an unexpected %s: %s", transport, client_ip, type(exc).__name__, exc)
+            log.debug("dns %s %s: unexpected error", transport, client_ip, exc_info=True)
+            try:
+                return _make_reply(query, dns.rcode.SERVFAIL)
+            except Exception:
+                return None
+
+    def _answer(self, query: dns.message.Message, wire: bytes, client_ip: str, transport: str) -> bytes | None:
         if query.flags & dns.flags.QR:
             return None  # a response sent to us: answering it could start a loop
         if query.opcode() != dns.opcode.QUERY:
@@ -231,8 +242,9 @@ class DnsService:
             if len(data) < 12 or not self.udp_slots.take(client):
                 return
             gevent.spawn(self._serve_datagram, data, address, client)
-        except Exception:  # an exception here would pause the whole listener
-            log.exception("dns udp: dropping a datagram")
+        except Exception as exc:  # an exception here would pause the whole listener
+            log.warning("dns udp: dropped a datagram after an unexpected %s: %s", type(exc).__name__, exc)
+            log.debug("dns udp: unexpected error", exc_info=True)
 
     def _serve_datagram(self, data: bytes, address: Any, client: str) -> None:
         try:
@@ -241,8 +253,11 @@ class DnsService:
                 reply = self.answerer.answer(data, client, "udp")
             if reply is not None:
                 self.udp.sendto(reply, address)
-        except Exception as exc:  # one bad query must not affect any other
+        except OSError as exc:  # the reply could not be sent (the client is gone)
             log.debug("dns udp %s: %r", client, exc)
+        except Exception as exc:  # one bad query must not affect any other
+            log.warning("dns udp %s: query dropped after an unexpected %s: %s", client, type(exc).__name__, exc)
+            log.debug("dns udp %s: unexpected error", client, exc_info=True)
         finally:
             self.udp_slots.give(client)
 
@@ -256,8 +271,9 @@ class DnsService:
             self._serve_stream(conn, client)
         except (OSError, gevent.Timeout) as exc:
             log.debug("dns tcp %s: %r", client, exc)
-        except Exception:
-            log.exception("dns tcp %s: unexpected error", client)
+        except Exception as exc:  # one connection's surprise closes it, and only it
+            log.warning("dns tcp %s: connection closed after an unexpected %s: %s", client, type(exc).__name__, exc)
+            log.debug("dns tcp %s: unexpected error", client, exc_info=True)
         finally:
             self.tcp_slots.give(client)
             conn.close()

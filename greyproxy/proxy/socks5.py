@@ -1,10 +1,25 @@
-"""SOCKS5 listener (RFC 1928 CONNECT, RFC 1929 username/password), replies per §1.3."""
+"""SOCKS5 listener (RFC 1928 CONNECT, RFC 1929 username/password), replies per §1.3.
+
+Identity: a client that offers username/password gets it chosen and names itself; a client
+that offers only "no auth" gets the fallback identity `unknown-<source ip>` (or its Docker
+name). Unlike the HTTP proxy (D28, a 407 challenge), SOCKS5 has no way to ask again: refusing
+the method (0xFF) only ends the connection, and a client that offers no username/password has
+none to give.
+
+Errors: every failure answers or closes this one connection. A destination that cannot be read
+as a host name (undecodable bytes, or characters other than ASCII letters, digits, '-', '_' and
+'.', and not an IP literal) gets reply 0x08 (address type not supported: the address itself is
+unusable, which clients report as such and do not retry); an unexpected error gets 0x01 (general
+failure) when no reply was sent yet, and is logged as one line at warning level (the traceback
+only at debug).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import socket
+import string
 import struct
 
 from greyproxy.proxy.gate import Gatekeeper
@@ -25,6 +40,8 @@ METHOD_NO_AUTH = 0x00
 METHOD_USERPASS = 0x02
 METHOD_NONE_ACCEPTABLE = 0xFF
 
+_HOSTNAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
+
 
 class ProtocolError(Exception):
     pass
@@ -40,6 +57,31 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+def valid_destination(host: str) -> bool:
+    """A host name of ASCII letters, digits, '-', '_' and '.', or an IP literal."""
+    if host and len(host) <= 255 and all(c in _HOSTNAME_CHARS for c in host):
+        return True
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return False
+    return True
+
+
+class _Progress:
+    """How far one connection got: whether a request reply may (still) be sent."""
+
+    __slots__ = ("negotiated", "replied")
+
+    def __init__(self) -> None:
+        self.negotiated = False
+        self.replied = False
+
+    def may_reply(self) -> bool:
+        return self.negotiated and not self.replied
+
+
 def reply(code: int, bound: tuple[str, int] | None = None) -> bytes:
     host, port = bound or ("0.0.0.0", 0)
     ip = ipaddress.ip_address(host.split("%", 1)[0])
@@ -47,17 +89,46 @@ def reply(code: int, bound: tuple[str, int] | None = None) -> bytes:
     return bytes((5, code, 0, atyp)) + ip.packed + struct.pack("!H", port)
 
 
+def _answer(client: socket.socket, progress: _Progress, code: int, bound: tuple[str, int] | None = None) -> None:
+    progress.replied = True
+    client.sendall(reply(code, bound))
+
+
 class Socks5Handler:
     def __init__(self, gate: Gatekeeper) -> None:
         self.gate = gate
 
     def handle(self, client: socket.socket, address: tuple) -> None:
+        progress = _Progress()
         try:
-            self._handle(client, address)
-        except (ProtocolError, OSError, UnicodeDecodeError) as exc:
+            self._handle(client, address, progress)
+        except (ProtocolError, OSError) as exc:
             log.debug("socks5 %s: %s", address[0], exc)
+        except UnicodeError as exc:  # a username (before the request) or destination that does not decode
+            if progress.may_reply():
+                log.info("socks5 %s: refused a destination that does not decode: %s", address[0], exc)
+                self._send_quietly(client, progress, REP_ADDRESS_NOT_SUPPORTED)
+            elif not progress.negotiated:
+                log.debug("socks5 %s: %s", address[0], exc)
+            else:
+                self._unexpected(client, address, progress, exc)
+        except Exception as exc:  # one connection's surprise closes it, and only it
+            self._unexpected(client, address, progress, exc)
         finally:
             client.close()
+
+    def _unexpected(self, client: socket.socket, address: tuple, progress: _Progress, exc: Exception) -> None:
+        log.warning("socks5 %s: connection closed after an unexpected %s: %s", address[0], type(exc).__name__, exc)
+        log.debug("socks5 %s: unexpected error", address[0], exc_info=True)
+        if progress.may_reply():
+            self._send_quietly(client, progress, REP_FAILURE)
+
+    @staticmethod
+    def _send_quietly(client: socket.socket, progress: _Progress, code: int) -> None:
+        try:
+            _answer(client, progress, code)
+        except OSError:
+            pass
 
     def _negotiate(self, client: socket.socket) -> tuple[str | None, str | None]:
         version, count = recv_exact(client, 2)
@@ -103,16 +174,22 @@ class Socks5Handler:
             return None
         return host, port
 
-    def _handle(self, client: socket.socket, address: tuple) -> None:
+    def _handle(self, client: socket.socket, address: tuple, progress: _Progress) -> None:
         client.settimeout(HANDSHAKE_TIMEOUT)
         set_nodelay(client)
         username, password = self._negotiate(client)
+        progress.negotiated = True
         target = self._read_target(client)
-        if target is None:
+        if target is None:  # it answered already
+            progress.replied = True
             return
         host, port = target
+        if not valid_destination(host):
+            log.info("socks5 %s: refused a destination that is not a host name: %s", address[0], host)
+            _answer(client, progress, REP_ADDRESS_NOT_SUPPORTED)
+            return
         if port == 0:
-            client.sendall(reply(REP_NOT_ALLOWED))
+            _answer(client, progress, REP_NOT_ALLOWED)
             return
         client.settimeout(None)
         admission = self.gate.admit(
@@ -120,14 +197,14 @@ class Socks5Handler:
             client=client,
         )
         if not admission.allowed:
-            client.sendall(reply(REP_NOT_ALLOWED))
+            _answer(client, progress, REP_NOT_ALLOWED)
             return
         try:
             upstream = self.gate.dial(admission)
         except DialError as exc:
             log.info("socks5 dial %s:%s failed: %s", host, port, exc)
             refused = exc.reason in ("control_plane", "private_range")  # guard refusals: "not allowed"
-            client.sendall(reply(REP_NOT_ALLOWED if refused else REP_NETWORK_UNREACHABLE))
+            _answer(client, progress, REP_NOT_ALLOWED if refused else REP_NETWORK_UNREACHABLE)
             return
-        client.sendall(reply(REP_SUCCEEDED, upstream.getsockname()[:2]))
+        _answer(client, progress, REP_SUCCEEDED, upstream.getsockname()[:2])
         self.gate.tunnel(admission, client, upstream)
