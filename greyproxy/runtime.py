@@ -35,6 +35,7 @@ from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, witho
 from greyproxy.proxy.dnscache import CacheRow, HostnameCache
 from greyproxy.proxy.dnsupstream import Upstream, system_servers
 from greyproxy.proxy.docker import DockerResolver
+from greyproxy.proxy.exchange import ExchangePipeline
 from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
@@ -141,6 +142,7 @@ class Runtime:
                                                lambda: bool(self.settings.values()["conversationsEnabled"]))
         self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
+        self.exchanges = ExchangePipeline(self)
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
         self.docker = self.build_docker_resolver(config)

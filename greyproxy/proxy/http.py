@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import socket
 from urllib.parse import urlsplit
 
-from greyproxy.capture.recorder import Exchange
-from greyproxy.proxy.gate import Admission, Gatekeeper
-from greyproxy.proxy.httpwire import (
-    HOP_BY_HOP,
-    BufferedSocket,
-    Head,
-    WireError,
-    parse_head,
-    read_final_response,
-    relay_body,
-    response_framing,
-    serialize_head,
-    wants_close,
+from greyproxy.proxy import challenge
+from greyproxy.proxy.exchange import (
+    ExchangePipeline,
+    bad_request,
+    destination_for,
+    simple_response,
+    split_host_port,
 )
-from greyproxy.proxy.mwhooks import MiddlewareHooks
+from greyproxy.proxy.gate import Admission, Gatekeeper
+from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
 log = logging.getLogger("greyproxy.http")
 
 IDLE_TIMEOUT = 60.0  # waiting for the next request on a kept-alive client connection
 HEAD_TIMEOUT = 30.0
-UPSTREAM_TIMEOUT = 120.0
 
 
 def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
@@ -41,42 +34,15 @@ def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
         return None, None
     try:
         user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # bad base64, non-ASCII text, not UTF-8: no usable credentials (D28: 407)
         return None, None
     return user, password
-
-
-def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
-    """'host', 'host:port', '[v6]:port' -> (host, port); ValueError if malformed."""
-    if authority.startswith("["):
-        end = authority.index("]")
-        host, rest = authority[1:end], authority[end + 1 :]
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif authority.count(":") == 1:
-        host, port_text = authority.split(":")
-        port = int(port_text)
-    else:
-        host, port = authority, default_port
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"bad authority {authority!r}")
-    return host, port
-
-
-def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[str, str]] | None = None) -> bytes:
-    payload = body.encode("utf-8")
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(payload))),
-        ("Connection", "close"),
-        ("Proxy-Agent", "greyproxy"),
-    ] + (extra or [])
-    return serialize_head(f"HTTP/1.1 {code} {reason}", headers) + payload
 
 
 class HttpProxyHandler:
     def __init__(self, gate: Gatekeeper) -> None:
         self.gate = gate
-        self.hooks = MiddlewareHooks(gate.rt)
+        self.pipeline: ExchangePipeline = gate.rt.exchanges
 
     def handle(self, client: socket.socket, address: tuple) -> None:
         set_nodelay(client)
@@ -90,18 +56,28 @@ class HttpProxyHandler:
                 if raw is None:
                     return
                 first = False
+                head = parse_head(raw, is_request=True)
                 try:
-                    head = parse_head(raw, is_request=True)
-                except WireError as exc:
-                    client.sendall(simple_response(400, "Bad Request", f"{exc}\n"))
-                    return
-                if head.start[0].upper() == "CONNECT":
-                    self._connect(conn, head, address)
-                    return
-                if not self._forward(conn, head, address, upstreams):
-                    return
-        except (OSError, WireError) as exc:
+                    if head.start[0] == "CONNECT":
+                        self._connect(conn, head, address)
+                        return
+                    if not self._forward(conn, head, address, upstreams):
+                        return
+                except challenge.ChallengeSent as sent:  # D28: the retry with credentials may come here
+                    if not sent.keep:
+                        return
+        except WireError as exc:
+            try:
+                client.sendall(bad_request(exc))
+            except OSError:
+                pass
             log.debug("http proxy %s: %s", address[0], exc)
+        except OSError as exc:
+            log.debug("http proxy %s: %s", address[0], exc)
+        except Exception as exc:  # one connection's surprise closes it, and only it
+            log.warning("http proxy %s: connection closed after an unexpected %s: %s", address[0],
+                        type(exc).__name__, exc)
+            log.debug("http proxy %s: unexpected error", address[0], exc_info=True)
         finally:
             for up in upstreams.values():
                 up.sock.close()
@@ -109,6 +85,11 @@ class HttpProxyHandler:
 
     def _admit(self, conn: BufferedSocket, head: Head, address: tuple, host: str, port: int, method: str) -> Admission:
         username, password = proxy_credentials(head)
+        if username is None and self.gate.challenges(address[0]):  # D28: ask who this is
+            answer, keep = challenge.response(head, conn.sock.getsockname(), bool(conn.buf))
+            conn.sock.sendall(answer)
+            log.debug("http proxy %s: no proxy credentials for %s:%s, answered 407", address[0], host, port)
+            raise challenge.ChallengeSent(keep)
         conn.sock.settimeout(None)
         return self.gate.admit(
             username=username, password=password, source_ip=address[0], host=host, port=port, method=method,
@@ -154,8 +135,11 @@ class HttpProxyHandler:
         self, conn: BufferedSocket, head: Head, address: tuple, upstreams: dict[tuple[str, int], BufferedSocket]
     ) -> bool:
         """Forward one absolute-URI request; True if the client connection stays open."""
-        method, target, version = head.start
-        url = urlsplit(target)
+        try:
+            url = urlsplit(head.start[1])
+        except ValueError as exc:  # 'http://[::1/', 'http://[zz]:80/'
+            conn.sock.sendall(simple_response(400, "Bad Request", f"{exc}\n"))
+            return False
         if url.scheme.lower() != "http" or not url.netloc:
             conn.sock.sendall(simple_response(400, "Bad Request", "absolute http:// URI or CONNECT required\n"))
             return False
@@ -168,6 +152,11 @@ class HttpProxyHandler:
         if not admission.allowed:
             self._refuse(conn, admission)
             return False
+        dest = destination_for(admission, "http", None, in_tunnel=False)
+        problem = self.pipeline.check(head, dest)
+        if problem is not None:  # Host names another server than the target (before any dial)
+            self.pipeline.refuse(conn.sock, admission, *problem)
+            return False
         key = (admission.host, port)
         upstream = upstreams.get(key)
         if upstream is None:
@@ -177,73 +166,11 @@ class HttpProxyHandler:
             upstream = upstreams[key] = BufferedSocket(sock)
         else:
             self.gate.admitted(admission, peer_ip(upstream.sock))  # kept-alive upstream: no new dial
-        upstream.sock.settimeout(UPSTREAM_TIMEOUT)
-        conn.sock.settimeout(UPSTREAM_TIMEOUT)
-
-        upgrade = "upgrade" in head.tokens("connection")
-        path = url.path or "/"
-        if url.query:
-            path += "?" + url.query
-        headers = [(k, v) for k, v in head.headers if k.lower() not in HOP_BY_HOP]
-        if upgrade:
-            headers += [("Connection", "Upgrade"), ("Upgrade", head.get("upgrade") or "")]
-        rule = admission.decision.rule
-        exchange = Exchange(admission.container, admission.host, port, target, head, rule.id if rule else None)
-        step = None if upgrade else self.hooks.before_request(exchange, conn, head, headers, path, tls=False)
-        if step is not None and step.refusal is not None:
-            conn.sock.sendall(step.refusal)
-            return False
-        headers = step.headers if step is not None and step.headers is not None else headers
-        headers, path = self.gate.substitute(exchange, headers, path, admission.host)
-        head_out = serialize_head(f"{method} {path} HTTP/1.1", headers)
-        exchange.request_tap = exchange.tap_for(head)
-        if step is not None and step.body is not None:  # a middleware replaced the body
-            upstream.sock.sendall(head_out + step.body)
-            exchange.request_tap.feed(step.body)
-        else:
-            upstream.sock.sendall(head_out)
-            relay_body(conn, upstream.sock, head, tap=exchange.request_tap.feed)
-
-        resp_raw, resp = read_final_response(upstream, conn.sock)
-        code = int(resp.start[1])
-        client_close = wants_close(head)
-        no_body, framed = response_framing(method, resp)
-        upstream_close = "close" in resp.tokens("connection") or not framed
-        if code == 101 and upgrade:
-            conn.sock.sendall(resp_raw)
-            self._splice(conn, upstream, admission)
-            upstreams.pop(key, None)
-            return False
-        keep = not client_close and framed
-        exchange.response = resp
-        changed = self.hooks.after_response(exchange, upstream, resp, no_body, framed)
-        if changed is not None:
-            exchange.response = Head([resp.start[0], str(changed.status_code), changed.reason], changed.headers)
-            keep = keep and not changed.close
-            upstream_close = upstream_close or changed.close
-        out_headers = [(k, v) for k, v in exchange.response.headers if k.lower() not in HOP_BY_HOP]
-        out_headers.append(("Connection", "keep-alive" if keep else "close"))
-        out_head = serialize_head(" ".join(exchange.response.start).rstrip(), out_headers)
-        exchange.response_tap = exchange.tap_for(exchange.response)
-        if changed is not None and changed.body is not None:
-            conn.sock.sendall(out_head + changed.body)
-            exchange.response_tap.feed(changed.body)
-        else:
-            conn.sock.sendall(out_head)
-            if not no_body:
-                relay_body(upstream, conn.sock, resp, until_close=not framed, tap=exchange.response_tap.feed)
-        self.gate.rt.recorder.record(exchange)
-        if upstream_close:
+        try:
+            keep = self.pipeline.run(conn, upstream, head, dest)
+        except BaseException:
+            upstreams.pop(key).sock.close()
+            raise
+        if not keep:
             upstreams.pop(key).sock.close()
         return keep
-
-    def _splice(self, conn: BufferedSocket, upstream: BufferedSocket, admission: Admission) -> None:
-        """After a 101 upgrade the connection is a plain byte tunnel."""
-        pending_up, pending_down = conn.take_buffered(), upstream.take_buffered()
-        if pending_up:
-            upstream.sock.sendall(pending_up)
-        if pending_down:
-            conn.sock.sendall(pending_down)
-        self.gate.tunnel(admission, conn.sock, upstream.sock, sniff=False)
-
-

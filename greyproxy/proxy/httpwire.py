@@ -1,7 +1,16 @@
-"""Minimal HTTP/1.x wire handling for the proxy: buffered reads, heads, and body framing.
+"""HTTP/1.x on the wire, strictly: buffered reads, heads parsed by llhttp, bodies re-framed.
 
-Bodies are relayed as they arrive (never buffered whole); chunked bodies are forwarded
-byte-exact, chunk framing included."""
+The agent controls every byte it sends, so nothing it sends is forwarded as it arrived:
+- a head is parsed by llhttp (through httptools, the parser Node.js uses), which refuses what
+  RFC 9112 tells an intermediary to refuse (bare CR or LF in a field, obs-fold, invalid names,
+  both Content-Length and Transfer-Encoding, non-digit or repeated lengths, bad chunk sizes);
+- what goes on is serialized from the parsed head, so the next hop reads exactly the message
+  the proxy checked (see docs/design.md, "One strict HTTP/1 engine");
+- a chunked body is fed through llhttp piece by piece (each size line, data run and trailer
+  exactly as consumed) and sent on in our own chunk framing: extensions and trailers dropped.
+
+We decide how many bytes llhttp sees (one head, one chunk line, one data run), so it never runs
+ahead into the next pipelined message; llhttp decides whether those bytes are valid."""
 
 from __future__ import annotations
 
@@ -9,9 +18,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httptools
+
 Tap = Callable[[bytes], None]  # sees a body's payload bytes (de-chunked) as they pass
 
 MAX_HEAD = 64 * 1024
+MAX_HEADERS = 200
+MAX_CHUNK_LINE = 4096
 READ_SIZE = 64 * 1024
 
 HOP_BY_HOP = frozenset(
@@ -21,7 +34,11 @@ HOP_BY_HOP = frozenset(
 
 
 class WireError(Exception):
-    """The peer sent something that is not HTTP/1.x we can handle."""
+    """The peer sent something that is not HTTP/1.x we may pass on; `status` is the answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BufferedSocket:
@@ -37,24 +54,29 @@ class BufferedSocket:
         return True
 
     def read_head(self) -> bytes | None:
-        """Bytes up to and including the blank line; None on a clean EOF before any byte."""
+        """Bytes up to and including the blank line; None on a clean EOF before any byte.
+        Empty lines before a request line are skipped (RFC 9112 §2.2)."""
         while True:
+            while self.buf[:2] == b"\r\n":
+                del self.buf[:2]
             end = self.buf.find(b"\r\n\r\n")
             if end >= 0:
                 head = bytes(self.buf[: end + 4])
                 del self.buf[: end + 4]
                 return head
             if len(self.buf) > MAX_HEAD:
-                raise WireError("header section too large")
+                raise WireError("header section too large", 431)
             if not self._fill():
                 if self.buf:
                     raise WireError("connection closed in the middle of a header section")
                 return None
 
-    def readline(self, limit: int = 8192) -> bytes:
+    def readline(self, limit: int = MAX_CHUNK_LINE) -> bytes:
         while True:
             end = self.buf.find(b"\r\n")
             if end >= 0:
+                if end > limit:
+                    raise WireError("line too long")
                 line = bytes(self.buf[: end + 2])
                 del self.buf[: end + 2]
                 return line
@@ -88,6 +110,10 @@ class Head:
                 return value
         return None
 
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key.lower() == name]
+
     def tokens(self, name: str) -> set[str]:
         name = name.lower()
         out: set[str] = set()
@@ -97,34 +123,88 @@ class Head:
         return out
 
 
+class _HeadCollector:
+    """httptools callbacks for one head: the target or reason, and the fields in order."""
+
+    __slots__ = ("url", "status", "headers", "complete", "done")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.status = b""
+        self.headers: list[tuple[str, str]] = []
+        self.complete = False  # the head is complete
+        self.done = False  # the whole message is (no body follows)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.status += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADERS:
+            raise WireError(f"more than {MAX_HEADERS} header fields", 431)
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def _llhttp_error(exc: Exception) -> WireError:
+    cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+    if isinstance(cause, WireError):
+        return cause
+    return WireError(f"malformed HTTP: {exc}")
+
+
 def parse_head(raw: bytes, is_request: bool) -> Head:
+    """A complete head (ending with the blank line) → Head; WireError if llhttp refuses it or
+    it asks for framing we will not pass on."""
+    collector = _HeadCollector()
+    parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+    parser = httptools.HttpRequestParser(collector) if is_request else httptools.HttpResponseParser(collector)
     try:
-        text = raw.decode("iso-8859-1")
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes everything
-        raise WireError(str(exc)) from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ", 2)
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass  # CONNECT or Upgrade: the head is complete, what follows is not HTTP
+    except httptools.HttpParserError as exc:
+        raise _llhttp_error(exc) from None
+    if not collector.complete:
+        raise WireError("incomplete header section")
+    version = parser.get_http_version()
+    if version not in ("1.0", "1.1"):
+        raise WireError(f"HTTP/{version} is not supported here", 505)
     if is_request:
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise WireError(f"bad request line {lines[0][:100]!r}")
+        start = [parser.get_method().decode("ascii"), collector.url.decode("latin-1"), f"HTTP/{version}"]
     else:
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise WireError(f"bad status line {lines[0][:100]!r}")
-        parts = parts + [""] * (3 - len(parts))
-    head = Head(parts)
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise WireError(f"bad header line {line[:100]!r}")
-        head.headers.append((name, value.strip()))
+        start = [f"HTTP/{version}", str(parser.get_status_code()), collector.status.decode("latin-1")]
+    head = Head(start, collector.headers)
+    _check_framing(head, is_request)
     return head
+
+
+def _check_framing(head: Head, is_request: bool) -> None:
+    lengths = head.get_all("content-length")
+    codings = head.tokens("transfer-encoding")
+    if len(lengths) > 1:  # llhttp refuses most repeats; identical ones never reach the next hop
+        raise WireError("more than one Content-Length")
+    if lengths and codings:
+        raise WireError("both Content-Length and Transfer-Encoding")
+    if is_request and codings and (codings != {"chunked"} or len(head.get_all("transfer-encoding")) > 1):
+        raise WireError("only Transfer-Encoding: chunked is accepted on a request", 501)
 
 
 def serialize_head(start: str, headers: list[tuple[str, str]]) -> bytes:
     lines = [start] + [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def head_bytes(head: Head) -> bytes:
+    """The head as we send it on: rebuilt from what was parsed, never the bytes received."""
+    return serialize_head(" ".join(head.start).rstrip(), head.headers)
 
 
 def wants_close(request: Head) -> bool:
@@ -133,17 +213,21 @@ def wants_close(request: Head) -> bool:
     return "close" in tokens or (request.start[2] == "HTTP/1.0" and "keep-alive" not in tokens)
 
 
-def read_final_response(upstream: BufferedSocket, client: socket.socket) -> tuple[bytes, Head]:
-    """The response head that answers the request (raw, parsed); interim 1xx heads such as
-    100 Continue go straight on to the client (101 is final: the protocol switches)."""
+def read_response_head(upstream: BufferedSocket) -> Head:
+    raw = upstream.read_head()
+    if raw is None:
+        raise WireError("upstream closed before answering", 502)
+    return parse_head(raw, is_request=False)
+
+
+def read_final_response(upstream: BufferedSocket, client: socket.socket) -> Head:
+    """The response head that answers the request; interim 1xx heads such as 100 Continue go
+    straight on to the client (101 is final: the protocol switches)."""
     while True:
-        raw = upstream.read_head()
-        if raw is None:
-            raise WireError("upstream closed before answering")
-        head = parse_head(raw, is_request=False)
+        head = read_response_head(upstream)
         if not 100 <= int(head.start[1]) < 200 or head.start[1] == "101":
-            return raw, head
-        client.sendall(raw)
+            return head
+        client.sendall(head_bytes(head))
 
 
 def response_framing(method: str, response: Head) -> tuple[bool, bool]:
@@ -151,51 +235,73 @@ def response_framing(method: str, response: Head) -> tuple[bool, bool]:
     without the upstream closing (a length, chunks, or no body at all)."""
     code = int(response.start[1])
     no_body = method.upper() == "HEAD" or code in (204, 304) or 100 <= code < 200
-    framed = no_body or response.get("content-length") is not None or "chunked" in response.tokens(
-        "transfer-encoding")
+    framed = no_body or body_length(response) is not None or is_chunked(response)
     return no_body, framed
 
 
 def body_length(head: Head) -> int | None:
-    """Content-Length as an int, None if absent; WireError if malformed or conflicting."""
-    values = {v.strip() for k, v in head.headers if k.lower() == "content-length"}
-    if not values:
+    """Content-Length as an int (llhttp checked it is digits), None if absent."""
+    value = head.get("content-length")
+    if value is None:
         return None
-    if len(values) > 1 or not next(iter(values)).isdigit():
+    value = value.strip()
+    if not value.isascii() or not value.isdigit():
         raise WireError("bad Content-Length")
-    return int(next(iter(values)))
+    return int(value)
 
 
 def is_chunked(head: Head) -> bool:
-    te = head.tokens("transfer-encoding")
-    if te and te != {"chunked"} and "chunked" not in te:
-        raise WireError("unsupported Transfer-Encoding")
-    return "chunked" in te
+    """The body is chunked: chunked is the final transfer coding (RFC 9112 §6.3)."""
+    values = head.get_all("transfer-encoding")
+    if not values:
+        return False
+    last = values[-1].rsplit(",", 1)[-1].strip().lower()
+    return last == "chunked"
+
+
+class _ChunkChecker:
+    """llhttp primed with a chunked message head; fed each piece of a chunked body as it is
+    consumed, it raises on anything RFC 9112 does not allow."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise _llhttp_error(exc) from None
+
+
+def _relay_chunked(src: BufferedSocket, dst: socket.socket, tap: Tap | None) -> None:
+    checker = _ChunkChecker()
+    while True:
+        line = src.readline()
+        checker.feed(line)
+        size = int(line.split(b";", 1)[0].strip(), 16)  # llhttp accepted it: hex digits only
+        if size == 0:
+            break
+        dst.sendall(b"%x\r\n" % size)
+        _relay_exact(src, dst, size, tap, checker.feed)
+        crlf = src.readline()
+        checker.feed(crlf)
+        dst.sendall(b"\r\n")
+    while not checker.done:  # trailer fields, then the blank line: checked, not passed on
+        checker.feed(src.readline(MAX_HEAD))
+    dst.sendall(b"0\r\n\r\n")
 
 
 def relay_body(
     src: BufferedSocket, dst: socket.socket, head: Head, until_close: bool = False, tap: Tap | None = None
 ) -> None:
-    """Forward one message body from src to dst, framing preserved; `tap` sees the payload."""
+    """Forward one message body from src to dst, re-framed; `tap` sees the payload."""
     if is_chunked(head):
-        while True:
-            line = src.readline()
-            dst.sendall(line)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise WireError("bad chunk size") from None
-            if size == 0:
-                while True:  # trailers, then the final blank line
-                    trailer = src.readline()
-                    dst.sendall(trailer)
-                    if trailer == b"\r\n":
-                        return
-            _relay_exact(src, dst, size, tap)
-            crlf = src.readline()
-            if crlf != b"\r\n":
-                raise WireError("chunk not followed by CRLF")
-            dst.sendall(crlf)
+        _relay_chunked(src, dst, tap)
         return
     length = body_length(head)
     if length is not None:
@@ -211,30 +317,34 @@ def relay_body(
 
 
 def forward_message(
-    src: BufferedSocket, dst: socket.socket, raw_head: bytes, head: Head, *, no_body: bool = False,
+    src: BufferedSocket, dst: socket.socket, head: Head, *, no_body: bool = False,
     until_close: bool = False, tap: Tap | None = None,
 ) -> None:
     """Send a message head and its body. A body that is already buffered whole (the common
     small response) goes out in the same write as the head: one syscall instead of two."""
+    out = head_bytes(head)
     if not no_body and not is_chunked(head):
         length = body_length(head)
         if length is not None and len(src.buf) >= length:
             body = bytes(src.buf[:length])
             del src.buf[:length]
-            dst.sendall(raw_head + body)
+            dst.sendall(out + body)
             if tap is not None and body:
                 tap(body)
             return
-    dst.sendall(raw_head)
+    dst.sendall(out)
     if not no_body:
         relay_body(src, dst, head, until_close=until_close, tap=tap)
 
 
-def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int, tap: Tap | None = None) -> None:
+def _relay_exact(src: BufferedSocket, dst: socket.socket, remaining: int, tap: Tap | None = None,
+                 check: Tap | None = None) -> None:
     while remaining > 0:
         chunk = src.read_some(min(remaining, READ_SIZE))
         if not chunk:
             raise WireError("connection closed in the middle of a body")
+        if check is not None:
+            check(chunk)
         dst.sendall(chunk)
         if tap is not None:
             tap(chunk)
@@ -246,7 +356,7 @@ class _BodyTooLarge(Exception):
 
 
 class _Collector:
-    """A relay destination that keeps what passes: the raw bytes and the payload."""
+    """A relay destination that keeps what passes: the re-framed bytes and the payload."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -264,14 +374,14 @@ class _Collector:
 
 @dataclass
 class WholeBody:
-    raw: bytes  # as it came off the wire, framing included
+    raw: bytes  # as framed for the next hop (our chunking, or the exact length)
     payload: bytes  # de-chunked
 
 
 def read_whole_body(src: BufferedSocket, head: Head, limit: int, until_close: bool = False) -> WholeBody | None:
     """Read the body of the message whose head was just read, whole, for a middleware to see.
-    None when its payload is over `limit`: then the bytes read so far are put back, so the
-    stream is as if nothing had been read and the body can still be relayed as it arrives."""
+    None when its payload is over `limit`: then the bytes read so far are put back (re-framed,
+    which reads the same), so the body can still be relayed as it arrives."""
     sink = _Collector(limit)
     try:
         relay_body(src, sink, head, until_close=until_close, tap=sink.feed)  # type: ignore[arg-type]
