@@ -87,9 +87,13 @@ def _request_bytes(row: HttpTransaction) -> tuple[bytes, list[tuple[str, str]], 
     return head.encode("latin-1", errors="replace") + (body or b""), headers, body
 
 
-def _open(rt: Runtime, row: HttpTransaction) -> socket.socket:
+def _open(rt: Runtime, row: HttpTransaction, decision: Decision) -> socket.socket:
+    # The same dial as live traffic: our resolver, the control-plane guard and the private-range
+    # guard, which only the allowing rule itself can open.
+    rule = decision.rule
+    pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
     try:
-        sock = dial(row.destination_host, row.destination_port, rt.guard)
+        sock = dial(row.destination_host, row.destination_port, rt.guard, resolver=rt.resolver, rule_pattern=pattern)
     except DialError as exc:
         raise ReplayFailed(f"{exc.reason}: {exc}") from None
     except (UnicodeError, ValueError) as exc:  # a stored name that is not a valid host name
@@ -150,7 +154,7 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
     sock = None
     try:
         with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
-            sock = _open(rt, row)
+            sock = _open(rt, row, decision)
             status, response_headers, tap = _exchange(sock, wire, row.method)
     finally:
         if sock is not None:
