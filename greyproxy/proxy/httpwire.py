@@ -144,7 +144,7 @@ class _HeadCollector:
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= MAX_HEADERS:
             raise WireError(f"more than {MAX_HEADERS} header fields", 431)
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))  # no OWS
 
     def on_headers_complete(self) -> None:
         self.complete = True
