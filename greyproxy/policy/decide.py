@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from .canonical import try_canonical_host
 from .index import RuleIndex, RuleSpec
 from .patterns import container_matcher, container_specificity
 
@@ -102,6 +103,10 @@ def decide(req: ConnectionRequest, state: PolicyState, now: float | None = None)
     # D11: our own control plane is unreachable through the proxy, whatever else is configured.
     if req.control_plane:
         return Decision(Verdict.DENY, "control_plane")
+    # D30: a destination with no canonical spelling is refused in every mode (it could not be
+    # matched against rules, and nothing could be dialled for it).
+    if try_canonical_host(req.host) is None:
+        return Decision(Verdict.DENY, "bad_destination")
     # Silent deny is the global kill switch: no per-container mode loosens it.
     if state.silent_mode == "deny":
         return Decision(Verdict.DENY, "silent_deny")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .canonical import try_canonical_host
 from .decide import MODE_ENFORCE, PolicyState, container_mode
 from .index import RuleIndex, RuleSpec
 from .patterns import PatternError, parse_port_ranges
@@ -67,6 +68,8 @@ class DnsPolicy:
             return DnsVerdict(True, "session_allow_all")
         if state.modes and container_mode(container, state.modes) != MODE_ENFORCE:
             return DnsVerdict(True, "container_mode")
+        if try_canonical_host(name) is None:
+            return DnsVerdict(False, "bad_destination")  # no canonical spelling (D30): matches no rule
         denied: RuleSpec | None = None
         for port in self.ports_for(state.index):
             rule = state.index.match(container, name, port, None, now)

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from .patterns import (
     DestinationKind,
     PatternError,
-    canonical_host,
     container_matcher,
     parse_destination,
     parsed_matcher,
     port_matcher,
     specificity,
+    try_canonical_host,
 )
 
 LAYER_GLOBAL = 3
@@ -323,11 +323,14 @@ class RuleIndex:
         now: float | None = None,
     ) -> RuleSpec | None:
         """The winning rule (§3.4 + D4) for a connection, or None when nothing matches."""
+        first = try_canonical_host(host)
+        if first is None:
+            return None  # no canonical spelling (D30): nothing can say it is this destination
         q = _Query(container, port, time.time() if now is None else now, self._sessions.get(container))
-        candidates = [canonical_host(host)]
+        candidates = [first]
         if resolved_hostname:
-            resolved = canonical_host(resolved_hostname)
-            if resolved != candidates[0]:
+            resolved = try_canonical_host(resolved_hostname)
+            if resolved is not None and resolved != first:
                 candidates.append(resolved)
         best: _Entry | None = None
         for candidate in candidates:

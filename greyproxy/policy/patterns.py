@@ -16,12 +16,25 @@ cannot take the proxy down.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+
+from .canonical import (
+    MAX_INPUT,
+    MAX_NAME,
+    BadDestination,
+    PatternError,
+    canonical_host,
+    canonical_label,
+    is_ip_literal,
+    mapped_name,
+    printable,
+    try_canonical_host,
+)
 
 __all__ = [
     "PatternError",
@@ -33,6 +46,11 @@ __all__ = [
     "port_matcher",
     "specificity",
     "canonical_host",
+    "try_canonical_host",
+    "is_ip_literal",
+    "BadDestination",
+    "MAX_CONTAINER_PATTERN",
+    "MAX_DESTINATION_NAME",
     "DestinationKind",
     "ParsedDestination",
     "parse_destination",
@@ -44,14 +62,23 @@ __all__ = [
 ]
 
 _GLOB_CHARS = frozenset("*?[")
-# One hostname label: word characters (incl. IDN letters), '-', and the two glob wildcards.
-_LABEL_RE = re.compile(r"^[\w\-*?]+$")
+# A label of a glob pattern, once mapped: what a canonical ASCII label may hold, plus '*' and '?'.
+_GLOB_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*?")
+_CIDR_CHARS = frozenset("0123456789abcdefABCDEF:./")
 _PORT_ITEM_RE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$", re.ASCII)
 _MAX_PORT = 65535
+MAX_CONTAINER_PATTERN = 256
+MAX_DESTINATION_NAME = MAX_NAME  # the name part, after a leading '*.' or '**.'
+MAX_PORT_PATTERN = 1024
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 
-class PatternError(ValueError):
-    """A rule pattern is malformed; the message says which field and what is wrong."""
+def _control_char(text: str) -> str | None:
+    """The first control (or lone surrogate, or private-use) character in `text`, if any."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs", "Co"):
+            return ch
+    return None
 
 
 def _has_glob(text: str) -> bool:
@@ -84,6 +111,11 @@ def normalize_container_pattern(p: str) -> str:
     p = (p or "").strip()
     if not p:
         raise PatternError("container_pattern is required")
+    if len(p) > MAX_CONTAINER_PATTERN:
+        raise PatternError(f"container_pattern: longer than {MAX_CONTAINER_PATTERN} characters")
+    bad = _control_char(p)
+    if bad is not None:
+        raise PatternError(f"container_pattern: control character {printable(bad)!r} in {printable(p)!r}")
     pos = _unclosed_bracket(p)
     if pos is not None:
         raise PatternError(f"container_pattern: unclosed '[' at position {pos} in {p!r}")
@@ -114,41 +146,6 @@ def container_matcher(pattern: str) -> Callable[[str], bool]:
 # --------------------------------------------------------------------------- destination
 
 
-# Both run for every connection, mostly on hosts seen before: parsing an address with
-# ipaddress costs more than the rest of the decision. Bounded caches of pure functions.
-@functools.lru_cache(maxsize=8192)
-def is_ip_literal(host: str) -> bool:
-    """An IPv4 or IPv6 literal (brackets and an IPv6 zone allowed), not a name."""
-    try:
-        ipaddress.ip_address(host.strip().strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=8192)
-def canonical_host(host: str) -> str:
-    """Canonical form of a destination host for matching.
-
-    Lowercase, no surrounding whitespace, no trailing root dot, no IPv6 brackets; IP literals in
-    their compressed form, and IPv4-mapped IPv6 addresses as plain IPv4 (they reach the same
-    machine, so a rule on the IPv4 must apply to them too).
-    """
-    h = host.strip().lower()
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    if h.endswith(".") and h != ".":
-        h = h[:-1]
-    if h and (":" in h or h[0].isdigit()):
-        try:
-            ip = ipaddress.ip_address(h)
-        except ValueError:
-            return h
-        mapped = getattr(ip, "ipv4_mapped", None)
-        return str(mapped if mapped is not None else ip)
-    return h
-
-
 class DestinationKind:
     ANY = "any"
     CIDR = "cidr"
@@ -166,55 +163,84 @@ class ParsedDestination:
     labels: tuple[str, ...] = ()  # GLOB: one glob per label (only * and ?)
 
 
-def _check_labels(field_value: str, labels: list[str], allow_glob: bool) -> None:
+def _canonical_labels(field_value: str, labels: list[str], allow_glob: bool) -> tuple[str, ...]:
+    """Each label in its canonical form (A-label); a label holding a wildcard stays as written
+    (ASCII only: a glob over Unicode has no punycode form)."""
+    out = []
     for label in labels:
         if not label:
             raise PatternError(f"destination_pattern: empty label in {field_value!r}")
-        if not _LABEL_RE.match(label):
-            raise PatternError(f"destination_pattern: invalid character in {field_value!r}")
-        if not allow_glob and ("*" in label or "?" in label):
-            raise PatternError(
-                f"destination_pattern: wildcards are not allowed after the leading '*.' or '**.' "
-                f"in {field_value!r}"
-            )
         if "**" in label:
             raise PatternError(
                 f"destination_pattern: '**' is only allowed as a whole leading label ('**.example.com') "
                 f"in {field_value!r}"
             )
+        if "*" in label or "?" in label:
+            if not allow_glob:
+                raise PatternError(
+                    f"destination_pattern: wildcards are not allowed after the leading '*.' or '**.' "
+                    f"in {field_value!r}"
+                )
+            if not all(c in _GLOB_LABEL_CHARS for c in label):
+                raise PatternError(
+                    f"destination_pattern: invalid character in {field_value!r} (a label with a wildcard "
+                    "may hold only ASCII letters, digits, '-', '_', '*' and '?')"
+                )
+            out.append(label)
+            continue
+        try:
+            out.append(canonical_label(label))
+        except ValueError as exc:
+            raise PatternError(f"destination_pattern: {exc} in {field_value!r}") from None
+    name = ".".join(out)
+    if len(name) > MAX_DESTINATION_NAME:
+        raise PatternError(f"destination_pattern: longer than {MAX_DESTINATION_NAME} characters (the longest DNS name)")
+    return tuple(out)
 
 
 def _parse_cidr(p: str) -> ParsedDestination:
+    if not all(c in _CIDR_CHARS for c in p):
+        raise PatternError(f"destination_pattern: {p!r} is not a valid CIDR range (invalid character)")
     try:
         net = ipaddress.ip_network(p, strict=False)
     except ValueError as exc:
         raise PatternError(f"destination_pattern: {p!r} is not a valid CIDR range ({exc})") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_IPV4_MAPPED):
+        # Hosts are matched in canonical form, where an IPv4-mapped address is its IPv4 address.
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}")
     return ParsedDestination(DestinationKind.CIDR, network=net)
 
 
 def _parse_plain(p: str) -> ParsedDestination:
-    """An IP literal or a hostname without wildcards."""
-    canon = canonical_host(p)
-    if ":" in canon:
-        try:
-            ipaddress.ip_address(canon)
-        except ValueError:
-            raise PatternError(
-                f"destination_pattern: {p!r} is not a hostname or IP "
-                "(a port belongs in port_pattern, not in the destination)"
-            ) from None
-        return ParsedDestination(DestinationKind.EXACT, value=canon)
-    _check_labels(p, canon.split("."), allow_glob=False)
-    return ParsedDestination(DestinationKind.EXACT, value=canon)
+    """An IP literal (any spelling) or a hostname without wildcards."""
+    try:
+        return ParsedDestination(DestinationKind.EXACT, value=canonical_host(p))
+    except BadDestination as exc:
+        raise PatternError(f"destination_pattern: {exc.reason} in {exc.display!r}") from None
 
 
 def parse_destination(pattern: str) -> ParsedDestination:
-    """Validate and classify a destination pattern; raises PatternError."""
-    p = (pattern or "").strip().lower()
-    if not p:
+    """Validate and classify a destination pattern; raises PatternError (and nothing else).
+
+    Names are UTS 46 mapped and their labels stored as A-labels (punycode), IP literals in their
+    canonical spelling (policy/canonical.py, D30), so a rule written as ``bücher.example``
+    matches the destination ``xn--bcher-kva.example`` and ``2130706444`` is ``127.0.0.12``."""
+    raw = (pattern or "").strip()
+    if not raw:
         raise PatternError("destination_pattern is required")
-    if any(c.isspace() for c in p):
-        raise PatternError(f"destination_pattern: whitespace is not allowed in {p!r}")
+    if len(raw) > MAX_INPUT:
+        raise PatternError(f"destination_pattern: longer than {MAX_INPUT} characters")
+    if any(c.isspace() for c in raw):
+        raise PatternError(f"destination_pattern: whitespace is not allowed in {printable(raw)!r}")
+    bad = _control_char(raw)
+    if bad is not None:
+        raise PatternError(f"destination_pattern: control character {printable(bad)!r} in {printable(raw)!r}")
+    try:
+        p = mapped_name(raw)  # lower case; full-width forms and ideographic dots mapped (UTS 46)
+    except ValueError as exc:
+        raise PatternError(f"destination_pattern: {exc} in {printable(raw)!r}") from None
     if p == "*":
         return ParsedDestination(DestinationKind.ANY)
     if "://" in p:
@@ -228,39 +254,42 @@ def parse_destination(pattern: str) -> ParsedDestination:
     if p.endswith("."):
         p = p[:-1]  # root dot: 'example.com.' is 'example.com'
         if p in ("", "*", "**"):
-            raise PatternError(f"destination_pattern: {pattern.strip()!r} names no domain")
+            raise PatternError(f"destination_pattern: {raw!r} names no domain")
     if p.startswith("**."):
-        rest = p[3:]
-        _check_labels(p, rest.split("."), allow_glob=False)
-        return ParsedDestination(DestinationKind.APEX_SUFFIX, value=rest)
+        rest = _canonical_labels(p, p[3:].split("."), allow_glob=False)
+        return ParsedDestination(DestinationKind.APEX_SUFFIX, value=".".join(rest))
     if "**" in p:
         raise PatternError(
             f"destination_pattern: '**' is only allowed as a whole leading label ('**.example.com') in {p!r}"
         )
     if p.startswith("*.") and not _has_glob(p[2:]):
-        rest = p[2:]
-        _check_labels(p, rest.split("."), allow_glob=False)
-        return ParsedDestination(DestinationKind.SUFFIX, value=rest)
+        rest = _canonical_labels(p, p[2:].split("."), allow_glob=False)
+        return ParsedDestination(DestinationKind.SUFFIX, value=".".join(rest))
     if _has_glob(p):
-        labels = p.split(".")
-        _check_labels(p, labels, allow_glob=True)
-        return ParsedDestination(DestinationKind.GLOB, labels=tuple(labels))
+        return ParsedDestination(DestinationKind.GLOB, labels=_canonical_labels(p, p.split("."), allow_glob=True))
     return _parse_plain(p)
 
 
 def normalize_destination_pattern(p: str) -> str:
-    """Validate a destination pattern and return its stored form.
+    """Validate a destination pattern and return its stored form (idempotent).
 
-    Stored form: stripped, lowercase, without a trailing root dot; a bracketed IPv6 literal is
-    stored bare so that it scores and matches like any other IP.
+    Stored form: an IP literal in its canonical spelling (compressed IPv6 without brackets or
+    zone, IPv4-mapped as IPv4, every IPv4 spelling as a dotted quad); a name UTS 46 mapped with
+    A-label (punycode) labels and no trailing root dot; a CIDR as its network; wildcards as written.
     """
     parsed = parse_destination(p)
-    if parsed.kind == DestinationKind.EXACT:
-        return parsed.value  # canonical host: compressed IPv6, no brackets, no root dot
-    text = p.strip().lower()
-    if parsed.kind != DestinationKind.CIDR and text.endswith("."):
-        text = text[:-1]
-    return text
+    kind = parsed.kind
+    if kind == DestinationKind.ANY:
+        return "*"
+    if kind == DestinationKind.EXACT:
+        return parsed.value
+    if kind == DestinationKind.CIDR:
+        return str(parsed.network)
+    if kind == DestinationKind.APEX_SUFFIX:
+        return "**." + parsed.value
+    if kind == DestinationKind.SUFFIX:
+        return "*." + parsed.value
+    return ".".join(parsed.labels)
 
 
 def _ip_in(network: ipaddress.IPv4Network | ipaddress.IPv6Network, host: str) -> bool:
@@ -317,7 +346,12 @@ def destination_matcher(pattern: str) -> Callable[[str], bool]:
     if parsed.kind == DestinationKind.ANY:
         return _always
     inner = parsed_matcher(parsed)
-    return lambda host: inner(canonical_host(host))
+
+    def matches(host: str) -> bool:
+        canonical = try_canonical_host(host)
+        return canonical is not None and inner(canonical)
+
+    return matches
 
 
 # --------------------------------------------------------------------------- ports
@@ -328,6 +362,8 @@ def parse_port_ranges(p: str | None) -> tuple[tuple[int, int], ...] | None:
     text = (p or "").strip()
     if text in ("", "*"):
         return None
+    if len(text) > MAX_PORT_PATTERN:
+        raise PatternError(f"port_pattern: longer than {MAX_PORT_PATTERN} characters")
     ranges: list[tuple[int, int]] = []
     for raw in text.split(","):
         item = raw.strip()
