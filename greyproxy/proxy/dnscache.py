@@ -22,11 +22,12 @@ store writer, which saves them in batches.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
+
+from greyproxy.policy.canonical import canonical_ip as _canonical_ip
+from greyproxy.policy.canonical import is_ip_literal, try_canonical_host
 
 MIN_TTL = 10.0
 MAX_TTL = 3600.0
@@ -42,23 +43,20 @@ class CacheRow(NamedTuple):
     expires_at: float  # epoch seconds
 
 
-@functools.lru_cache(maxsize=8192)  # per connection and per DNS answer, mostly the same few IPs
 def canonical_ip(text: str) -> str | None:
-    """Compressed IP text (IPv4-mapped IPv6 as IPv4, no brackets or zone), or None."""
-    try:
-        ip = ipaddress.ip_address(text.strip().strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    """The one spelling of an IP (policy/canonical.py, D30: compressed, IPv4-mapped IPv6 as
+    IPv4, no brackets or zone, every IPv4 spelling as a dotted quad), or None for a non-IP.
+    Cached there: it runs per connection and per DNS answer, mostly on the same few IPs."""
+    return _canonical_ip(text)
 
 
 def canonical_name(name: str) -> str | None:
-    name = name.strip().rstrip(".").lower()
-    if not name or len(name) > MAX_NAME or canonical_ip(name) is not None:
+    """A DNS name in the form rules match (A-labels, lower case, no root dot), or None for an
+    IP or a name with no canonical spelling."""
+    canonical = try_canonical_host(name)
+    if canonical is None or len(canonical) > MAX_NAME or is_ip_literal(canonical):
         return None
-    return name
+    return canonical
 
 
 def clamp_ttl(ttl: float) -> float:

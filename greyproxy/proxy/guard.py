@@ -9,26 +9,20 @@ import socket
 from collections.abc import Iterable
 
 from greyproxy.config import ListenAddress
-from greyproxy.policy.patterns import DestinationKind, PatternError, canonical_host, parse_destination
+from greyproxy.policy.addresses import METADATA_ADDRESSES, is_private_destination
+from greyproxy.policy.canonical import canonical_ip
+from greyproxy.policy.patterns import DestinationKind, PatternError, parse_destination
 
 LOCAL_NAMES = ("localhost", "localhost.", "ip6-localhost", "ip6-loopback")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Cloud metadata services: link-local or private already, listed so the intent is explicit.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+__all__ = ["METADATA_ADDRESSES", "ControlPlaneGuard", "is_private_destination", "rule_names_address"]
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    """The address `text` spells (any canonical_host spelling; IPv4-mapped as IPv4), or None."""
+    canonical = canonical_ip(text)
+    return ipaddress.ip_address(canonical) if canonical is not None else None
 
 
 def _is_local_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -42,22 +36,6 @@ def _is_local_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
         return False
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a NAT64 or 6to4 address leads to (they reach it through a gateway)."""
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
-
-
-def is_private_destination(ip: IPAddress) -> bool:
-    """Not a public Internet address: private, loopback, link-local, shared, reserved, metadata."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = ip.ipv4_mapped or _embedded_ipv4(ip)
-        if inner is not None and is_private_destination(inner):
-            return True
-    return ip in METADATA_ADDRESSES or not ip.is_global
-
-
 def rule_names_address(destination_pattern: str | None, ip: IPAddress) -> bool:
     """The rule's destination is this very IP, or a CIDR containing it (not a name, not `*`)."""
     if not destination_pattern:
@@ -68,7 +46,7 @@ def rule_names_address(destination_pattern: str | None, ip: IPAddress) -> bool:
         return False
     if parsed.kind == DestinationKind.CIDR and parsed.network is not None:
         return ip.version == parsed.network.version and ip in parsed.network
-    return parsed.kind == DestinationKind.EXACT and canonical_host(parsed.value) == str(ip)
+    return parsed.kind == DestinationKind.EXACT and parsed.value == canonical_ip(str(ip))
 
 
 class ControlPlaneGuard:

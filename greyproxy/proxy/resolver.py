@@ -19,7 +19,7 @@ import dns.rdatatype
 import gevent
 from gevent import socket as gsocket
 
-from greyproxy.policy.patterns import is_ip_literal
+from greyproxy.policy.canonical import canonical_ip
 from greyproxy.proxy.dnsupstream import Upstream, UpstreamError
 
 log = logging.getLogger("greyproxy.dns")
@@ -76,9 +76,10 @@ class Resolver:
 
     def resolve(self, host: str) -> list[str]:
         """Addresses to dial for `host` (IPv4 first); an IP literal is returned as is."""
+        ip = canonical_ip(host)
+        if ip is not None:
+            return [ip]  # any spelling of an address is dialled as its one canonical form (D30)
         name = host.strip().strip("[]").rstrip(".").lower()
-        if is_ip_literal(name):
-            return [name]
         if not name:
             raise ResolveError("empty host name")
         now = self._clock()

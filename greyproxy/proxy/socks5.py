@@ -162,7 +162,8 @@ class Socks5Handler:
             host = str(ipaddress.IPv6Address(recv_exact(client, 16)))
         elif atyp == 0x03:
             (length,) = recv_exact(client, 1)
-            host = recv_exact(client, length).decode("idna" if length else "ascii")
+            # As received (never punycode-decoded): the gate's canonical_host does IDNA (D30).
+            host = recv_exact(client, length).decode("utf-8", "surrogateescape")
             if not host:
                 raise ProtocolError("empty domain name")
         else:
