@@ -57,6 +57,10 @@ PTR = s(["string", "null"], "reverse DNS name of a raw-IP destination: shown, ne
 TIME = s("string", format="date-time")
 NTIME = s(["string", "null"], format="date-time")
 OK = obj({"status": s("string", enum=["ok"])}, extra=True)
+# D30: destinations are stored and matched as punycode; these two are for the humans reading them.
+UNICODE = s(["string", "null"], "Unicode form of an internationalised destination (display only; null when it is "
+            "plain ASCII)")
+MIXED = s("boolean", "a label mixes letters of different scripts (e.g. Latin and Cyrillic): a possible look-alike")
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 
 SCHEMAS: dict[str, Any] = {
@@ -66,6 +70,7 @@ SCHEMAS: dict[str, Any] = {
         "rule_type": s("string", enum=["permanent", "temporary"]), "action": s("string", enum=["allow", "deny"]),
         "created_at": TIME, "expires_at": NTIME, "last_used_at": NTIME, "created_by": STR, "notes": NSTR,
         "session_id": NSTR, "is_active": BOOL, "source": s("string", enum=["builtin", "session", "global"]),
+        "destination_unicode": UNICODE, "mixed_script": MIXED,
     }, ("id", "container_pattern", "destination_pattern", "port_pattern", "action")),
     "NewRule": obj({
         "container_pattern": STR, "destination_pattern": STR, "port_pattern": s("string", default="*"),
@@ -82,6 +87,7 @@ SCHEMAS: dict[str, Any] = {
         "id": INT, "container_name": STR, "container_id": STR, "destination_host": STR, "destination_port": INT,
         "resolved_hostname": NSTR, "ptr_hostname": PTR, "first_seen": TIME, "last_seen": TIME, "attempt_count": INT,
         "waiter_count": s("integer", "connections held open for it right now"),
+        "destination_unicode": UNICODE, "mixed_script": MIXED,
     }, ("id", "container_name", "destination_host", "destination_port")),
     "Decision": obj({
         "scope": s("string", enum=["exact", "any_port", "subdomain_wildcard", "all_containers"]),
@@ -93,6 +99,7 @@ SCHEMAS: dict[str, Any] = {
         "destination_port": NINT, "resolved_hostname": NSTR, "ptr_hostname": PTR, "dialed_ip": NSTR, "method": NSTR,
         "result": s("string", enum=["allowed", "blocked"]), "rule_id": NINT, "response_time_ms": NINT,
         "reason": NSTR, "would": NSTR, "mitm_skip_reason": NSTR, "rule_summary": STR,
+        "destination_unicode": UNICODE, "mixed_script": MIXED,
     }, ("id", "timestamp", "container_name", "destination_host", "result")),
     "Transaction": obj({
         "id": INT, "timestamp": TIME, "container_name": STR, "destination_host": STR, "destination_port": INT,
@@ -285,7 +292,10 @@ def build_spec() -> dict[str, Any]:
             obj({"rule": ref("Rule"), "pending_removed": BOOL}), params=[pid],
             request=body(ref("Decision"), required=False), errors=(400, 404, 415))},
         "/api/pending/bulk-allow": {"post": op(
-            "Allow several (scope exact)", "pending", obj({"rules_created": arr(ref("Rule")), "pending_removed": INT}),
+            "Allow several (scope exact)", "pending", obj({
+                "rules_created": arr(ref("Rule")), "pending_removed": INT,
+                "refused": arr(obj({"pending_id": INT, "error": STR})),
+            }),
             request=body(obj({"pending_ids": arr(INT), "duration": STR}, ("pending_ids",))), errors=(400, 415))},
         "/api/pending/bulk-dismiss": {"post": op(
             "Dismiss several", "pending", obj({"status": STR, "removed": INT}),

@@ -9,6 +9,7 @@ from flask import Blueprint
 from greyproxy.api.context import API_ACTOR, runtime
 from greyproxy.api.parse import choice, id_list, int_arg, json_object, path_id, str_arg, str_field
 from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES
 from greyproxy.services.rules import NotFound
 
@@ -70,12 +71,15 @@ def bulk_allow() -> Any:
     rule_duration(duration)  # a bad duration fails the whole request before anything changes
     pending = runtime().pending
     rules = []
+    refused = []
     for pid in ids:
         try:
             rules.append(pending.resolve(pid, "allow", "exact", duration, None, actor=API_ACTOR))
         except NotFound:
             continue  # already resolved elsewhere (or a sibling of an earlier id): skip, as greyproxy does
-    return {"rules_created": rules, "pending_removed": len(rules)}
+        except PatternError as exc:  # a row no rule may name (D3, D30): it stays pending, the rest go on
+            refused.append({"pending_id": pid, "error": str(exc)})
+    return {"rules_created": rules, "pending_removed": len(rules), "refused": refused}
 
 
 @bp.post("/api/pending/bulk-dismiss")

@@ -31,6 +31,7 @@ from greyproxy.api.pending import decision_fields
 from greyproxy.api.streams import SUBSCRIBER_QUEUE, timestamp, to_json
 from greyproxy.events import Event, Subscription
 from greyproxy.policy.durations import DurationError
+from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import ScopeError
 from greyproxy.services.audit import current_actor
 from greyproxy.services.rules import NotFound
@@ -171,7 +172,7 @@ class ControlConnection:
             return _error(str(exc))
         except ApiError as exc:
             return _error(exc.message)
-        except (NotFound, DurationError, ScopeError) as exc:
+        except (NotFound, DurationError, ScopeError, PatternError) as exc:
             return _error(str(exc))
         except Exception:
             log.exception("ws command %r failed", name)

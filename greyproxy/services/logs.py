@@ -14,6 +14,7 @@ from typing import Any
 import peewee
 from peewee import fn
 
+from greyproxy.policy.canonical import display_fields
 from greyproxy.store.models import RequestLog, Rule
 from greyproxy.timeutil import iso, utcnow
 
@@ -63,6 +64,9 @@ def log_to_json(row: RequestLog, summary: str | None = None) -> dict[str, Any]:
         "reason": row.reason,  # D24
         "would": row.would,  # D26 report mode
         "mitm_skip_reason": row.mitm_skip_reason,  # why a tunnel was not intercepted (§8.3)
+        # D30: the Unicode form of the name shown (resolved_hostname, else destination_host) and
+        # whether it mixes scripts; display only, rules match the punycode.
+        **display_fields(row.resolved_hostname or row.destination_host),
     }
     if summary is not None:
         data["rule_summary"] = summary

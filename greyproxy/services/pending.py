@@ -10,9 +10,10 @@ from typing import Any
 import peewee
 
 from greyproxy.events import Bus
+from greyproxy.policy.canonical import display_fields
 from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.scopes import patterns_for_scope
-from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json
+from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json, validated
 from greyproxy.store.models import PendingRequest
 from greyproxy.timeutil import iso
 
@@ -43,6 +44,9 @@ def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostnam
         "first_seen": iso(row.first_seen),
         "last_seen": iso(row.last_seen),
         "attempt_count": row.attempt_count,
+        # D30: the Unicode form of the name a rule would be made for, and whether it mixes scripts
+        # (a look-alike such as g\u0456thub.com); display only, rules match the punycode.
+        **display_fields(display_host(row)),
     }
     if waiters is not None:
         data["waiter_count"] = waiters
@@ -171,24 +175,26 @@ class PendingService:
         self, pending_id: int, action: str, scope: str | None, duration: str | None, notes: str | None,
         actor: str = "admin",
     ) -> dict[str, Any]:
-        """Turn a pending request into an allow or deny rule; ScopeError/DurationError propagate."""
+        """Turn a pending request into an allow or deny rule; ScopeError/DurationError/PatternError
+        propagate."""
         row = self.get(pending_id)
         seconds = rule_duration(duration)
         container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
+        # Validated like every other rule write (PatternError: a 400) before anything changes, so a
+        # row holding a destination no rule may name stays pending instead of vanishing.
+        new = validated(NewRule(
+            container_pattern=container_p,
+            destination_pattern=dest_p,
+            port_pattern=port_p,
+            action=action,
+            rule_type="temporary" if seconds else "permanent",
+            expires_in_seconds=seconds,
+            notes=notes,
+            created_by=actor,
+        ))
         self._remove_with_siblings(row)
         # Creating the rule re-decides the held connections (RuleService.on_change).
-        rule, _ = self.rules.create(
-            NewRule(
-                container_pattern=container_p,
-                destination_pattern=dest_p,
-                port_pattern=port_p,
-                action=action,
-                rule_type="temporary" if seconds else "permanent",
-                expires_in_seconds=seconds,
-                notes=notes,
-                created_by=actor,
-            )
-        )
+        rule, _ = self.rules.create(new)
         rule_json = rule_to_json(rule)
         event = "pending_request.allowed" if action == "allow" else "pending_request.dismissed"
         self.bus.publish(event, {"pending_id": pending_id, "rule": rule_json})

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee
 
 from greyproxy.events import Bus
+from greyproxy.policy.canonical import display_fields
 from greyproxy.policy.index import LAYER_BUILTIN, LAYER_SESSION, RuleSpec, layer_of
+from greyproxy.policy.patterns import (
+    PatternError,
+    normalize_container_pattern,
+    normalize_destination_pattern,
+    normalize_port_pattern,
+)
 from greyproxy.store.models import Rule
 from greyproxy.timeutil import epoch, iso, utcnow
 
@@ -37,6 +44,41 @@ class NewRule:
     session_id: str | None = None
 
 
+ACTIONS = ("allow", "deny")
+PATTERN_NORMALIZERS = {
+    "container_pattern": normalize_container_pattern,
+    "destination_pattern": normalize_destination_pattern,
+    "port_pattern": normalize_port_pattern,
+}
+
+
+def validated(new: NewRule) -> NewRule:
+    """The rule with its patterns in stored form; raises PatternError (D3, D30).
+
+    Every write path (API, YAML import and ingest, pending decisions, sessions) ends here, so
+    no rule reaches the database unvalidated. The normalizers are idempotent: patterns that
+    were already validated come out unchanged."""
+    if new.action not in ACTIONS:
+        raise PatternError(f"action: {new.action!r} is not one of {', '.join(ACTIONS)}")
+    return replace(
+        new,
+        container_pattern=normalize_container_pattern(new.container_pattern),
+        destination_pattern=normalize_destination_pattern(new.destination_pattern),
+        port_pattern=normalize_port_pattern(new.port_pattern),
+    )
+
+
+def validated_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """An update's changes with every pattern field in stored form; raises PatternError."""
+    out = dict(changes)
+    for key, normalize in PATTERN_NORMALIZERS.items():
+        if key in out:
+            out[key] = normalize(out[key])
+    if "action" in out and out["action"] not in ACTIONS:
+        raise PatternError(f"action: {out['action']!r} is not one of {', '.join(ACTIONS)}")
+    return out
+
+
 def rule_source(rule: Rule) -> str:
     layer = layer_of(rule.created_by, rule.session_id)
     return {LAYER_BUILTIN: "builtin", LAYER_SESSION: "session"}.get(layer, "global")
@@ -59,6 +101,7 @@ def rule_to_json(rule: Rule, now: dt.datetime | None = None) -> dict[str, Any]:
         "session_id": rule.session_id,
         "is_active": rule.expires_at is None or rule.expires_at > now,
         "source": rule_source(rule),
+        **display_fields(rule.destination_pattern),  # D30: Unicode form and mixed scripts, display only
     }
 
 
@@ -127,6 +170,7 @@ class RuleService:
 
     def _insert(self, new: NewRule, now: dt.datetime) -> tuple[Rule, bool]:
         """Insert or return the existing unexpired duplicate; (rule, created)."""
+        new = validated(new)
         existing = self._find_same(new)
         if existing is not None:
             if existing.expires_at is None or existing.expires_at > now:
@@ -160,7 +204,9 @@ class RuleService:
         """Bulk import in one transaction (all or nothing); returns (imported, skipped).
 
         Existing rules are read once and new ones inserted in batches, so 10,000 rules take
-        well under a second; one `rule.ingested` event replaces thousands of `rule.created`."""
+        well under a second; one `rule.ingested` event replaces thousands of `rule.created`.
+        Every item is validated before anything is written (PatternError: nothing changes)."""
+        items = [validated(new) for new in items]
         now = utcnow()
         existing = {
             (r.container_pattern, r.destination_pattern, r.port_pattern, r.action): r
@@ -199,7 +245,8 @@ class RuleService:
 
     def update(self, rule_id: int, changes: dict[str, Any]) -> Rule:
         """changes: any of container_pattern, destination_pattern, port_pattern, action, notes,
-        expires_at (naive UTC datetime or None), already validated."""
+        expires_at (naive UTC datetime or None); patterns are validated again here."""
+        changes = validated_changes(changes)
         with self.db.atomic():
             rule = self.get(rule_id)
             before = rule_to_json(rule)
@@ -235,6 +282,7 @@ class RuleService:
     # -- session rules (§3.10) ----------------------------------------------------------
     def set_session_rules(self, session_id: str, items: list[NewRule]) -> int:
         """Replace a session's rules; a clash with an existing identical rule is skipped."""
+        items = [validated(new) for new in items]
         now = utcnow()
         with self.db.atomic():
             old = list(Rule.select().where(Rule.session_id == session_id))
