@@ -167,6 +167,31 @@ export function destText(item) {
   return item.resolved_hostname || item.destination_host;
 }
 
+// D30: destinations are matched and stored as punycode. Next to that form, show the Unicode one
+// when the API sent it (destination_unicode) and warn when a label mixes scripts (mixed_script),
+// the usual shape of a look-alike such as g\u0456thub.com (Cyrillic і). Returns nodes to append
+// after the destination text (none for a plain ASCII name).
+export function destExtras(item) {
+  const extras = [];
+  if (item && item.destination_unicode) {
+    extras.push(h("span", { class: "dest-unicode muted", title: "Unicode form, for reading only: rules match the punycode" },
+      ` (${item.destination_unicode})`));
+  }
+  if (item && item.mixed_script) {
+    extras.push(" ", h("span", { class: "badge badge-warn dest-mixed",
+      title: "A label mixes letters of different scripts (e.g. Latin and Cyrillic): this may imitate another name" },
+    "mixed scripts"));
+  }
+  return extras;
+}
+
+// The destination as text for places without markup (notifications, toasts).
+export function destPlain(item) {
+  const text = destText(item);
+  const unicode = item.destination_unicode ? ` (${item.destination_unicode})` : "";
+  return `${text}${unicode}${item.mixed_script ? " [mixed scripts]" : ""}`;
+}
+
 // datetime-local (local time, no zone) -> RFC 3339 UTC, and back.
 export function localToIso(value) {
   return value ? new Date(value).toISOString() : "";
@@ -333,7 +358,7 @@ export const shell = {
     if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
     if (!this.notifications.enabled || this.notifications.claims > 0) return;
     const note = new Notification("GreyProxy", {
-      body: `${item.container_name} wants to connect to ${destText(item)}:${item.destination_port}`,
+      body: `${item.container_name} wants to connect to ${destPlain(item)}:${item.destination_port}`,
       tag: `greyproxy-pending-${item.id}`,
     });
     note.onclick = () => {

@@ -3,7 +3,7 @@
 // Cards are kept by id and updated in place, so a live update never closes the "More options"
 // panel someone is reading or unticks a checkbox.
 import {
-  $, $$, api, debounce, destText, formValues, get, h, HOLD_SECONDS, live, relative, reportError,
+  $, $$, api, debounce, destExtras, destText, formValues, get, h, HOLD_SECONDS, live, relative, reportError,
   startPage, timeEl, toast,
 } from "./core.js";
 
@@ -102,7 +102,7 @@ function buildCard(item) {
 
 function updateCard(card, item) {
   const resolved = item.resolved_hostname && item.resolved_hostname !== item.destination_host;
-  $(".dest-host", card).textContent = destText(item);
+  $(".dest-host", card).replaceChildren(destText(item), ...destExtras(item));
   $(".dest-port", card).textContent = `:${item.destination_port}`;
   $(".dest-ip", card).textContent = resolved ? item.destination_host : "";
   $(".dest-ptr", card).textContent = item.ptr_hostname ? ` PTR ${item.ptr_hostname} (unverified)` : "";

@@ -1,7 +1,7 @@
 // Rules page: list with filters and expiry, create, edit (dialog) and delete.
 // Validation is the API's: its message is shown next to the form and nothing is saved.
 import {
-  $, api, badge, debounce, emptyRow, formValues, get, h, isoToLocal, live, localToIso, relative,
+  $, api, badge, debounce, destExtras, emptyRow, formValues, get, h, isoToLocal, live, localToIso, relative,
   renderPager, reportError, showFormError, startPage, timeEl, toast,
 } from "./core.js";
 
@@ -39,7 +39,7 @@ function row(rule) {
   return h("tr", { dataset: { id: rule.id }, class: rule.is_active ? "" : "is-expired" },
     cell("Action", badge(rule.action)),
     cell("Container", h("code", {}, rule.container_pattern)),
-    cell("Destination", h("code", {}, rule.destination_pattern)),
+    cell("Destination", h("code", {}, rule.destination_pattern), ...destExtras(rule)),
     cell("Port", h("code", {}, rule.port_pattern)),
     cell("Expires", expiryCell(rule)),
     cell("Last used", timeEl(rule.last_used_at)),
