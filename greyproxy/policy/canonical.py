@@ -44,6 +44,7 @@ __all__ = [
     "PatternError",
     "BadDestination",
     "MAX_NAME",
+    "canonical_destination",
     "canonical_host",
     "try_canonical_host",
     "canonical_ip",
@@ -54,6 +55,7 @@ __all__ = [
     "printable",
     "to_unicode",
     "mixed_script",
+    "display_fields",
 ]
 
 MAX_NAME = 253  # RFC 1035, in text form without the root dot
@@ -255,19 +257,28 @@ def _cached(text: str) -> _Result:
     return _canonicalize(text)
 
 
-def canonical_host(host: str) -> str:
-    """The one spelling of a destination (IP or name) that is matched, logged and dialled.
-
-    Idempotent: canonical_host(canonical_host(h)) == canonical_host(h). Raises BadDestination
-    when `host` has no canonical form (invalid IDNA, control characters, bad IP spellings...)."""
+def canonical_destination(host: str) -> str:
+    """The one spelling of a destination (IP or name) that is matched, logged and dialled;
+    raises BadDestination when `host` has none (invalid IDNA, control characters, bad IP
+    spellings...). Idempotent on what it returns."""
     value, _, error = _cached(host)
     if value is None:
         raise BadDestination(printable(host), error or "invalid")
     return value
 
 
+def canonical_host(host: str) -> str:
+    """canonical_destination for the connection path, where nothing may raise: a destination
+    with no canonical spelling comes back as its `printable()` escape instead. That text is
+    never a valid destination itself (an escape adds a backslash, a cut adds '...', and text
+    left as it was is the invalid input), so `decide()` refuses it as ``bad_destination``, no
+    rule matches it, and it is safe to log and show."""
+    value = _cached(host)[0]
+    return value if value is not None else printable(host)
+
+
 def try_canonical_host(host: str) -> str | None:
-    """canonical_host, or None where it would raise."""
+    """The canonical spelling, or None when `host` has none."""
     return _cached(host)[0]
 
 

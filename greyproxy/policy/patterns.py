@@ -28,6 +28,7 @@ from .canonical import (
     MAX_NAME,
     BadDestination,
     PatternError,
+    canonical_destination,
     canonical_host,
     canonical_label,
     is_ip_literal,
@@ -46,6 +47,7 @@ __all__ = [
     "port_matcher",
     "specificity",
     "canonical_host",
+    "canonical_destination",
     "try_canonical_host",
     "is_ip_literal",
     "BadDestination",
@@ -167,23 +169,24 @@ def _canonical_labels(field_value: str, labels: list[str], allow_glob: bool) -> 
     """Each label in its canonical form (A-label); a label holding a wildcard stays as written
     (ASCII only: a glob over Unicode has no punycode form)."""
     out = []
+    shown = printable(field_value)
     for label in labels:
         if not label:
-            raise PatternError(f"destination_pattern: empty label in {field_value!r}")
+            raise PatternError(f"destination_pattern: empty label in {shown!r}")
         if "**" in label:
             raise PatternError(
                 f"destination_pattern: '**' is only allowed as a whole leading label ('**.example.com') "
-                f"in {field_value!r}"
+                f"in {shown!r}"
             )
         if "*" in label or "?" in label:
             if not allow_glob:
                 raise PatternError(
                     f"destination_pattern: wildcards are not allowed after the leading '*.' or '**.' "
-                    f"in {field_value!r}"
+                    f"in {shown!r}"
                 )
             if not all(c in _GLOB_LABEL_CHARS for c in label):
                 raise PatternError(
-                    f"destination_pattern: invalid character in {field_value!r} (a label with a wildcard "
+                    f"destination_pattern: invalid character in {shown!r} (a label with a wildcard "
                     "may hold only ASCII letters, digits, '-', '_', '*' and '?')"
                 )
             out.append(label)
@@ -191,7 +194,7 @@ def _canonical_labels(field_value: str, labels: list[str], allow_glob: bool) -> 
         try:
             out.append(canonical_label(label))
         except ValueError as exc:
-            raise PatternError(f"destination_pattern: {exc} in {field_value!r}") from None
+            raise PatternError(f"destination_pattern: {exc} in {shown!r}") from None
     name = ".".join(out)
     if len(name) > MAX_DESTINATION_NAME:
         raise PatternError(f"destination_pattern: longer than {MAX_DESTINATION_NAME} characters (the longest DNS name)")
@@ -216,7 +219,7 @@ def _parse_cidr(p: str) -> ParsedDestination:
 def _parse_plain(p: str) -> ParsedDestination:
     """An IP literal (any spelling) or a hostname without wildcards."""
     try:
-        return ParsedDestination(DestinationKind.EXACT, value=canonical_host(p))
+        return ParsedDestination(DestinationKind.EXACT, value=canonical_destination(p))
     except BadDestination as exc:
         raise PatternError(f"destination_pattern: {exc.reason} in {exc.display!r}") from None
 

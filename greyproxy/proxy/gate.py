@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.policy.identity import container_from_username
-from greyproxy.policy.patterns import BadDestination, canonical_host
+from greyproxy.policy.patterns import canonical_host
 from greyproxy.proxy.dnscache import canonical_ip
 from greyproxy.proxy.tracker import TrackedConnection
 from greyproxy.proxy.tunnel import DialError, closer, dial, peer_ip, relay
@@ -88,10 +88,7 @@ class Gatekeeper:
         claimed = found.name if found is not None else container_from_username(username, source_ip)
         container, refusal = rt.sessions.identity(username, password, claimed)
         container_id = found.id if found is not None and container == found.name else ""
-        try:
-            host = canonical_host(host)  # the form the rule index matches, so rows and rules agree (D30)
-        except BadDestination as exc:  # no canonical spelling: refused, logged as printable text
-            host, refusal = exc.display, "bad_destination"
+        host = canonical_host(host)  # the form the rule index matches, so rows and rules agree
         # Only a raw IP needs a name, and only this client's own lookups may supply it (§12.2, D13).
         resolved = rt.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
         request = ConnectionRequest(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from greyproxy.policy.canonical import (
     BadDestination,
+    canonical_destination,
     canonical_host,
     canonical_ip,
     display_fields,
@@ -136,10 +137,13 @@ def test_every_ipv6_spelling_is_one_address(n: int, form: str, zone: str) -> Non
 )
 def test_bad_ip_spellings_are_refused(text: str) -> None:
     with pytest.raises(BadDestination) as info:
-        canonical_host(text)
+        canonical_destination(text)
     assert not _controls(info.value.display)
     assert try_canonical_host(text) is None
     assert canonical_ip(text) is None
+    # The connection path's form: the escape, itself no destination, so no rule can match it.
+    assert canonical_host(text) == info.value.display
+    assert try_canonical_host(canonical_host(text)) is None
 
 
 # --------------------------------------------------------------------------- names
@@ -196,11 +200,12 @@ def test_names_canonical(text: str, expected: str) -> None:
 )
 def test_bad_names_are_refused_cleanly(text: str) -> None:
     with pytest.raises(BadDestination) as info:
-        canonical_host(text)
+        canonical_destination(text)
     assert isinstance(info.value, PatternError)
     assert not _controls(info.value.display) and info.value.display.isascii()
     assert len(info.value.display) < 300
     assert not _controls(str(info.value))
+    assert try_canonical_host(canonical_host(text)) is None  # the escape never becomes a destination
 
 
 @PROPS
@@ -210,13 +215,18 @@ def test_bad_names_are_refused_cleanly(text: str) -> None:
 @example("xn--")
 def test_canonical_host_total_and_idempotent(text: str) -> None:
     """Any text either has a canonical form, which is its own canonical form, or is refused
-    with BadDestination; never another exception."""
+    with BadDestination; never another exception. canonical_host never raises, and what it
+    returns for refused text is never a valid destination (so it can never match a rule)."""
+    shown = canonical_host(text)
+    assert not _controls(shown) and shown.isascii()
     try:
-        canon = canonical_host(text)
+        canon = canonical_destination(text)
     except BadDestination as exc:
         assert not _controls(exc.display)
+        assert shown == exc.display and try_canonical_host(shown) is None
         return
-    assert canonical_host(canon) == canon
+    assert shown == canon
+    assert canonical_destination(canon) == canon
     assert canon.isascii() and not _controls(canon)
     assert 0 < len(canon) <= 253
     assert canon == canon.lower()
