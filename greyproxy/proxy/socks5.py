@@ -6,12 +6,15 @@ name). Unlike the HTTP proxy (D28, a 407 challenge), SOCKS5 has no way to ask ag
 the method (0xFF) only ends the connection, and a client that offers no username/password has
 none to give.
 
-Errors: every failure answers or closes this one connection. A destination that cannot be read
-as a host name (undecodable bytes, or characters other than ASCII letters, digits, '-', '_' and
-'.', and not an IP literal) gets reply 0x08 (address type not supported: the address itself is
-unusable, which clients report as such and do not retry); an unexpected error gets 0x01 (general
-failure) when no reply was sent yet, and is logged as one line at warning level (the traceback
-only at debug).
+Errors: every failure answers or closes this one connection. A domain holding bytes no host
+spelling uses (anything but ASCII letters, digits and `-_.:[]%`: controls, spaces, quotes, bytes
+that are not ASCII, so also raw UTF-8 names, which clients send as punycode) gets reply 0x08
+(address type not supported: the address itself is unusable, and clients report it as such
+rather than retrying) and one escaped log line; it never reaches the policy or the dashboard.
+An ASCII spelling with no canonical form (invalid IDNA, `1.2.3.4.5`) is the gate's
+`bad_destination` decision (D30), answered 0x02 like every refusal by decision. An unexpected
+error gets 0x01 (general failure) when no reply was sent yet, and is logged as one line at
+warning level (the traceback only at debug).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ METHOD_NO_AUTH = 0x00
 METHOD_USERPASS = 0x02
 METHOD_NONE_ACCEPTABLE = 0xFF
 
-_HOSTNAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
+# Every character of every host spelling the gate may canonicalise (names, IPv4, [IPv6%zone]).
+HOST_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:[]%")
 
 
 class ProtocolError(Exception):
@@ -55,18 +59,6 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ProtocolError("client closed during the handshake")
         data += chunk
     return data
-
-
-def valid_destination(host: str) -> bool:
-    """A host name of ASCII letters, digits, '-', '_' and '.', or an IP literal."""
-    if host and len(host) <= 255 and all(c in _HOSTNAME_CHARS for c in host):
-        return True
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(literal)
-    except ValueError:
-        return False
-    return True
 
 
 class _Progress:
@@ -185,7 +177,7 @@ class Socks5Handler:
             progress.replied = True
             return
         host, port = target
-        if not valid_destination(host):
+        if not all(c in HOST_CHARS for c in host):
             log.info("socks5 %s: refused a destination that is not a host name: %s", address[0], host)
             _answer(client, progress, REP_ADDRESS_NOT_SUPPORTED)
             return
