@@ -6,7 +6,7 @@ then keeps its old value, so the running process never half-applies a key):
 
 - applied: log level/format, DNS upstream and policy, rules files (re-read even when their
   list is unchanged), hold_seconds, blocked_message, enforce_expiry_on_open,
-  guard.private_ranges, retention, docker, container_modes, the YAML defaults of settings
+  guard.private_ranges, identity.anonymous, retention, docker, container_modes, the YAML defaults of settings
   (notifications, mitm) where settings.json does not override them, mitm.extra_ca_bundle,
   drain_seconds, and middlewares (an unchanged one keeps its process or connection);
 - restart needed: host, listen.*, data_dir, database.url, api.*, silent_allow.
