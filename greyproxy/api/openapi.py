@@ -294,7 +294,8 @@ def build_spec() -> dict[str, Any]:
         "/api/pending/bulk-allow": {"post": op(
             "Allow several (scope exact)", "pending", obj({
                 "rules_created": arr(ref("Rule")), "pending_removed": INT,
-                "refused": arr(obj({"pending_id": INT, "error": STR})),
+                "refused": s("array", "present only when some row could not become a rule (D3, D30)",
+                             items=obj({"pending_id": INT, "error": STR})),
             }),
             request=body(obj({"pending_ids": arr(INT), "duration": STR}, ("pending_ids",))), errors=(400, 415))},
         "/api/pending/bulk-dismiss": {"post": op(

@@ -79,7 +79,10 @@ def bulk_allow() -> Any:
             continue  # already resolved elsewhere (or a sibling of an earlier id): skip, as greyproxy does
         except PatternError as exc:  # a row no rule may name (D3, D30): it stays pending, the rest go on
             refused.append({"pending_id": pid, "error": str(exc)})
-    return {"rules_created": rules, "pending_removed": len(rules), "refused": refused}
+    out: dict[str, Any] = {"rules_created": rules, "pending_removed": len(rules)}
+    if refused:
+        out["refused"] = refused  # only when some row could not become a rule
+    return out
 
 
 @bp.post("/api/pending/bulk-dismiss")
