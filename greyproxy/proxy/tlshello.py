@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from gevent.monkey import get_original
 from gevent.socket import wait_read
 
 RECORD_HEADER = 5
@@ -53,6 +52,11 @@ class _HelloObject(ssl.SSLObject):
     seen = False  # set by the server-name callback
     server_name: str | None = None
 
+    def _sslsock(self) -> _HelloObject:
+        """gevent's SSLContext (after monkey-patching) hands callbacks `conn._sslsock()`, which
+        it expects on its own socket wrapper; for an SSLObject that is the object itself."""
+        return self
+
 
 def _on_server_name(obj: _HelloObject, server_name: str | None, _ctx: ssl.SSLContext) -> int:
     obj.seen = True
@@ -64,11 +68,12 @@ _context: ssl.SSLContext | None = None
 
 
 def _shared_context() -> ssl.SSLContext:
-    """One context for every hello. The stdlib class, not gevent's: nothing here does I/O, and
-    gevent's sni_callback wrapper expects a socket, not an SSLObject."""
+    """One context for every hello, made once (its cost is not on the connection path). The
+    class is whatever `ssl.SSLContext` is, gevent's after monkey-patching: the stdlib class'
+    property setters recurse once ssl is patched."""
     global _context
     if _context is None:
-        ctx = get_original("ssl", "SSLContext")(ssl.PROTOCOL_TLS_SERVER)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         # Accept every version and cipher OpenSSL knows: an old client is not malformed, and
         # version negotiation runs before the server-name callback.
         ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED

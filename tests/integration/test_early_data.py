@@ -1,11 +1,13 @@
 """Bytes a client sends right behind its CONNECT head, before the tunnel exists ("early data"),
 get the same inspection as bytes sent after it: an HTTP request is parsed, re-checked and
-recorded; a TLS hello, which cannot be intercepted any more, is piped and the log says why."""
+recorded; a TLS hello is parsed and its server name checked (tests/integration/
+test_sni_passthrough.py has the interception and name cases)."""
 
 from __future__ import annotations
 
 import base64
 import socket
+import ssl
 
 from tests.conftest import Origin
 from tests.integration.netutil import EchoServer, wait_until
@@ -53,19 +55,45 @@ def test_early_http_request_is_rechecked_and_recorded(gp):
     assert found and found[0]["status_code"] == 200
 
 
-def test_early_tls_hello_is_piped_with_a_reason(gp):
+def client_hello(server_name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_early_tls_hello_is_inspected_not_piped_blind(gp):
+    """No CA here, so no interception: the hello already read is still parsed (tlshello) before
+    anything goes upstream; only a real ClientHello is piped, and the log does not say
+    early_data any more."""
     echo = EchoServer()
     try:
         allow(gp, echo.host)
-        hello = b"\x16\x03\x01\x00\x05hello"  # the start of a TLS record, as a hello would be
+        bogus = b"\x16\x03\x01\x00\x05hello"  # the start of a TLS record, but no hello inside
+        answer = connect_with_early(gp, echo.host, echo.port, bogus)
+        assert answer.startswith(b"HTTP/1.1 200 Connection established")
+        assert not answer.endswith(bogus) and answer[-7:-5] == b"\x15\x03"  # a TLS alert, no echo
+
+        def blocked():
+            rows = gp.api("GET", "/api/logs", params={"destination": echo.host, "result": "blocked"}).json()["items"]
+            return rows or None
+
+        rows = wait_until(blocked, 5)
+        assert rows and rows[0]["reason"] == "bad_tls_hello"
+
+        hello = client_hello("echo.example")  # an IP destination with no name: the SNI cannot be judged
         answer = connect_with_early(gp, echo.host, echo.port, hello)
         assert answer.startswith(b"HTTP/1.1 200 Connection established") and answer.endswith(hello)
 
         def logged():
-            rows = gp.api("GET", "/api/logs", params={"destination": echo.host}).json()["items"]
+            rows = gp.api("GET", "/api/logs", params={"destination": echo.host, "result": "allowed"}).json()["items"]
             return rows if rows and rows[0]["mitm_skip_reason"] else None
 
         rows = wait_until(logged, 5)
-        assert rows and rows[0]["mitm_skip_reason"] == "early_data"
+        assert rows and rows[0]["mitm_skip_reason"] == "no_cert"
     finally:
         echo.sock.close()
