@@ -38,6 +38,7 @@ from greyproxy.proxy.httpwire import (
 )
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.mwhooks import MiddlewareHooks
+from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
 from greyproxy.proxy.tunnel import relay
 
 if TYPE_CHECKING:
@@ -85,21 +86,12 @@ class Interceptor:
             finally:
                 upstream.close()
             return
-        if early:
-            # A TLS hello already read cannot be replayed into our own TLS server: the tunnel is
-            # piped as is, and the log says why it was not inspected.
-            self._skipped(admission, "early_data" if kind == "tls" else "non_tls")
-            upstream.sendall(early)
-            self.rt.metrics.relayed(*relay(client, upstream))
-            return
         if kind == "tls":
-            reason = self._skip_reason(admission)
-            if reason is None:
-                self._intercept(admission, client, upstream)
-                return
-            self._skipped(admission, reason)
-        else:
-            self._skipped(admission, "non_tls")
+            self._tls(admission, client, upstream, early)
+            return
+        self._skipped(admission, "non_tls")
+        if early:
+            upstream.sendall(early)
         self.rt.metrics.relayed(*relay(client, upstream))
 
     def _skipped(self, admission: Admission, reason: str) -> None:
@@ -139,6 +131,102 @@ class Interceptor:
         return None
 
     # -- TLS ---------------------------------------------------------------------------
+    def _tls(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes) -> None:
+        """A TLS tunnel. Intercepted when it can be (the handshake checks the server name);
+        otherwise its ClientHello is read without being consumed (from `early`, then peeked)
+        and must name the admitted destination (D13, D29) before a byte goes upstream."""
+        reason = self._skip_reason(admission)
+        if reason is None:
+            if early:
+                self._intercept_early(admission, client, upstream, early)
+            else:
+                self._intercept(admission, client, upstream)
+            return
+        hello = peek_hello(client, early)
+        if hello.status == "incomplete" and client.fileno() == -1:
+            upstream.close()  # torn down while we waited (its rule was revoked): nothing to refuse
+            return
+        if hello.status != "ok":
+            self._refuse_hello(admission, client, upstream, hello, "bad_tls_hello",
+                               f"no valid TLS ClientHello ({hello.status}: {hello.detail})")
+            return
+        mismatch = self._sni_mismatch(admission, hello.server_name)
+        if mismatch:
+            self._refuse_hello(admission, client, upstream, hello, "sni_mismatch", mismatch)
+            return
+        self._skipped(admission, reason)
+        if early:
+            upstream.sendall(early)
+        self.rt.metrics.relayed(*relay(client, upstream))
+
+    def _refuse_hello(self, admission: Admission, client: socket.socket, upstream: socket.socket, hello: Hello,
+                      reason: str, detail: str) -> None:
+        """Close a tunnel whose ClientHello is refused; nothing was sent upstream. The log gets
+        a blocked row with the reason (as an intercepted mismatch does). The client, which can
+        be told nothing in HTTP here, gets a fatal TLS alert: access_denied for a name, or
+        OpenSSL's own answer to a hello it could not parse (decode_error if none)."""
+        a = admission
+        log.info("refused TLS from %s to %s:%s: %s", a.container, a.host, a.port, detail)
+        self.rt.gate.record(a.container, a.host, a.port, a.method, Decision(Verdict.DENY, reason), 0,
+                            resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+        self.rt.metrics.mitm(reason)
+        if reason == "sni_mismatch":
+            alert = alert_record(ssl.ALERT_DESCRIPTION_ACCESS_DENIED)
+        else:
+            alert = hello.alert or alert_record(ssl.ALERT_DESCRIPTION_DECODE_ERROR)
+        upstream.close()
+        try:
+            # Read what was only peeked, so that closing sends a FIN after the alert, not a
+            # reset that could overtake it.
+            client.settimeout(0.0)
+            for _ in range(8):
+                if not client.recv(1 << 16):
+                    break
+        except OSError:
+            pass
+        try:
+            client.settimeout(HANDSHAKE_TIMEOUT)
+            client.sendall(alert)
+        except OSError:
+            pass
+        client.close()
+
+    def _intercept_early(self, admission: Admission, client: socket.socket, upstream: socket.socket,
+                         early: bytes) -> None:
+        """Intercept a tunnel whose hello (or its start) was already read off the client socket.
+        Our TLS server works on one end of a socket pair; the other end is fed `early`, then the
+        client's stream, and what our server writes goes back to the client."""
+        inner, outer = socket.socketpair()
+
+        def feed() -> None:
+            try:
+                outer.sendall(early)
+                while data := client.recv(1 << 16):
+                    outer.sendall(data)
+                outer.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        def drain() -> None:
+            try:
+                while data := outer.recv(1 << 16):
+                    client.sendall(data)
+            except OSError:
+                pass
+
+        pumps = [gevent.spawn(feed), gevent.spawn(drain)]
+        try:
+            self._intercept(admission, inner, upstream)  # closes its end on every path
+        finally:
+            inner.close()
+            pumps[1].join(timeout=HANDSHAKE_TIMEOUT)  # what our server wrote reaches the client
+            for s in (client, outer):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+            gevent.killall(pumps, block=False)
+
     def _intercept(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
         leaves = self.rt.mitm.leaves
         assert leaves is not None
