@@ -179,24 +179,28 @@ def parse_hello(data: bytes) -> Hello:
 
 def peek_hello(sock: socket.socket, early: bytes = b"", timeout: float = PEEK_TIMEOUT) -> Hello:
     """The hello at the start of `early` followed by `sock`'s stream, read from `sock` with
-    MSG_PEEK only: nothing is consumed. Waits (cooperatively, SO_RCVLOWAT so that a hello in
-    several segments wakes us once it is whole) at most `timeout` seconds in all."""
+    MSG_PEEK only: nothing is consumed. Waits cooperatively, at most `timeout` seconds in all.
+    Usually the whole hello is there at the first peek; when it is not, SO_RCVLOWAT is set to
+    what is missing, so that a hello in several segments wakes us once it is whole."""
     parser = HelloParser()
     hello = parser.feed(early)
     deadline = time.monotonic() + timeout
     seen = 0  # bytes of the socket's queue already fed
     stalls = 0
     lowat = 1
+    old_timeout = sock.gettimeout()
     try:
         while hello.status == "need_more":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Hello("incomplete", detail=f"no complete ClientHello within {timeout:g} s")
-            want = hello.need - len(early)
-            if want != lowat:
-                lowat = _set_lowat(sock, want)
             try:
-                wait_read(sock.fileno(), timeout=remaining)
+                if seen:  # some of it is there: wait for the rest, not for any byte
+                    want = hello.need - len(early)
+                    if want != lowat:
+                        lowat = _set_lowat(sock, want)
+                    wait_read(sock.fileno(), timeout=remaining)
+                sock.settimeout(remaining)
                 peeked = sock.recv(max(1, MAX_HELLO_BYTES - len(early)), socket.MSG_PEEK)
             except TimeoutError:
                 continue
@@ -214,6 +218,10 @@ def peek_hello(sock: socket.socket, early: bytes = b"", timeout: float = PEEK_TI
     finally:
         if lowat != 1:
             _set_lowat(sock, 1)
+        try:
+            sock.settimeout(old_timeout)
+        except OSError:
+            pass
     return hello
 
 
