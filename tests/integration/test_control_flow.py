@@ -37,7 +37,8 @@ def test_ws_allow_releases_held_connection(gp, origin):
 
     def connect():
         result["rep"], sock = socks_connect(gp.ports["socks5"], origin.host, origin.port)
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # Host names the admitted destination: inside a tunnel any other name is refused.
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {origin.host}:{origin.port}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

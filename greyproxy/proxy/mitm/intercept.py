@@ -19,25 +19,11 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import select as gselect
 
-from greyproxy.capture.recorder import Exchange
-from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
-from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+from greyproxy.policy.decide import Decision, Verdict
 from greyproxy.policy.patterns import is_ip_literal
-from greyproxy.proxy.http import simple_response, split_host_port
-from greyproxy.proxy.httpwire import (
-    BufferedSocket,
-    Head,
-    WireError,
-    forward_message,
-    parse_head,
-    read_final_response,
-    relay_body,
-    response_framing,
-    serialize_head,
-    wants_close,
-)
+from greyproxy.proxy.exchange import bad_request, destination_for, simple_response
+from greyproxy.proxy.httpwire import BufferedSocket, WireError, parse_head
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
-from greyproxy.proxy.mwhooks import MiddlewareHooks
 from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
 from greyproxy.proxy.tunnel import relay
 
@@ -50,8 +36,13 @@ log = logging.getLogger("greyproxy.mitm")
 SNIFF_TIMEOUT = 30.0  # if neither side speaks by then, it is an idle pipe
 HANDSHAKE_TIMEOUT = 15.0
 IDLE_TIMEOUT = 120.0
-_HTTP_METHOD = re.compile(rb"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|TRACE|CONNECT) ")
-_HTTP_PREFIXES = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"TRACE ", b"CONNECT ")
+# A request line as any HTTP/1 server would take it: a method token, a target, a version. Lenient
+# on purpose (lower case, odd methods, extra blanks, bare LF): whatever an origin might read as
+# HTTP is parsed by the strict engine, and refused there if it is not clean HTTP/1.1.
+_REQUEST_LINE = re.compile(rb"^[\r\n \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}[ \t]+\S+[ \t]+HTTP/", re.IGNORECASE)
+_TOKEN_PREFIX = re.compile(
+    rb"^[\r\n \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{0,32}([ \t]+(\S+([ \t]+(H(T(T(P)?)?)?)?)?)?)?$", re.IGNORECASE)
+SNIFF_BYTES = 8192  # a request line longer than this is not one we pass on unparsed
 
 
 def classify(first: bytes) -> str | None:
@@ -60,24 +51,25 @@ def classify(first: bytes) -> str | None:
         return None
     if first[0] == 0x16:
         return "tls" if len(first) < 2 or first[1] == 0x03 else "other"
-    if _HTTP_METHOD.match(first):
+    if _REQUEST_LINE.match(first):
         return "http"
-    if any(p.startswith(first) for p in _HTTP_PREFIXES):
-        return None
+    rest = first.lstrip(b"\r\n \t")
+    if not rest and len(first) < SNIFF_BYTES:
+        return None  # only blank lines so far
+    if b"\n" not in rest and len(first) < SNIFF_BYTES and _TOKEN_PREFIX.match(first):
+        return None  # the first line may still become a request line
     return "other"
 
 
 class Interceptor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.recorder = runtime.recorder
-        self.hooks = MiddlewareHooks(runtime)
 
     # -- entry -------------------------------------------------------------------------
     def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes = b"") -> None:
         """`early`: bytes the client sent before the tunnel was set up (right behind its CONNECT
         head), already read off the socket, so they are judged here rather than peeked."""
-        kind = (classify(early[:16]) or "other") if early else self._sniff(client, upstream)
+        kind = (classify(early[:SNIFF_BYTES]) or "http") if early else self._sniff(client, upstream)
         if kind == "http":
             buffered = BufferedSocket(client)
             buffered.buf += early  # parsed, re-checked and recorded like every later request
@@ -109,7 +101,7 @@ class Interceptor:
             if client.fileno() not in ready:
                 return "other"  # the server speaks first (SSH, SMTP, ...): not ours to parse
             try:
-                peeked = client.recv(16, socket.MSG_PEEK)
+                peeked = client.recv(SNIFF_BYTES, socket.MSG_PEEK)
             except OSError:
                 return "other"
             kind = classify(peeked)
@@ -118,7 +110,9 @@ class Interceptor:
             if not peeked:
                 return "other"
             gevent.sleep(0.01)
-        return "other"
+        # Still a possible request line after all that: parse it strictly rather than pipe it
+        # unseen (the parser waits for the rest, or refuses it).
+        return "http"
 
     def _skip_reason(self, admission: Admission) -> str | None:
         mitm = self.rt.mitm
@@ -275,7 +269,7 @@ class Interceptor:
                     detail=mismatch or upstream_error or "",
                 )
                 return
-            self._loop(admission, BufferedSocket(tls_client), BufferedSocket(tls_upstream), "https", server_name)
+            self._loop(admission, BufferedSocket(tls_client), BufferedSocket(tls_upstream), "https", sni)
         finally:
             for s in (tls_client, tls_upstream or upstream):
                 try:
@@ -309,115 +303,32 @@ class Interceptor:
     # -- the request loop ----------------------------------------------------------------
     def _loop(self, admission: Admission, client: BufferedSocket, upstream: BufferedSocket, scheme: str,
               server_name: str | None = None) -> None:
-        expected = (server_name or admission.host).lower()
-        rule_id = admission.decision.rule.id if admission.decision.rule else None
+        """Every request on the connection goes through the one exchange pipeline: checked
+        against the admitted destination and the rules as they are now, then forwarded."""
+        pipeline = self.rt.exchanges
+        dest = destination_for(admission, scheme, server_name, in_tunnel=True)
         try:
             while True:
                 client.sock.settimeout(IDLE_TIMEOUT)
                 raw = client.read_head()
                 if raw is None:
                     return
-                request = parse_head(raw, is_request=True)
-                blocked = self._recheck(admission, request, expected)
-                if blocked is not None:
-                    client.sock.sendall(simple_response(
-                        403, "Forbidden", self.rt.gate.blocked_text(admission, blocked),
-                        [("X-Greyproxy-Reason", blocked)],
-                    ))
+                try:
+                    request = parse_head(raw, is_request=True)
+                except WireError as exc:
+                    pipeline.refuse(client.sock, admission, "malformed_request", str(exc))
                     return
-                if not self._exchange(admission, client, upstream, request, scheme, expected, rule_id):
+                problem = pipeline.check(request, dest)
+                if problem is not None:
+                    pipeline.refuse(client.sock, admission, *problem)
                     return
-        except (OSError, WireError, ssl.SSLError, gevent.Timeout) as exc:
-            log.debug("intercepted connection to %s ended: %s", admission.host, exc)
-
-    def _recheck(self, admission: Admission, request: Head, expected: str) -> str | None:
-        """A reason to refuse this request, or None."""
-        host_header = request.get("host")
-        if host_header:
+                if not pipeline.run(client, upstream, request, dest):
+                    return
+        except WireError as exc:
+            log.debug("connection to %s ended: %s", admission.host, exc)
             try:
-                host, _ = split_host_port(host_header, admission.port)
-            except ValueError:
-                return "bad_host_header"
-            host = host.lower().rstrip(".")
-            if host != expected and not (is_ip_literal(expected) and expected == admission.host):
-                return "sni_mismatch"
-        decision = self.rt.policy.decide(ConnectionRequest(
-            container=admission.container, host=expected, port=admission.port,
-            resolved_hostname=admission.resolved_hostname,
-            control_plane=self.rt.guard.is_control_plane(expected, admission.port),
-        ))
-        if decision.verdict is Verdict.DENY:
-            return decision.reason
-        return None
-
-    def _exchange(self, admission: Admission, client: BufferedSocket, upstream: BufferedSocket, request: Head,
-                  scheme: str, host: str, rule_id: int | None) -> bool:
-        """Forward one request and its response; True if the connection can carry another."""
-        method, target, _version = request.start
-        default_port = 443 if scheme == "https" else 80
-        authority = host if admission.port == default_port else f"{host}:{admission.port}"
-        url = target if target.startswith(("http://", "https://")) else f"{scheme}://{authority}{target}"
-        ex = Exchange(admission.container, host, admission.port, url, request, rule_id)
-        is_upgrade = "upgrade" in request.tokens("connection") and (request.get("upgrade") or "").lower() == "websocket"
-        step = None
-        if is_upgrade:
-            rewrite_extension_offer(request)  # replaces request.headers
-        else:
-            step = self.hooks.before_request(ex, client, request, request.headers, target, tls=scheme == "https")
-            if step is not None and step.refusal is not None:
-                client.sock.sendall(step.refusal)
-                return False
-        headers = step.headers if step is not None and step.headers is not None else request.headers
-        # What is stored is the request as the client sent it (placeholders); only what goes
-        # upstream carries the real secrets (§11.2).
-        headers, target = self.rt.gate.substitute(ex, headers, target, host)
-        head_out = serialize_head(f"{method} {target} {request.start[2]}", headers)
-        ex.request_tap = ex.tap_for(request)
-        if step is not None and step.body is not None:  # a middleware replaced the body
-            upstream.sock.sendall(head_out + step.body)
-            ex.request_tap.feed(step.body)
-        else:
-            upstream.sock.sendall(head_out)
-            relay_body(client, upstream.sock, request, tap=ex.request_tap.feed)
-
-        upstream.sock.settimeout(IDLE_TIMEOUT)
-        raw, response = read_final_response(upstream, client.sock)
-        ex.response = response
-        code = int(response.start[1])
-        if code == 101 and is_upgrade:
-            client.sock.sendall(raw)
-            self.recorder.record(ex)
-            self._websocket(ex, client, upstream, deflate_negotiated(response))
-            return False
-        no_body, framed = response_framing(method, response)
-        keep = framed and not wants_close(request) and "close" not in response.tokens("connection")
-        changed = self.hooks.after_response(ex, upstream, response, no_body, framed)
-        if changed is not None:
-            ex.response = Head([response.start[0], str(changed.status_code), changed.reason], changed.headers)
-            raw = serialize_head(" ".join(ex.response.start), changed.headers)
-            keep = keep and not changed.close
-        ex.response_tap = ex.tap_for(ex.response)
-        if changed is not None and changed.body is not None:
-            client.sock.sendall(raw + changed.body)
-            ex.response_tap.feed(changed.body)
-        else:
-            forward_message(upstream, client.sock, raw, response, no_body=no_body, until_close=not framed,
-                            tap=ex.response_tap.feed)
-        self.recorder.record(ex)
-        return keep
-
-    def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:
-        client.sock.settimeout(None)
-        upstream.sock.settimeout(None)
-
-        def pump(src: BufferedSocket, dst: BufferedSocket, from_client: bool) -> None:
-            try:
-                relay_frames(src, dst.sock, deflate, lambda f: self.recorder.frame(ex, f, from_client))
-            except (OSError, WireError, ssl.SSLError):
+                client.sock.sendall(bad_request(exc))
+            except (OSError, ssl.SSLError):
                 pass
-
-        down = gevent.spawn(pump, upstream, client, False)
-        pump(client, upstream, True)
-        down.join(timeout=IDLE_TIMEOUT)
-        down.kill(block=False)
-
+        except (OSError, ssl.SSLError, gevent.Timeout) as exc:
+            log.debug("intercepted connection to %s ended: %s", admission.host, exc)
