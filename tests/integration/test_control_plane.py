@@ -34,7 +34,8 @@ def test_plain_http_to_api_is_blocked(wide_open):
     import socket
 
     sock = socket.create_connection(("127.0.0.1", wide_open.ports["http"]), timeout=10)
-    sock.sendall(f"GET http://127.0.0.1:{wide_open.ports['api']}/api/rules HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.sendall(f"GET http://127.0.0.1:{wide_open.ports['api']}/api/rules HTTP/1.1\r\nHost: x\r\n"
+                 "Proxy-Authorization: Basic YWdlbnQxOng=\r\n\r\n".encode())  # agent1:x (D28)
     data = sock.recv(65536).decode()
     sock.close()
     assert data.startswith("HTTP/1.1 403")
