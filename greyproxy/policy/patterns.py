@@ -75,10 +75,12 @@ MAX_PORT_PATTERN = 1024
 _IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 
-def _control_char(text: str) -> str | None:
-    """The first control (or lone surrogate, or private-use) character in `text`, if any."""
+def _control_char(text: str, categories: tuple[str, ...] = ("Cc", "Cs", "Co")) -> str | None:
+    """The first control (or lone surrogate, or private-use) character in `text`, if any.
+    Container patterns also refuse format characters (Cf: bidi overrides, zero-width marks),
+    which would make the dashboard show a pattern other than the one matched."""
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cs", "Co"):
+        if unicodedata.category(ch) in categories:
             return ch
     return None
 
@@ -115,7 +117,7 @@ def normalize_container_pattern(p: str) -> str:
         raise PatternError("container_pattern is required")
     if len(p) > MAX_CONTAINER_PATTERN:
         raise PatternError(f"container_pattern: longer than {MAX_CONTAINER_PATTERN} characters")
-    bad = _control_char(p)
+    bad = _control_char(p, ("Cc", "Cs", "Co", "Cf"))
     if bad is not None:
         raise PatternError(f"container_pattern: control character {printable(bad)!r} in {printable(p)!r}")
     pos = _unclosed_bracket(p)

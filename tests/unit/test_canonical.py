@@ -298,7 +298,7 @@ def test_container_and_port_pattern_limits() -> None:
     assert normalize_container_pattern("web-*") == "web-*"
     with pytest.raises(PatternError, match="longer than 256"):
         normalize_container_pattern("a" * 257)
-    for bad in ("web\x00", "we\nb", "a\x7fb"):
+    for bad in ("web\x00", "we\nb", "a\x7fb", "web\u202e1", "a\u200bb"):
         with pytest.raises(PatternError, match="control character"):
             normalize_container_pattern(bad)
     with pytest.raises(PatternError, match="longer than"):
