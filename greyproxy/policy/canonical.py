@@ -251,10 +251,19 @@ def _canonicalize(text: str) -> _Result:
     return name, False, None
 
 
-# On the connection path for every admission, mostly for hosts seen before; bounded.
+# On the connection path for every admission, mostly for hosts seen before; bounded in entries
+# and, since only short keys are kept, in memory (an agent sending long junk hosts cannot pin
+# megabytes here: no valid destination is longer than this anyway).
+MAX_CACHED_KEY = 300
+
+
 @functools.lru_cache(maxsize=8192)
-def _cached(text: str) -> _Result:
+def _cached_short(text: str) -> _Result:
     return _canonicalize(text)
+
+
+def _cached(text: str) -> _Result:
+    return _cached_short(text) if len(text) <= MAX_CACHED_KEY else _canonicalize(text)
 
 
 def canonical_destination(host: str) -> str:
