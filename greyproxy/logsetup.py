@@ -167,6 +167,26 @@ class JsonFormatter(logging.Formatter):
 _handler: logging.Handler | None = None
 
 
+def _greenlet_error(context: Any, t: Any, v: Any, tb: Any) -> None:
+    """gevent's hub prints a greenlet's uncaught exception, traceback and all, straight to
+    stderr; here it becomes one warning line (the traceback at debug) like every other error."""
+    try:
+        name = getattr(t, "__name__", "exception")
+        where = type(context).__name__ if context is not None else "the event loop"
+        log = logging.getLogger("greyproxy")
+        log.warning("%s ended after an unexpected %s: %s", where, name, v)
+        log.debug("%s ended after an unexpected %s", where, name, exc_info=(t, v, tb))
+    except Exception:  # the hub requires that this never raises
+        pass
+
+
+def route_gevent_errors() -> None:
+    """Send the (main thread's) gevent hub's error reports through logging."""
+    import gevent
+
+    gevent.get_hub().print_exception = _greenlet_error
+
+
 def setup_logging(level: str, fmt: str) -> None:
     """Install (or re-configure) the one stderr handler on the root logger."""
     global _handler  # one process, one stderr: the handler is process-wide by nature
@@ -174,5 +194,6 @@ def setup_logging(level: str, fmt: str) -> None:
     if _handler is None:
         _handler = logging.StreamHandler(sys.stderr)
         root.addHandler(_handler)
+        route_gevent_errors()
     _handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))

@@ -153,3 +153,36 @@ def test_bad_format_strings_do_not_raise():
     assert "many" in line
     data = json.loads(JsonFormatter().format(_record("%d items %s", ("many",))))
     assert "many" in data["msg"]
+
+
+def test_a_greenlets_uncaught_exception_is_one_warning_line(capfd):
+    import gevent
+
+    from greyproxy.logsetup import route_gevent_errors
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(TextFormatter().format(record))
+
+    logger = logging.getLogger("greyproxy")
+    handler, level = Collect(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    hub = gevent.get_hub()
+    try:
+        route_gevent_errors()
+
+        def boom() -> None:
+            raise ValueError("a.test\ndecision=allow x")
+
+        gevent.spawn(boom).join()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        del hub.print_exception  # back to gevent's own for the other tests
+    assert "Traceback" not in capfd.readouterr().err
+    assert len(lines) == 1 and " WARNING greyproxy: " in lines[0], lines
+    _one_line(lines[0])
+    assert lines[0].endswith('unexpected ValueError: "a.test\\ndecision=allow x"')
