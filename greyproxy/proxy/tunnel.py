@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import gevent
 from gevent import socket as gsocket
@@ -80,7 +81,10 @@ def peer_ip(sock: socket.socket) -> str | None:
         return None
 
 
-def _pump(src: socket.socket, dst: socket.socket, counter: list[int], index: int) -> None:
+Watch = Callable[[bytes], "bool | None"]  # None: keep watching; True: pipe on; False: cut
+
+
+def _pump(src: socket.socket, dst: socket.socket, counter: list[int], index: int, watch: Watch | None = None) -> None:
     """Copy src→dst until EOF, then half-close dst. Small reads allocate per read (idle tunnels
     keep no buffer); once traffic is bulky, switch to one reused buffer."""
     buf: bytearray | None = None
@@ -90,6 +94,12 @@ def _pump(src: socket.socket, dst: socket.socket, counter: list[int], index: int
                 data = src.recv(SMALL_READ)
                 if not data:
                     break
+                if watch is not None:
+                    verdict = watch(data)
+                    if verdict is False:
+                        raise ConnectionAbortedError("the watched stream turned out to need inspection")
+                    if verdict is True:
+                        watch = None
                 dst.sendall(data)
                 counter[index] += len(data)
                 if len(data) >= SMALL_READ // 2:
@@ -113,14 +123,15 @@ def _pump(src: socket.socket, dst: socket.socket, counter: list[int], index: int
                 pass
 
 
-def relay(client: socket.socket, upstream: socket.socket) -> tuple[int, int]:
-    """Relay both ways until both directions are done; returns (bytes up, bytes down)."""
+def relay(client: socket.socket, upstream: socket.socket, watch: Watch | None = None) -> tuple[int, int]:
+    """Relay both ways until both directions are done; returns (bytes up, bytes down).
+    `watch`, when given, sees the client's bytes before they go on, until it decides."""
     counter = [0, 0]
     client.settimeout(None)
     upstream.settimeout(None)
     down = gevent.spawn(_pump, upstream, client, counter, 1)
     try:
-        _pump(client, upstream, counter, 0)
+        _pump(client, upstream, counter, 0, watch)
         down.join()
     finally:
         down.kill(block=False)

@@ -174,3 +174,27 @@ def test_requests_inside_tunnels_are_parsed_and_checked(setup, path):
     urls = gp.wait_for(lambda: {t["url"].split(str(origin.port))[-1]
                                 for t in gp.api("GET", "/api/transactions").json()["items"]} >= {"/propfind", "/leading"})
     assert urls
+
+
+def test_a_request_line_dribbled_after_sniffing_is_cut_not_piped(setup):
+    """A client that sends a request line one byte at a time (so the sniffer cannot tell in
+    time) never gets the request to the origin; a short non-HTTP token protocol still works."""
+    import time
+
+    gp, plain, _tls = setup
+    sock = open_path(gp, "tunnel", plain)
+    line = b"GET /dribbled HTTP/1.1\r\nHost: b.test\r\n\r\n"
+    try:
+        for i in range(len(line)):
+            sock.sendall(line[i : i + 1])
+            time.sleep(0.03)
+    except OSError:
+        pass  # cut by the proxy: expected
+    sock.close()
+    time.sleep(0.2)
+    # The line is cut before it is complete: the origin never has a request to act on.
+    assert b"HTTP/1.1" not in plain.everything and b"\n" not in plain.everything
+    assert b"b.test" not in plain.everything
+    rows = gp.wait_for(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
+                                if r.get("reason") == "unparsed_http"])
+    assert rows

@@ -61,6 +61,33 @@ def classify(first: bytes) -> str | None:
     return "other"
 
 
+class FirstLineWatch:
+    """For a tunnel piped before its first bytes could be judged (a silent client, a server
+    that speaks first, a short token protocol): the client's first line is still classified as
+    it passes. Bytes go on only while they cannot be the start of a request line the sniffer
+    would have parsed; once they become HTTP (or a late TLS hello), the tunnel is cut before the
+    line is complete, so no unchecked request reaches the origin."""
+
+    def __init__(self, interceptor: Interceptor, admission: Admission, early: bytes = b"") -> None:
+        self.interceptor = interceptor
+        self.admission = admission
+        self.seen = early[:SNIFF_BYTES]
+
+    def __call__(self, data: bytes) -> bool | None:
+        self.seen += data[: SNIFF_BYTES - len(self.seen)]
+        kind = classify(self.seen)
+        if kind == "other":
+            return True
+        if kind is None and len(self.seen) < SNIFF_BYTES:
+            return None
+        a = self.admission
+        reason = "late_tls" if kind == "tls" else "unparsed_http"
+        self.interceptor.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP",
+                                        Decision(Verdict.DENY, reason), 0,
+                                        resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+        return False
+
+
 class Interceptor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -69,7 +96,7 @@ class Interceptor:
     def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes = b"") -> None:
         """`early`: bytes the client sent before the tunnel was set up (right behind its CONNECT
         head), already read off the socket, so they are judged here rather than peeked."""
-        kind = (classify(early[:SNIFF_BYTES]) or "http") if early else self._sniff(client, upstream)
+        kind = (classify(early[:SNIFF_BYTES]) or "watch") if early else self._sniff(client, upstream)
         if kind == "http":
             buffered = BufferedSocket(client)
             buffered.buf += early  # parsed, re-checked and recorded like every later request
@@ -84,7 +111,8 @@ class Interceptor:
         self._skipped(admission, "non_tls")
         if early:
             upstream.sendall(early)
-        self.rt.metrics.relayed(*relay(client, upstream))
+        watch = FirstLineWatch(self, admission, early) if kind == "watch" else None
+        self.rt.metrics.relayed(*relay(client, upstream, watch))
 
     def _skipped(self, admission: Admission, reason: str) -> None:
         self.rt.writer.skip_reason(admission.container, admission.host, admission.port, reason)
@@ -97,9 +125,9 @@ class Interceptor:
         for _ in range(16):  # bounded: a handful of short reads settle it
             ready = {fd for fd, _ in poller.poll(SNIFF_TIMEOUT * 1000)}
             if not ready:
-                return "other"
+                return "watch"  # nobody speaks: pipe, but look at what the client sends first
             if client.fileno() not in ready:
-                return "other"  # the server speaks first (SSH, SMTP, ...): not ours to parse
+                return "watch"  # the server speaks first (SSH, SMTP, ...): not HTTP, but watch the client
             try:
                 peeked = client.recv(SNIFF_BYTES, socket.MSG_PEEK)
             except OSError:
@@ -110,9 +138,9 @@ class Interceptor:
             if not peeked:
                 return "other"
             gevent.sleep(0.01)
-        # Still a possible request line after all that: parse it strictly rather than pipe it
-        # unseen (the parser waits for the rest, or refuses it).
-        return "http"
+        # Still a possible request line after all that (a short token protocol, or a client
+        # dribbling bytes): pipe it, watching the first line; it is cut if it becomes HTTP or TLS.
+        return "watch"
 
     def _skip_reason(self, admission: Admission) -> str | None:
         mitm = self.rt.mitm
