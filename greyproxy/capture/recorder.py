@@ -35,6 +35,11 @@ class Exchange:
     response_tap: BodyTap | None = None
     session_id: str | None = None
     substituted: list[str] = field(default_factory=list)
+    # real value → placeholder for every secret substituted into this request (D31)
+    reverse: dict[str, str] = field(default_factory=dict)
+    # raw values the Redactor removes from this request's headers and URL (Authorization,
+    # Cookie, token= …): never stored, wherever they come back (D16, D31)
+    redacted_values: list[str] = field(default_factory=list)
     middleware_facts: Any = None  # the RequestFacts the middlewares saw (proxy/mwhooks.py)
     middleware_actions: list[dict[str, Any]] = field(default_factory=list)
 

@@ -8,6 +8,8 @@ plain name is exact, a lone `*` is every header. A `*` elsewhere matches any run
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote_plus
@@ -76,6 +78,47 @@ class Redactor:
             else:
                 out[str(name)] = [str(values)]
         return out
+
+    def redacted_values(self, pairs: Iterable[tuple[str, str]], url: str = "") -> list[str]:
+        """The raw values `headers` and `url` would replace with `[REDACTED]` in this request, and
+        the usable parts of each (the token after an auth scheme, a Basic password, each cookie's
+        value), so that a response echoing one of them is scrubbed before it is stored (D31)."""
+        out: dict[str, None] = {}
+
+        def add(value: str) -> None:
+            value = value.strip()
+            if value and value != REDACTED:
+                out[value] = None
+
+        for name, value in pairs:
+            if not self.header_redacted(name):
+                continue
+            add(value)
+            lower = name.lower()
+            if lower in ("cookie", "set-cookie"):
+                for part in value.split(";"):
+                    add(part.partition("=")[2])
+                continue
+            scheme, sep, rest = value.strip().partition(" ")
+            if sep:
+                add(rest)
+                if scheme.lower() == "basic":
+                    try:
+                        decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+                    except (binascii.Error, ValueError):
+                        decoded = ""
+                    if decoded:
+                        add(decoded)
+                        add(decoded.partition(":")[2])
+        q = url.find("?")
+        if q >= 0:
+            h = url.find("#", q)
+            for piece in url[q + 1 : len(url) if h < 0 else h].split("&"):
+                name, eq, value = piece.partition("=")
+                if eq and value and unquote_plus(name).strip().lower() in self.query_keys:
+                    add(value)
+                    add(unquote_plus(value))
+        return list(out)
 
     def url(self, url: str) -> str:
         """Replace the values of sensitive query keys with `[REDACTED]`; everything else in the

@@ -32,6 +32,9 @@ class Substitution:
     session_id: str | None = None
     refused: list[str] = field(default_factory=list)  # placeholders sent to a host outside their `hosts`
     per_session: dict[str, int] = field(default_factory=dict)
+    # Each real value actually substituted into this request → its placeholder: what the
+    # response path swaps back (D31) and what storage scrubs.
+    reverse: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -66,6 +69,7 @@ class Vault:
                 return placeholder
             if secret.label not in result.labels:
                 result.labels.append(secret.label)
+            result.reverse[secret.value] = placeholder
             if secret.session_id is not None:
                 result.session_id = result.session_id or secret.session_id
                 result.per_session[secret.session_id] = result.per_session.get(secret.session_id, 0) + 1

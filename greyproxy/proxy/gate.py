@@ -170,7 +170,9 @@ class Gatekeeper:
         """Swap credential placeholders for secrets in what goes upstream (§11.2, D15); the
         exchange keeps the original request for storage and learns which labels were used."""
         new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host)
+        exchange.redacted_values = self.rt.redactor.redacted_values(exchange.request.headers, exchange.url)
         if result.changed:
+            exchange.reverse = result.reverse
             exchange.substituted = result.labels
             exchange.session_id = result.session_id
             self.rt.sessions.count_substitutions(result.per_session)
