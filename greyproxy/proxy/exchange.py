@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 import gevent
 
+from greyproxy.capture.bodies import DecodeError, decode, parse_encodings
 from greyproxy.capture.recorder import Exchange
 from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
+from greyproxy.credentials.reverse import ResponseScrubber
 from greyproxy.policy.decide import ConnectionRequest, Verdict
 from greyproxy.policy.patterns import canonical_host, is_ip_literal
 from greyproxy.proxy.httpwire import (
@@ -31,6 +33,7 @@ from greyproxy.proxy.httpwire import (
     forward_message,
     head_bytes,
     read_final_response,
+    read_whole_body,
     relay_body,
     response_framing,
     serialize_head,
@@ -45,6 +48,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("greyproxy.exchange")
 
 UPSTREAM_TIMEOUT = 120.0
+MAX_SCRUB_BODY = 16 * 1024 * 1024  # an encoded body that must be scrubbed is decoded whole, up to this
+FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+class _Nowhere:
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
+_NOWHERE = _Nowhere()
 
 
 def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[str, str]] | None = None,
@@ -230,6 +243,8 @@ class ExchangePipeline:
         # What is stored is the request as the client sent it (placeholders); only what goes
         # upstream carries the real secrets.
         headers, path = self.rt.gate.substitute(ex, headers, path, a.host)
+        if ex.reverse:  # ask for a body we can scrub as it streams (an encoded one is decoded whole)
+            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
         head_out = serialize_head(f"{method} {path} {version if dest.in_tunnel else 'HTTP/1.1'}", headers)
         ex.request_tap = ex.tap_for(request)
         upstream.sock.settimeout(UPSTREAM_TIMEOUT)
@@ -268,16 +283,40 @@ class ExchangePipeline:
             ex.response = Head([response.start[0], str(changed.status_code), changed.reason], changed.headers)
             keep = keep and not changed.close
         out = ex.response
+        scrub = ResponseScrubber(ex.reverse) if ex.reverse else None
+        encoded: list[str] = []
+        whole: bytes | None = None
+        if scrub is not None:
+            # The secrets this request carried never come back (docs/design.md): header values
+            # scrubbed, and the body re-framed as chunks since its length may change.
+            out = ex.response = Head(out.start, [(k, scrub.text(v)) for k, v in out.headers])
+            if not no_body and (changed is None or changed.body is None):
+                encoded = [e for e in parse_encodings(response.get("content-encoding")) if e != "identity"]
+                if encoded:  # the origin ignored our Accept-Encoding: identity; decode it whole
+                    whole = self._decoded_body(upstream, response, encoded, framed)
+                    framed = True
+                drop = FRAMING | ({"content-encoding"} if encoded else set())
+                out = Head(out.start, [(k, v) for k, v in out.headers if k.lower() not in drop])
+                if version == "HTTP/1.1":
+                    out.headers.append(("Transfer-Encoding", "chunked"))
+                else:
+                    keep = False
         if not dest.in_tunnel:
             out = Head(out.start, [(k, v) for k, v in out.headers if k.lower() not in HOP_BY_HOP])
             out.headers.append(("Connection", "keep-alive" if keep else "close"))
-        ex.response_tap = ex.tap_for(ex.response)
+        elif scrub is not None and not keep:
+            out.headers = [(k, v) for k, v in out.headers if k.lower() != "connection"] + [("Connection", "close")]
+        ex.response_tap = ex.tap_for(out)
         if changed is not None and changed.body is not None:
-            client.sock.sendall(head_bytes(out) + changed.body)
-            ex.response_tap.feed(changed.body)
+            body = changed.body if scrub is None else scrub.feed(changed.body) + scrub.flush()
+            client.sock.sendall(head_bytes(out) + body)
+            ex.response_tap.feed(body)
+        elif scrub is not None and not no_body:
+            self._send_scrubbed(upstream, client, out, response, framed, whole, scrub, ex,
+                                chunked=version == "HTTP/1.1")
         else:
-            forward_message(upstream, client.sock, out if changed is None else Head(out.start, out.headers),
-                            no_body=no_body, until_close=not framed, tap=ex.response_tap.feed)
+            forward_message(upstream, client.sock, out, no_body=no_body, until_close=not framed,
+                            tap=ex.response_tap.feed)
         self.rt.recorder.record(ex)
         return keep
 
@@ -292,6 +331,39 @@ class ExchangePipeline:
         if sender.exception is not None:
             raise sender.exception
         return True
+
+    @staticmethod
+    def _decoded_body(upstream: BufferedSocket, response: Head, encodings: list[str], framed: bool) -> bytes:
+        """An encoded body read whole and decoded, so it can be scrubbed (bounded)."""
+        whole = read_whole_body(upstream, response, MAX_SCRUB_BODY, until_close=not framed)
+        if whole is None:
+            raise WireError("an encoded response to a request that carried a secret is too large to check", 502)
+        try:
+            body, cut = decode(whole.payload, encodings, MAX_SCRUB_BODY)
+        except DecodeError as exc:
+            raise WireError(f"cannot decode a response that must be checked for secrets: {exc}", 502) from None
+        if cut:
+            raise WireError("a decoded response to a request that carried a secret is too large to check", 502)
+        return body
+
+    @staticmethod
+    def _send_scrubbed(upstream: BufferedSocket, client: BufferedSocket, out: Head, response: Head, framed: bool,
+                       whole: bytes | None, scrub: ResponseScrubber, ex: Exchange, chunked: bool) -> None:
+        sock = client.sock
+
+        def emit(data: bytes) -> None:
+            if data:
+                sock.sendall(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                ex.response_tap.feed(data)
+
+        sock.sendall(head_bytes(out))
+        if whole is not None:
+            emit(scrub.feed(whole))
+        else:
+            relay_body(upstream, _NOWHERE, response, until_close=not framed, tap=lambda c: emit(scrub.feed(c)))  # type: ignore[arg-type]
+        emit(scrub.flush())
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
 
     def _websocket(self, ex: Exchange, client: BufferedSocket, upstream: BufferedSocket, deflate: bool) -> None:
         client.sock.settimeout(None)
