@@ -48,8 +48,42 @@ def _unmask(data: bytes, key: bytes, offset: int) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(mask, "big")).to_bytes(len(data), "big")
 
 
-def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_frame: Callable[[Frame], None]) -> None:
-    """Forward frames from src to dst until the connection ends; on_frame sees each one."""
+MAX_SCRUBBED_FRAME = 16 * 1024 * 1024
+
+
+def _frame_head(b0: int, length: int) -> bytes:
+    """An unmasked frame header (server → client) for a payload of `length` bytes."""
+    if length < 126:
+        return bytes((b0, length))
+    if length < 1 << 16:
+        return bytes((b0, 126)) + struct.pack("!H", length)
+    return bytes((b0, 127)) + struct.pack("!Q", length)
+
+
+def _scrubbed_payload(payload: bytes, compressed: bool, fin: bool, scrub: Callable[[bytes], bytes]) -> bytes | None:
+    """The payload with secrets replaced, re-compressed when it was; None if nothing changed."""
+    if compressed:
+        try:
+            plain = zlib.decompressobj(-zlib.MAX_WBITS).decompress(payload + _DEFLATE_TAIL, MAX_SCRUBBED_FRAME)
+        except zlib.error:
+            raise WireError("a compressed frame that must be checked for secrets does not inflate") from None
+        new = scrub(plain)
+        if new == plain:
+            return None
+        if not fin:  # the rest of this message's deflate stream follows in other frames
+            raise WireError("a fragmented compressed message holds a secret: connection cut")
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        out = packer.compress(new) + packer.flush(zlib.Z_SYNC_FLUSH)
+        return out[:-4] if out.endswith(_DEFLATE_TAIL) else out
+    new = scrub(payload)
+    return None if new == payload else new
+
+
+def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_frame: Callable[[Frame], None],
+                 scrub: Callable[[bytes], bytes] | None = None) -> None:
+    """Forward frames from src to dst until the connection ends; on_frame sees each one.
+    `scrub` (server → client only): data frames are read whole, and a payload holding a secret
+    the handshake carried upstream is rewritten (docs/design.md, "Secrets never flow back")."""
     while True:
         header = src.read_some(2)
         if not header:
@@ -70,18 +104,28 @@ def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_fram
         elif length == 127:
             (length,) = struct.unpack("!Q", rest[:8])
         key = bytes(rest[-4:]) if b1 & 0x80 else b""
-        dst.sendall(raw)
-        kept = bytearray()
-        remaining, offset = length, 0
-        while remaining > 0:
-            chunk = src.read_some(min(remaining, 65536))
-            if not chunk:
-                raise WireError("connection closed inside a frame")
-            dst.sendall(chunk)
-            if len(kept) < MAX_CAPTURE:
-                kept += _unmask(chunk[: MAX_CAPTURE - len(kept)], key, offset)
-            offset += len(chunk)
-            remaining -= len(chunk)
+        if scrub is not None and not key and (b0 & 0x0F) in (0x0, 0x1, 0x2):
+            if length > MAX_SCRUBBED_FRAME:
+                raise WireError("a frame too large to check for secrets")
+            payload = _read_exact(src, length)
+            new = _scrubbed_payload(payload, deflate and bool(b0 & 0x40), bool(b0 & 0x80), scrub)
+            if new is not None:
+                raw, payload = bytearray(_frame_head(b0, len(new))), new
+            dst.sendall(bytes(raw) + payload)
+            kept, length = bytearray(payload[:MAX_CAPTURE]), len(payload)
+        else:
+            dst.sendall(raw)
+            kept = bytearray()
+            remaining, offset = length, 0
+            while remaining > 0:
+                chunk = src.read_some(min(remaining, 65536))
+                if not chunk:
+                    raise WireError("connection closed inside a frame")
+                dst.sendall(chunk)
+                if len(kept) < MAX_CAPTURE:
+                    kept += _unmask(chunk[: MAX_CAPTURE - len(kept)], key, offset)
+                offset += len(chunk)
+                remaining -= len(chunk)
         frame = Frame(fin=bool(b0 & 0x80), rsv1=bool(b0 & 0x40), opcode=b0 & 0x0F, payload=bytes(kept), size=length)
         if deflate and frame.rsv1 and frame.fin and frame.size <= MAX_CAPTURE:
             try:
@@ -96,10 +140,10 @@ def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_fram
 
 
 def _read_exact(src: BufferedSocket, n: int) -> bytes:
-    data = b""
+    data = bytearray()
     while len(data) < n:
         chunk = src.read_some(n - len(data))
         if not chunk:
-            raise WireError("connection closed inside a frame header")
+            raise WireError("connection closed inside a frame")
         data += chunk
-    return data
+    return bytes(data)

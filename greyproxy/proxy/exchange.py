@@ -369,9 +369,13 @@ class ExchangePipeline:
         client.sock.settimeout(None)
         upstream.sock.settimeout(None)
 
+        scrubber = ResponseScrubber(ex.reverse) if ex.reverse else None
+        scrub = (lambda data: scrubber.feed(data) + scrubber.flush()) if scrubber is not None else None
+
         def pump(src: BufferedSocket, dst: BufferedSocket, from_client: bool) -> None:
             try:
-                relay_frames(src, dst.sock, deflate, lambda f: self.rt.recorder.frame(ex, f, from_client))
+                relay_frames(src, dst.sock, deflate, lambda f: self.rt.recorder.frame(ex, f, from_client),
+                             scrub=None if from_client else scrub)
             except (OSError, WireError):
                 pass
 

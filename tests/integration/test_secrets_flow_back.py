@@ -115,3 +115,40 @@ def test_echoed_secret_comes_back_as_the_placeholder(setup, scheme, path):
     assert SECRET not in answer, answer
     assert f"Echo-Authorization: Bearer {PLACEHOLDER}" in answer
     assert PLACEHOLDER in answer.split("\r\n\r\n", 1)[1]  # the body names the placeholder instead
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_websocket_echo_of_the_handshake_secret_comes_back_as_the_placeholder(setup, tmp_path, compression):
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
+
+    from tests.integration.netutil import http_connect
+
+    gp, _plain, tls = setup
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "origin-leaf.pem")  # signed by the CA the proxy trusts (fixture)
+    received: list[str] = []
+
+    def echo(ws):  # noqa: ANN001
+        received.append(ws.request.headers.get("Authorization", ""))
+        for message in ws:
+            ws.send(f"{message} {received[-1]}")
+
+    server = serve(echo, "127.0.0.1", free_port("127.0.0.1"), ssl=ctx, compression="deflate")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.socket.getsockname()[1]
+    try:
+        gp.api("POST", "/api/rules", json={"container_pattern": "echoer", "destination_pattern": "localhost",
+                                           "port_pattern": str(port)})
+        status, _, raw = http_connect(gp.ports["http"], "localhost", port, user="echoer")
+        assert status == 200
+        sock = ssl.create_default_context(cafile=str(gp.data_dir / "ca-cert.pem")).wrap_socket(
+            raw, server_hostname="localhost")
+        with connect(f"ws://localhost:{port}/chat", sock=sock, compression=compression,
+                     additional_headers={"Authorization": f"Bearer {PLACEHOLDER}"}) as ws:
+            ws.send("hello")
+            answer = ws.recv(timeout=10)
+        assert received and received[-1] == f"Bearer {SECRET}"
+        assert SECRET not in answer and answer == f"hello Bearer {PLACEHOLDER}"
+    finally:
+        server.shutdown()
