@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "silent_allow": False,
     "enforce_expiry_on_open": True,
     "api": {"auth": "token", "allowed_origins": []},
-    "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None},
+    "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None, "opaque": "allow"},
     "dns": {"upstream": [], "policy": "log"},
     "guard": {"private_ranges": "allow"},
     "identity": {"anonymous": "challenge"},
@@ -292,6 +292,8 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
     upstream = tuple(parse_dns_server(e, f"dns.upstream[{i}]") for i, e in enumerate(dns["upstream"] or []))
     if dns["policy"] not in ("log", "enforce"):
         raise ConfigError("'dns.policy' must be 'log' or 'enforce'")
+    if merged["mitm"]["opaque"] not in ("allow", "deny"):
+        raise ConfigError("'mitm.opaque' must be 'allow' or 'deny'")
     if guard["private_ranges"] not in ("allow", "deny"):
         raise ConfigError("'guard.private_ranges' must be 'allow' or 'deny'")
     anonymous = merged["identity"]["anonymous"]

@@ -198,3 +198,29 @@ def test_a_request_line_dribbled_after_sniffing_is_cut_not_piped(setup):
     rows = gp.wait_for(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
                                 if r.get("reason") == "unparsed_http"])
     assert rows
+
+
+def test_opaque_tunnels_follow_the_policy(gp_factory):
+    """mitm.opaque: allow pipes a non-HTTP, non-TLS stream (logged non_tls); deny refuses it."""
+    from tests.integration.netutil import EchoServer, http_connect
+
+    echo = EchoServer()
+    try:
+        for policy, works in (("allow", True), ("deny", False)):
+            gp = gp_factory(config_yaml=f"mitm: {{opaque: {policy}}}\n", name=f"data-{policy}")
+            gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": echo.host})
+            status, _, sock = http_connect(gp.ports["http"], echo.host, echo.port)
+            assert status == 200
+            sock.settimeout(5)
+            try:
+                sock.sendall(b"\x00\x01binary protocol\n")
+                got = sock.recv(100)
+            except OSError:
+                got = b""
+            sock.close()
+            assert (got == b"\x00\x01binary protocol\n") is works, (policy, got)
+            if not works:
+                assert gp.wait_for(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
+                                            if r.get("reason") == "opaque_refused"])
+    finally:
+        echo.close()

@@ -108,6 +108,13 @@ class Interceptor:
         if kind == "tls":
             self._tls(admission, client, upstream, early)
             return
+        if self.rt.config.raw["mitm"].get("opaque", "allow") == "deny":
+            a = admission
+            self.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP", Decision(Verdict.DENY, "opaque_refused"),
+                                0, resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+            for sock in (client, upstream):  # nothing went upstream
+                sock.close()
+            return
         self._skipped(admission, "non_tls")
         if early:
             upstream.sendall(early)
