@@ -220,7 +220,7 @@ def test_opaque_tunnels_follow_the_policy(gp_factory):
             sock.close()
             assert (got == b"\x00\x01binary protocol\n") is works, (policy, got)
             if not works:
-                assert gp.wait_for(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
-                                            if r.get("reason") == "opaque_refused"])
+                assert gp.wait_for(lambda g=gp: [r for r in g.api("GET", "/api/logs").json()["items"]
+                                                  if r.get("reason") == "opaque_refused"])
     finally:
         echo.close()
