@@ -21,6 +21,7 @@ from gevent.server import StreamServer
 from greyproxy import __version__, sdnotify
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.redact import Redactor
+from greyproxy.capture.scrub import Scrubber
 from greyproxy.config import Config, ListenAddress, load_config
 from greyproxy.conversations.assembler import ConversationAssembler
 from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
@@ -178,6 +179,10 @@ class Runtime:
         """Sessions and credentials (§11): a key of the wrong size turns credential support off
         with a clear error instead of silently replacing the key (which would lose every secret)."""
         self.vault = Vault()
+        # D16, D31: nothing stored holds a real value (transactions, frames, logs, audit entries).
+        self.scrubber = Scrubber(self.vault)
+        self.audit.scrub = self.scrubber.text
+        self.writer.scrub_row = self.scrubber.row
         key_error, created = None, False
         try:
             key, created = load_or_create_key(self.config.data_dir)

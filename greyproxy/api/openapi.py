@@ -148,7 +148,10 @@ SCHEMAS: dict[str, Any] = {
                                   "action": s("string", enum=["allow", "deny"]), "notes": STR})),
         "allow_all": BOOL, "proxy_token": s("string", "required as the proxy password from then on (D12)"),
     }, ("session_id", "container_name")),
-    "Credential": obj({"id": STR, "label": STR, "placeholder": STR, "value_preview": STR, "hosts": arr(STR),
+    "Credential": obj({"id": STR, "label": STR, "placeholder": STR,
+                       "value_preview": s("string", "at most the first 4 characters, nothing under 12 (D31)"),
+                       "hosts": arr(STR),
+                       "containers": s("array", "container patterns that may use it; empty = any (D31)", items=STR),
                        "created_at": TIME}),
     "ContainerMode": obj({"id": INT, "container_pattern": STR, "mode": s("string", enum=["enforce", "report", "open"]),
                           "created_at": NTIME, "source": s("string", enum=["config", "api"])}),
@@ -380,7 +383,8 @@ def build_spec() -> dict[str, Any]:
         "/api/credentials": {
             "get": op("Global credentials (values never shown)", "sessions", arr(ref("Credential"))),
             "post": op("Store a global credential", "sessions", ref("Credential"), errors=(400, 409, 415, 503),
-                       request=body(obj({"label": STR, "value": STR, "hosts": arr(STR)}, ("label", "value")))),
+                       request=body(obj({"label": STR, "value": STR, "hosts": arr(STR), "containers": arr(STR)},
+                                         ("label", "value")))),
         },
         "/api/credentials/{credential_id}": {"delete": op(
             "Delete a global credential", "sessions", obj({"id": STR, "deleted": BOOL}),

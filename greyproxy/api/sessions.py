@@ -10,7 +10,11 @@ from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import bool_field, choice, int_field, json_object, str_field
 from greyproxy.credentials.placeholders import PREFIX, is_placeholder
-from greyproxy.policy.patterns import normalize_destination_pattern, normalize_port_pattern
+from greyproxy.policy.patterns import (
+    normalize_container_pattern,
+    normalize_destination_pattern,
+    normalize_port_pattern,
+)
 from greyproxy.services.credentials import CredentialsUnavailable, UnknownCredentials
 from greyproxy.services.rules import NewRule, NotFound
 from greyproxy.services.sessions import Mapping, SessionSpec
@@ -36,6 +40,15 @@ def _hosts(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
         raise ApiError(400, f"'{where}.hosts' must be a list of destination patterns")
     return tuple(normalize_destination_pattern(h) for h in value)
+
+
+def _containers(value: Any) -> tuple[str, ...]:
+    """`containers` of a global credential (D31): container patterns, validated like a rule's."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ApiError(400, "'containers' must be a list of container patterns")
+    return tuple(dict.fromkeys(normalize_container_pattern(c) for c in value))
 
 
 def _mappings(body: dict[str, Any]) -> tuple[Mapping, ...]:
@@ -155,7 +168,8 @@ def create_credential() -> Any:
     if not label or not value:
         raise ApiError(400, "label and value are required")
     try:
-        return runtime().credentials.create(label, value, _hosts(body.get("hosts"), "credential"))
+        return runtime().credentials.create(label, value, _hosts(body.get("hosts"), "credential"),
+                                            _containers(body.get("containers")))
     except CredentialsUnavailable as exc:
         raise _unavailable(exc) from None
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from greyproxy.capture.bodies import BodyTap
+from greyproxy.capture.scrub import Scrub
 from greyproxy.capture.serialize import transaction_to_json
 from greyproxy.capture.websocket import Frame
 from greyproxy.proxy.httpwire import Head
@@ -62,28 +63,40 @@ class TransactionRecorder:
         if self.rt.bus.wants("transaction.new"):  # serializing for nobody is wasted hub time
             self.rt.bus.publish("transaction.new", transaction_to_json(txn))
 
-    def _headers(self, head: Head | None) -> str | None:
+    def _headers(self, head: Head | None, scrub: Scrub | None) -> str | None:
         if head is None:
             return None
-        return json.dumps(self.rt.redactor.headers(head.headers))
+        stored = self.rt.redactor.headers(head.headers)
+        return json.dumps(stored if scrub is None else scrub.headers(stored))
+
+    def _scrub(self, ex: Exchange) -> Scrub | None:
+        """What this exchange's rows must not hold (D31): every vault value, the secrets
+        substituted into its request and the raw values redacted from it."""
+        return self.rt.scrubber.for_exchange(ex.reverse, ex.redacted_values)
 
     def record(self, ex: Exchange) -> None:
         req_body, req_size, req_cut = ex.request_tap.result() if ex.request_tap else (None, 0, False)
         resp_body, resp_size, resp_cut = ex.response_tap.result() if ex.response_tap else (None, 0, False)
+        scrub = self._scrub(ex)
+        url = self.rt.redactor.url(ex.url)
+        if scrub is not None:
+            url = scrub(url)
+            req_body = scrub.data(req_body, req_cut)
+            resp_body = scrub.data(resp_body, resp_cut)
         row: dict[str, Any] = {
             "timestamp": utcnow(),
             "container_name": ex.container,
             "destination_host": ex.host,
             "destination_port": ex.port,
             "method": ex.request.start[0],
-            "url": self.rt.redactor.url(ex.url),
-            "request_headers": self._headers(ex.request),
+            "url": url,
+            "request_headers": self._headers(ex.request, scrub),
             "request_body": req_body,
             "request_body_size": req_size,
             "request_body_truncated": req_cut,
             "request_content_type": ex.request.get("content-type"),
             "status_code": int(ex.response.start[1]) if ex.response else None,
-            "response_headers": self._headers(ex.response),
+            "response_headers": self._headers(ex.response, scrub),
             "response_body": resp_body,
             "response_body_size": resp_size,
             "response_body_truncated": resp_cut,
@@ -102,17 +115,24 @@ class TransactionRecorder:
         self.rt.metrics.relayed(frame.size if from_client else 0, 0 if from_client else frame.size)
         if not frame.payload:
             return
-        url = ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        url = self.rt.redactor.url(ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1))
+        payload = frame.payload
+        truncated = len(frame.payload) < frame.size and not frame.inflated
+        scrub = self._scrub(ex)
+        if scrub is not None:
+            url = scrub(url)
+            # A value may be cut by the capture limit or by the fragment boundaries of a message.
+            payload = scrub.data(payload, truncated or frame.inflated or not frame.fin, frame.opcode == 0)
         row: dict[str, Any] = {
             "timestamp": utcnow(),
             "container_name": ex.container,
             "destination_host": ex.host,
             "destination_port": ex.port,
             "method": "WS_REQ" if from_client else "WS_RESP",
-            "url": self.rt.redactor.url(url),
-            "request_body": frame.payload,
+            "url": url,
+            "request_body": payload,
             "request_body_size": frame.size,
-            "request_body_truncated": len(frame.payload) < frame.size and not frame.inflated,
+            "request_body_truncated": truncated,
             "status_code": 101,
             "rule_id": ex.rule_id,
             "session_id": ex.session_id,

@@ -168,8 +168,13 @@ class Gatekeeper:
         self, exchange: Exchange, headers: list[tuple[str, str]], target: str, host: str
     ) -> tuple[list[tuple[str, str]], str]:
         """Swap credential placeholders for secrets in what goes upstream (§11.2, D15); the
-        exchange keeps the original request for storage and learns which labels were used."""
-        new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host)
+        exchange keeps the original request for storage and learns which labels were used, the
+        real values it carries (`reverse`, for the response) and the values redaction removes
+        from it (`redacted_values`, scrubbed from storage). Only the connection's own secrets are
+        swapped (D31): a session's for its container (a connection naming the session has that
+        container as its identity, D12), a global one for the containers it is bound to."""
+        new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host,
+                                                                           container=exchange.container)
         exchange.redacted_values = self.rt.redactor.redacted_values(exchange.request.headers, exchange.url)
         if result.changed:
             exchange.reverse = result.reverse

@@ -77,6 +77,9 @@ class AuditLog:
         self._last = {name: get() for name, get in current.items()}
         last = AuditEntry.select(AuditEntry.hash).order_by(AuditEntry.id.desc()).first()
         self._prev_hash = last.hash if last is not None else ""
+        # Text scrubber applied to every entry before it is hashed and stored (D16, D31): no
+        # real credential value, whatever an event carried. The runtime sets it once the vault exists.
+        self.scrub: Callable[[str], str] | None = None
         bus.add_hook(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -87,6 +90,10 @@ class AuditLog:
     def record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None = None) -> None:
         at, who = now_text(), actor or current_actor.get()
         before_text, after_text = canonical(scrub(before)), canonical(scrub(after))
+        if self.scrub is not None:
+            target = self.scrub(target) if target else target
+            before_text = self.scrub(before_text) if before_text else before_text
+            after_text = self.scrub(after_text) if after_text else after_text
         digest = entry_hash(self._prev_hash, at, who, kind, target, before_text, after_text)
         AuditEntry.create(timestamp=at, actor=who, kind=kind, target=target, before=before_text,
                           after=after_text, prev_hash=self._prev_hash, hash=digest)

@@ -1,4 +1,5 @@
-"""Global credentials (§11.4): values encrypted at rest, loaded into the vault at start."""
+"""Global credentials (§11.4): values encrypted at rest, loaded into the vault at start; bound to
+destinations (`hosts`, D15) and to containers (`containers`, D31) when those are set."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def credential_to_json(row: GlobalCredential) -> dict[str, Any]:
         "placeholder": row.placeholder,
         "value_preview": row.value_preview,
         "hosts": json.loads(row.hosts_json or "[]"),
+        "containers": json.loads(row.containers_json or "[]"),
         "created_at": iso(row.created_at),
     }
 
@@ -65,12 +67,16 @@ class CredentialService:
                     log.warning("dropping global credential %s: it was encrypted with a lost key", row.label)
                     row.delete_instance()
                 continue
-            self.vault.put(Secret(row.placeholder, value, row.label, None, tuple(json.loads(row.hosts_json or "[]"))))
+            preview = value_preview(value)
+            if row.value_preview != preview:  # stored by an older rule (D31): recomputed from the value
+                GlobalCredential.update(value_preview=preview).where(GlobalCredential.id == row.id).execute()
+            self.vault.put(Secret(row.placeholder, value, row.label, None, tuple(json.loads(row.hosts_json or "[]")),
+                                  tuple(json.loads(row.containers_json or "[]"))))
 
     def list(self) -> list[dict[str, Any]]:
         return [credential_to_json(r) for r in GlobalCredential.select().order_by(GlobalCredential.created_at)]
 
-    def create(self, label: str, value: str, hosts: Sequence[str] = ()) -> dict[str, Any]:
+    def create(self, label: str, value: str, hosts: Sequence[str] = (), containers: Sequence[str] = ()) -> dict[str, Any]:
         key = self.require_key()
         if GlobalCredential.get_or_none(GlobalCredential.label == label) is not None:
             raise Conflict(f"a global credential labelled {label!r} already exists")
@@ -81,9 +87,10 @@ class CredentialService:
             value_enc=encrypt(key, value.encode()),
             value_preview=value_preview(value),
             hosts_json=json.dumps(list(hosts)),
+            containers_json=json.dumps(list(containers)),
             created_at=utcnow(),
         )
-        self.vault.put(Secret(row.placeholder, value, label, None, tuple(hosts)))
+        self.vault.put(Secret(row.placeholder, value, label, None, tuple(hosts), tuple(containers)))
         data = credential_to_json(row)
         self.bus.publish("credential.created", data)
         return data

@@ -167,20 +167,26 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
     resp_body, resp_size, resp_cut = tap.result()
     redactor = rt.redactor
     content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
+    # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
+    scrub = rt.scrubber.for_exchange(redactor.redacted_values(sent_headers, row.url))
+    url, req_headers, resp_headers = redactor.url(row.url), redactor.headers(sent_headers), redactor.headers(response_headers)
+    if scrub is not None:
+        url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
+        req_body, resp_body = scrub.data(req_body, req_cut), scrub.data(resp_body, resp_cut)
     new = HttpTransaction.create(
         timestamp=utcnow(),
         container_name=row.container_name,
         destination_host=host,
         destination_port=port,
         method=row.method,
-        url=redactor.url(row.url),
-        request_headers=json.dumps(redactor.headers(sent_headers)),
+        url=url,
+        request_headers=json.dumps(req_headers),
         request_body=req_body,
         request_body_size=req_size,
         request_body_truncated=req_cut,
         request_content_type=row.request_content_type,
         status_code=status,
-        response_headers=json.dumps(redactor.headers(response_headers)),
+        response_headers=json.dumps(resp_headers),
         response_body=resp_body,
         response_body_size=resp_size,
         response_body_truncated=resp_cut,

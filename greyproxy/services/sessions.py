@@ -198,7 +198,7 @@ class SessionService:
             return False
         for m in mappings:
             self.vault.put(Secret(m["placeholder"], m["value"], m.get("label") or m["placeholder"][-8:],
-                                  row.session_id, tuple(m.get("hosts") or ())))
+                                  row.session_id, tuple(m.get("hosts") or ()), (row.container_name,)))
         return True
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -236,7 +236,9 @@ class SessionService:
             )
         self.vault.remove_session(spec.session_id)
         for m in spec.mappings:
-            self.vault.put(Secret(m.placeholder, m.value, labels[m.placeholder], spec.session_id, m.hosts))
+            # D31: only the session's own container (or a connection naming the session) gets it.
+            self.vault.put(Secret(m.placeholder, m.value, labels[m.placeholder], spec.session_id, m.hosts,
+                                  (spec.container_name,)))
         self._set_live(self._info(row), spec.session_id)
         rules = [
             NewRule(container_pattern=spec.container_name, destination_pattern=r.destination_pattern,

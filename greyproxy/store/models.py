@@ -253,6 +253,7 @@ class GlobalCredential(BaseModel):
     value_preview = peewee.TextField()
     hosts_json = peewee.TextField(default="[]")
     created_at = peewee.DateTimeField()
+    containers_json = peewee.TextField(default="[]")  # container patterns; [] = any (migration 0008)
 
     class Meta:
         table_name = "global_credentials"

@@ -55,6 +55,9 @@ class StoreWriter:
         self.on_transactions: Callable[[], None] = lambda: None
         # (table, seconds, rows) for each batch written; the runtime points it at the metrics.
         self.observe_batch: Callable[[str, float, int], None] = lambda _table, _seconds, _rows: None
+        # Applied to each log row and middleware event before it is written (D31: no real
+        # credential value in storage); the runtime points it at the scrubber.
+        self.scrub_row: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
 
     # -- called from the connection path: memory only ----------------------------------
     def log(self, **row: Any) -> None:
@@ -143,7 +146,7 @@ class StoreWriter:
             used, self._used = self._used, set()
             self.rules.touch_used(used, utcnow())
         while self._logs:
-            batch = [self._logs[i] for i in range(min(BATCH_ROWS, len(self._logs)))]
+            batch = [self.scrub_row(self._logs[i]) for i in range(min(BATCH_ROWS, len(self._logs)))]
             started = time.monotonic()
             insert_rows(self.db, RequestLog, batch)
             self.observe_batch("request_logs", time.monotonic() - started, len(batch))
@@ -151,7 +154,7 @@ class StoreWriter:
                 self._logs.popleft()
             self.rows_written += len(batch)
         while self._middleware_events:
-            batch = [self._middleware_events.popleft()
+            batch = [self.scrub_row(self._middleware_events.popleft())
                      for _ in range(min(BATCH_ROWS, len(self._middleware_events)))]
             insert_rows(self.db, MiddlewareEvent, batch)
         while self._skips:
