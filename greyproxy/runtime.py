@@ -50,7 +50,7 @@ from greyproxy.proxy.tracker import ConnectionTracker
 from greyproxy.reload import Reloader, sync_rules_files
 from greyproxy.services.audit import AuditLog, current_actor
 from greyproxy.services.credentials import CredentialService
-from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy
+from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy, ScrubJob
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
 from greyproxy.services.policy_state import PolicyHolder
@@ -138,6 +138,7 @@ class Runtime:
         self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
+        self.scrub_job = ScrubJob(self.db, self.bus, lambda: self.redactor, self.scrubber, self.vault, self.audit)
         self.recorder = TransactionRecorder(self)
         self.assembler = ConversationAssembler(self.db, self.bus,
                                                lambda: bool(self.settings.values()["conversationsEnabled"]))

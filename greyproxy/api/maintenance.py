@@ -1,4 +1,5 @@
-"""Maintenance of stored traffic: retro-active header redaction (§5, §9) and retention (D19).
+"""Maintenance of stored traffic: retro-active header redaction (§5, §9), retro-active secret
+scrubbing (D31) and retention (D19).
 
 `GET /api/maintenance/redact-headers` (the job's last progress) and `POST
 /api/maintenance/prune` (run retention now instead of at the next 10-minute tick) are ours;
@@ -12,6 +13,7 @@ from typing import Any
 from flask import Blueprint
 
 from greyproxy.api.context import runtime
+from greyproxy.services.audit import current_actor
 
 bp = Blueprint("maintenance", __name__)
 
@@ -27,6 +29,19 @@ def redact_headers() -> Any:
 @bp.get("/api/maintenance/redact-headers")
 def redact_headers_status() -> Any:
     return {k: v for k, v in runtime().redaction.status.items()}
+
+
+@bp.post("/api/maintenance/scrub-secrets")
+def scrub_secrets() -> Any:
+    # D31: stored rows from before capture-time scrubbing (echoed secrets, raw redacted values).
+    runtime().writer.flush()
+    runtime().scrub_job.start(current_actor.get())  # Conflict (409) while a run is in progress
+    return {"status": "scrubbing started"}
+
+
+@bp.get("/api/maintenance/scrub-secrets")
+def scrub_secrets_status() -> Any:
+    return {k: v for k, v in runtime().scrub_job.status.items()}
 
 
 @bp.post("/api/maintenance/prune")

@@ -368,6 +368,13 @@ def build_spec() -> dict[str, Any]:
                        "maintenance.progress events)", "maintenance", obj({"status": STR}), errors=(409,)),
             "get": op("Last state of that job", "maintenance", ref("MaintenanceProgress")),
         },
+        "/api/maintenance/scrub-secrets": {
+            "post": op("Replace every known secret value (credentials, session mappings) and each request's "
+                       "redacted values by [REDACTED] in stored exchanges, frames, logs, conversations and audit "
+                       "entries (background job in batches; progress as maintenance.progress events)",
+                       "maintenance", obj({"status": STR}), errors=(409,)),
+            "get": op("Last state of that job", "maintenance", ref("MaintenanceProgress")),
+        },
         "/api/maintenance/prune": {"post": op("Run retention now", "maintenance", ANY_OBJECT, errors=(409,))},
         "/api/sessions": {
             "get": op("Live sessions", "sessions", arr(ref("Session"))),

@@ -75,6 +75,9 @@ class Vault:
     def secrets(self) -> list[Secret]:
         return list(self._secrets.values())
 
+    def get(self, placeholder: str) -> Secret | None:
+        return self._secrets.get(placeholder)
+
     def put(self, secret: Secret) -> None:
         self._secrets[secret.placeholder] = secret
         self.version += 1

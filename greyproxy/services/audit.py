@@ -87,6 +87,10 @@ class AuditLog:
         if change is not None:
             self.record(*change)
 
+    def resume(self, head_hash: str) -> None:
+        """The chain was recomputed (the scrub job, D31): new entries follow this head."""
+        self._prev_hash = head_hash
+
     def record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None = None) -> None:
         at, who = now_text(), actor or current_actor.get()
         before_text, after_text = canonical(scrub(before)), canonical(scrub(after))

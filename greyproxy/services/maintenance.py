@@ -1,5 +1,5 @@
-"""Background upkeep of stored traffic: the retro-active header redaction job (§9) and
-retention (D19).
+"""Background upkeep of stored traffic: the retro-active header redaction job (§9), the
+retro-active secret scrubbing job (D31) and retention (D19).
 
 Both run in greenlets and share the process's single database connection, so every batch is
 one short transaction with no cooperative yield inside it, and the loop yields between batches:
@@ -22,10 +22,20 @@ from gevent.lock import Semaphore
 
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.serialize import parse_json_column
+from greyproxy.credentials.placeholders import mask_stored_preview, value_preview
 from greyproxy.events import Bus
 from greyproxy.policy.durations import DurationError, parse_go_duration
+from greyproxy.services.audit import canonical, entry_hash
 from greyproxy.services.rules import Conflict
-from greyproxy.store.models import HttpTransaction, PendingRequest, RequestLog
+from greyproxy.store.models import (
+    AuditEntry,
+    Conversation,
+    HttpTransaction,
+    MiddlewareEvent,
+    PendingRequest,
+    RequestLog,
+    Turn,
+)
 from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.maintenance")
@@ -39,17 +49,16 @@ ROW_OVERHEAD = 200  # bytes a transaction row takes besides its text and blob co
 RETENTION_INTERVAL = 600.0  # seconds between retention runs
 
 
-# -- retro-active header redaction -------------------------------------------------------------
-class RedactionJob:
-    """`POST /api/maintenance/redact-headers`: rewrite every stored transaction's headers (and
-    URL) with the current redaction patterns. Idempotent; one run at a time."""
+# -- background jobs ---------------------------------------------------------------------------
+class BackgroundJob:
+    """One run at a time in a greenlet, progress as `maintenance.progress` events and `status`."""
 
-    TASK = "redact_headers"
+    TASK = ""
+    WHAT = ""
 
-    def __init__(self, db: peewee.Database, bus: Bus, redactor: Callable[[], Redactor]) -> None:
+    def __init__(self, db: peewee.Database, bus: Bus) -> None:
         self.db = db
         self.bus = bus
-        self.redactor = redactor
         self.greenlet: gevent.Greenlet | None = None
         self.status: dict[str, Any] = {"task": self.TASK, "processed": 0, "total": 0, "done": True, "running": False}
 
@@ -59,7 +68,7 @@ class RedactionJob:
 
     def start(self) -> None:
         if self.running:
-            raise Conflict("header redaction is already running")
+            raise Conflict(f"{self.WHAT} is already running")
         self.status = {"task": self.TASK, "processed": 0, "total": 0, "done": False, "running": True}
         self.greenlet = gevent.spawn(self._run_safely)
 
@@ -70,11 +79,27 @@ class RedactionJob:
     def _run_safely(self) -> None:
         try:
             changed = self.run()
-            log.info("header redaction done: %s of %s rows changed", changed, self.status["total"])
+            log.info("%s done: %s of %s rows changed", self.WHAT, changed, self.status["total"])
         except Exception as exc:  # reported to whoever watches, never a dead job that looks alive
-            log.exception("header redaction failed")
+            log.exception("%s failed", self.WHAT)
             self.status["running"] = False
             self._progress(done=True, error=str(exc))
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+
+# -- retro-active header redaction -------------------------------------------------------------
+class RedactionJob(BackgroundJob):
+    """`POST /api/maintenance/redact-headers`: rewrite every stored transaction's headers (and
+    URL) with the current redaction patterns. Idempotent; one run at a time."""
+
+    TASK = "redact_headers"
+    WHAT = "header redaction"
+
+    def __init__(self, db: peewee.Database, bus: Bus, redactor: Callable[[], Redactor]) -> None:
+        super().__init__(db, bus)
+        self.redactor = redactor
 
     def run(self) -> int:
         """Redact in id order, REDACT_BATCH rows per transaction; returns the rows changed."""
@@ -124,6 +149,263 @@ def _redacted_columns(row: HttpTransaction, redactor: Redactor) -> dict[Any, Any
     if url != row.url:
         changes[HttpTransaction.url] = url
     return changes
+
+
+# -- retro-active secret scrubbing (D31) -------------------------------------------------------
+SCRUB_ROWS = 200  # rows of one table per batch
+SCRUB_BYTES = 8 * 1024 * 1024  # body bytes per batch of transactions (at least one row)
+LOG_COLUMNS = ("container_name", "container_id", "destination_host", "resolved_hostname", "method", "reason",
+               "would", "mitm_skip_reason", "dialed_ip")
+MIDDLEWARE_COLUMNS = ("middleware", "reason", "tags", "container_name", "destination_host", "method", "url")
+CONVERSATION_COLUMNS = ("model", "client_name", "system_prompt", "system_prompt_summary", "first_prompt",
+                        "metadata_json", "incomplete_reason")
+TURN_COLUMNS = ("user_prompt", "steps_json", "model")
+
+
+class ScrubJob(BackgroundJob):
+    """`POST /api/maintenance/scrub-secrets`: what the capture-time scrubbing (capture/scrub.py)
+    does, applied to what is already stored, for installs that captured echoes before it:
+
+    - transactions and frames: every vault value, and each row's own request values the
+      current redaction would remove (recovered from its stored request headers and URL when
+      they were stored raw), in URL, headers (any name) and bodies; headers and URL also get
+      the current redaction, as `redact-headers` would;
+    - request logs, middleware events, conversations and turns: every vault value;
+    - audit entries: every vault value, and `value_preview` fields cut to the current rule
+      (recomputed from the value while the credential exists). Rewriting an entry changes its
+      hash, so the chain is recomputed from the first rewritten entry on, in one transaction,
+      and a `maintenance.scrub` entry records it with the head hash before the rewrite: the
+      chain verifies, and the rewrite itself is on record.
+
+    Batches are one short transaction each (SCRUB_ROWS rows, for transactions also at most
+    SCRUB_BYTES of bodies) with a yield between them, in a greenlet, never on a connection's path.
+    On SQLite the replaced content is also gone from disk (secure_delete, then a WAL checkpoint).
+    Idempotent: a second run changes nothing."""
+
+    TASK = "scrub_secrets"
+    WHAT = "secret scrubbing"
+
+    def __init__(self, db: peewee.Database, bus: Bus, redactor: Callable[[], Redactor], scrubber: Any,
+                 vault: Any, audit: Any) -> None:
+        super().__init__(db, bus)
+        self.redactor = redactor
+        self.scrubber = scrubber
+        self.vault = vault
+        self.audit = audit
+        self.actor = "system"
+
+    def start(self, actor: str = "system") -> None:
+        self.actor = actor
+        super().start()
+
+    def run(self) -> int:
+        # SQLite keeps what a rewrite replaced: in the WAL until a checkpoint, and in the freed
+        # space of pages. secure_delete zeroes freed content while the job runs; the checkpoint
+        # at the end moves the rewritten pages into the database file and empties the WAL.
+        sqlite = isinstance(self.db, peewee.SqliteDatabase)
+        before = self.db.execute_sql("PRAGMA secure_delete").fetchone()[0] if sqlite else None
+        if sqlite:
+            self.db.execute_sql("PRAGMA secure_delete = 1")
+        try:
+            return self._run()
+        finally:
+            if sqlite:
+                self.db.execute_sql(f"PRAGMA secure_delete = {int(before or 0)}")
+                try:
+                    self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                except peewee.DatabaseError:  # a reader still holds the WAL: the next checkpoint will do
+                    log.warning("secret scrubbing: the WAL checkpoint did not complete")
+
+    def _run(self) -> int:
+        tables: list[tuple[type[peewee.Model], tuple[str, ...]]] = [
+            (RequestLog, LOG_COLUMNS), (MiddlewareEvent, MIDDLEWARE_COLUMNS),
+            (Conversation, CONVERSATION_COLUMNS), (Turn, TURN_COLUMNS),
+        ]
+        everywhere = self.scrubber.everywhere()
+        max_txn = HttpTransaction.select(peewee.fn.MAX(HttpTransaction.id)).scalar() or 0
+        total = HttpTransaction.select().where(HttpTransaction.id <= max_txn).count()
+        if everywhere is not None:
+            total += sum(model.select().count() for model, _ in tables)
+        total += AuditEntry.select().count()
+        self._progress(total=total, processed=0)
+        changed: dict[str, int] = {}
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            self._progress(processed=done)
+            gevent.sleep(0)
+
+        changed["http_transactions"] = self._transactions(max_txn, advance)
+        for model, columns in tables:
+            if everywhere is not None:
+                changed[model._meta.table_name] = _scrub_table(self.db, model, columns, everywhere, advance)
+        changed["audit_log"] = self._audit(everywhere, advance)
+        self.status["running"] = False
+        self._progress(processed=done, done=True, changed=changed)
+        return sum(changed.values())
+
+    # -- transactions ---------------------------------------------------------------------
+    def _transactions(self, max_id: int, advance: Callable[[int], None]) -> int:
+        redactor = self.redactor()
+        size = (peewee.fn.COALESCE(peewee.fn.LENGTH(HttpTransaction.request_body), 0)
+                + peewee.fn.COALESCE(peewee.fn.LENGTH(HttpTransaction.response_body), 0))
+        last_id, changed = 0, 0
+        while True:
+            sized = list(HttpTransaction.select(HttpTransaction.id, size.alias("bytes"))
+                         .where((HttpTransaction.id > last_id) & (HttpTransaction.id <= max_id))
+                         .order_by(HttpTransaction.id).limit(SCRUB_ROWS).tuples())
+            if not sized:
+                return changed
+            ids, budget = [], 0
+            for row_id, nbytes in sized:
+                if ids and budget + (nbytes or 0) > SCRUB_BYTES:
+                    break
+                ids.append(row_id)
+                budget += nbytes or 0
+            rows = list(HttpTransaction.select(
+                HttpTransaction.id, HttpTransaction.url, HttpTransaction.request_headers,
+                HttpTransaction.response_headers, HttpTransaction.request_body, HttpTransaction.response_body,
+                HttpTransaction.request_body_truncated, HttpTransaction.response_body_truncated,
+            ).where(HttpTransaction.id.in_(ids)).order_by(HttpTransaction.id))
+            with self.db.atomic():
+                for row in rows:
+                    changes = _scrubbed_transaction(row, redactor, self.scrubber)
+                    if changes:
+                        HttpTransaction.update(changes).where(HttpTransaction.id == row.id).execute()
+                        changed += 1
+            last_id = ids[-1]
+            advance(len(ids))
+
+    # -- audit ----------------------------------------------------------------------------
+    def _preview(self, data: Any) -> Any:
+        """`value_preview` fields cut to the current rule (from the value when it is known)."""
+        if isinstance(data, list):
+            return [self._preview(v) for v in data]
+        if not isinstance(data, dict):
+            return data
+        out = {k: self._preview(v) for k, v in data.items()}
+        preview = out.get("value_preview")
+        if isinstance(preview, str):
+            secret = self.vault.get(out.get("placeholder")) if isinstance(out.get("placeholder"), str) else None
+            out["value_preview"] = value_preview(secret.value) if secret is not None else mask_stored_preview(preview)
+        return out
+
+    def _audit_text(self, text: str | None, everywhere: Any) -> str | None:
+        if not text:
+            return text
+        if "value_preview" in text:
+            data = parse_json_column(text)
+            if data is not None:
+                fixed = self._preview(data)
+                if fixed != data:
+                    text = canonical(fixed)
+        return everywhere(text) if everywhere is not None and text else text
+
+    def _audit(self, everywhere: Any, advance: Callable[[int], None]) -> int:
+        """Rewrite and re-chain in one transaction with no yield: no entry can be recorded
+        between the rewrite and the new head (AuditLog keeps the head in memory)."""
+        rows = list(AuditEntry.select().order_by(AuditEntry.id))
+        first = None
+        rewritten = 0
+        for i, row in enumerate(rows):
+            fields = {
+                "target": everywhere(row.target) if everywhere is not None and row.target else row.target,
+                "before": self._audit_text(row.before, everywhere),
+                "after": self._audit_text(row.after, everywhere),
+            }
+            if any(getattr(row, k) != v for k, v in fields.items()):
+                for k, v in fields.items():
+                    setattr(row, k, v)
+                rewritten += 1
+                if first is None:
+                    first = i
+        if first is None:
+            advance(len(rows))
+            return 0
+        old_head = rows[-1].hash
+        prev = rows[first - 1].hash if first > 0 else ""
+        with self.db.atomic():
+            for row in rows[first:]:
+                digest = entry_hash(prev, row.timestamp, row.actor, row.kind, row.target, row.before, row.after)
+                AuditEntry.update(target=row.target, before=row.before, after=row.after, prev_hash=prev,
+                                  hash=digest).where(AuditEntry.id == row.id).execute()
+                prev = digest
+            self.audit.resume(prev)
+            self.audit.record("maintenance.scrub", "audit_log", None,
+                              {"rewritten_entries": rewritten, "rechained_from": rows[first].id,
+                               "previous_head_hash": old_head}, actor=self.actor)
+        advance(len(rows))
+        return rewritten
+
+
+def _header_pairs(stored: Any) -> list[tuple[str, str]]:
+    if not isinstance(stored, dict):
+        return []
+    return [(str(k), str(v)) for k, vs in stored.items() for v in (vs if isinstance(vs, list) else [vs])]
+
+
+def _scrubbed_transaction(row: HttpTransaction, redactor: Redactor, scrubber: Any) -> dict[Any, Any]:
+    request = parse_json_column(row.request_headers)
+    # Values stored raw before the current patterns covered them are this row's own secrets.
+    scrub = scrubber.for_exchange(redactor.redacted_values(_header_pairs(request), row.url or ""))
+    changes: dict[Any, Any] = {}
+    url = redactor.url(row.url or "")
+    if scrub is not None:
+        url = scrub(url)
+    if url != row.url:
+        changes[HttpTransaction.url] = url
+    for field, stored in ((HttpTransaction.request_headers, request),
+                          (HttpTransaction.response_headers, parse_json_column(row.response_headers))):
+        if not isinstance(stored, dict):
+            continue
+        new = redactor.header_map(stored)
+        if scrub is not None:
+            new = scrub.headers(new)
+        if new != stored:
+            changes[field] = json.dumps(new)
+    if scrub is not None:
+        for field, cut in ((HttpTransaction.request_body, row.request_body_truncated),
+                           (HttpTransaction.response_body, row.response_body_truncated)):
+            body = getattr(row, field.name)
+            if body is None:
+                continue
+            body = bytes(body) if isinstance(body, memoryview | bytearray) else body
+            new_body = scrub.data(body, bool(cut))
+            if new_body != body:
+                changes[field] = new_body
+    return changes
+
+
+def _scrub_table(db: peewee.Database, model: type[peewee.Model], columns: tuple[str, ...], scrub: Any,
+                 advance: Callable[[int], None]) -> int:
+    """Every vault value out of the text `columns` of `model`, in primary-key order batches."""
+    pk = model._meta.primary_key
+    fields = [getattr(model, c) for c in columns]
+    last: Any = None
+    changed = 0
+    while True:
+        query = model.select(pk, *fields).order_by(pk).limit(SCRUB_ROWS * 10)
+        if last is not None:
+            query = query.where(pk > last)
+        rows = list(query)
+        if not rows:
+            return changed
+        with db.atomic():
+            for row in rows:
+                updates = {}
+                for f in fields:
+                    value = getattr(row, f.name)
+                    if isinstance(value, str) and value:
+                        new = scrub(value)
+                        if new != value:
+                            updates[f] = new
+                if updates:
+                    model.update(updates).where(pk == getattr(row, pk.name)).execute()
+                    changed += 1
+        last = getattr(rows[-1], pk.name)
+        advance(len(rows))
 
 
 # -- retention (D19) ---------------------------------------------------------------------------

@@ -30,13 +30,14 @@ async function refresh() {
         h("button", { type: "button", class: "btn btn-small", onclick: () => copy(c.placeholder) }, "Copy")),
       cell("Value", h("code", {}, c.value_preview)),
       cell("Hosts", c.hosts?.length ? c.hosts.map((host, i) => [i ? ", " : "", h("code", {}, host)]) : h("span", { class: "muted" }, "any allowed host")),
+      cell("Containers", c.containers?.length ? c.containers.map((name, i) => [i ? ", " : "", h("code", {}, name)]) : h("span", { class: "muted" }, "any container")),
       cell("Created", timeEl(c.created_at)),
       h("td", { class: "row-actions" }, h("button", {
         type: "button", class: "btn btn-small btn-bad", "aria-label": `Delete credential ${c.label}`,
         onclick: () => remove(c),
       }, "Delete")));
   }));
-  if (!creds.length) body.append(h("tr", { class: "empty-row" }, h("td", { colspan: 6 }, "No global credentials yet.")));
+  if (!creds.length) body.append(h("tr", { class: "empty-row" }, h("td", { colspan: 7 }, "No global credentials yet.")));
 }
 
 async function copy(text) {
@@ -61,10 +62,12 @@ async function remove(cred) {
 
 async function create(event) {
   event.preventDefault();
-  const { label, value, hosts } = formValues(form);
+  const { label, value, hosts, containers } = formValues(form);
   const body = { label, value };
   // D15: a credential bound to hosts is substituted only there.
   if (hosts) body.hosts = hosts.split(/[\s,]+/).filter(Boolean);
+  // D31: and, bound to containers, only for connections from them.
+  if (containers) body.containers = containers.split(/[\s,]+/).filter(Boolean);
   showFormError(form, "");
   try {
     const cred = await api("POST", "/api/credentials", body);
