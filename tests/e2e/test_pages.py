@@ -270,9 +270,12 @@ def test_credentials_page_adds_lists_and_deletes(gp, dashboards):
     form.locator("[name=label]").fill("GITHUB_TOKEN")
     form.locator("[name=value]").fill("ghp_supersecretvalue123")
     form.locator("[name=hosts]").fill("api.github.com")
+    form.locator("[name=containers]").fill("claude, build-*")
     form.locator("button[type=submit]").click()
     row = page.locator("#creds-table tbody tr", has_text="GITHUB_TOKEN")
     expect(row).to_have_count(1)
+    expect(row.locator("td[data-label=Containers]")).to_have_text("claude, build-*")
+    expect(row.locator("td[data-label=Value]")).to_have_text("ghp_***")  # at most 4 characters (D31)
     expect(row.locator(".placeholder")).to_contain_text("greyproxy:credential:v1:global:")
     assert "ghp_supersecretvalue123" not in page.content()  # the value is never shown back
     dash.shot("credentials-added")
