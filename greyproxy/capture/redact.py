@@ -24,6 +24,7 @@ DEFAULT_REDACTED_HEADERS = (
     "*token*",
     "*secret*",
 )
+PART_MIN = 8  # a cookie's value or an auth header's token part shorter than this is not scrubbed
 SENSITIVE_QUERY_KEYS = ("token", "access_token", "refresh_token", "api_key", "apikey", "password", "secret")
 
 
@@ -85,9 +86,9 @@ class Redactor:
         value), so that a response echoing one of them is scrubbed before it is stored (D31)."""
         out: dict[str, None] = {}
 
-        def add(value: str) -> None:
+        def add(value: str, minimum: int = 1) -> None:
             value = value.strip()
-            if value and value != REDACTED:
+            if len(value) >= minimum and value != REDACTED:
                 out[value] = None
 
         for name, value in pairs:
@@ -95,21 +96,23 @@ class Redactor:
                 continue
             add(value)
             lower = name.lower()
+            # Parts count from PART_MIN characters: `theme=dark` is no credential, and scrubbing
+            # "dark" from the stored response would only shred it.
             if lower in ("cookie", "set-cookie"):
                 for part in value.split(";"):
-                    add(part.partition("=")[2])
+                    add(part.partition("=")[2], PART_MIN)
                 continue
             scheme, sep, rest = value.strip().partition(" ")
             if sep:
-                add(rest)
+                add(rest, PART_MIN)
                 if scheme.lower() == "basic":
                     try:
                         decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
                     except (binascii.Error, ValueError):
                         decoded = ""
                     if decoded:
-                        add(decoded)
-                        add(decoded.partition(":")[2])
+                        add(decoded, PART_MIN)
+                        add(decoded.partition(":")[2], PART_MIN)
         q = url.find("?")
         if q >= 0:
             h = url.find("#", q)
