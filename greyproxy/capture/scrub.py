@@ -11,8 +11,9 @@ itself match a value, which keeps the jobs idempotent):
   transaction, frame, log row, middleware event and audit entry, when it is at least
   MIN_GLOBAL characters long;
 - the values substituted into this exchange's request and the values the Redactor removed from
-  it (Authorization, Cookie, `token=` …, with their usable parts), in that exchange's rows, when
-  at least MIN_EXCHANGE characters long.
+  it (Authorization, Cookie, `token=` …, and their parts: a cookie's value, the token after an
+  auth scheme, from redact.PART_MIN characters), in that exchange's rows, when at least
+  MIN_EXCHANGE characters long.
 
 Shorter values are not scrubbed: a 3-character value would shred unrelated text everywhere (and
 an agent could pick a short cookie to blank words out of what is stored of its own exchange);
