@@ -11,7 +11,14 @@ Runs on SQLite and PostgreSQL (peewee's schema migrator).
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from greyproxy.credentials.placeholders import mask_stored_preview
+
+def mask_stored_preview(preview: str) -> str:
+    """As at version 8 (frozen here, like the schema): a preview already in the current form
+    (`***`, or 4 characters then `***`) stays; any other becomes `***`."""
+    head, sep, tail = preview.partition("***")
+    if sep and not tail and len(head) in (0, 4):
+        return preview
+    return "***"
 
 
 def up(db: peewee.Database) -> None:

@@ -190,3 +190,27 @@ def test_scrub_job_rewrites_rows_and_rechains_the_audit_log(db):
     rows = [(e.id, e.timestamp, e.actor, e.kind, e.target, e.before, e.after, e.prev_hash, e.hash) for e in entries]
     assert verify(rows) == (5, None)
     assert job.run() == 0  # idempotent
+
+
+def test_migration_0008_masks_old_previews_and_adds_container_binding(tmp_path):
+    import datetime as dt
+    import importlib
+
+    from greyproxy.store import migrate as runner
+
+    database = connect_sqlite(tmp_path / "m.db")
+    bind(database)
+    database.create_tables([runner.SchemaMigration], safe=True)
+    for version, name in runner.available():
+        if version >= 8:
+            break
+        importlib.import_module(f"migrations.{name}").up(database)
+        runner.SchemaMigration.create(version=version, name=name, applied_at=dt.datetime(2030, 1, 1))
+    for i, preview in enumerate(["sk-liv***def", "***ab", "***"]):
+        database.execute_sql(
+            "INSERT INTO global_credentials (id, label, placeholder, value_enc, value_preview, hosts_json,"
+            " created_at) VALUES (?, ?, ?, x'00', ?, '[]', '2030-01-01')", (f"c{i}", f"l{i}", f"p{i}", preview))
+    assert 8 in runner.apply_migrations(database)
+    rows = database.execute_sql("SELECT value_preview, containers_json FROM global_credentials ORDER BY id").fetchall()
+    assert rows == [("***", "[]")] * 3
+    database.close()
