@@ -82,10 +82,11 @@ def open_tunnel(proxy: str | None, port: int, cafile: str) -> ssl.SSLSocket:
 
 
 def worker(proxy: str | None, port: int, cafile: str, start_at: float, warmup: float, duration: float,
-           out: mp.Queue) -> None:
+           out: mp.Queue, extra_headers: tuple[str, ...] = ()) -> None:
     latencies: list[float] = []
     errors = 0
-    request = f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode()
+    extra = "".join(f"{h}\r\n" for h in extra_headers)
+    request = f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n{extra}\r\n".encode()
     while time.time() < start_at:
         time.sleep(0.001)
     measure_from, stop_at = start_at + warmup, start_at + warmup + duration
@@ -126,6 +127,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--certdir", help="reuse/keep the origin PKI here")
+    ap.add_argument("--header", action="append", default=[],
+                    help="an extra request header line, e.g. 'Authorization: Bearer <placeholder>' (repeatable)")
     args = ap.parse_args()
     certdir = Path(args.certdir or tempfile.mkdtemp(prefix="https-ka-"))
     certdir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,8 @@ def main() -> int:
     procs = []
     for n in per_proc:
         for _ in range(n):
-            p = mp.Process(target=worker, args=(proxy, port, cafile, start_at, args.warmup, args.duration, out))
+            p = mp.Process(target=worker, args=(proxy, port, cafile, start_at, args.warmup, args.duration, out,
+                                                tuple(args.header)))
             p.start()
             procs.append(p)
     results = [out.get(timeout=args.warmup + args.duration + 60) for _ in procs]
@@ -161,7 +165,7 @@ def main() -> int:
 
     print(json.dumps({
         "scenario": "https_keepalive", "proxy": "direct" if args.direct else urlsplit(args.proxy).netloc.split("@")[-1],
-        "workers": args.workers, "duration_s": args.duration, "ok": len(lat),
+        "workers": args.workers, "duration_s": args.duration, "ok": len(lat), "headers": len(args.header),
         "rate_per_s": round(len(lat) / args.duration, 1), "errors": errors,
         "lat_ms": {"p50": pct(0.5), "p99": pct(0.99), "mean": round(statistics.fmean(lat) * 1000, 3) if lat else None},
     }))

@@ -30,6 +30,7 @@ from greyproxy.proxy.httpwire import (
     BufferedSocket,
     Head,
     WireError,
+    body_length,
     forward_message,
     head_bytes,
     read_final_response,
@@ -49,6 +50,7 @@ log = logging.getLogger("greyproxy.exchange")
 
 UPSTREAM_TIMEOUT = 120.0
 MAX_SCRUB_BODY = 16 * 1024 * 1024  # an encoded body that must be scrubbed is decoded whole, up to this
+MAX_SCRUB_WHOLE = 1024 * 1024  # a plain body up to this is scrubbed whole and keeps a Content-Length
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
@@ -58,6 +60,16 @@ class _Nowhere:
 
 
 _NOWHERE = _Nowhere()
+
+
+def _read_exactly(src: BufferedSocket, length: int) -> bytes:
+    data = bytearray()
+    while len(data) < length:
+        chunk = src.read_some(length - len(data))
+        if not chunk:
+            raise WireError("upstream closed in the middle of a body", 502)
+        data += chunk
+    return bytes(data)
 
 
 def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[str, str]] | None = None,
@@ -284,20 +296,27 @@ class ExchangePipeline:
             keep = keep and not changed.close
         out = ex.response
         scrub = ResponseScrubber(ex.reverse) if ex.reverse else None
-        encoded: list[str] = []
-        whole: bytes | None = None
+        scrubbed: bytes | None = None  # a body read whole and scrubbed, sent with its new length
+        streaming = False  # a body scrubbed as it streams, sent as chunks (or until close)
         if scrub is not None:
             # The secrets this request carried never come back (docs/design.md): header values
-            # scrubbed, and the body re-framed as chunks since its length may change.
+            # scrubbed, the body too, and its framing fixed since its length may change.
             out = ex.response = Head(out.start, [(k, scrub.text(v)) for k, v in out.headers])
             if not no_body and (changed is None or changed.body is None):
                 encoded = [e for e in parse_encodings(response.get("content-encoding")) if e != "identity"]
+                length = body_length(response)
                 if encoded:  # the origin ignored our Accept-Encoding: identity; decode it whole
-                    whole = self._decoded_body(upstream, response, encoded, framed)
-                    framed = True
+                    scrubbed = self._decoded_body(upstream, response, encoded, framed)
+                elif length is not None and length <= MAX_SCRUB_WHOLE:
+                    scrubbed = _read_exactly(upstream, length)
+                else:
+                    streaming = True
                 drop = FRAMING | ({"content-encoding"} if encoded else set())
                 out = Head(out.start, [(k, v) for k, v in out.headers if k.lower() not in drop])
-                if version == "HTTP/1.1":
+                if scrubbed is not None:
+                    scrubbed = scrub.feed(scrubbed) + scrub.flush()
+                    out.headers.append(("Content-Length", str(len(scrubbed))))
+                elif version == "HTTP/1.1":
                     out.headers.append(("Transfer-Encoding", "chunked"))
                 else:
                     keep = False
@@ -311,9 +330,11 @@ class ExchangePipeline:
             body = changed.body if scrub is None else scrub.feed(changed.body) + scrub.flush()
             client.sock.sendall(head_bytes(out) + body)
             ex.response_tap.feed(body)
-        elif scrub is not None and not no_body:
-            self._send_scrubbed(upstream, client, out, response, framed, whole, scrub, ex,
-                                chunked=version == "HTTP/1.1")
+        elif scrubbed is not None:
+            client.sock.sendall(head_bytes(out) + scrubbed)
+            ex.response_tap.feed(scrubbed)
+        elif streaming:
+            self._send_scrubbed(upstream, client, out, response, framed, scrub, ex, chunked=version == "HTTP/1.1")
         else:
             forward_message(upstream, client.sock, out, no_body=no_body, until_close=not framed,
                             tap=ex.response_tap.feed)
@@ -348,7 +369,7 @@ class ExchangePipeline:
 
     @staticmethod
     def _send_scrubbed(upstream: BufferedSocket, client: BufferedSocket, out: Head, response: Head, framed: bool,
-                       whole: bytes | None, scrub: ResponseScrubber, ex: Exchange, chunked: bool) -> None:
+                       scrub: ResponseScrubber, ex: Exchange, chunked: bool) -> None:
         sock = client.sock
 
         def emit(data: bytes) -> None:
@@ -357,10 +378,7 @@ class ExchangePipeline:
                 ex.response_tap.feed(data)
 
         sock.sendall(head_bytes(out))
-        if whole is not None:
-            emit(scrub.feed(whole))
-        else:
-            relay_body(upstream, _NOWHERE, response, until_close=not framed, tap=lambda c: emit(scrub.feed(c)))  # type: ignore[arg-type]
+        relay_body(upstream, _NOWHERE, response, until_close=not framed, tap=lambda c: emit(scrub.feed(c)))  # type: ignore[arg-type]
         emit(scrub.flush())
         if chunked:
             sock.sendall(b"0\r\n\r\n")
