@@ -290,18 +290,21 @@ class ExchangePipeline:
         no_body, framed = response_framing(method, response)
         keep = (framed and body_sent and not wants_close(request)
                 and "close" not in response.tokens("connection"))
-        changed = self.hooks.after_response(ex, upstream, response, no_body, framed)
+        scrub = ResponseScrubber(ex.reverse) if ex.reverse else None
+        if scrub is not None:  # middlewares, like the client, see placeholders, never secrets
+            response = ex.response = Head(response.start, [(k, scrub.text(v)) for k, v in response.headers])
+        changed = self.hooks.after_response(ex, upstream, response, no_body, framed,
+                                            scrub=(lambda b: scrub.feed(b) + scrub.flush()) if scrub else None)
         if changed is not None:
             ex.response = Head([response.start[0], str(changed.status_code), changed.reason], changed.headers)
             keep = keep and not changed.close
         out = ex.response
-        scrub = ResponseScrubber(ex.reverse) if ex.reverse else None
         scrubbed: bytes | None = None  # a body read whole and scrubbed, sent with its new length
         streaming = False  # a body scrubbed as it streams, sent as chunks (or until close)
         if scrub is not None:
             # The secrets this request carried never come back (docs/design.md): header values
             # scrubbed, the body too, and its framing fixed since its length may change.
-            out = ex.response = Head(out.start, [(k, scrub.text(v)) for k, v in out.headers])
+            out = ex.response = Head(out.start, [(k, scrub.text(v)) for k, v in out.headers])  # a middleware's too
             if not no_body and (changed is None or changed.body is None):
                 encoded = [e for e in parse_encodings(response.get("content-encoding")) if e != "identity"]
                 length = body_length(response)

@@ -21,6 +21,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -143,7 +144,7 @@ class MiddlewareHooks:
 
     # -- responses -------------------------------------------------------------------------
     def after_response(self, ex: Exchange, upstream: BufferedSocket, response: Head, no_body: bool,
-                       framed: bool) -> ResponseStep | None:
+                       framed: bool, scrub: Callable[[bytes], bytes] | None = None) -> ResponseStep | None:
         """Run the response hooks; None when the response goes on unchanged."""
         engine = self.rt.middlewares
         facts = ex.middleware_facts
@@ -153,6 +154,8 @@ class MiddlewareHooks:
         body: bytes | None = b"" if no_body else None
         if whole is not None:
             body, _cut = decode(whole.payload, parse_encodings(response.get("content-encoding")), self._limit())
+            if scrub is not None:  # what the request's secrets became in the answer: placeholders
+                body = scrub(body)
         code = int(response.start[1])
         outcome = engine.on_response(facts, ResponseFacts(
             status_code=code, headers=list(response.headers), body=body,
