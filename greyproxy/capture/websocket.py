@@ -97,7 +97,7 @@ def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_fram
         raw = bytearray(header)
         length = b1 & 0x7F
         extra = {126: 2, 127: 8}.get(length, 0) + (4 if b1 & 0x80 else 0)
-        rest = _read_exact(src, extra)
+        rest = src.read_exact(extra)
         raw += rest
         if length == 126:
             (length,) = struct.unpack("!H", rest[:2])
@@ -107,7 +107,7 @@ def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_fram
         if scrub is not None and not key and (b0 & 0x0F) in (0x0, 0x1, 0x2):
             if length > MAX_SCRUBBED_FRAME:
                 raise WireError("a frame too large to check for secrets")
-            payload = _read_exact(src, length)
+            payload = src.read_exact(length)
             new = _scrubbed_payload(payload, deflate and bool(b0 & 0x40), bool(b0 & 0x80), scrub)
             if new is not None:
                 raw, payload = bytearray(_frame_head(b0, len(new))), new
@@ -137,13 +137,3 @@ def relay_frames(src: BufferedSocket, dst: socket.socket, deflate: bool, on_fram
         on_frame(frame)
         if frame.opcode == 0x8:  # close: the peer will close the TCP connection next
             return
-
-
-def _read_exact(src: BufferedSocket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = src.read_some(n - len(data))
-        if not chunk:
-            raise WireError("connection closed inside a frame")
-        data += chunk
-    return bytes(data)

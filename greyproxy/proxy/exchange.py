@@ -23,9 +23,10 @@ from greyproxy.capture.bodies import DecodeError, decode, parse_encodings
 from greyproxy.capture.recorder import Exchange
 from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
 from greyproxy.credentials.reverse import ResponseScrubber
-from greyproxy.policy.decide import ConnectionRequest, Verdict
+from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.policy.patterns import canonical_host, is_ip_literal
 from greyproxy.proxy.httpwire import (
+    DISCARD,
     HOP_BY_HOP,
     BufferedSocket,
     Head,
@@ -52,24 +53,6 @@ UPSTREAM_TIMEOUT = 120.0
 MAX_SCRUB_BODY = 16 * 1024 * 1024  # an encoded body that must be scrubbed is decoded whole, up to this
 MAX_SCRUB_WHOLE = 1024 * 1024  # a plain body up to this is scrubbed whole and keeps a Content-Length
 FRAMING = frozenset({"content-length", "transfer-encoding"})
-
-
-class _Nowhere:
-    def sendall(self, data: bytes) -> None:
-        pass
-
-
-_NOWHERE = _Nowhere()
-
-
-def _read_exactly(src: BufferedSocket, length: int) -> bytes:
-    data = bytearray()
-    while len(data) < length:
-        chunk = src.read_some(length - len(data))
-        if not chunk:
-            raise WireError("upstream closed in the middle of a body", 502)
-        data += chunk
-    return bytes(data)
 
 
 def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[str, str]] | None = None,
@@ -179,8 +162,6 @@ class ExchangePipeline:
     # -- refusals ---------------------------------------------------------------------------
     def refuse(self, client: socket.socket, admission: Admission, reason: str, detail: str = "") -> None:
         """Log a refused request and tell the client why (403, or 400 for a malformed one)."""
-        from greyproxy.policy.decide import Decision
-
         a = admission
         self.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP", Decision(Verdict.DENY, reason), 0,
                             resolved_hostname=a.resolved_hostname, container_id=a.container_id)
@@ -311,7 +292,7 @@ class ExchangePipeline:
                 if encoded:  # the origin ignored our Accept-Encoding: identity; decode it whole
                     scrubbed = self._decoded_body(upstream, response, encoded, framed)
                 elif length is not None and length <= MAX_SCRUB_WHOLE:
-                    scrubbed = _read_exactly(upstream, length)
+                    scrubbed = upstream.read_exact(length)
                 else:
                     streaming = True
                 drop = FRAMING | ({"content-encoding"} if encoded else set())
@@ -381,7 +362,7 @@ class ExchangePipeline:
                 ex.response_tap.feed(data)
 
         sock.sendall(head_bytes(out))
-        relay_body(upstream, _NOWHERE, response, until_close=not framed, tap=lambda c: emit(scrub.feed(c)))  # type: ignore[arg-type]
+        relay_body(upstream, DISCARD, response, until_close=not framed, tap=lambda c: emit(scrub.feed(c)))  # type: ignore[arg-type]
         emit(scrub.flush())
         if chunked:
             sock.sendall(b"0\r\n\r\n")

@@ -92,6 +92,16 @@ class BufferedSocket:
         del self.buf[:max_bytes]
         return chunk
 
+    def read_exact(self, n: int) -> bytes:
+        """Exactly n bytes; WireError if the peer closes first."""
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.read_some(n - len(data))
+            if not chunk:
+                raise WireError("connection closed in the middle of a message", 502)
+            data += chunk
+        return bytes(data)
+
     def take_buffered(self) -> bytes:
         data = bytes(self.buf)
         self.buf.clear()
@@ -396,9 +406,12 @@ class _Discard:
         pass
 
 
+DISCARD = _Discard()  # a relay destination that drops what it is sent
+
+
 def discard_body(src: BufferedSocket, head: Head, until_close: bool = False) -> None:
     """Consume a body nobody will forward (a middleware replaced it)."""
-    relay_body(src, _Discard(), head, until_close=until_close)  # type: ignore[arg-type]
+    relay_body(src, DISCARD, head, until_close=until_close)  # type: ignore[arg-type]
 
 
 def unread(src: BufferedSocket, data: bytes) -> None:
