@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from greyproxy.ca.authority import CAExists, CertificateAuthority, ca_paths, generate_ca, load_ca
 from greyproxy.config import ConfigError, load_config
-from greyproxy.proxy.mitm.ca import CAExists, CertificateAuthority, ca_paths, generate_ca, load_ca
 from greyproxy.trust import TrustError, TrustPlan, install_plan, installed_path, is_installed, uninstall_plan
 
 CONSENT = (

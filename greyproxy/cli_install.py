@@ -18,10 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from greyproxy.ca.authority import ca_paths, generate_ca
 from greyproxy.cli_cert import CONSENT, _ask
 from greyproxy.cli_ops import add_common, config_of, err
 from greyproxy.config import ConfigError
-from greyproxy.proxy.mitm.ca import ca_paths, generate_ca
 from greyproxy.trust import TrustError, install_plan, is_installed, uninstall_plan
 
 UNIT_NAME = "greyproxy.service"

@@ -19,6 +19,7 @@ from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from greyproxy import __version__, sdnotify
+from greyproxy.ca.state import MitmState
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
@@ -42,7 +43,6 @@ from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
 from greyproxy.proxy.http import HttpProxyHandler
 from greyproxy.proxy.mitm.intercept import Interceptor
-from greyproxy.proxy.mitm.state import MitmState
 from greyproxy.proxy.ptr import ReverseNames
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler

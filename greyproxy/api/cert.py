@@ -10,8 +10,8 @@ from flask.blueprints import BlueprintSetupState
 from greyproxy.api.context import RUNTIME_KEY, runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import bool_arg
-from greyproxy.proxy.mitm.ca import CAExists, ca_mtime, load_ca
-from greyproxy.proxy.mitm.state import MitmState
+from greyproxy.ca.authority import CAExists, ca_mtime, load_ca
+from greyproxy.ca.state import MitmState
 from greyproxy.trust import is_installed
 
 bp = Blueprint("cert", __name__)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import gevent
 
+from greyproxy.ca.authority import CertificateAuthority, ca_mtime, ca_status, generate_ca, load_ca
+from greyproxy.ca.leaf import LeafCache
 from greyproxy.events import Bus
-from greyproxy.proxy.mitm.ca import CertificateAuthority, ca_mtime, ca_status, generate_ca, load_ca
-from greyproxy.proxy.mitm.leaf import LeafCache
 
 log = logging.getLogger("greyproxy.mitm")
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from greyproxy.proxy.mitm.ca import CertificateAuthority
+from greyproxy.ca.authority import CertificateAuthority
 
 LEAF_VALIDITY = dt.timedelta(days=30)
 RENEW_BEFORE = dt.timedelta(days=1)
