@@ -15,7 +15,7 @@ from flask import Blueprint, Response, request
 from greyproxy.api.context import runtime
 from greyproxy.api.streams import SUBSCRIBER_QUEUE, client_socket, to_json
 from greyproxy.events import Bus
-from greyproxy.proxy.hold import client_hung_up
+from greyproxy.hangup import client_hung_up
 
 bp = Blueprint("events", __name__)
 

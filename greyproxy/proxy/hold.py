@@ -6,26 +6,21 @@ answer actually changed are woken. At the timeout a final re-check runs before b
 
 from __future__ import annotations
 
-import select
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.monkey import get_original
 
 from greyproxy.events import Bus
+from greyproxy.hangup import client_hung_up
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 
 WaiterKey = tuple[str, str, int]  # (container, host, port)
 
 # How often a held client socket is checked for a hang-up.
 HANGUP_POLL_SECONDS = 0.5
-# The OS poll, not gevent's cooperative one: only the real one reports POLLRDHUP, and a
-# zero-timeout poll never blocks the hub.
-_os_poll = get_original("select", "poll")
-_HANGUP_MASK = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
 @dataclass(eq=False)
@@ -36,16 +31,6 @@ class HeldConnection:
     @property
     def key(self) -> WaiterKey:
         return (self.request.container, self.request.host, self.request.port)
-
-
-def client_hung_up(sock: socket.socket) -> bool:
-    """True when the peer closed or reset, even with unread bytes buffered (POLLRDHUP)."""
-    try:
-        poller = _os_poll()
-        poller.register(sock.fileno(), _HANGUP_MASK)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
 
 
 class HoldManager:
