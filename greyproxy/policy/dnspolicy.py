@@ -51,12 +51,14 @@ class DnsPolicy:
 
     def __init__(self) -> None:
         self._index: RuleIndex | None = None
+        self._version = -1
         self._ports: tuple[int, ...] = (1,)
 
     def ports_for(self, index: RuleIndex) -> tuple[int, ...]:
-        if index is not self._index:
+        if index is not self._index or index.version != self._version:  # the index is patched in place
             self._ports = representative_ports(index.rules())
             self._index = index
+            self._version = index.version
         return self._ports
 
     def verdict(self, state: PolicyState, container: str, name: str, now: float | None = None) -> DnsVerdict:

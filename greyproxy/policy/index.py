@@ -11,6 +11,12 @@ their destination pattern so that a lookup only looks at rules that can possibly
   three-label hosts ending in ``corp.example`` and ``api.github.*`` for ones starting ``api.github``;
 * ``*``: a single bucket.
 
+The index is patched in place by ``add`` / ``remove`` (one rule touches one bucket, kept sorted by
+insertion) and ``extend_session`` (a heartbeat moves the expiry of a session's rules), so a rule
+create/delete or a heartbeat costs one bucket instead of a rebuild of every rule. Patches run on
+the hub between lookups (a lookup never yields), so no lookup sees a half-patched bucket.
+``version`` changes with every patch, for caches derived from the rule set.
+
 Inside a bucket, rules are split by exact container name (dict) vs. container glob (list), and
 each list is pre-sorted by precedence, so a scan stops at the first eligible rule or as soon as
 it cannot beat the best rule found so far.
@@ -18,6 +24,8 @@ it cannot beat the best rule found so far.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -136,12 +144,28 @@ class _Bucket:
         self.by_prefix: dict[str, list[_Entry]] = {}
         self.prefix_lens: tuple[int, ...] = ()
 
-    def add(self, entry: _Entry) -> None:
+    def add(self, entry: _Entry) -> list[_Entry]:
+        """Append (building: `finalize` sorts afterwards); returns the list it went into."""
         pattern = entry.spec.container_pattern
         if any(c in "*?[" for c in pattern):
-            self.by_prefix.setdefault(_literal_prefix(pattern), []).append(entry)
+            entries = self.by_prefix.setdefault(_literal_prefix(pattern), [])
         else:
-            self.by_container.setdefault(pattern, []).append(entry)
+            entries = self.by_container.setdefault(pattern, [])
+        entries.append(entry)
+        return entries
+
+    def insert(self, entry: _Entry) -> list[_Entry]:
+        """Patching a finalized bucket: insert in precedence order."""
+        pattern = entry.spec.container_pattern
+        if any(c in "*?[" for c in pattern):
+            prefix = _literal_prefix(pattern)
+            entries = self.by_prefix.setdefault(prefix, [])
+            if len(prefix) not in self.prefix_lens:
+                self.prefix_lens = tuple(sorted({*self.prefix_lens, len(prefix)}))
+        else:
+            entries = self.by_container.setdefault(pattern, [])
+        bisect.insort(entries, entry, key=lambda e: e.key)
+        return entries
 
     def finalize(self) -> None:
         for table in (self.by_container, self.by_prefix):
@@ -201,7 +225,12 @@ class _GlobGroup:
 
 class RuleIndex:
     def __init__(self, rules: Iterable[RuleSpec], current_sessions: Mapping[str, str] | None = None) -> None:
-        self._rules: tuple[RuleSpec, ...] = tuple(rules)
+        self._rules: dict[int, RuleSpec] = {}
+        self._rules_tuple: tuple[RuleSpec, ...] | None = None
+        # rule id -> (its entry, the bucket list holding it); rules that cannot match have none
+        self._where: dict[int, tuple[_Entry, list[_Entry]]] = {}
+        self._by_session: dict[str, set[int]] = {}
+        self.version = 0
         self._sessions: dict[str, str] = dict(current_sessions or {})
         self._exact: dict[str, _Bucket] = {}
         self._suffix: dict[str, _Bucket] = {}  # '*.x'
@@ -211,8 +240,11 @@ class RuleIndex:
         # version -> prefix length -> network bits -> bucket
         self._cidr: dict[int, dict[int, dict[int, _Bucket]]] = {4: {}, 6: {}}
         self._any = _Bucket()
-        for rule in self._rules:
-            self._add(rule)
+        for rule in rules:
+            if rule.id in self._rules:
+                self._unlink(rule.id)
+            self._rules[rule.id] = rule
+            self._add(rule, building=True)
         for bucket in self._all_buckets():
             bucket.finalize()
         # Only the prefix lengths actually in use are probed on lookup.
@@ -220,7 +252,7 @@ class RuleIndex:
 
     # ----------------------------------------------------------------- building
 
-    def _add(self, rule: RuleSpec) -> None:
+    def _add(self, rule: RuleSpec, building: bool) -> None:
         # Rules that cannot match are left out rather than raising: one bad database row must
         # not stop the proxy (patterns are validated on write, D3).
         if rule.action not in _ACTION_RANK or not rule.container_pattern:
@@ -231,28 +263,95 @@ class RuleIndex:
             return
         kind = parsed.kind
         entry = _Entry(rule)
+        bucket: _Bucket
         if kind == DestinationKind.GLOB:
             groups = self._glob.setdefault(_glob_key(parsed.labels), {})
             glob = ".".join(parsed.labels)
             group = groups.get(glob)
             if group is None:
                 group = groups[glob] = _GlobGroup(parsed_matcher(parsed))
-            group.bucket.add(entry)
-            return
-        if kind == DestinationKind.ANY:
-            self._any.add(entry)
+            bucket = group.bucket
+        elif kind == DestinationKind.ANY:
+            bucket = self._any
         elif kind == DestinationKind.EXACT:
-            _bucket(self._exact, parsed.value).add(entry)
+            bucket = _bucket(self._exact, parsed.value)
         elif kind == DestinationKind.SUFFIX:
-            _bucket(self._suffix, parsed.value).add(entry)
+            bucket = _bucket(self._suffix, parsed.value)
         elif kind == DestinationKind.APEX_SUFFIX:
-            _bucket(self._apex, parsed.value).add(entry)
+            bucket = _bucket(self._apex, parsed.value)
         elif kind == DestinationKind.CIDR:
             net = parsed.network
             assert net is not None
             shift = net.max_prefixlen - net.prefixlen
             by_len = self._cidr[net.version].setdefault(net.prefixlen, {})
-            _bucket(by_len, int(net.network_address) >> shift).add(entry)
+            bucket = _bucket(by_len, int(net.network_address) >> shift)
+            if not building and net.prefixlen not in self._cidr_lens[net.version]:
+                self._cidr_lens[net.version] = sorted({*self._cidr_lens[net.version], net.prefixlen})
+        else:  # pragma: no cover - every kind is handled above
+            return
+        entries = bucket.add(entry) if building else bucket.insert(entry)
+        self._where[rule.id] = (entry, entries)
+        if rule.session_id is not None:
+            self._by_session.setdefault(rule.session_id, set()).add(rule.id)
+
+    def _unlink(self, rule_id: int) -> None:
+        """Take a rule out of its bucket (an emptied list or bucket stays: it matches nothing)."""
+        where = self._where.pop(rule_id, None)
+        if where is None:
+            return
+        entry, entries = where
+        for i, e in enumerate(entries):
+            if e is entry:
+                del entries[i]
+                break
+        sid = entry.session_id
+        if sid is not None:
+            ids = self._by_session.get(sid)
+            if ids is not None:
+                ids.discard(rule_id)
+                if not ids:
+                    del self._by_session[sid]
+
+    # ----------------------------------------------------------------- patching
+
+    def add(self, rule: RuleSpec) -> None:
+        """Add a rule, or replace the rule with the same id."""
+        self._unlink(rule.id)
+        self._rules[rule.id] = rule
+        self._add(rule, building=False)
+        self._patched()
+
+    def remove(self, rule_id: int) -> bool:
+        if self._rules.pop(rule_id, None) is None:
+            return False
+        self._unlink(rule_id)
+        self._patched()
+        return True
+
+    def extend_session(self, session_id: str, expires_at: float | None) -> int:
+        """A session heartbeat: its rules now expire at `expires_at`; nothing is re-bucketed (the
+        expiry takes no part in precedence). Returns how many rules moved."""
+        ids = self._by_session.get(session_id, ())
+        for rule_id in ids:
+            entry, _ = self._where[rule_id]
+            spec = dataclasses.replace(entry.spec, expires_at=expires_at)
+            entry.spec = spec
+            entry.expires_at = expires_at
+            self._rules[rule_id] = spec
+        if ids:
+            self._patched()
+        return len(ids)
+
+    def set_sessions(self, current_sessions: Mapping[str, str]) -> None:
+        """container → current session id (§3.3), replaced whole (it is small)."""
+        self._sessions = dict(current_sessions)
+
+    def _patched(self) -> None:
+        self._rules_tuple = None
+        self.version += 1
+
+    def get(self, rule_id: int) -> RuleSpec | None:
+        return self._rules.get(rule_id)
 
     def _all_buckets(self) -> Iterable[_Bucket]:
         yield self._any
@@ -342,7 +441,9 @@ class RuleIndex:
         return len(self._rules)
 
     def rules(self) -> tuple[RuleSpec, ...]:
-        return self._rules
+        if self._rules_tuple is None:
+            self._rules_tuple = tuple(self._rules.values())
+        return self._rules_tuple
 
     @property
     def current_sessions(self) -> Mapping[str, str]:
