@@ -45,6 +45,9 @@ class Bus:
         # Synchronous hooks run inside publish (e.g. the hold manager re-deciding waiters);
         # they must not block.
         self._hooks: list[Callable[[Event], None]] = []
+        # Recorders keep a durable record of each change (the audit log). They run first in
+        # publish, or earlier, through record(), inside the transaction that made the change.
+        self._recorders: list[Callable[[Event], None]] = []
 
     def subscribe(
         self,
@@ -62,8 +65,22 @@ class Bus:
     def add_hook(self, hook: Callable[[Event], None]) -> None:
         self._hooks.append(hook)
 
-    def publish(self, type_: str, data: Any) -> None:
+    def add_recorder(self, recorder: Callable[[Event], None]) -> None:
+        self._recorders.append(recorder)
+
+    def record(self, type_: str, data: Any) -> None:
+        """Run the recorders for an event that will be published once its transaction commits:
+        called inside `db.atomic()`, the record is part of the change (all or nothing). The
+        caller then publishes the event with `recorded=True` after the commit."""
         event: Event = {"type": type_, "data": data}
+        for recorder in list(self._recorders):
+            recorder(event)
+
+    def publish(self, type_: str, data: Any, *, recorded: bool = False) -> None:
+        event: Event = {"type": type_, "data": data}
+        if not recorded:
+            for recorder in list(self._recorders):
+                recorder(event)
         for hook in list(self._hooks):
             hook(event)
         for sub in list(self._subs.values()):

@@ -1,4 +1,10 @@
-"""`GET /api/health`: liveness and ports, the one route that needs no token (D9)."""
+"""`GET /api/health`: liveness and ports, the one route that needs no token (D9).
+
+`status` is `ok`, `degraded` or `unhealthy`. `degraded` (HTTP 200: the proxy still decides
+and forwards every connection, so a supervisor must not restart it) comes with `reasons`, e.g.
+the store writer's flushes failing (disk full, database locked or read-only): log rows and
+pending rows stay queued in memory until a flush succeeds, and then the status is `ok` again by
+itself. `unhealthy` (HTTP 503): the database cannot even be read."""
 
 from __future__ import annotations
 
@@ -33,5 +39,8 @@ def health() -> Any:
         rt.db.execute_sql("SELECT 1").fetchone()
     except Exception as exc:  # any database failure means "unhealthy", never a 500
         log.warning("health check: database ping failed: %s", exc)
-        return {**body, "status": "unhealthy"}, 503
+        return {**body, "status": "unhealthy", "reasons": [f"database ping failed: {exc}"]}, 503
+    reasons = rt.writer.health()
+    if reasons:
+        return {**body, "status": "degraded", "reasons": reasons}
     return body

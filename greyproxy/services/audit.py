@@ -3,15 +3,18 @@ tamper-evident hash chain.
 
 Where the entries come from: every change already goes through a service that publishes one
 event on the bus (rule.*, pending_request.*, settings.changed, allowall.changed, credential.*,
-session.*, container_mode.*, cert.reloaded, config.reloaded). The audit log is a bus hook, so a
-new route or a WebSocket command that changes something is audited without remembering to.
+session.*, container_mode.*, cert.reloaded, config.reloaded). The audit log is a bus recorder, so
+a new route or a WebSocket command that changes something is audited without remembering to. A
+service that wants its entry in the same transaction as the change (a pending decision, issue 13)
+calls `bus.record()` inside `db.atomic()` and publishes with `recorded=True` after the commit.
 
 Who made it: `current_actor`, a context variable each API request, WebSocket command, CLI call
 and signal sets for its own greenlet (`token`, `dashboard`, `cli`, `ws:<client>`, `signal`);
 background work (expiry, file watchers) is `system`.
 
 The chain: each entry stores `prev_hash` (the previous entry's hash, "" for the first) and
-`hash` = SHA-256 over prev_hash and the entry's stored text. Editing, inserting or deleting an
+`hash` = SHA-256 over prev_hash and the entry's stored text. The previous hash is read from the
+database inside the writing transaction, so an entry rolled back with its change leaves no gap. Editing, inserting or deleting an
 entry in the database breaks the link at that point; `greyproxy audit verify` finds it.
 Secrets never reach an entry: credential values are not in the events, and keys that could hold
 one are dropped anyway.
@@ -80,7 +83,10 @@ class AuditLog:
         # Text scrubber applied to every entry before it is hashed and stored (D16, D31): no
         # real credential value, whatever an event carried. The runtime sets it once the vault exists.
         self.scrub: Callable[[str], str] | None = None
-        bus.add_hook(self.on_event)
+        # A recorder, not a plain hook: a service can have its entry written inside the
+        # transaction that makes the change (Bus.record), so a decision and its entry commit
+        # together (a pending approval: rows removed, rule inserted, entries written).
+        bus.add_recorder(self.on_event)
 
     def on_event(self, event: Event) -> None:
         change = self._change(event["type"], event["data"])
@@ -91,7 +97,18 @@ class AuditLog:
         """The chain was recomputed (the scrub job, D31): new entries follow this head."""
         self._prev_hash = head_hash
 
+    def head(self) -> str:
+        """The hash of the last entry in the database, as seen by the current transaction: a
+        transaction that wrote entries and rolled back leaves no gap in the chain."""
+        last = AuditEntry.select(AuditEntry.hash).order_by(AuditEntry.id.desc()).first()
+        return last.hash if last is not None else ""
+
     def record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None = None) -> None:
+        with self.db.atomic():  # the head read and the insert are one step (a savepoint when nested)
+            self._record(kind, target, before, after, actor)
+
+    def _record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None) -> None:
+        self._prev_hash = self.head()
         at, who = now_text(), actor or current_actor.get()
         before_text, after_text = canonical(scrub(before)), canonical(scrub(after))
         if self.scrub is not None:

@@ -15,7 +15,7 @@ from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json, validated
 from greyproxy.store.models import PendingRequest
-from greyproxy.timeutil import iso
+from greyproxy.timeutil import iso, utcnow
 
 WaiterCount = Callable[[str, str, int], int]
 
@@ -165,10 +165,9 @@ class PendingService:
         return [r for r in query if r.id == row.id or display_host(r) == host]
 
     def _remove_with_siblings(self, row: PendingRequest) -> list[PendingRequest]:
+        """Call inside the caller's transaction."""
         siblings = self._siblings(row)
-        with self.db.atomic():
-            for sib in siblings:
-                sib.delete_instance()
+        PendingRequest.delete().where(PendingRequest.id.in_([s.id for s in siblings])).execute()
         return siblings
 
     def resolve(
@@ -176,7 +175,13 @@ class PendingService:
         actor: str = "admin",
     ) -> dict[str, Any]:
         """Turn a pending request into an allow or deny rule; ScopeError/DurationError/PatternError
-        propagate."""
+        propagate.
+
+        One transaction (issue 13): the pending rows go, the rule is inserted and the audit
+        entries (`rule.create`, `pending.allow|deny`) are written together, or nothing is. Only
+        after the commit is the index rebuilt (which wakes the held connections) and are the
+        events published (marked recorded, so the audit log does not write them twice). With
+        WAL, a commit survives a crash of the process (kill -9) before any waiter is released."""
         row = self.get(pending_id)
         seconds = rule_duration(duration)
         container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
@@ -192,21 +197,35 @@ class PendingService:
             notes=notes,
             created_by=actor,
         ))
-        self._remove_with_siblings(row)
-        # Creating the rule re-decides the held connections (RuleService.on_change).
-        rule, _ = self.rules.create(new)
-        rule_json = rule_to_json(rule)
         event = "pending_request.allowed" if action == "allow" else "pending_request.dismissed"
-        self.bus.publish(event, {"pending_id": pending_id, "rule": rule_json})
+        now = utcnow()
+        with self.db.atomic():
+            row = self.get(pending_id)  # still there inside the transaction (NotFound otherwise)
+            self._remove_with_siblings(row)
+            # The insert only (RuleService.create would commit and publish on its own).
+            rule, created = self.rules._insert(new, now)
+            rule_json = rule_to_json(rule, now)
+            payload = {"pending_id": pending_id, "rule": rule_json}
+            if created:
+                self.bus.record("rule.created", rule_json)
+            self.bus.record(event, payload)
+        if created:
+            # Re-decides the held connections: they go through only now, with the rule committed.
+            self.rules.on_change()
+            self.bus.publish("rule.created", rule_json, recorded=True)
+        self.bus.publish(event, payload, recorded=True)
         return rule_json
 
     def dismiss(self, pending_id: int) -> bool:
-        row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
-        if row is None:
-            return False
-        siblings = self._remove_with_siblings(row)
+        with self.db.atomic():  # rows removed and the audit entry written together
+            row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
+            if row is None:
+                return False
+            siblings = self._remove_with_siblings(row)
+            payload = {"pending_id": pending_id}
+            self.bus.record("pending_request.dismissed", payload)
         self.dismiss_waiters(row.container_name, {s.destination_host for s in siblings}, row.destination_port)
-        self.bus.publish("pending_request.dismissed", {"pending_id": pending_id})
+        self.bus.publish("pending_request.dismissed", payload, recorded=True)
         return True
 
     def prune_matching(self, matches_allow: Callable[[PendingRequest], bool]) -> int:

@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import peewee
 
 from greyproxy.store.models import ALL_MODELS, database_proxy
+
+
+class StoreError(OSError):
+    """The database cannot be opened, migrated or written; the message names the file and the
+    real cause (`greyproxy serve` prints it and exits 1)."""
+
+
+def real_cause(exc: BaseException) -> BaseException:
+    """The error that started it. When a statement inside a transaction fails with SQLITE_FULL
+    (or IOERR), SQLite rolls the transaction back itself; peewee's `atomic()` then rolls back
+    again and raises `cannot rollback - no transaction is active`, which hides the cause (it
+    stays in `__context__`)."""
+    seen: BaseException = exc
+    while "no transaction is active" in str(seen) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen
+
+
+def describe(exc: BaseException, path: str | Path | None) -> str:
+    """`database PATH: CAUSE (N KiB free on its filesystem)`: what a person can act on."""
+    text = f"database {path}: {real_cause(exc)}" if path else str(real_cause(exc))
+    if path and str(path) != ":memory:":
+        try:
+            free = shutil.disk_usage(Path(path).parent).free
+            text += f" ({free // 1024} KiB free on its filesystem)"
+        except OSError:
+            pass
+    return text
+
+
+def db_path(db: peewee.Database) -> str | None:
+    return getattr(db, "database", None)
 
 
 def connect_sqlite(path: Path) -> peewee.SqliteDatabase:
@@ -35,6 +68,9 @@ def bind(db: peewee.Database) -> None:
 def open_database(url: str | None, sqlite_path: Path) -> peewee.Database:
     if url:
         raise ValueError("database.url: only SQLite is supported in this version (PostgreSQL fleet mode is planned)")
-    db = connect_sqlite(sqlite_path)
+    try:
+        db = connect_sqlite(sqlite_path)
+    except peewee.DatabaseError as exc:
+        raise StoreError(f"cannot open the {describe(exc, sqlite_path)}") from exc
     bind(db)
     return db

@@ -9,6 +9,7 @@ import pkgutil
 import peewee
 
 import migrations
+from greyproxy.store.db import StoreError, db_path, describe
 from greyproxy.store.models import SchemaMigration
 
 
@@ -21,7 +22,16 @@ def available() -> list[tuple[int, str]]:
 
 
 def apply_migrations(db: peewee.Database) -> list[int]:
-    """Apply every migration not yet recorded in schema_migrations; returns the versions applied."""
+    """Apply every migration not yet recorded in schema_migrations; returns the versions applied.
+    A database error (a full disk, a read-only file, a lock) is a StoreError naming the file and
+    the real cause, not the `cannot rollback` that follows it."""
+    try:
+        return _apply(db)
+    except peewee.DatabaseError as exc:
+        raise StoreError(f"cannot prepare the {describe(exc, db_path(db))}") from exc
+
+
+def _apply(db: peewee.Database) -> list[int]:
     db.create_tables([SchemaMigration], safe=True)
     done = {row.version for row in SchemaMigration.select(SchemaMigration.version)}
     applied = []

@@ -17,6 +17,7 @@ from gevent.event import Event
 from greyproxy.services.pending import Attempt, PendingService
 from greyproxy.services.rules import RuleService
 from greyproxy.store.bulk import insert_rows
+from greyproxy.store.db import db_path, describe
 from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
 from greyproxy.store.models import HttpTransaction, MiddlewareEvent, RequestLog
 from greyproxy.timeutil import utcnow
@@ -51,6 +52,11 @@ class StoreWriter:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
+        # Honest health (issue 13): why the last flush failed and since when (time.time()),
+        # None once a flush succeeds again; /api/health reports it as "degraded".
+        self.failure: str | None = None
+        self.failing_since: float | None = None
+        self.failed_flushes = 0
         # Called after transactions were written (the conversation assembler wakes up).
         self.on_transactions: Callable[[], None] = lambda: None
         # (table, seconds, rows) for each batch written; the runtime points it at the metrics.
@@ -118,9 +124,36 @@ class StoreWriter:
                 if time.monotonic() - last_logs >= self.interval or len(self._logs) >= BATCH_ROWS:
                     last_logs = time.monotonic()
                     self.flush()
-            except Exception:  # keep the writer alive; the rows stay queued for the next try
-                log.exception("store writer: flush failed")
+            except Exception as exc:  # keep the writer alive; the rows stay queued for the next try
+                self._failed(exc)
                 gevent.sleep(self.interval)
+            else:
+                self._succeeded()
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = describe(exc, db_path(self.db))
+        self.failed_flushes += 1
+        if self.failure is None:
+            self.failing_since = time.time()
+            log.exception("store writer: flush failed: %s", reason)
+        elif reason != self.failure:
+            log.error("store writer: flush still failing: %s", reason)
+        self.failure = reason
+
+    def _succeeded(self) -> None:
+        if self.failure is not None:
+            log.warning("store writer: writes succeed again (failed %d times since %s)", self.failed_flushes,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failing_since or 0)))
+            self.failure = self.failing_since = None
+            self.failed_flushes = 0
+
+    def health(self) -> list[str]:
+        """Reasons the store is not healthy (empty when it is)."""
+        if self.failure is None:
+            return []
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failing_since or 0))
+        queued = len(self._logs) + len(self._attempts) + len(self._transactions)
+        return [f"store writes failing since {since}: {self.failure}; {queued} rows waiting"]
 
     def _flush_attempts(self) -> None:
         while self._attempts:
