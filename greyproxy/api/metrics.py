@@ -26,4 +26,6 @@ def prometheus() -> Response:
 
 @bp.get("/api/metrics")
 def metrics_json() -> Any:
-    return runtime().metrics.snapshot()
+    rt = runtime()
+    # `policy`: how the index was kept up to date (full rebuilds vs in-place patches), issue 13.
+    return {**rt.metrics.snapshot(), "policy": rt.policy.counters()}

@@ -1,35 +1,103 @@
-"""The live policy: one immutable PolicyState swapped in whole after every change, so a
-decision on the connection path reads memory only (D5)."""
+"""The live policy (D5): a decision on the connection path reads memory only.
+
+Issue 13: a policy change no longer rebuilds everything. The rule index is patched in place
+(`RuleChange`: rules added/replaced or removed by id, a session's new expiry after a heartbeat),
+which costs one bucket, not a pass over every rule, and the small parts (silent mode, container
+modes, current sessions, allow-all containers) are swapped in a new `PolicyState` that shares
+the index. A full rebuild from a list of rules is left for the start, an ingest and a caller
+that cannot say what changed; `counters()` shows how many of each were made (in /api/metrics).
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from greyproxy.policy.decide import ConnectionRequest, Decision, ModeEntry, PolicyState, decide
 from greyproxy.policy.index import RuleIndex, RuleSpec
 
 
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """What a committed rule write changed. `full` asks for a rebuild from the store."""
+
+    added: tuple[RuleSpec, ...] = ()  # new rules, or new versions of rules with the same id
+    removed: tuple[int, ...] = ()
+    extend_session: tuple[str, float | None] | None = None  # (session id, new expiry, epoch)
+    full: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.extend_session or self.full)
+
+
 class PolicyHolder:
     def __init__(self) -> None:
         self.state = PolicyState(index=RuleIndex([]))
-        self._by_id: dict[int, RuleSpec] = {}
+        self.rebuilds = 0
+        self.patches = 0
+        self.session_extensions = 0
+        self.refreshes = 0
+        self.last_rebuild_seconds = 0.0
 
     def rebuild(
         self,
         rules: list[RuleSpec],
         silent_mode: str | None,
         modes: tuple[ModeEntry, ...],
-        current_sessions: dict[str, str] | None = None,
+        current_sessions: Mapping[str, str] | None = None,
         allow_all: frozenset[str] = frozenset(),
     ) -> None:
-        self._by_id = {r.id: r for r in rules}
+        started = time.perf_counter()
         self.state = PolicyState(
             index=RuleIndex(rules, current_sessions or {}),
             silent_mode=silent_mode,
             allow_all_containers=allow_all,
             modes=modes,
         )
+        self.rebuilds += 1
+        self.last_rebuild_seconds = time.perf_counter() - started
+
+    def apply(self, change: RuleChange) -> None:
+        """Patch the index in place (the hub runs no lookup meanwhile: nothing here yields)."""
+        index = self.state.index
+        for rule_id in change.removed:
+            index.remove(rule_id)
+        for spec in change.added:
+            index.add(spec)
+        if change.added or change.removed:
+            self.patches += 1
+        if change.extend_session is not None:
+            index.extend_session(*change.extend_session)
+            self.session_extensions += 1
+
+    def refresh(
+        self,
+        silent_mode: str | None,
+        modes: tuple[ModeEntry, ...],
+        current_sessions: Mapping[str, str] | None = None,
+        allow_all: frozenset[str] = frozenset(),
+    ) -> None:
+        """Everything but the rules, swapped in a new state that keeps the index."""
+        index = self.state.index
+        index.set_sessions(current_sessions or {})
+        self.state = PolicyState(index=index, silent_mode=silent_mode, allow_all_containers=allow_all, modes=modes)
+        self.refreshes += 1
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "rules": len(self.state.index),
+            "rebuilds": self.rebuilds,
+            "patches": self.patches,
+            "session_extensions": self.session_extensions,
+            "refreshes": self.refreshes,
+            "last_rebuild_seconds": round(self.last_rebuild_seconds, 6),
+        }
 
     def rule(self, rule_id: int) -> RuleSpec | None:
-        return self._by_id.get(rule_id)
+        return self.state.index.get(rule_id)
 
     def decide(self, request: ConnectionRequest) -> Decision:
         return decide(request, self.state)

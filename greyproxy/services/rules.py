@@ -19,6 +19,7 @@ from greyproxy.policy.patterns import (
     normalize_destination_pattern,
     normalize_port_pattern,
 )
+from greyproxy.services.policy_state import RuleChange
 from greyproxy.store.models import Rule
 from greyproxy.timeutil import epoch, iso, utcnow
 
@@ -119,13 +120,34 @@ def rule_to_spec(rule: Rule) -> RuleSpec:
 
 
 class RuleService:
-    """`on_change` is called after every committed change (the runtime rebuilds the index and
-    re-decides held connections there)."""
+    """`on_change` is called after every committed change with what changed (a `RuleChange`):
+    the runtime patches the index with it and re-decides held connections (issue 13)."""
 
-    def __init__(self, db: peewee.Database, bus: Bus, on_change: Callable[[], None]) -> None:
+    def __init__(self, db: peewee.Database, bus: Bus, on_change: Callable[[RuleChange], None]) -> None:
         self.db = db
         self.bus = bus
-        self.on_change = on_change
+        self._apply = on_change
+        self._touched: set[int] = set()  # rule ids written by _insert since the last on_change
+
+    def on_change(self, change: RuleChange | None = None) -> None:
+        """After a commit: hand the runtime what changed. The rules `_insert` wrote since the last
+        call are read back by id (a handful of rows), so a rolled-back insert is simply absent
+        (and removed from the index if it was ever there). Nothing known: a full rebuild."""
+        touched, self._touched = self._touched, set()
+        if touched:
+            ids = sorted(touched)
+            present: dict[int, RuleSpec] = {}
+            for start in range(0, len(ids), 500):
+                for row in Rule.select().where(Rule.id.in_(ids[start : start + 500])):
+                    present[row.id] = rule_to_spec(row)
+            base = change or RuleChange()
+            change = RuleChange(
+                added=(*base.added, *present.values()),
+                removed=(*base.removed, *(i for i in ids if i not in present)),
+                extend_session=base.extend_session,
+                full=base.full,
+            )
+        self._apply(change if change is not None else RuleChange(full=True))
 
     # -- reads ---------------------------------------------------------------------------
     def all_specs(self) -> list[RuleSpec]:
@@ -175,6 +197,7 @@ class RuleService:
         if existing is not None:
             if existing.expires_at is None or existing.expires_at > now:
                 return existing, False
+            self._touched.add(existing.id)
             existing.delete_instance()  # an expired duplicate makes way (§3.1)
         expires = now + dt.timedelta(seconds=new.expires_in_seconds) if new.expires_in_seconds else None
         rule = Rule.create(
@@ -189,6 +212,7 @@ class RuleService:
             notes=new.notes,
             session_id=new.session_id,
         )
+        self._touched.add(rule.id)
         return rule, True
 
     def create(self, new: NewRule) -> tuple[Rule, bool]:
@@ -239,7 +263,7 @@ class RuleService:
             for start in range(0, len(batch), 500):
                 Rule.insert_many(batch[start : start + 500]).execute()
         if rows:
-            self.on_change()
+            self.on_change(RuleChange(full=True))  # thousands at once: one rebuild
             self.bus.publish("rule.ingested", {"imported": len(rows), "skipped": skipped})
         return len(rows), skipped
 
@@ -258,6 +282,7 @@ class RuleService:
                 rule.save()
             except peewee.IntegrityError:
                 raise Conflict("another rule already has these patterns and action") from None
+        self._touched.add(rule.id)
         self.on_change()
         after = rule_to_json(rule)
         self.bus.publish("rule.updated", {**after, "previous": before})
@@ -269,7 +294,7 @@ class RuleService:
             return False
         data = rule_to_json(rule)
         rule.delete_instance()
-        self.on_change()
+        self.on_change(RuleChange(removed=(rule_id,)))
         self.bus.publish("rule.deleted", data)
         return True
 
@@ -292,7 +317,7 @@ class RuleService:
                 if self._find_same(new) is None:
                     rule, _ = self._insert(new, now)
                     created.append(rule)
-        self.on_change()
+        self.on_change(RuleChange(removed=tuple(r.id for r in old)))
         for rule in old:
             self.bus.publish("rule.deleted", rule_to_json(rule, now))
         for rule in created:
@@ -304,11 +329,12 @@ class RuleService:
         if not rows:
             return 0
         Rule.delete().where(Rule.session_id == session_id).execute()
-        self.on_change()
+        self.on_change(RuleChange(removed=tuple(r.id for r in rows)))
         for rule in rows:
             self.bus.publish("rule.deleted", rule_to_json(rule))
         return len(rows)
 
     def extend_session_rules(self, session_id: str, expires_at: dt.datetime) -> None:
+        """A heartbeat: the session's rules live longer. The index only moves their expiry."""
         Rule.update(expires_at=expires_at).where(Rule.session_id == session_id).execute()
-        self.on_change()
+        self.on_change(RuleChange(extend_session=(session_id, epoch(expires_at))))

@@ -276,8 +276,13 @@ class SessionService:
         row.expires_at = now + dt.timedelta(seconds=row.ttl_seconds)
         row.last_heartbeat = now
         row.save()
+        before = self._current
         self._set_live(self._info(row), session_id)
+        # Issue 13: a heartbeat moves the expiry of the session's rules in the index (no rebuild);
+        # the small session maps are swapped only when the beat changed them.
         self.rules.extend_session_rules(session_id, row.expires_at)
+        if self._current != before:
+            self.on_change()
         self.bus.publish("session.heartbeat", session_id)
         return {"session_id": session_id, "expires_at": iso(row.expires_at)}
 
