@@ -40,6 +40,19 @@ DEFAULTS: dict[str, Any] = {
     "log": {"level": "info", "format": "text"},
     "blocked_message": None,
     "drain_seconds": 5,
+    # Limits against a hostile client (issue 13); see config/greyproxy.yml for what each means.
+    "limits": {
+        "head_seconds": 10,
+        "idle_seconds": 60,
+        "connections_per_address": 1000,
+        "connections_total": 10000,
+        "held_per_container": 256,
+        "held_total": 4096,
+        "requests_per_second": 200,
+        "requests_burst": 400,
+        "max_head_bytes": 65536,
+        "max_headers": 200,
+    },
 }
 
 LISTENERS = ("http", "socks5", "dns", "api")
@@ -47,6 +60,50 @@ LISTENERS = ("http", "socks5", "dns", "api")
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """`limits:` (issue 13). Read at each use, so a reload (SIGHUP) applies them to new
+    connections; only the listeners' pool size follows `connections_total` at start."""
+
+    head_seconds: float = 10.0  # a whole request head / handshake, from its first byte
+    idle_seconds: float = 60.0  # waiting for the first byte of a request
+    connections_per_address: int = 1000  # HTTP and SOCKS5 listeners, each
+    connections_total: int = 10000
+    held_per_container: int = 256
+    held_total: int = 4096
+    requests_per_second: float = 200.0  # per container, plain HTTP proxy; 0 = off
+    requests_burst: int = 400
+    max_head_bytes: int = 65536
+    max_headers: int = 200
+
+
+# key: (type, lowest, highest); 0 is allowed only where the low bound is 0.
+_LIMIT_RANGES: dict[str, tuple[type, float, float]] = {
+    "head_seconds": (float, 0.1, 3600),
+    "idle_seconds": (float, 0.1, 86400),
+    "connections_per_address": (int, 1, 1_000_000),
+    "connections_total": (int, 1, 1_000_000),
+    "held_per_container": (int, 1, 1_000_000),
+    "held_total": (int, 1, 1_000_000),
+    "requests_per_second": (float, 0, 1_000_000),
+    "requests_burst": (int, 1, 10_000_000),
+    "max_head_bytes": (int, 1024, 16 * 1024 * 1024),
+    "max_headers": (int, 8, 100_000),
+}
+
+
+def _limits(raw: Mapping[str, Any]) -> LimitsConfig:
+    values: dict[str, Any] = {}
+    for key, (kind, low, high) in _LIMIT_RANGES.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ConfigError(f"'limits.{key}': {value!r} is not {'an integer' if kind is int else 'a number'}")
+        if not low <= value <= high:
+            raise ConfigError(f"'limits.{key}' must be between {low:g} and {high:g} (got {value!r})")
+        values[key] = kind(value)
+    return LimitsConfig(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +140,7 @@ class Config:
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
     middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def db_path(self) -> Path:
@@ -336,4 +394,5 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         drain_seconds=drain,
         source=source,
         middlewares=middlewares,
+        limits=_limits(merged["limits"]),
     )

@@ -67,6 +67,9 @@ class Metrics:
             registry=reg)
         self.reloads = Counter("greyproxy_reloads", "Configuration reloads (SIGHUP), by result", ["result"],
                                registry=reg)
+        self.limit_hits = Counter(
+            "greyproxy_limit_hits", "Connections or requests refused or cut by a limit (limits:), by limit",
+            ["limit"], registry=reg)
         self.held = Gauge("greyproxy_held_connections", "Connections held open right now", registry=reg)
         self.pending = Gauge("greyproxy_pending_requests", "Pending requests waiting for a decision", registry=reg)
         self.tunnels = Gauge("greyproxy_open_tunnels", "Allowed connections open right now", registry=reg)
@@ -110,6 +113,9 @@ class Metrics:
     def docker(self, result: str) -> None:
         self.docker_lookups.labels(result).inc()
 
+    def limit_hit(self, limit: str) -> None:
+        self.limit_hits.labels(limit).inc()
+
     # -- output --------------------------------------------------------------------------
     def prometheus_text(self) -> bytes:
         """The classic text exposition (version 0.0.4)."""
@@ -139,6 +145,7 @@ class Metrics:
             "db_rows_written": {labels["table"]: int(v) for labels, v in _values(self.db_rows, "_total")},
             "docker_lookups": {labels["result"]: int(v) for labels, v in _values(self.docker_lookups, "_total")},
             "reloads": {labels["result"]: int(v) for labels, v in _values(self.reloads, "_total")},
+            "limit_hits": {labels["limit"]: int(v) for labels, v in _values(self.limit_hits, "_total")},
         }
 
 

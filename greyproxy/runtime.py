@@ -42,10 +42,13 @@ from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.hold import HoldManager
 from greyproxy.proxy.http import HttpProxyHandler
+from greyproxy.proxy.http import refuse_connection as refuse_http
+from greyproxy.proxy.limits import Limits, wsgi_handler
 from greyproxy.proxy.mitm.intercept import Interceptor
 from greyproxy.proxy.ptr import ReverseNames
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
+from greyproxy.proxy.socks5 import refuse_connection as refuse_socks5
 from greyproxy.proxy.tracker import ConnectionTracker
 from greyproxy.reload import Reloader, sync_rules_files
 from greyproxy.services.audit import AuditLog, current_actor
@@ -53,7 +56,7 @@ from greyproxy.services.credentials import CredentialService
 from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy, ScrubJob
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
-from greyproxy.services.policy_state import PolicyHolder, RuleChange
+from greyproxy.services.policy_state import PolicyHolder
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
 from greyproxy.services.settings import SettingsStore
@@ -65,8 +68,6 @@ from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
 
 log = logging.getLogger("greyproxy")
-# Held connections are re-decided at most this often (seconds) during a burst of policy changes.
-REEVALUATE_TICK = 0.05
 
 
 def load_or_create_token(data_dir: Path) -> str:
@@ -106,11 +107,9 @@ class Runtime:
         self.bus = Bus()
         self.metrics = Metrics()
         self.policy = PolicyHolder()
-        self._reevaluate_pending = False
-        self._last_reevaluate = 0.0
-        self.silent = SilentMode(self.bus, self.policy_refresh)
+        self.silent = SilentMode(self.bus, self.policy_changed)
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
-        self.modes = ModeService(self.db, self.bus, lambda: self.policy_refresh(modes=True), config.container_modes)
+        self.modes = ModeService(self.db, self.bus, self.policy_changed, config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
         # DNS (§12): the upstream servers, also asked for the PTR names shown beside raw IPs (D13).
         self.dns_upstream = Upstream(config.dns_upstream or system_servers())
@@ -196,53 +195,19 @@ class Runtime:
             log.error("%s", exc)
         self.credentials = CredentialService(self.db, self.bus, self.vault, key, key_error)
         self.sessions = SessionService(self.db, self.bus, self.rules, self.credentials, self.vault,
-                                       self.policy_refresh, self.tracker.cancel_session)
+                                       self.policy_changed, self.tracker.cancel_session)
         self.credentials.load(created)
         self.sessions.load(created)
 
     # -- policy ------------------------------------------------------------------------
-    def policy_changed(self, change: RuleChange | None = None) -> None:
-        """A committed rule change (issue 13): patch the index in place (synchronous and cheap, so
-        the very next decision sees it), or rebuild it from the store when asked to (start,
-        ingest) or when nothing says what changed; then re-decide held connections, once a tick."""
-        if change is None or change.full:
-            sessions = getattr(self, "sessions", None)  # None while the runtime is being built
-            self.policy.rebuild(
-                self.rules.all_specs(), self.silent.mode, self.modes.entries(),
-                current_sessions=sessions.current_sessions() if sessions else None,
-                allow_all=sessions.allow_all_containers() if sessions else frozenset(),
-            )
-        else:
-            self.policy.apply(change)
-        self._reevaluate_soon()
-
-    def policy_refresh(self, modes: bool = False) -> None:
-        """Silent mode, sessions (supersession, allow-all) or container modes changed: the rules
-        did not, so the index is kept and only the small parts are swapped."""
-        sessions = getattr(self, "sessions", None)
-        self.policy.refresh(
-            self.silent.mode, self.modes.entries() if modes else self.policy.state.modes,
+    def policy_changed(self) -> None:
+        """Rebuild the in-memory policy from the store, then re-decide every held connection."""
+        sessions = getattr(self, "sessions", None)  # None while the runtime is being built
+        self.policy.rebuild(
+            self.rules.all_specs(), self.silent.mode, self.modes.entries(),
             current_sessions=sessions.current_sessions() if sessions else None,
             allow_all=sessions.allow_all_containers() if sessions else frozenset(),
         )
-        self._reevaluate_soon()
-
-    def _reevaluate_soon(self) -> None:
-        """Held connections are re-decided by one greenlet at most once per REEVALUATE_TICK, so a
-        burst of changes (a bulk allow, a heartbeat storm) costs one pass over the waiters. It
-        runs after the change that scheduled it is in the index, so a waiter woken by an
-        approval always sees the new rule."""
-        if self._reevaluate_pending:
-            return
-        self._reevaluate_pending = True
-        gevent.spawn(self._reevaluate_held)
-
-    def _reevaluate_held(self) -> None:
-        wait = self._last_reevaluate + REEVALUATE_TICK - time.monotonic()
-        if wait > 0:
-            gevent.sleep(wait)
-        self._reevaluate_pending = False
-        self._last_reevaluate = time.monotonic()
         self.holds.reevaluate()
 
     def apply_settings(self, values: dict[str, Any]) -> None:
@@ -282,14 +247,21 @@ class Runtime:
         self.guard.add(ListenAddress(cfg["dns"].host, self.ports["dns"]))
         self.dns_upstream.servers = without_own_address(self.dns_upstream.servers, cfg["dns"], self.ports["dns"])
         answerer = DnsAnswerer(self.dns_upstream, self.dnscache, lambda: self.policy.state, self.config.dns_policy)
-        self.dns = DnsService(udp, tcp, answerer)
+        # limits: read from self.config at each use, so a reload applies them (issue 13).
+        limits = self.limits = Limits(lambda: self.config.limits, self.metrics)
+        self.gate.limits = limits
+        self.dns = DnsService(udp, tcp, answerer, limits)
 
-        http_handler = HttpProxyHandler(self.gate)
-        socks_handler = Socks5Handler(self.gate)
+        http_handler = HttpProxyHandler(self.gate, limits)
+        socks_handler = Socks5Handler(self.gate, limits)
+        # The pool leaves room above the total cap so refusals over it are answered, not queued.
+        pool = self.config.limits.connections_total + 1024
         self._servers = [
-            StreamServer(sockets["http"], http_handler.handle, spawn=10_000),
-            StreamServer(sockets["socks5"], socks_handler.handle, spawn=10_000),
-            WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api")),
+            StreamServer(sockets["http"], limits.guard("http", http_handler.handle, refuse_http), spawn=pool),
+            StreamServer(sockets["socks5"], limits.guard("socks5", socks_handler.handle, refuse_socks5),
+                         spawn=pool),
+            WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),
+                       handler_class=wsgi_handler(limits)),
             self.dns,
         ]
         self.writer.start()

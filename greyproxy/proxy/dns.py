@@ -45,8 +45,10 @@ from greyproxy.config import ListenAddress
 from greyproxy.policy.decide import PolicyState
 from greyproxy.policy.dnspolicy import DnsPolicy
 from greyproxy.policy.identity import container_from_username
+from greyproxy.proxy import limits as lim
 from greyproxy.proxy.dnscache import HostnameCache
 from greyproxy.proxy.dnsupstream import Server, Upstream, UpstreamError
+from greyproxy.proxy.limits import DeadlineExceeded, Limits
 
 log = logging.getLogger("greyproxy.dns")
 
@@ -58,7 +60,7 @@ UDP_PLAIN_LIMIT = 512  # RFC 1035: a client without EDNS takes at most 512 bytes
 UDP_EDNS_LIMIT = 4096  # we never send more than this over UDP, whatever the client offers
 TCP_MAX_PER_CLIENT = 16
 TCP_MAX_TOTAL = 1024
-TCP_MESSAGE_TIMEOUT = 10.0  # to read one whole length-prefixed query (slow senders are cut off)
+TCP_MESSAGE_TIMEOUT = 10.0  # to read one whole query (slow senders are cut off); limits.head_seconds
 TCP_MAX_QUERIES = 100  # per connection, then it is closed
 PURGE_SECONDS = 60.0
 BIND_ATTEMPTS = 10
@@ -205,8 +207,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 class DnsService:
     """The UDP and TCP listeners on one port, and the cache's periodic purge."""
 
-    def __init__(self, udp_sock: socket.socket, tcp_sock: socket.socket, answerer: DnsAnswerer) -> None:
+    def __init__(self, udp_sock: socket.socket, tcp_sock: socket.socket, answerer: DnsAnswerer,
+                 limits: Limits | None = None) -> None:
         self.answerer = answerer
+        self.limits = limits
         self.port: int = udp_sock.getsockname()[1]
         self.udp_slots = _Slots(UDP_MAX_PER_CLIENT, UDP_MAX_TOTAL)
         self.tcp_slots = _Slots(TCP_MAX_PER_CLIENT, TCP_MAX_TOTAL)
@@ -265,10 +269,17 @@ class DnsService:
     def _on_stream(self, conn: socket.socket, address: Any) -> None:
         client = str(address[0])
         if not self.tcp_slots.take(client):
+            if self.limits is not None:
+                total = self.tcp_slots._total >= self.tcp_slots.total
+                self.limits.hit(lim.CONNECTIONS_TOTAL if total else lim.CONNECTIONS_PER_ADDRESS, client,
+                                "dns tcp listener")
             conn.close()
             return
         try:
             self._serve_stream(conn, client)
+        except DeadlineExceeded:
+            if self.limits is not None:
+                self.limits.hit(lim.HEAD_DEADLINE, client, "dns tcp: query not complete in time")
         except (OSError, gevent.Timeout) as exc:
             log.debug("dns tcp %s: %r", client, exc)
         except Exception as exc:  # one connection's surprise closes it, and only it
@@ -279,9 +290,14 @@ class DnsService:
             conn.close()
 
     def _serve_stream(self, conn: socket.socket, client: str) -> None:
-        conn.settimeout(TCP_MESSAGE_TIMEOUT)
+        timeout = self.limits.config().head_seconds if self.limits is not None else TCP_MESSAGE_TIMEOUT
+        conn.settimeout(timeout)
         for _ in range(TCP_MAX_QUERIES):
-            with gevent.Timeout(TCP_MESSAGE_TIMEOUT):
+            # Waiting for a query: at most `timeout` of silence (then closed, not a limit hit);
+            # from its first byte, the whole length-prefixed query within `timeout`.
+            if not conn.recv(1, socket.MSG_PEEK):
+                return
+            with gevent.Timeout(timeout, DeadlineExceeded):
                 head = _recv_exact(conn, 2)
                 if head is None:
                     return

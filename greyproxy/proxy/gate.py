@@ -25,6 +25,7 @@ from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:
     from greyproxy.capture.recorder import Exchange
+    from greyproxy.proxy.limits import Limits
     from greyproxy.runtime import Runtime
 
 log = logging.getLogger("greyproxy.decision")
@@ -60,6 +61,7 @@ class Admission:
 class Gatekeeper:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.limits: Limits | None = None  # set when the listeners start (proxy/limits.py)
 
     def challenges(self, source_ip: str) -> bool:
         """D28: whether an HTTP-proxy client that sent no usable credentials is answered 407
@@ -106,8 +108,15 @@ class Gatekeeper:
         held_seconds = None
         if decision.verdict is Verdict.HOLD:
             rt.writer.attempt(Attempt(container, container_id, host, port, resolved, utcnow()))
-            decision = rt.holds.hold(request, rt.config.hold_seconds, client)
-            held_seconds = time.monotonic() - decided
+            limits = self.limits
+            over = limits.hold_refusal(rt.holds, container) if limits is not None else None
+            if limits is not None and over is not None:  # refused at once (still pending for a human)
+                limits.hit(over, container, f"{host}:{port} not held, {rt.holds.held_by(container)} held "
+                                                 f"for this container, {rt.holds.total} in total")
+                decision = Decision(Verdict.DENY, "hold_limit")
+            else:
+                decision = rt.holds.hold(request, rt.config.hold_seconds, client)
+                held_seconds = time.monotonic() - decided
         rt.metrics.timing(decided - started, held_seconds)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         admission = Admission(container, host, port, decision, resolved, method, elapsed_ms, container_id)

@@ -38,13 +38,18 @@ class HoldManager:
         self.bus = bus
         self.decide = decide
         self._waiters: dict[WaiterKey, set[HeldConnection]] = {}
+        self._by_container: dict[str, int] = {}  # held connections per container (limits, O(1))
+        self._total = 0
 
     def count(self, container: str, host: str, port: int) -> int:
         return len(self._waiters.get((container, host, port), ()))
 
+    def held_by(self, container: str) -> int:
+        return self._by_container.get(container, 0)
+
     @property
     def total(self) -> int:
-        return sum(len(v) for v in self._waiters.values())
+        return self._total
 
     def _changed(self, key: WaiterKey, previous: int) -> None:
         container, host, port = key
@@ -64,6 +69,9 @@ class HoldManager:
         key = waiter.key
         previous = self.count(*key)
         self._waiters.setdefault(key, set()).add(waiter)
+        container = request.container
+        self._by_container[container] = self._by_container.get(container, 0) + 1
+        self._total += 1
         self._changed(key, previous)
         watcher = gevent.spawn(self._watch_hangup, waiter, client) if client is not None else None
         try:
@@ -79,6 +87,12 @@ class HoldManager:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[key]
+            left = self._by_container.get(container, 0) - 1
+            if left > 0:
+                self._by_container[container] = left
+            else:
+                self._by_container.pop(container, None)
+            self._total = max(0, self._total - 1)
             self._changed(key, previous)
         if decision is None:
             # Final re-check at the timeout (D6): a rule added a moment ago still counts.

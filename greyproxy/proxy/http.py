@@ -8,6 +8,7 @@ import socket
 from urllib.parse import urlsplit
 
 from greyproxy.proxy import challenge
+from greyproxy.proxy import limits as lim
 from greyproxy.proxy.exchange import (
     ExchangePipeline,
     bad_request,
@@ -17,12 +18,20 @@ from greyproxy.proxy.exchange import (
 )
 from greyproxy.proxy.gate import Admission, Gatekeeper
 from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head
+from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
 log = logging.getLogger("greyproxy.http")
 
-IDLE_TIMEOUT = 60.0  # waiting for the next request on a kept-alive client connection
-HEAD_TIMEOUT = 30.0
+REQUEST_TIMEOUT = simple_response(408, "Request Timeout", "request head not complete in time\n",
+                                  [("X-Greyproxy-Reason", "head_deadline")])
+CONNECTION_LIMIT = simple_response(503, "Service Unavailable", "too many connections, retry later\n",
+                                   [("X-Greyproxy-Reason", "connection_limit")])
+
+
+def refuse_connection(client: socket.socket) -> None:
+    """Over a connection cap (proxy/limits.py): 503 at once, then close."""
+    client.sendall(CONNECTION_LIMIT)
 
 
 def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
@@ -40,22 +49,39 @@ def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
 
 
 class HttpProxyHandler:
-    def __init__(self, gate: Gatekeeper) -> None:
+    def __init__(self, gate: Gatekeeper, limits: Limits) -> None:
         self.gate = gate
+        self.limits = limits
         self.pipeline: ExchangePipeline = gate.rt.exchanges
+
+    def _read_head(self, conn: BufferedSocket) -> bytes | None:
+        """The next request head: the first byte may take `idle_seconds`; from there the whole
+        head must arrive within `head_seconds`, however it is dribbled."""
+        cfg = self.limits.config()
+        if not conn.buf:
+            conn.sock.settimeout(cfg.idle_seconds)
+            if not conn.sock.recv(1, socket.MSG_PEEK):
+                return None
+        conn.sock.settimeout(cfg.head_seconds)
+        with self.limits.deadline():
+            raw = conn.read_head()
+        if raw is not None and len(raw) > cfg.max_head_bytes:  # a whole head that came in one read
+            raise WireError("header section too large", 431)
+        return raw
 
     def handle(self, client: socket.socket, address: tuple) -> None:
         set_nodelay(client)
+        self.limits.apply_wire()
         conn = BufferedSocket(client)
         upstreams: dict[tuple[str, int], BufferedSocket] = {}
         try:
-            first = True
             while True:
-                client.settimeout(HEAD_TIMEOUT if first else IDLE_TIMEOUT)
-                raw = conn.read_head()
+                try:
+                    raw = self._read_head(conn)
+                except TimeoutError:  # silent for idle_seconds before a request
+                    return
                 if raw is None:
                     return
-                first = False
                 head = parse_head(raw, is_request=True)
                 try:
                     if head.start[0] == "CONNECT":
@@ -66,7 +92,16 @@ class HttpProxyHandler:
                 except challenge.ChallengeSent as sent:  # D28: the retry with credentials may come here
                     if not sent.keep:
                         return
+        except DeadlineExceeded:
+            self.limits.hit(lim.HEAD_DEADLINE, address[0], "http proxy: request head not complete in time")
+            try:
+                client.settimeout(lim.REFUSE_SECONDS)
+                client.sendall(REQUEST_TIMEOUT)
+            except OSError:
+                pass
         except WireError as exc:
+            if exc.status == 431:
+                self.limits.hit(lim.HEADER_SIZE, address[0], f"http proxy: {exc}")
             try:
                 client.sendall(bad_request(exc))
             except OSError:
@@ -149,6 +184,13 @@ class HttpProxyHandler:
             conn.sock.sendall(simple_response(400, "Bad Request", f"{exc}\n"))
             return False
         admission = self._admit(conn, head, address, host, port, "HTTP")
+        wait = self.limits.rates.take(admission.container)
+        if wait:  # over this container's request rate (limits.requests_per_second)
+            self.limits.hit(lim.RATE, admission.container, f"http proxy request to {host}:{port}")
+            retry = max(1, int(wait + 0.999))
+            conn.sock.sendall(simple_response(429, "Too Many Requests", "request rate limit, retry later\n",
+                                              [("Retry-After", str(retry)), ("X-Greyproxy-Reason", "rate_limited")]))
+            return False
         if not admission.allowed:
             self._refuse(conn, admission)
             return False

@@ -25,12 +25,12 @@ import socket
 import string
 import struct
 
+from greyproxy.proxy import limits as lim
 from greyproxy.proxy.gate import Gatekeeper
+from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.tunnel import DialError, set_nodelay
 
 log = logging.getLogger("greyproxy.socks5")
-
-HANDSHAKE_TIMEOUT = 30.0
 
 REP_SUCCEEDED = 0x00
 REP_FAILURE = 0x01
@@ -86,14 +86,26 @@ def _answer(client: socket.socket, progress: _Progress, code: int, bound: tuple[
     client.sendall(reply(code, bound))
 
 
+def refuse_connection(client: socket.socket) -> None:
+    """Over a connection cap (proxy/limits.py): read the greeting, answer that no method is
+    acceptable (clients report it instead of retrying in a loop), and close."""
+    client.recv(257)
+    client.sendall(bytes((5, METHOD_NONE_ACCEPTABLE)))
+
+
 class Socks5Handler:
-    def __init__(self, gate: Gatekeeper) -> None:
+    def __init__(self, gate: Gatekeeper, limits: Limits) -> None:
         self.gate = gate
+        self.limits = limits
 
     def handle(self, client: socket.socket, address: tuple) -> None:
         progress = _Progress()
         try:
             self._handle(client, address, progress)
+        except DeadlineExceeded:
+            self.limits.hit(lim.HEAD_DEADLINE, address[0], "socks5: handshake not complete in time")
+            if progress.may_reply():
+                self._send_quietly(client, progress, REP_FAILURE)
         except (ProtocolError, OSError) as exc:
             log.debug("socks5 %s: %s", address[0], exc)
         except UnicodeError as exc:  # a username (before the request) or destination that does not decode
@@ -168,11 +180,13 @@ class Socks5Handler:
         return host, port
 
     def _handle(self, client: socket.socket, address: tuple, progress: _Progress) -> None:
-        client.settimeout(HANDSHAKE_TIMEOUT)
+        client.settimeout(self.limits.config().head_seconds)
         set_nodelay(client)
-        username, password = self._negotiate(client)
-        progress.negotiated = True
-        target = self._read_target(client)
+        # Greeting, authentication and request: one deadline for the whole handshake.
+        with self.limits.deadline():
+            username, password = self._negotiate(client)
+            progress.negotiated = True
+            target = self._read_target(client)
         if target is None:  # it answered already
             progress.replied = True
             return
