@@ -56,7 +56,7 @@ from greyproxy.services.credentials import CredentialService
 from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy, ScrubJob
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
-from greyproxy.services.policy_state import PolicyHolder
+from greyproxy.services.policy_state import PolicyHolder, RuleChange
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
 from greyproxy.services.settings import SettingsStore
@@ -68,6 +68,8 @@ from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
 
 log = logging.getLogger("greyproxy")
+# Held connections are re-decided at most this often (seconds) during a burst of policy changes.
+REEVALUATE_TICK = 0.05
 
 
 def load_or_create_token(data_dir: Path) -> str:
@@ -107,9 +109,11 @@ class Runtime:
         self.bus = Bus()
         self.metrics = Metrics()
         self.policy = PolicyHolder()
-        self.silent = SilentMode(self.bus, self.policy_changed)
+        self._reevaluate_pending = False
+        self._last_reevaluate = 0.0
+        self.silent = SilentMode(self.bus, self.policy_refresh)
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
-        self.modes = ModeService(self.db, self.bus, self.policy_changed, config.container_modes)
+        self.modes = ModeService(self.db, self.bus, lambda: self.policy_refresh(modes=True), config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
         # DNS (§12): the upstream servers, also asked for the PTR names shown beside raw IPs (D13).
         self.dns_upstream = Upstream(config.dns_upstream or system_servers())
@@ -195,19 +199,53 @@ class Runtime:
             log.error("%s", exc)
         self.credentials = CredentialService(self.db, self.bus, self.vault, key, key_error)
         self.sessions = SessionService(self.db, self.bus, self.rules, self.credentials, self.vault,
-                                       self.policy_changed, self.tracker.cancel_session)
+                                       self.policy_refresh, self.tracker.cancel_session)
         self.credentials.load(created)
         self.sessions.load(created)
 
     # -- policy ------------------------------------------------------------------------
-    def policy_changed(self) -> None:
-        """Rebuild the in-memory policy from the store, then re-decide every held connection."""
-        sessions = getattr(self, "sessions", None)  # None while the runtime is being built
-        self.policy.rebuild(
-            self.rules.all_specs(), self.silent.mode, self.modes.entries(),
+    def policy_changed(self, change: RuleChange | None = None) -> None:
+        """A committed rule change (issue 13): patch the index in place (synchronous and cheap, so
+        the very next decision sees it), or rebuild it from the store when asked to (start,
+        ingest) or when nothing says what changed; then re-decide held connections, once a tick."""
+        if change is None or change.full:
+            sessions = getattr(self, "sessions", None)  # None while the runtime is being built
+            self.policy.rebuild(
+                self.rules.all_specs(), self.silent.mode, self.modes.entries(),
+                current_sessions=sessions.current_sessions() if sessions else None,
+                allow_all=sessions.allow_all_containers() if sessions else frozenset(),
+            )
+        else:
+            self.policy.apply(change)
+        self._reevaluate_soon()
+
+    def policy_refresh(self, modes: bool = False) -> None:
+        """Silent mode, sessions (supersession, allow-all) or container modes changed: the rules
+        did not, so the index is kept and only the small parts are swapped."""
+        sessions = getattr(self, "sessions", None)
+        self.policy.refresh(
+            self.silent.mode, self.modes.entries() if modes else self.policy.state.modes,
             current_sessions=sessions.current_sessions() if sessions else None,
             allow_all=sessions.allow_all_containers() if sessions else frozenset(),
         )
+        self._reevaluate_soon()
+
+    def _reevaluate_soon(self) -> None:
+        """Held connections are re-decided by one greenlet at most once per REEVALUATE_TICK, so a
+        burst of changes (a bulk allow, a heartbeat storm) costs one pass over the waiters. It
+        runs after the change that scheduled it is in the index, so a waiter woken by an
+        approval always sees the new rule."""
+        if self._reevaluate_pending:
+            return
+        self._reevaluate_pending = True
+        gevent.spawn(self._reevaluate_held)
+
+    def _reevaluate_held(self) -> None:
+        wait = self._last_reevaluate + REEVALUATE_TICK - time.monotonic()
+        if wait > 0:
+            gevent.sleep(wait)
+        self._reevaluate_pending = False
+        self._last_reevaluate = time.monotonic()
         self.holds.reevaluate()
 
     def apply_settings(self, values: dict[str, Any]) -> None:
