@@ -9,6 +9,8 @@ import peewee
 
 from greyproxy.store.models import ALL_MODELS, database_proxy
 
+FULL_BELOW = 64 * 1024  # bytes: SQLite then reports a full disk as "disk I/O error" at times
+
 
 class StoreError(OSError):
     """The database cannot be opened, migrated or written; the message names the file and the
@@ -32,7 +34,7 @@ def describe(exc: BaseException, path: str | Path | None) -> str:
     if path and str(path) != ":memory:":
         try:
             free = shutil.disk_usage(Path(path).parent).free
-            text += f" ({free // 1024} KiB free on its filesystem)"
+            text += f" ({free // 1024} KiB free on its filesystem{': it is full' if free < FULL_BELOW else ''})"
         except OSError:
             pass
     return text

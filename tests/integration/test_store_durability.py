@@ -106,11 +106,12 @@ def test_kill_9_during_approvals_leaves_no_half_decision(gp_factory):
     gp.stop()
     _insert_pending(db_path, 600)
     confirmed: list[dict] = []
-    for kill_after in (40, 150):  # two crashes, at different points
+    for kill_after in (40, 100, 160):  # three crashes, at different points (the old three-transaction
+        # approval left a half decision in about 3 runs out of 4 with two crashes)
         gp.start()
         with sqlite3.connect(db_path) as db:
             left = [r[0] for r in db.execute("SELECT id FROM pending_requests")]
-        assert left, "every pending row was approved before the second crash"
+        assert left, "every pending row was approved before the last crash"
         confirmed += _approve_until_killed(gp, left, kill_after)
     assert len(confirmed) >= 40
 
