@@ -230,10 +230,14 @@ class PendingService:
 
     def prune_matching(self, matches_allow: Callable[[PendingRequest], bool]) -> int:
         """After an ingest: drop pending rows an allow rule now covers (§3.9)."""
-        removed = 0
-        for row in PendingRequest.select().limit(10000):
-            if matches_allow(row):
-                row.delete_instance()
-                removed += 1
-                self.bus.publish("pending_request.dismissed", {"pending_id": row.id})
-        return removed
+        # One transaction: the rows go with their audit entries (issue 13); events after the commit.
+        with self.db.atomic():
+            gone = [row.id for row in PendingRequest.select().limit(10000) if matches_allow(row)]
+            for start in range(0, len(gone), 500):
+                PendingRequest.delete().where(PendingRequest.id.in_(gone[start : start + 500])).execute()
+            payloads = [{"pending_id": pid} for pid in gone]
+            for payload in payloads:
+                self.bus.record("pending_request.dismissed", payload)
+        for payload in payloads:
+            self.bus.publish("pending_request.dismissed", payload, recorded=True)
+        return len(gone)
