@@ -302,6 +302,8 @@ class Runtime:
                        handler_class=wsgi_handler(limits)),
             self.dns,
         ]
+        api = self._servers[2]
+        api.set_handle(limits.guard("api", api.handle, refuse_http))  # the same connection caps
         self.writer.start()
         self.sessions.start()
         self.tracker.start()
