@@ -16,6 +16,7 @@ from flask import Blueprint, make_response, render_template
 from greyproxy import __version__
 from greyproxy.api.context import runtime, settings_store
 from greyproxy.api.pages import PAGES, WEB_DIR, _secured
+from greyproxy.api.pending import MAX_BULK_IDS
 
 bp = Blueprint("openapi", __name__, template_folder=str(WEB_DIR / "templates"))
 
@@ -295,14 +296,15 @@ def build_spec() -> dict[str, Any]:
             obj({"rule": ref("Rule"), "pending_removed": BOOL}), params=[pid],
             request=body(ref("Decision"), required=False), errors=(400, 404, 415))},
         "/api/pending/bulk-allow": {"post": op(
-            "Allow several (scope exact)", "pending", obj({
+            f"Allow several (scope exact); at most {MAX_BULK_IDS:,} ids per call (400 beyond)", "pending", obj({
                 "rules_created": arr(ref("Rule")), "pending_removed": INT,
                 "refused": s("array", "present only when some row could not become a rule (D3, D30)",
                              items=obj({"pending_id": INT, "error": STR})),
             }),
             request=body(obj({"pending_ids": arr(INT), "duration": STR}, ("pending_ids",))), errors=(400, 415))},
         "/api/pending/bulk-dismiss": {"post": op(
-            "Dismiss several", "pending", obj({"status": STR, "removed": INT}),
+            f"Dismiss several; at most {MAX_BULK_IDS:,} ids per call (400 beyond)", "pending",
+            obj({"status": STR, "removed": INT}),
             request=body(obj({"pending_ids": arr(INT)}, ("pending_ids",))), errors=(400, 415))},
         "/api/logs": {"get": op("Connection log, newest first", "logs", page_of("RequestLog"), errors=(400,),
                                 params=[*log_filters, *TIME_RANGE, *PAGING])},

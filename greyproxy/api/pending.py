@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import gevent
 from flask import Blueprint
 
 from greyproxy.api.context import API_ACTOR, runtime
+from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import choice, id_list, int_arg, json_object, path_id, str_arg, str_field
 from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.patterns import PatternError
@@ -14,6 +18,34 @@ from greyproxy.policy.scopes import SCOPES
 from greyproxy.services.rules import NotFound
 
 bp = Blueprint("pending", __name__)
+
+# Issue 13: a bulk call names at most MAX_BULK_IDS ids (a 400 beyond) and is worked through in
+# chunks of at most BULK_CHUNK ids or BULK_SLICE seconds of work, whichever ends first, yielding
+# to the hub between them, so the proxy, DNS and the rest of the API keep being served while it
+# runs (a decision costs a few database statements, ~3 ms: a chunk by count alone could hold the
+# hub for long). Each rule patches the index in place (no rebuild) and held connections are
+# re-decided once per tick, not once per id.
+MAX_BULK_IDS = 10_000
+BULK_CHUNK = 500
+BULK_SLICE = 0.02
+
+
+def bulk_ids(body: Mapping[str, Any], name: str) -> list[int]:
+    ids = id_list(body, name)
+    if len(ids) > MAX_BULK_IDS:
+        raise ApiError(400, f"'{name}' holds {len(ids)} ids: at most {MAX_BULK_IDS} per call, send several calls")
+    return ids
+
+
+def paced(ids: list[int]) -> Iterator[int]:
+    """Every id in turn, with a yield to the other greenlets between chunks (see BULK_SLICE)."""
+    started, count = time.monotonic(), 0
+    for pid in ids:
+        if count >= BULK_CHUNK or time.monotonic() - started >= BULK_SLICE:
+            gevent.sleep(0)
+            started, count = time.monotonic(), 0
+        count += 1
+        yield pid
 
 
 @bp.get("/api/pending")
@@ -66,13 +98,13 @@ def dismiss_pending(pending_id: str) -> Any:
 @bp.post("/api/pending/bulk-allow")
 def bulk_allow() -> Any:
     body = json_object()
-    ids = id_list(body, "pending_ids")
+    ids = bulk_ids(body, "pending_ids")
     duration = str_field(body, "duration")
     rule_duration(duration)  # a bad duration fails the whole request before anything changes
     pending = runtime().pending
     rules = []
     refused = []
-    for pid in ids:
+    for pid in paced(ids):
         try:
             rules.append(pending.resolve(pid, "allow", "exact", duration, None, actor=API_ACTOR))
         except NotFound:
@@ -87,6 +119,7 @@ def bulk_allow() -> Any:
 
 @bp.post("/api/pending/bulk-dismiss")
 def bulk_dismiss() -> Any:
-    ids = id_list(json_object(), "pending_ids")
+    ids = bulk_ids(json_object(), "pending_ids")
     pending = runtime().pending
-    return {"status": "ok", "removed": sum(1 for pid in ids if pending.dismiss(pid))}
+    removed = sum(1 for pid in paced(ids) if pending.dismiss(pid))
+    return {"status": "ok", "removed": removed}

@@ -157,11 +157,16 @@ class PendingService:
 
     # -- resolution ----------------------------------------------------------------------
     def _siblings(self, row: PendingRequest) -> list[PendingRequest]:
+        host = display_host(row)
+        # The host test in SQL too (a superset of display_host(r) == host), so a container with
+        # thousands of pending rows on one port is not read whole for every decision (issue 13).
         query = PendingRequest.select().where(
             (PendingRequest.container_name == row.container_name)
             & (PendingRequest.destination_port == row.destination_port)
+            & ((PendingRequest.id == row.id) | (PendingRequest.resolved_hostname == host)
+               | ((PendingRequest.resolved_hostname.is_null() | (PendingRequest.resolved_hostname == ""))
+                  & (PendingRequest.destination_host == host)))
         )
-        host = display_host(row)
         return [r for r in query if r.id == row.id or display_host(r) == host]
 
     def _remove_with_siblings(self, row: PendingRequest) -> list[PendingRequest]:
