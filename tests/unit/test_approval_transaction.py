@@ -38,7 +38,7 @@ class Setup:
         self.events: list[str] = []
         self.bus.add_hook(lambda e: self.events.append(e["type"]))
 
-    def _on_change(self) -> None:
+    def _on_change(self, *_change: object) -> None:  # a RuleChange, with incremental policy updates
         path = self.db.database
         with sqlite3.connect(path) as other:  # sees only what is committed
             query = "SELECT count(*) FROM rules WHERE destination_pattern LIKE '%.example'"
