@@ -249,3 +249,22 @@ def test_start_on_full_disk_names_the_real_cause(tiny_fs):
         assert "Traceback" not in proc.stderr, proc.stderr
         assert "database or disk is full" in proc.stderr, proc.stderr
         assert str(data / "greyproxy.db") in proc.stderr, proc.stderr
+
+
+def test_locked_database_turns_health_degraded_and_back(gp):
+    """Another process holds the write lock (BEGIN IMMEDIATE): the writer's flushes fail after
+    SQLite's busy timeout; health says so, and recovers once the lock is gone."""
+    resp = gp.api("POST", "/api/rules", json={"container_pattern": "*", "destination_pattern": "*.full.example",
+                                               "port_pattern": "*", "action": "deny"})
+    assert resp.status_code in (200, 201), resp.text
+    locker = sqlite3.connect(gp.data_dir / "greyproxy.db", timeout=0, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        _traffic(gp, 5, "locked")
+        body = gp.wait_for(lambda: (b := _health(gp))["status"] == "degraded" and b, timeout=30, interval=0.5)
+        assert body, _health(gp)
+        assert any("database is locked" in r for r in body["reasons"]), body
+    finally:
+        locker.rollback()
+        locker.close()
+    assert gp.wait_for(lambda: _health(gp)["status"] == "ok", timeout=15, interval=0.25), _health(gp)
