@@ -291,12 +291,13 @@ class DnsService:
 
     def _serve_stream(self, conn: socket.socket, client: str) -> None:
         timeout = self.limits.config().head_seconds if self.limits is not None else TCP_MESSAGE_TIMEOUT
-        conn.settimeout(timeout)
         for _ in range(TCP_MAX_QUERIES):
             # Waiting for a query: at most `timeout` of silence (then closed, not a limit hit);
             # from its first byte, the whole length-prefixed query within `timeout`.
+            conn.settimeout(timeout)
             if not conn.recv(1, socket.MSG_PEEK):
                 return
+            conn.settimeout(timeout + 1)  # the deadline below ends it first (and counts)
             with gevent.Timeout(timeout, DeadlineExceeded):
                 head = _recv_exact(conn, 2)
                 if head is None:

@@ -62,7 +62,7 @@ class HttpProxyHandler:
             conn.sock.settimeout(cfg.idle_seconds)
             if not conn.sock.recv(1, socket.MSG_PEEK):
                 return None
-        conn.sock.settimeout(cfg.head_seconds)
+        conn.sock.settimeout(cfg.head_seconds + 1)  # the deadline below ends it first (and counts)
         with self.limits.deadline():
             raw = conn.read_head()
         if raw is not None and len(raw) > cfg.max_head_bytes:  # a whole head that came in one read

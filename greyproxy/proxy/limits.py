@@ -218,7 +218,7 @@ def wsgi_handler(limits: Limits) -> type:
             self.socket.settimeout(cfg.idle_seconds)
             if not self.rfile.peek(1):  # closed; a silent client raises socket.timeout (closed quietly)
                 return ""
-            self.socket.settimeout(cfg.head_seconds)
+            self.socket.settimeout(cfg.head_seconds + 1)  # the deadline below ends it first
             self._head_timer = gevent.Timeout(cfg.head_seconds, DeadlineExceeded)
             self._head_timer.start()
             return super().read_requestline()
@@ -240,9 +240,8 @@ def wsgi_handler(limits: Limits) -> type:
         def handle_one_request(self) -> Any:
             try:
                 return super().handle_one_request()
-            except DeadlineExceeded:  # still in the request line
-                self._handle_client_error(DeadlineExceeded())
-                return None
+            except DeadlineExceeded:  # still in the request line: answered 408 by handle()
+                return self._handle_client_error(DeadlineExceeded())
             finally:
                 self._end_head()
 

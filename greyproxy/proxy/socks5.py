@@ -180,7 +180,7 @@ class Socks5Handler:
         return host, port
 
     def _handle(self, client: socket.socket, address: tuple, progress: _Progress) -> None:
-        client.settimeout(self.limits.config().head_seconds)
+        client.settimeout(self.limits.config().head_seconds + 1)  # the deadline below ends it first
         set_nodelay(client)
         # Greeting, authentication and request: one deadline for the whole handshake.
         with self.limits.deadline():

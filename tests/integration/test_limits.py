@@ -153,6 +153,7 @@ def test_api_head_deadline(gp_factory):
     closed, received, results = dribble(gp.ports["api"], payload, legit, seconds=8, count=12)
     assert len(closed) == 12
     assert max(closed.values()) < 5.0, closed
+    assert all(r.startswith(b"HTTP/1.1 408 ") for r in received.values()), received
     assert all(results), results
     assert limit_hits(gp)["head_deadline"] >= 12
 
