@@ -92,20 +92,23 @@ class Sampler(threading.Thread):
         self.probe, self.interval = probe, interval
         self.samples: list[tuple[float, float, bool]] = []
         self.stop = threading.Event()
+        self.in_flight: float | None = None  # start of the probe still waiting for its answer
 
     def run(self) -> None:
         while not self.stop.is_set():
-            t0 = time.monotonic()
+            t0 = self.in_flight = time.monotonic()
             try:
                 ok = bool(self.probe())
             except OSError:
                 ok = False
+            self.in_flight = None
             self.samples.append((t0, time.monotonic() - t0, ok))
             if self.interval:
                 self.stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
 
 
 def stats(samples: list[tuple[float, float, bool]], start: float, end: float) -> dict:
+    samples = list(samples)
     xs = sorted(s for t, s, _ in samples if start <= t < end)
     failed = sum(1 for t, _, ok in samples if start <= t < end and not ok)
     if not xs:
@@ -240,19 +243,24 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(3 - (time.monotonic() - s0))
         s1 = time.monotonic()
         stop.set()
-        for t in threads:
-            t.join(TIMEOUT)
         proxied.stop.set()
         health.stop.set()
-        proxied.join(TIMEOUT)
-        health.join(TIMEOUT)
+        for t in (*threads, proxied, health):
+            t.join(max(0.1, s1 + 10 - time.monotonic()))  # a stalled server: report what was measured
+        for sampler in (proxied, health):  # a probe still unanswered counts with what it waited so far
+            started = sampler.in_flight
+            if sampler.is_alive() and started is not None and s0 <= started < s1:
+                sampler.samples.append((started, time.monotonic() - started, False))
         if not bulk:  # still running: how far it got
             with sqlite3.connect(f"file:{os.path.join(data, 'greyproxy.db')}?mode=ro", uri=True, timeout=30) as db:
                 left = db.execute("SELECT count(*) FROM pending_requests WHERE destination_host LIKE '%.storm.example'")
                 bulk["status"] = f"still running after {args.storm} s"
                 bulk["done"] = len(ids) - left.fetchone()[0]
-        status, body = api(hs, "GET", "/api/metrics")
-        policy = json.loads(body).get("policy") if status == 200 else None
+        try:
+            status, body = api(hs, "GET", "/api/metrics", timeout=5)
+            policy = json.loads(body).get("policy") if status == 200 else None
+        except OSError as exc:  # a stalled hub (the bulk call still holding it)
+            status, policy = 0, f"no answer: {exc!r}"
         result = {
             "rules": args.rules, "bulk_ids": len(ids), "setup_s": round(setup, 1),
             "quiet": {"proxied": stats(proxied.samples, q0, q1), "health": stats(health.samples, q0, q1)},
