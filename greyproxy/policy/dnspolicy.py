@@ -33,10 +33,14 @@ class DnsVerdict:
 
 def representative_ports(rules: Iterable[RuleSpec]) -> tuple[int, ...]:
     """One port from every stretch of ports on which all port patterns agree."""
+    return representative_ports_of(rule.port_pattern for rule in rules)
+
+
+def representative_ports_of(port_patterns: Iterable[str]) -> tuple[int, ...]:
     edges = {1}
-    for rule in rules:
+    for pattern in port_patterns:
         try:
-            ranges = parse_port_ranges(rule.port_pattern)
+            ranges = parse_port_ranges(pattern)
         except PatternError:
             continue  # such a rule never matches (port_matcher), so it adds no edge
         for lo, hi in ranges or ():
@@ -56,7 +60,7 @@ class DnsPolicy:
 
     def ports_for(self, index: RuleIndex) -> tuple[int, ...]:
         if index is not self._index or index.version != self._version:  # the index is patched in place
-            self._ports = representative_ports(index.rules())
+            self._ports = representative_ports_of(index.port_patterns())  # distinct ones: a few
             self._index = index
             self._version = index.version
         return self._ports

@@ -230,6 +230,7 @@ class RuleIndex:
         # rule id -> (its entry, the bucket list holding it); rules that cannot match have none
         self._where: dict[int, tuple[_Entry, list[_Entry]]] = {}
         self._by_session: dict[str, set[int]] = {}
+        self._port_patterns: dict[str, int] = {}  # port pattern -> how many rules use it
         self.version = 0
         self._sessions: dict[str, str] = dict(current_sessions or {})
         self._exact: dict[str, _Bucket] = {}
@@ -242,8 +243,8 @@ class RuleIndex:
         self._any = _Bucket()
         for rule in rules:
             if rule.id in self._rules:
-                self._unlink(rule.id)
-            self._rules[rule.id] = rule
+                self._forget(rule.id)
+            self._remember(rule)
             self._add(rule, building=True)
         for bucket in self._all_buckets():
             bucket.finalize()
@@ -314,19 +315,38 @@ class RuleIndex:
 
     # ----------------------------------------------------------------- patching
 
+    def _remember(self, rule: RuleSpec) -> None:
+        self._rules[rule.id] = rule
+        self._port_patterns[rule.port_pattern] = self._port_patterns.get(rule.port_pattern, 0) + 1
+
+    def _forget(self, rule_id: int) -> bool:
+        rule = self._rules.pop(rule_id, None)
+        if rule is None:
+            return False
+        left = self._port_patterns[rule.port_pattern] - 1
+        if left:
+            self._port_patterns[rule.port_pattern] = left
+        else:
+            del self._port_patterns[rule.port_pattern]
+        self._unlink(rule_id)
+        return True
+
     def add(self, rule: RuleSpec) -> None:
         """Add a rule, or replace the rule with the same id."""
-        self._unlink(rule.id)
-        self._rules[rule.id] = rule
+        self._forget(rule.id)
+        self._remember(rule)
         self._add(rule, building=False)
         self._patched()
 
     def remove(self, rule_id: int) -> bool:
-        if self._rules.pop(rule_id, None) is None:
+        if not self._forget(rule_id):
             return False
-        self._unlink(rule_id)
         self._patched()
         return True
+
+    def port_patterns(self) -> tuple[str, ...]:
+        """The distinct port patterns of the rules (DNS policy: its representative ports)."""
+        return tuple(self._port_patterns)
 
     def extend_session(self, session_id: str, expires_at: float | None) -> int:
         """A session heartbeat: its rules now expire at `expires_at`; nothing is re-bucketed (the

@@ -9,6 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from greyproxy.policy.dnspolicy import representative_ports, representative_ports_of
 from greyproxy.policy.index import RuleIndex, RuleSpec
 from tests.unit.test_index import _CONTAINERS, NOW, _random_host, _random_rules
 
@@ -27,6 +28,8 @@ def _same_decisions(patched: RuleIndex, rules: dict[int, RuleSpec], rng: random.
     fresh = RuleIndex(list(rules.values()), SESSIONS)
     assert len(patched) == len(fresh)
     assert sorted(r.id for r in patched.rules()) == sorted(rules)
+    assert sorted(patched.port_patterns()) == sorted({r.port_pattern for r in rules.values()})
+    assert representative_ports_of(patched.port_patterns()) == representative_ports(rules.values())
     for container, host, port, resolved in _queries(rng, 150):
         assert patched.match(container, host, port, resolved, now=now) == fresh.match(
             container, host, port, resolved, now=now), (container, host, port, resolved)
