@@ -1,0 +1,82 @@
+"""Issue 13: RuleService tells the runtime what changed (a RuleChange), so the index is patched
+instead of rebuilt; a rolled-back insert never reaches the index."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from greyproxy.events import Bus
+from greyproxy.services.policy_state import PolicyHolder, RuleChange
+from greyproxy.services.rules import NewRule, RuleService
+from greyproxy.store.db import bind, connect_sqlite
+from greyproxy.store.migrate import apply_migrations
+from greyproxy.timeutil import epoch
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = connect_sqlite(tmp_path / "t.db")
+    bind(database)
+    apply_migrations(database)
+    yield database
+    database.close()
+
+
+def new(host: str, session_id: str | None = None) -> NewRule:
+    return NewRule(container_pattern="agent1", destination_pattern=host, port_pattern="443", action="allow",
+                   session_id=session_id)
+
+
+def service(db) -> tuple[RuleService, list[RuleChange], PolicyHolder]:
+    seen: list[RuleChange] = []
+    holder = PolicyHolder()
+
+    def apply(change: RuleChange) -> None:
+        seen.append(change)
+        if change.full:
+            holder.rebuild(rules.all_specs(), None, ())
+        else:
+            holder.apply(change)
+
+    rules = RuleService(db, Bus(), apply)
+    return rules, seen, holder
+
+
+def test_writes_hand_over_what_changed(db):
+    rules, seen, holder = service(db)
+    rule, created = rules.create(new("a.example"))
+    assert created and seen[-1].added[0].id == rule.id and not seen[-1].full
+    assert holder.state.index.match("agent1", "a.example", 443) is not None
+    rules.update(rule.id, {"action": "deny"})
+    assert seen[-1].added[0].action == "deny" and holder.rule(rule.id).action == "deny"
+    assert rules.delete(rule.id)
+    assert seen[-1] == RuleChange(removed=(rule.id,))
+    assert holder.state.index.match("agent1", "a.example", 443) is None
+    assert holder.rebuilds == 0 and holder.patches == 3
+
+
+def test_a_rolled_back_insert_never_reaches_the_index(db):
+    rules, seen, holder = service(db)
+    with pytest.raises(RuntimeError), db.atomic():
+        ghost, _ = rules._insert(new("ghost.example"), dt.datetime(2026, 1, 1))
+        raise RuntimeError("the caller's transaction fails")
+    kept, _ = rules.create(new("kept.example"))
+    change = seen[-1]
+    assert [s.id for s in change.added] == [kept.id]
+    assert ghost.id in change.removed or ghost.id == kept.id  # SQLite may hand the id out again
+    assert holder.state.index.match("agent1", "ghost.example", 443) is None
+    assert holder.state.index.match("agent1", "kept.example", 443) is not None
+
+
+def test_heartbeat_extension_and_ingest(db):
+    rules, seen, holder = service(db)
+    assert rules.set_session_rules("s1", [new("s.example", "s1")]) == 1
+    later = dt.datetime(2030, 1, 1)
+    rules.extend_session_rules("s1", later)
+    assert seen[-1] == RuleChange(extend_session=("s1", epoch(later)))
+    assert holder.session_extensions == 1 and holder.rebuilds == 0
+    assert [r.expires_at for r in holder.state.index.rules()] == [epoch(later)]
+    rules.ingest([new(f"i{i}.example") for i in range(5)])
+    assert seen[-1].full and holder.rebuilds == 1 and len(holder.state.index) == len(rules.all_specs())
