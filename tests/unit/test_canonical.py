@@ -34,7 +34,10 @@ from greyproxy.policy.patterns import (
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, validated
 
-PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Health checks are about how fast examples are made (a loaded CI box, names assume() rejects),
+# not about what is asserted.
+PROPS = settings(max_examples=300, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 def _controls(text: str) -> list[str]:
