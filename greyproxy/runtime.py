@@ -120,7 +120,7 @@ class Runtime:
         self.reverse = ReverseNames(self.dns_upstream, on_found=lambda ip, _name: self.pending.ptr_found(ip))
         self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss,
                                       self.reverse.peek)
-        self.writer = StoreWriter(self.db, self.pending, self.rules)
+        self.writer = StoreWriter(self.db, self.pending.record_attempt, self.rules.touch_used)
         self.writer.observe_batch = self.metrics.db_batch
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
         self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")

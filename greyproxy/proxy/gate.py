@@ -20,7 +20,7 @@ from greyproxy.policy.patterns import canonical_host
 from greyproxy.proxy.dnscache import canonical_ip
 from greyproxy.proxy.tracker import TrackedConnection
 from greyproxy.proxy.tunnel import DialError, closer, dial, peer_ip, relay
-from greyproxy.services.pending import Attempt
+from greyproxy.store.records import Attempt
 from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:

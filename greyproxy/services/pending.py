@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import peewee
@@ -15,21 +13,10 @@ from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json, validated
 from greyproxy.store.models import PendingRequest
+from greyproxy.store.records import Attempt
 from greyproxy.timeutil import iso, utcnow
 
 WaiterCount = Callable[[str, str, int], int]
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One held connection's claim on the pending queue (queued by the proxy, written later)."""
-
-    container_name: str
-    container_id: str
-    destination_host: str
-    destination_port: int
-    resolved_hostname: str | None
-    when: dt.datetime
 
 
 def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostname: str | None = None) -> dict[str, Any]:

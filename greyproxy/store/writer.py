@@ -3,6 +3,7 @@ connection never waits on SQL (D5). A crash loses at most one batch interval of 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import time
@@ -14,12 +15,11 @@ import gevent
 import peewee
 from gevent.event import Event
 
-from greyproxy.services.pending import Attempt, PendingService
-from greyproxy.services.rules import RuleService
 from greyproxy.store.bulk import insert_rows
 from greyproxy.store.db import db_path, describe
 from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
 from greyproxy.store.models import HttpTransaction, MiddlewareEvent, RequestLog
+from greyproxy.store.records import Attempt
 from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.store")
@@ -32,10 +32,13 @@ DNS_PRUNE_SECONDS = 60.0  # how often expired dns_cache rows are deleted
 
 
 class StoreWriter:
-    def __init__(self, db: peewee.Database, pending: PendingService, rules: RuleService, interval: float = 1.0):
+    def __init__(self, db: peewee.Database, record_attempt: Callable[[Attempt], None],
+                 touch_used: Callable[[set[int], dt.datetime], None], interval: float = 1.0):
+        """`record_attempt` and `touch_used` are the services' writes (the pending queue, rules'
+        last use), handed in so the store knows no service."""
         self.db = db
-        self.pending = pending
-        self.rules = rules
+        self.record_attempt = record_attempt
+        self.touch_used = touch_used
         self.interval = interval
         self._logs: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED_LOGS)
         self._attempts: deque[Attempt] = deque(maxlen=10_000)
@@ -158,7 +161,7 @@ class StoreWriter:
     def _flush_attempts(self) -> None:
         while self._attempts:
             attempt = self._attempts[0]
-            self.pending.record_attempt(attempt)
+            self.record_attempt(attempt)
             self._attempts.popleft()
 
     def _flush_transactions(self) -> None:
@@ -177,7 +180,7 @@ class StoreWriter:
         self._flush_transactions()
         if self._used:
             used, self._used = self._used, set()
-            self.rules.touch_used(used, utcnow())
+            self.touch_used(used, utcnow())
         while self._logs:
             batch = [self.scrub_row(self._logs[i]) for i in range(min(BATCH_ROWS, len(self._logs)))]
             started = time.monotonic()

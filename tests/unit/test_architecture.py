@@ -1,5 +1,6 @@
 """The arrows between the planes hold (the import-linter contracts in setup.cfg): policy/ is pure,
-the API and the proxy do not import each other, the store imports neither."""
+the API and the proxy do not import each other, the proxy imports no service, the store imports
+none of them (the writer takes the services' writes as callbacks)."""
 
 from __future__ import annotations
 
