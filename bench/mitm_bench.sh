@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GREYPROXY=${GREYPROXY:-.venv/bin/greyproxy}
 PYTHON=${PYTHON:-$(dirname "$GREYPROXY")/python}
-PROXYBENCH=${PROXYBENCH:-../shared/bench/proxybench.py}
+PROXYBENCH=${PROXYBENCH:-}
 MITMDUMP=${MITMDUMP:-mitmdump}
+[ -n "$PROXYBENCH" ] && [ -f "$PROXYBENCH" ] || { echo "set PROXYBENCH to a load generator (see docs/benchmarks.md)" >&2; exit 2; }
 DURATION=${DURATION:-5}
 RESULTS=${RESULTS:-/tmp/greyproxy-mitm-bench}
 WORK=$(mktemp -d /tmp/mitm-bench.XXXXXX)

@@ -6,7 +6,7 @@
 #
 # Environment (all optional):
 #   GREYPROXY    greyproxy executable            (default .venv/bin/greyproxy)
-#   PROXYBENCH   load generator                  (default ../shared/bench/proxybench.py)
+#   PROXYBENCH   load generator (required: what it must do is in docs/benchmarks.md)
 #   PYTHON       python for proxybench/helpers   (default python3)
 #   RESULTS_DIR  where raw JSONL goes            (default /tmp/greyproxy-bench; a stamped subdir per run)
 #   RULES        rules to load                   (default 10000, the last one is the bench allow rule)
@@ -24,7 +24,7 @@ REPO=$(dirname "$HERE")
 cd "$REPO"
 
 GREYPROXY=${GREYPROXY:-.venv/bin/greyproxy}
-PROXYBENCH=${PROXYBENCH:-../shared/bench/proxybench.py}
+PROXYBENCH=${PROXYBENCH:-}
 PYTHON=${PYTHON:-python3}
 RESULTS_DIR=${RESULTS_DIR:-/tmp/greyproxy-bench}
 RULES=${RULES:-10000}
@@ -42,7 +42,7 @@ DEADLINE=$((SECONDS + BUDGET))
 log() { printf '[bench %3ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
-[[ -f $PROXYBENCH ]] || die "proxybench not found at $PROXYBENCH (set PROXYBENCH)"
+[[ -n $PROXYBENCH && -f $PROXYBENCH ]] || die "set PROXYBENCH to a load generator (see docs/benchmarks.md)"
 [[ -x $GREYPROXY ]] || die "greyproxy not found at $GREYPROXY (set GREYPROXY, e.g. a venv with 'pip install -e .')"
 PROXYBENCH=$(cd "$(dirname "$PROXYBENCH")" && pwd)/$(basename "$PROXYBENCH")
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # `greyproxy/proxy/exchange.py`, `docs/design.md`, [text](docs/x.md), `bench/run_bench.sh` …
 PATH_RE = re.compile(r"`((?:greyproxy|docs|bench|tests|config|systemd|migrations|examples)/[\w./-]+)`"
                      r"|\]\((?!https?:)([^)#\s]+)")
