@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
@@ -53,12 +53,24 @@ MIN_EXCHANGE = 4
 T = TypeVar("T", str, bytes)
 
 
+# The spellings an echo commonly gives a value: as is, JSON-escaped (ASCII or not, `\/` too),
+# percent-encoded (`quote`, `quote_plus`, path-safe) and HTML-escaped. The response scrubber
+# (credentials/reverse.py) maps each spelling of a secret to the same spelling of its placeholder.
+ECHO_SPELLINGS: tuple[Callable[[str], str], ...] = (
+    lambda v: v,
+    lambda v: json.dumps(v)[1:-1],
+    lambda v: json.dumps(v, ensure_ascii=False)[1:-1],
+    lambda v: json.dumps(v)[1:-1].replace("/", "\\/"),
+    lambda v: quote(v, safe=""),
+    lambda v: quote_plus(v, safe=""),
+    quote,
+    html.escape,
+)
+
+
 def forms(value: str) -> list[str]:
     """The value and the spellings an echo commonly gives it (deduplicated, value first)."""
-    dumped = json.dumps(value)[1:-1]
-    out = [value, dumped, json.dumps(value, ensure_ascii=False)[1:-1], dumped.replace("/", "\\/"),
-           quote(value, safe=""), quote_plus(value, safe=""), quote(value), html.escape(value)]
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(spell(value) for spell in ECHO_SPELLINGS))
 
 
 class Matcher:

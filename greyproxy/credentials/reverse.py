@@ -8,23 +8,23 @@ placeholder, in response header values and in the body as it streams. A value sp
 reads is still found: the scrubber holds back only the longest tail of what it has seen that is
 the start of some secret, so a stream (SSE) is not delayed by more than that.
 
-Each secret is looked for as sent and in the two spellings an echo most often uses: percent-
-encoded (a URL or form echo) and JSON-escaped (a JSON echo of a header)."""
+Each secret is looked for in every spelling the storage scrubber knows (capture/scrub.py,
+ECHO_SPELLINGS): as sent, JSON-escaped, percent-encoded, HTML-escaped."""
 
 from __future__ import annotations
 
-import json
 import re
-from urllib.parse import quote
+
+from greyproxy.capture.scrub import ECHO_SPELLINGS
 
 
 def _spellings(value: str, placeholder: str) -> list[tuple[bytes, bytes]]:
-    pairs = [(value, placeholder), (quote(value, safe=""), quote(placeholder, safe="")),
-             (json.dumps(value)[1:-1], json.dumps(placeholder)[1:-1])]
+    """Each spelling of the secret an echo might use, with the same spelling of its placeholder."""
     out: dict[bytes, bytes] = {}
-    for real, shown in pairs:
+    for spell in ECHO_SPELLINGS:
+        real = spell(value)
         if real:
-            out.setdefault(real.encode("utf-8"), shown.encode("utf-8"))
+            out.setdefault(real.encode("utf-8"), spell(placeholder).encode("utf-8"))
     return list(out.items())
 
 
