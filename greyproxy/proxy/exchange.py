@@ -23,7 +23,7 @@ from greyproxy.capture.bodies import DecodeError, decode, parse_encodings
 from greyproxy.capture.recorder import Exchange
 from greyproxy.capture.websocket import deflate_negotiated, relay_frames, rewrite_extension_offer
 from greyproxy.credentials.reverse import ResponseScrubber
-from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+from greyproxy.policy.decide import ConnectionRequest, Verdict
 from greyproxy.policy.patterns import canonical_host, is_ip_literal
 from greyproxy.proxy.httpwire import (
     DISCARD,
@@ -162,9 +162,7 @@ class ExchangePipeline:
     # -- refusals ---------------------------------------------------------------------------
     def refuse(self, client: socket.socket, admission: Admission, reason: str, detail: str = "") -> None:
         """Log a refused request and tell the client why (403, or 400 for a malformed one)."""
-        a = admission
-        self.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP", Decision(Verdict.DENY, reason), 0,
-                            resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+        self.rt.gate.refused(admission, reason)
         if reason == "malformed_request":
             client.sendall(simple_response(400, "Bad Request", f"greyproxy: {detail}\n",
                                            [("X-Greyproxy-Reason", reason)]))

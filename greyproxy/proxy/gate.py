@@ -167,6 +167,13 @@ class Gatekeeper:
                 "method": method, "would": decision.would,
             }})
 
+    def refused(self, admission: Admission, reason: str, method: str | None = None, elapsed_ms: int = 0) -> None:
+        """The blocked log row of an admitted connection refused later (guard at dial time, a
+        request naming another host, a TLS hello, an opaque stream, …)."""
+        a = admission
+        self.record(a.container, a.host, a.port, method or a.method or "HTTP", Decision(Verdict.DENY, reason),
+                    elapsed_ms, resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+
     def admitted(self, admission: Admission, dialed_ip: str | None) -> None:
         """The log row of an allowed admission (called once, after the dial attempt)."""
         a = admission
@@ -214,9 +221,7 @@ class Gatekeeper:
             sock = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver, rule_pattern=pattern)
         except DialError as exc:
             if exc.reason in ("control_plane", "private_range"):
-                a = admission
-                self.record(a.container, a.host, a.port, a.method, Decision(Verdict.DENY, exc.reason),
-                            a.elapsed_ms, resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+                self.refused(admission, exc.reason, elapsed_ms=admission.elapsed_ms)
             else:
                 self.admitted(admission, None)
             raise

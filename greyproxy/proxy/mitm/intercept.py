@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import select as gselect
 
-from greyproxy.policy.decide import Decision, Verdict
 from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.exchange import bad_request, destination_for, simple_response
 from greyproxy.proxy.httpwire import BufferedSocket, WireError, parse_head
@@ -80,11 +79,7 @@ class FirstLineWatch:
             return True
         if kind is None and len(self.seen) < SNIFF_BYTES:
             return None
-        a = self.admission
-        reason = "late_tls" if kind == "tls" else "unparsed_http"
-        self.interceptor.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP",
-                                        Decision(Verdict.DENY, reason), 0,
-                                        resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+        self.interceptor.rt.gate.refused(self.admission, "late_tls" if kind == "tls" else "unparsed_http")
         return False
 
 
@@ -109,9 +104,7 @@ class Interceptor:
             self._tls(admission, client, upstream, early)
             return
         if self.rt.config.raw["mitm"].get("opaque", "allow") == "deny":
-            a = admission
-            self.rt.gate.record(a.container, a.host, a.port, a.method or "HTTP", Decision(Verdict.DENY, "opaque_refused"),
-                                0, resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+            self.rt.gate.refused(admission, "opaque_refused")
             for sock in (client, upstream):  # nothing went upstream
                 sock.close()
             return
@@ -196,8 +189,7 @@ class Interceptor:
         OpenSSL's own answer to a hello it could not parse (decode_error if none)."""
         a = admission
         log.info("refused TLS from %s to %s:%s: %s", a.container, a.host, a.port, detail)
-        self.rt.gate.record(a.container, a.host, a.port, a.method, Decision(Verdict.DENY, reason), 0,
-                            resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+        self.rt.gate.refused(a, reason)
         self.rt.metrics.mitm(reason)
         if reason == "sni_mismatch":
             alert = alert_record(ssl.ALERT_DESCRIPTION_ACCESS_DENIED)
@@ -324,8 +316,7 @@ class Interceptor:
 
     def _refuse_all(self, client: BufferedSocket, reason: str, admission: Admission, detail: str) -> None:
         """Answer the first request (if any) with a 403/502 that says why, then close."""
-        self.rt.gate.record(admission.container, admission.host, admission.port, "HTTPS",
-                            Decision(Verdict.DENY, reason), 0)
+        self.rt.gate.refused(admission, reason, method="HTTPS")
         try:
             client.sock.settimeout(HANDSHAKE_TIMEOUT)
             client.read_head()
