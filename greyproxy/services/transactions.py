@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import peewee
+from peewee import Case, fn
 
 from greyproxy.capture.har import WS_METHODS, is_upgrade, pair_frames, to_entry, ws_key, ws_message
 from greyproxy.capture.serialize import transaction_to_json
@@ -29,6 +30,25 @@ class TxnFilter:
     session_id: str | None = None
     since: dt.datetime | None = None  # naive UTC, inclusive
     until: dt.datetime | None = None  # naive UTC, inclusive
+    status_min: int | None = None  # inclusive; rows without a status never match a bound
+    status_max: int | None = None  # inclusive
+    has_error: bool | None = None  # True: no response, or a status of 400 or more
+    is_websocket: bool | None = None  # True: WebSocket frames and the 101 upgrades they ride on
+    search: str | None = None  # substring of the URL, the destination or the container
+    path_contains: str | None = None  # substring of the URL's path (the query is not part of it)
+    recording_id: int | None = None
+
+
+def _path(url: peewee.Field) -> peewee.Node:
+    """SQL for the path of a stored absolute URL: after the authority, before `?` or `#`.
+
+    Computed in SQLite so a filter never loads rows to look at them; a URL without a path has
+    an empty one (the host must not match a path filter)."""
+    rest = fn.SUBSTR(url, fn.INSTR(url, "://") + 3)
+    tail = Case(None, [(fn.INSTR(rest, "/") > 0, fn.SUBSTR(rest, fn.INSTR(rest, "/")))], "")
+    # Cut at the first `?`, then at the first `#`.
+    no_query = Case(None, [(fn.INSTR(tail, "?") > 0, fn.SUBSTR(tail, 1, fn.INSTR(tail, "?") - 1))], tail)
+    return Case(None, [(fn.INSTR(no_query, "#") > 0, fn.SUBSTR(no_query, 1, fn.INSTR(no_query, "#") - 1))], no_query)
 
 
 def _where(query: peewee.ModelSelect, f: TxnFilter) -> peewee.ModelSelect:
@@ -44,6 +64,28 @@ def _where(query: peewee.ModelSelect, f: TxnFilter) -> peewee.ModelSelect:
         query = query.where(HttpTransaction.timestamp >= f.since)
     if f.until is not None:
         query = query.where(HttpTransaction.timestamp <= f.until)
+    return _where_more(query, f)
+
+
+def _where_more(query: peewee.ModelSelect, f: TxnFilter) -> peewee.ModelSelect:
+    t = HttpTransaction
+    if f.status_min is not None:
+        query = query.where(t.status_code >= f.status_min)
+    if f.status_max is not None:
+        query = query.where(t.status_code <= f.status_max)
+    if f.has_error is not None:
+        failed = t.status_code.is_null() | (t.status_code >= 400)
+        query = query.where(failed if f.has_error else ~failed)
+    if f.is_websocket is not None:
+        ws = t.method.in_(WS_METHODS) | (fn.COALESCE(t.status_code, 0) == 101)
+        query = query.where(ws if f.is_websocket else ~ws)
+    if f.search:
+        query = query.where(t.url.contains(f.search) | t.destination_host.contains(f.search)
+                            | t.container_name.contains(f.search))
+    if f.path_contains:
+        query = query.where(_path(t.url).contains(f.path_contains))
+    if f.recording_id is not None:
+        query = query.where(t.recording_id == f.recording_id)
     return query
 
 

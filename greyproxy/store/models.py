@@ -105,6 +105,7 @@ class HttpTransaction(BaseModel):
     session_id = peewee.TextField(null=True, index=True)
     replay_of = peewee.IntegerField(null=True)
     middleware_actions = peewee.TextField(null=True)  # JSON list of {middleware, hook, action, tags}
+    recording_id = peewee.IntegerField(null=True, index=True)  # the capture recording it belongs to (migration 0009)
 
     class Meta:
         table_name = "http_transactions"
@@ -259,6 +260,19 @@ class GlobalCredential(BaseModel):
         table_name = "global_credentials"
 
 
+class Recording(BaseModel):
+    """A named capture recording (migration 0009): traffic recorded while it ran, or a HAR import."""
+
+    name = peewee.TextField()
+    container_pattern = peewee.TextField(null=True)  # whose traffic it takes; null = every container
+    source = peewee.TextField(default="live")  # live | har
+    started_at = peewee.DateTimeField()
+    stopped_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "recordings"
+
+
 class SchemaMigration(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     name = peewee.TextField()
@@ -270,4 +284,4 @@ class SchemaMigration(BaseModel):
 
 ALL_MODELS = [Rule, PendingRequest, RequestLog, ContainerMode, HttpTransaction, SchemaMigration, DnsCacheEntry, Session,
               GlobalCredential, MiddlewareEvent, AuditEntry, EndpointRuleRow, Conversation, Turn,
-              ConversationProcessingState]
+              ConversationProcessingState, Recording]
