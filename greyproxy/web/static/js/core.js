@@ -314,6 +314,108 @@ class Live {
 
 export const live = new Live();
 
+// ---- what is in effect: silent mode and per-container modes, on every page ---------------------
+
+// A silent allow-all (or a container left in `open`/`report`) quietly turns the firewall off, so
+// it is shown on every page with the time left and a way to end it, not only under Settings.
+export const modeBanner = {
+  silent: { active: false },
+  silentAt: 0, // performance.now() when `silent` was read, to count remaining_seconds down
+  modes: [],
+  timer: null,
+
+  start() {
+    const reload = debounce(() => this.load(), 100);
+    live.on(["allowall.changed", "container_mode.*"], reload);
+    live.onResync(reload);
+    this.load();
+  },
+
+  async load() {
+    try {
+      const [silent, modes] = await Promise.all([get("/api/allowall"), get("/api/container-modes")]);
+      this.silent = silent;
+      this.silentAt = performance.now();
+      this.modes = (modes.items || []).filter((m) => m.mode !== "enforce");
+      this.render();
+    } catch { /* offline or logged out: those banners say so */ }
+  },
+
+  secondsLeft() {
+    const s = this.silent;
+    if (!s.active || s.remaining_seconds === undefined) return null;
+    return Math.max(0, s.remaining_seconds - Math.floor((performance.now() - this.silentAt) / 1000));
+  },
+
+  render() {
+    const box = $("#mode-banner");
+    if (!box) return;
+    const lines = [];
+    const s = this.silent;
+    if (s.active) {
+      const verb = s.mode === "deny" ? "denied" : "allowed";
+      lines.push(h("div", { class: `mode-line mode-silent mode-${s.mode}`, dataset: { kind: "silent", mode: s.mode } },
+        h("strong", {}, `Silent ${s.mode === "deny" ? "deny-all" : "allow-all"} is on:`),
+        ` every connection is ${verb} without asking (still logged). `,
+        h("span", { class: "mode-left" }),
+        h("button", { type: "button", class: "btn btn-small mode-off", onclick: () => this.silentOff() }, "Turn off")));
+    }
+    for (const m of this.modes) {
+      const what = m.mode === "open"
+        ? "everything is allowed and nothing is logged as blocked"
+        : "everything is allowed; what would be blocked or held is only logged";
+      lines.push(h("div", { class: `mode-line mode-container mode-${m.mode}`, dataset: { kind: "container", mode: m.mode, id: m.id } },
+        h("strong", {}, `Container ${m.container_pattern} is in ${m.mode} mode:`), ` ${what}. `,
+        m.source === "config"
+          ? h("span", { class: "muted" }, "(set in the configuration file)")
+          : h("button", { type: "button", class: "btn btn-small mode-off", onclick: () => this.modeOff(m) },
+            "Enforce rules")));
+    }
+    replaceChildren(box, lines);
+    box.hidden = !lines.length;
+    this.tick();
+    clearInterval(this.timer);
+    if (s.active) this.timer = setInterval(() => this.tick(), 1000);
+  },
+
+  tick() {
+    const el = $("#mode-banner .mode-left");
+    if (!el) return;
+    const left = this.secondsLeft();
+    if (left === null) {
+      el.textContent = "Until greyproxy restarts.";
+      return;
+    }
+    el.textContent = `${durationClock(left)} left.`;
+    if (left === 0) this.load(); // the server turns it off; read its word
+  },
+
+  async silentOff() {
+    try {
+      this.silent = await api("DELETE", "/api/allowall");
+      this.silentAt = performance.now();
+      this.render();
+      toast("Silent mode is off: rules decide again", "ok");
+    } catch (err) { reportError(err); }
+  },
+
+  async modeOff(m) {
+    try {
+      await api("DELETE", `/api/container-modes/${encodeURIComponent(m.id)}`);
+      toast(`${m.container_pattern} enforces rules again`, "ok");
+      this.load();
+    } catch (err) { reportError(err); }
+  },
+};
+
+// 7260 -> "2 h 1 min", 59 -> "59 s": a countdown that stays exact near its end.
+export function durationClock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
 // ---- the shell ------------------------------------------------------------------------------
 
 export const shell = {
@@ -322,6 +424,7 @@ export const shell = {
 
   start() {
     live.connect();
+    modeBanner.start();
     this.refreshBadge();
     const refreshBadge = debounce(() => this.refreshBadge(), 200);
     live.on(["pending_request.*"], refreshBadge);
