@@ -264,6 +264,13 @@ def build_spec() -> dict[str, Any]:
         "/api/dashboard": {"get": op("Dashboard figures for a period", "logs", ANY_OBJECT, errors=(400,), params=[
             query("period", s("string", enum=["today", "7d", "30d"])),
             query("group_by", STR), query("recent_limit", s("integer", minimum=0, maximum=100)), *TIME_RANGE])},
+        "/api/dashboard/pending": {"get": op(
+            "Pending requests as /api/pending, each with registrable_domain and scope_rules (the exact rule "
+            "each scope would create, or the error it would get)", "pending", ANY_OBJECT, errors=(400,),
+            params=[query("container", STR), query("destination", STR), *PAGING])},
+        "/api/dashboard/duration": {"get": op(
+            "Seconds a rule duration stands for (null = permanent); 400 says what is wrong", "rules", ANY_OBJECT,
+            errors=(400,), params=[query("value", STR)])},
         "/api/rules": {
             "get": op("List rules", "rules", page_of("Rule"), errors=(400,), params=[
                 query("container", STR), query("destination", STR),
