@@ -121,12 +121,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         item.call_failed = report.failed  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests/pgcluster.py); started only when
+    a test asks for the PostgreSQL backend. Without PostgreSQL installed those tests skip
+    locally and fail in CI (where `CI` is set), like the dashboard tests without chromium."""
+    from tests.pgcluster import PgCluster, pg_bin
+
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL is not installed")
+    cluster = PgCluster().init()
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
-def gp_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def database_url() -> str | None:
+    """The backend `gp_factory` gives its servers: None = SQLite in the data dir. A test module
+    runs over both backends by overriding this fixture with `tests.backends.database_url`."""
+    return None
+
+
+@pytest.fixture
+def gp_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None) -> Iterator[Any]:
     started: list[Greyproxy] = []
 
     def make(extra_args: list[str] | None = None, config_yaml: str | None = None, hold_seconds: float = 5.0,
              name: str = "data") -> Greyproxy:
+        if database_url and "--database-url" not in (extra_args or []):
+            extra_args = [*(extra_args or []), "--database-url", database_url]
         proxy = Greyproxy(tmp_path / name, extra_args, config_yaml, hold_seconds)
         started.append(proxy)
         return proxy.start()

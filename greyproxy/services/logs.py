@@ -189,6 +189,10 @@ def _timeline(f: LogFilter, group: str) -> list[dict[str, Any]]:
     # SQL groups by hour or day (strftime on the stored UTC text); weeks fold days in Python.
     fmt = "%Y-%m-%d %H:00:00" if group == "hour" else "%Y-%m-%d 00:00:00"
     key = fn.strftime(fmt, RequestLog.timestamp)
+    database = RequestLog._meta.database  # noqa: SLF001 - the bound database, or its proxy
+    if not isinstance(getattr(database, "obj", database), peewee.SqliteDatabase):  # PostgreSQL (fleet)
+        key = fn.to_char(RequestLog.timestamp, fmt.replace("%Y", "YYYY").replace("%m", "MM").replace(
+            "%d", "DD").replace("%H", "HH24")).coerce(False)  # text, like strftime's
     rows = _where(
         RequestLog.select(key.alias("bucket"), RequestLog.result, fn.COUNT(RequestLog.id).alias("n")), f
     ).group_by(key, RequestLog.result)

@@ -10,6 +10,7 @@ import threading
 import pytest
 import requests
 
+from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.netutil import socks_connect
 
 RULE = {"container_pattern": "agent1", "destination_pattern": "example.com", "port_pattern": "443"}
