@@ -7,24 +7,17 @@ import datetime as dt
 import sqlite3
 
 import peewee
+import psycopg2
 import pytest
 
 from greyproxy.events import Bus
 from greyproxy.services.audit import AuditLog, verify
 from greyproxy.services.pending import PendingService
 from greyproxy.services.rules import RuleService
-from greyproxy.store.db import bind, connect_sqlite, describe, real_cause
-from greyproxy.store.migrate import apply_migrations
+from greyproxy.store.db import describe, real_cause
 from greyproxy.store.models import AuditEntry, PendingRequest, Rule
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = connect_sqlite(tmp_path / "t.db")
-    bind(database)
-    apply_migrations(database)
-    yield database
-    database.close()
+from greyproxy.store.postgres import PostgresDatabase
+from tests.backends import backend_db  # noqa: F401 - `db`: a migrated store, SQLite and PostgreSQL
 
 
 class Setup:
@@ -39,9 +32,17 @@ class Setup:
         self.bus.add_hook(lambda e: self.events.append(e["type"]))
 
     def _on_change(self, *_change: object) -> None:  # a RuleChange, with incremental policy updates
-        path = self.db.database
-        with sqlite3.connect(path) as other:  # sees only what is committed
-            query = "SELECT count(*) FROM rules WHERE destination_pattern LIKE '%.example'"
+        query = "SELECT count(*) FROM rules WHERE destination_pattern LIKE '%.example'"
+        if isinstance(self.db, PostgresDatabase):  # another connection sees only what is committed
+            other = psycopg2.connect(dbname=self.db.database, **self.db.connect_params)
+            try:
+                with other.cursor() as cur:
+                    cur.execute(query)
+                    self.changes.append(f"rules={cur.fetchone()[0]}")
+            finally:
+                other.close()
+            return
+        with sqlite3.connect(self.db.database) as other:
             self.changes.append(f"rules={other.execute(query).fetchone()[0]}")
 
     def add_pending(self, host: str) -> int:

@@ -12,18 +12,8 @@ from greyproxy.capture.redact import REDACTED, Redactor
 from greyproxy.events import Bus
 from greyproxy.services.maintenance import PROGRESS_EVENT, RedactionJob, Retention, RetentionPolicy
 from greyproxy.services.rules import Conflict
-from greyproxy.store.db import bind, connect_sqlite
-from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.models import HttpTransaction, RequestLog
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = connect_sqlite(tmp_path / "t.db")
-    bind(database)
-    apply_migrations(database)
-    yield database
-    database.close()
+from tests.backends import backend_db  # noqa: F401 - `db`: a migrated store, SQLite and PostgreSQL
 
 
 def add_txn(i: int, headers: dict, when: dt.datetime | None = None) -> None:

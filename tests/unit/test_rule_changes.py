@@ -10,18 +10,8 @@ import pytest
 from greyproxy.events import Bus
 from greyproxy.services.policy_state import PolicyHolder, RuleChange
 from greyproxy.services.rules import NewRule, RuleService
-from greyproxy.store.db import bind, connect_sqlite
-from greyproxy.store.migrate import apply_migrations
 from greyproxy.timeutil import epoch
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = connect_sqlite(tmp_path / "t.db")
-    bind(database)
-    apply_migrations(database)
-    yield database
-    database.close()
+from tests.backends import backend_db  # noqa: F401 - `db`: a migrated store, SQLite and PostgreSQL
 
 
 def new(host: str, session_id: str | None = None) -> NewRule:

@@ -8,10 +8,11 @@ from pathlib import Path
 from greyproxy.store.db import open_database
 from greyproxy.store.migrate import apply_migrations, available
 from greyproxy.store.models import ALL_MODELS
+from tests.backends import database_url  # noqa: F401 - SQLite and PostgreSQL
 
 
-def test_every_model_column_exists_after_the_migrations(tmp_path: Path) -> None:
-    db = open_database(None, tmp_path / "greyproxy.db")
+def test_every_model_column_exists_after_the_migrations(tmp_path: Path, database_url: str | None) -> None:  # noqa: F811
+    db = open_database(database_url, tmp_path / "greyproxy.db")
     assert apply_migrations(db) == [version for version, _ in available()]
     for model in ALL_MODELS:
         table = model._meta.table_name  # noqa: SLF001
