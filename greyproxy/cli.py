@@ -82,6 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
         print(f"  API          {config.listen['api'].host}:{ports['api']}", flush=True)
         print(f"  Dashboard    {_dashboard_line(runtime)}", flush=True)
+        ca = runtime.mitm.ca
+        for line in cli_cert.trust_lines(ca.cert_path if ca else None, runtime.ca_generated,
+                                         ca is not None and cli_cert.trusted(ca)):
+            print(line, flush=True)
 
     try:
         runtime.serve_forever(on_ready=ready)

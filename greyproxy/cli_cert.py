@@ -47,6 +47,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common(p)
 
 
+def trusted(ca: CertificateAuthority) -> bool:
+    """Whether this very CA (not an older one) is in the system trust store."""
+    if sys.platform == "darwin":
+        return is_installed()
+    path = installed_path()
+    try:
+        return path is not None and path.read_bytes().strip() == ca.cert_pem.strip()
+    except OSError:
+        return False
+
+
+def trust_lines(cert_path: Path | None, generated: bool, installed: bool) -> list[str]:
+    """What `serve` prints about the CA at start: where it is and how a client trusts it."""
+    if cert_path is None:
+        return ["  CA           none: HTTPS is not intercepted (create one: greyproxy cert generate)"]
+    state = "generated now" if generated else "in the system trust store" if installed else "in use"
+    lines = [f"  CA           {cert_path} ({state}; its key beside it, mode 0600)"]
+    if not installed:  # FILE: the path above (docs/clients.md says what each client shows)
+        lines += [
+            "               trust it: greyproxy cert install (the system store), or per tool, FILE = the path above:",
+            "               SSL_CERT_FILE=FILE (Python ssl, httpx, aiohttp)  CURL_CA_BUNDLE=FILE (curl)",
+            "               REQUESTS_CA_BUNDLE=FILE (requests)  NODE_EXTRA_CA_CERTS=FILE (Node)",
+            "               GIT_SSL_CAINFO=FILE (git)  pip --cert FILE (or PIP_CERT=FILE)",
+        ]
+    return lines
+
+
 def _err(message: str) -> int:
     print(f"greyproxy: {message}", file=sys.stderr)
     return 1

@@ -24,10 +24,11 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "database": {"url": None},
     "hold_seconds": 30,
+    "unanswered_seconds": 300,
     "silent_allow": False,
     "enforce_expiry_on_open": True,
     "api": {"auth": "token", "allowed_origins": []},
-    "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None, "opaque": "allow"},
+    "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None, "opaque": "allow", "generate_ca": True},
     "dns": {"upstream": [], "policy": "log"},
     "guard": {"private_ranges": "allow"},
     "identity": {"anonymous": "challenge"},
@@ -138,6 +139,9 @@ class Config:
     identity_anonymous: str = "challenge"  # 'challenge' (407, D28) | 'fallback' (unknown-<ip>)
     rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
+    # After a hold times out unanswered, further attempts on that key are refused at once for this
+    # long (reason pending_unanswered), until someone decides; 0 = every attempt is held.
+    unanswered_seconds: float = 300.0
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
     middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -324,6 +328,9 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError(f"'hold_seconds': '{merged['hold_seconds']}' is not a number") from None
     if not 0 < hold <= 3600:
         raise ConfigError("'hold_seconds' must be between 0 and 3600")
+    unanswered = merged["unanswered_seconds"]
+    if isinstance(unanswered, bool) or not isinstance(unanswered, (int, float)) or not 0 <= unanswered <= 86400:
+        raise ConfigError(f"'unanswered_seconds' must be a number between 0 and 86400 (got {unanswered!r})")
     if merged["api"]["auth"] not in ("token", "none"):
         raise ConfigError("'api.auth' must be 'token' or 'none'")
     level = str(merged["log"]["level"]).lower()
@@ -352,6 +359,8 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError("'dns.policy' must be 'log' or 'enforce'")
     if merged["mitm"]["opaque"] not in ("allow", "deny"):
         raise ConfigError("'mitm.opaque' must be 'allow' or 'deny'")
+    if not isinstance(merged["mitm"]["generate_ca"], bool):
+        raise ConfigError("'mitm.generate_ca' must be true or false")
     if guard["private_ranges"] not in ("allow", "deny"):
         raise ConfigError("'guard.private_ranges' must be 'allow' or 'deny'")
     anonymous = merged["identity"]["anonymous"]
@@ -392,6 +401,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         identity_anonymous=anonymous,
         rules_files=_rules_files(merged["rules_files"], source),
         drain_seconds=drain,
+        unanswered_seconds=float(unanswered),
         source=source,
         middlewares=middlewares,
         limits=_limits(merged["limits"]),

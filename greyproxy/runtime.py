@@ -21,6 +21,7 @@ from gevent.server import StreamServer
 from greyproxy import __version__, sdnotify
 from greyproxy.ca.state import MitmState
 from greyproxy.capture.recorder import TransactionRecorder
+from greyproxy.capture.recordings import ActiveRecordings
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
 from greyproxy.config import Config, ListenAddress, load_config
@@ -57,6 +58,7 @@ from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPol
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
 from greyproxy.services.policy_state import PolicyHolder, RuleChange
+from greyproxy.services.recordings import RecordingService
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
 from greyproxy.services.settings import SettingsStore
@@ -136,6 +138,8 @@ class Runtime:
         mitm_cfg = config.raw["mitm"]
         self.mitm = MitmState(config.data_dir, self.bus, enabled=saved["mitmEnabled"], bypass=saved["mitmBypass"],
                               extra_ca_bundle=mitm_cfg["extra_ca_bundle"])
+        # First start makes the CA (mitm.generate_ca); serve says where it is and how to trust it.
+        self.ca_generated = bool(mitm_cfg["generate_ca"]) and self.mitm.ensure()
         self.redactor = Redactor(saved["redactedHeaders"])
         self.settings.cert_info = lambda: self.mitm.status(is_installed())
         self.settings.on_change(self.apply_settings)
@@ -147,6 +151,9 @@ class Runtime:
         self._setup_sessions()
         self.scrub_job = ScrubJob(self.db, self.bus, lambda: self.redactor, self.scrubber, self.vault, self.audit)
         self.recorder = TransactionRecorder(self)
+        self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
+        self.recording_service = RecordingService(self)
+        self.recording_service.load()
         self.assembler = ConversationAssembler(self.db, self.bus,
                                                lambda: bool(self.settings.values()["conversationsEnabled"]))
         self.writer.on_transactions = self.assembler.wake

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gevent
 
-from greyproxy.ca.authority import CertificateAuthority, ca_mtime, ca_status, generate_ca, load_ca
+from greyproxy.ca.authority import CAExists, CertificateAuthority, ca_mtime, ca_status, generate_ca, load_ca
 from greyproxy.ca.leaf import LeafCache
 from greyproxy.events import Bus
 
@@ -56,6 +56,19 @@ class MitmState:
         self.ca = ca
         self.leaves = LeafCache(ca) if ca is not None else None
         log.info("MITM CA loaded: %s", ca.cert.subject.rfc4514_string() if ca else None)
+        return True
+
+    def ensure(self) -> bool:
+        """First start: generate the CA when the data dir has neither file, so interception,
+        credential substitution and the SNI check work out of the box (docs/design.md). A
+        lone or broken file is never overwritten (load errors are logged). True if generated."""
+        if ca_mtime(self.data_dir) is not None:
+            return False
+        try:
+            self.generate()
+        except CAExists:  # one of the two files exists: leave it to `greyproxy cert generate --force`
+            return False
+        log.info("generated the interception CA in %s", self.data_dir)
         return True
 
     def generate(self, force: bool = False) -> CertificateAuthority:

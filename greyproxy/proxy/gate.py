@@ -115,8 +115,10 @@ class Gatekeeper:
                                                  f"for this container, {rt.holds.total} in total")
                 decision = Decision(Verdict.DENY, "hold_limit")
             else:
-                decision = rt.holds.hold(request, rt.config.hold_seconds, client)
+                decision = rt.holds.hold(request, rt.config.hold_seconds, client, rt.config.unanswered_seconds)
                 held_seconds = time.monotonic() - decided
+        else:
+            rt.holds.forget((container, host, port))  # decided: a later hold waits again
         rt.metrics.timing(decided - started, held_seconds)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         admission = Admission(container, host, port, decision, resolved, method, elapsed_ms, container_id)

@@ -1,12 +1,19 @@
-"""The hold (§4.2, D6): an unmatched connection waits here, open, for a human decision.
+"""The hold: an unmatched connection waits here, open, for a human decision (docs/design.md).
 
 Waiters are re-decided against the in-memory policy whenever it changes; only those whose
 answer actually changed are woken. At the timeout a final re-check runs before blocking.
+
+A key whose hold timed out with nobody deciding is remembered (in memory, bounded) for
+`unanswered_seconds`: further attempts on it are refused at once (`pending_unanswered`) instead
+of each waiting the whole hold again, so a client that retries (pip: 5 retries) does not
+multiply the wait. The pending row still counts every attempt; a decision ends it.
 """
 
 from __future__ import annotations
 
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +28,9 @@ WaiterKey = tuple[str, str, int]  # (container, host, port)
 
 # How often a held client socket is checked for a hang-up.
 HANGUP_POLL_SECONDS = 0.5
+# At most this many unanswered keys are remembered (the oldest is forgotten first): a flood of
+# distinct destinations costs bounded memory, and a forgotten key is only held again.
+UNANSWERED_MAX = 10_000
 
 
 @dataclass(eq=False)
@@ -40,6 +50,28 @@ class HoldManager:
         self._waiters: dict[WaiterKey, set[HeldConnection]] = {}
         self._by_container: dict[str, int] = {}  # held connections per container (limits, O(1))
         self._total = 0
+        self._unanswered: OrderedDict[WaiterKey, float] = OrderedDict()  # key -> monotonic end
+
+    def unanswered(self, key: WaiterKey) -> bool:
+        """Whether attempts on `key` fail fast: its hold timed out unanswered a moment ago."""
+        until = self._unanswered.get(key)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._unanswered[key]
+        return False
+
+    def forget(self, key: WaiterKey) -> None:
+        """Someone decided (a rule now answers this key, or it was dismissed): hold it again."""
+        if self._unanswered:
+            self._unanswered.pop(key, None)
+
+    def _remember_unanswered(self, key: WaiterKey, seconds: float) -> None:
+        self._unanswered[key] = time.monotonic() + seconds
+        self._unanswered.move_to_end(key)
+        while len(self._unanswered) > UNANSWERED_MAX:
+            self._unanswered.popitem(last=False)
 
     def count(self, container: str, host: str, port: int) -> int:
         return len(self._waiters.get((container, host, port), ()))
@@ -64,9 +96,14 @@ class HoldManager:
             },
         )
 
-    def hold(self, request: ConnectionRequest, timeout: float, client: socket.socket | None) -> Decision:
+    def hold(self, request: ConnectionRequest, timeout: float, client: socket.socket | None,
+             unanswered_seconds: float = 0.0) -> Decision:
+        """Wait for a decision; `unanswered_seconds` > 0: a timeout with nobody deciding makes
+        further attempts on this key fail fast for that long (see the module docstring)."""
         waiter = HeldConnection(request)
         key = waiter.key
+        if unanswered_seconds > 0 and self.unanswered(key):
+            return Decision(Verdict.DENY, "pending_unanswered")
         previous = self.count(*key)
         self._waiters.setdefault(key, set()).add(waiter)
         container = request.container
@@ -99,6 +136,8 @@ class HoldManager:
             decision = self.decide(request)
             if decision.verdict is Verdict.HOLD:
                 decision = Decision(Verdict.DENY, "pending_timeout")
+                if unanswered_seconds > 0:
+                    self._remember_unanswered(key, unanswered_seconds)
         return decision
 
     def _watch_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:
@@ -127,8 +166,10 @@ class HoldManager:
                     waiter.result.set(Decision(Verdict.DENY, reason))
 
     def dismiss(self, container: str, hosts: Iterable[str], port: int) -> None:
-        """A pending request was dismissed without a rule: block exactly its waiters."""
+        """A pending request was dismissed without a rule: block exactly its waiters (the next
+        attempt is held again: someone is answering)."""
         for host in hosts:
+            self.forget((container, host, port))
             for waiter in list(self._waiters.get((container, host, port), ())):
                 if not waiter.result.ready():
                     waiter.result.set(Decision(Verdict.DENY, "dismissed"))

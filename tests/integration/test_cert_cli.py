@@ -15,6 +15,10 @@ import pytest
 from greyproxy.trust import is_installed
 from tests.integration.netutil import wait_until
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

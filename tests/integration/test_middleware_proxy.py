@@ -13,6 +13,10 @@ import requests
 from tests.integration.mwutil import middleware_yaml, seen_messages
 from tests.integration.netutil import wait_until
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 
 @pytest.fixture
 def mw(gp_factory, tmp_path):

@@ -11,6 +11,10 @@ import pytest
 
 from tests.integration.netutil import http_connect, socks_connect, wait_until
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "20"]
 
 

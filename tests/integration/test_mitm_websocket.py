@@ -14,6 +14,10 @@ from tests.integration.netutil import http_connect, wait_until
 from tests.integration.tlsutil import make_origin_pki
 from tests.ports import free_port
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 
 @pytest.fixture
 def wss_origin(tmp_path):

@@ -24,6 +24,10 @@ from tests.integration.netutil import wait_until
 from tests.integration.tlsutil import make_origin_pki
 from tests.ports import free_port
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "15"]
 SESSION_ID = "gw-echo-0123456789"
 SESSION_PH = "greyproxy:credential:v1:gw-echo-0123456789:" + "c" * 32

@@ -17,6 +17,10 @@ import pytest
 from tests.integration.tlsutil import make_origin_pki
 from tests.ports import free_port
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 SESSION_ID = "gw-echo0123456789ab"
 PLACEHOLDER = "greyproxy:credential:v1:gw-echo0123456789ab:" + "b" * 32
 SECRET = "echo-REAL-secret-value-31337"

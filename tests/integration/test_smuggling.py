@@ -13,6 +13,10 @@ import pytest
 from tests.integration.rawutil import RecordingOrigin
 from tests.integration.tlsutil import make_origin_pki
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 AUTH = base64.b64encode(b"agent1:x").decode()
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: b.test\r\n\r\n"
 PATHS = ("plain", "tunnel", "tls")

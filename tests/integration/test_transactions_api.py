@@ -18,6 +18,10 @@ from greyproxy.store.models import HttpTransaction
 from tests.integration.netutil import wait_until
 from tests.integration.tlsutil import TLSOrigin
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 REDACTED = "[REDACTED]"
 
 
