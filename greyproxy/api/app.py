@@ -28,6 +28,7 @@ from greyproxy.api import (
     openapi,
     pages,
     pending,
+    rule_test,
     rules,
     sessions,
     settings,
@@ -45,6 +46,7 @@ BLUEPRINTS = (
     health.bp,
     dashboard.bp,
     pending.bp,
+    rule_test.bp,  # before rules.bp: /api/rules/test is not a rule id
     rules.bp,
     logs.bp,
     allowall.bp,

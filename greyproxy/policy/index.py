@@ -41,6 +41,7 @@ from .patterns import (
     specificity,
     try_canonical_host,
 )
+from .request_rules import RequestEntry, RequestQuery, best_request_rule, is_request_rule
 
 LAYER_GLOBAL = 3
 LAYER_SESSION = 2
@@ -68,6 +69,10 @@ class RuleSpec:
     layer: int = LAYER_GLOBAL
     expires_at: float | None = None  # epoch seconds; None = never
     session_id: str | None = None
+    # Request-level rules (policy/request_rules.py) have one of these; '' = any. They are kept
+    # out of the connection buckets: they judge requests on an already allowed connection.
+    method_pattern: str = ""
+    path_pattern: str = ""
 
 
 SortKey = tuple[int, int, int, int]
@@ -241,6 +246,7 @@ class RuleIndex:
         # version -> prefix length -> network bits -> bucket
         self._cidr: dict[int, dict[int, dict[int, _Bucket]]] = {4: {}, 6: {}}
         self._any = _Bucket()
+        self._request: dict[int, RequestEntry] = {}  # request-level rules, by id
         for rule in rules:
             if rule.id in self._rules:
                 self._forget(rule.id)
@@ -256,6 +262,10 @@ class RuleIndex:
     def _add(self, rule: RuleSpec, building: bool) -> None:
         # Rules that cannot match are left out rather than raising: one bad database row must
         # not stop the proxy (patterns are validated on write, D3).
+        if is_request_rule(rule.method_pattern, rule.path_pattern):
+            if rule.container_pattern:
+                self._request[rule.id] = RequestEntry(rule)
+            return
         if rule.action not in _ACTION_RANK or not rule.container_pattern:
             return
         try:
@@ -297,6 +307,7 @@ class RuleIndex:
 
     def _unlink(self, rule_id: int) -> None:
         """Take a rule out of its bucket (an emptied list or bucket stays: it matches nothing)."""
+        self._request.pop(rule_id, None)
         where = self._where.pop(rule_id, None)
         if where is None:
             return
@@ -456,6 +467,18 @@ class RuleIndex:
             for bucket in self._candidate_buckets(candidate):
                 best = bucket.best(q, best)
         return best.spec if best is not None else None
+
+    def match_request(self, q: RequestQuery, now: float | None = None) -> RuleSpec | None:
+        """The winning request-level rule for one HTTP request (policy/request_rules.py), or None.
+        A linear pass: request rules are few (they name single API calls)."""
+        if not self._request:
+            return None
+        return best_request_rule(self._request.values(), q, time.time() if now is None else now,
+                                 self._sessions.get(q.container))
+
+    @property
+    def has_request_rules(self) -> bool:
+        return bool(self._request)
 
     def __len__(self) -> int:
         return len(self._rules)

@@ -19,6 +19,7 @@ from greyproxy.policy.patterns import (
     normalize_destination_pattern,
     normalize_port_pattern,
 )
+from greyproxy.policy.request_rules import is_request_rule, normalize_method_pattern, normalize_path_pattern
 from greyproxy.services.policy_state import RuleChange
 from greyproxy.store.models import Rule
 from greyproxy.timeutil import epoch, iso, utcnow
@@ -43,14 +44,27 @@ class NewRule:
     notes: str | None = None
     created_by: str = "admin"
     session_id: str | None = None
+    method_pattern: str = ""  # request-level rules (policy/request_rules.py); '' = any
+    path_pattern: str = ""
 
 
-ACTIONS = ("allow", "deny")
+ACTIONS = ("allow", "deny", "hold")
 PATTERN_NORMALIZERS = {
     "container_pattern": normalize_container_pattern,
     "destination_pattern": normalize_destination_pattern,
     "port_pattern": normalize_port_pattern,
+    "method_pattern": normalize_method_pattern,
+    "path_pattern": normalize_path_pattern,
 }
+
+
+def check_action(action: str, method_pattern: str, path_pattern: str) -> None:
+    """'hold' is an action of request-level rules only: an unmatched connection is held anyway."""
+    if action not in ACTIONS:
+        raise PatternError(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
+    if action == "hold" and not is_request_rule(method_pattern, path_pattern):
+        raise PatternError("action: 'hold' needs a method_pattern or a path_pattern (a request-level rule); "
+                           "a connection no rule allows is held anyway")
 
 
 def validated(new: NewRule) -> NewRule:
@@ -59,14 +73,16 @@ def validated(new: NewRule) -> NewRule:
     Every write path (API, YAML import and ingest, pending decisions, sessions) ends here, so
     no rule reaches the database unvalidated. The normalizers are idempotent: patterns that
     were already validated come out unchanged."""
-    if new.action not in ACTIONS:
-        raise PatternError(f"action: {new.action!r} is not one of {', '.join(ACTIONS)}")
-    return replace(
+    out = replace(
         new,
         container_pattern=normalize_container_pattern(new.container_pattern),
         destination_pattern=normalize_destination_pattern(new.destination_pattern),
         port_pattern=normalize_port_pattern(new.port_pattern),
+        method_pattern=normalize_method_pattern(new.method_pattern),
+        path_pattern=normalize_path_pattern(new.path_pattern),
     )
+    check_action(out.action, out.method_pattern, out.path_pattern)
+    return out
 
 
 def validated_changes(changes: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +116,8 @@ def rule_to_json(rule: Rule, now: dt.datetime | None = None) -> dict[str, Any]:
         "created_by": rule.created_by,
         "notes": rule.notes,
         "session_id": rule.session_id,
+        "method_pattern": rule.method_pattern or None,  # null: a connection rule
+        "path_pattern": rule.path_pattern or None,
         "is_active": rule.expires_at is None or rule.expires_at > now,
         "source": rule_source(rule),
         **display_fields(rule.destination_pattern),  # D30: Unicode form and mixed scripts, display only
@@ -116,7 +134,15 @@ def rule_to_spec(rule: Rule) -> RuleSpec:
         layer=layer_of(rule.created_by, rule.session_id),
         expires_at=epoch(rule.expires_at),
         session_id=rule.session_id,
+        method_pattern=rule.method_pattern or "",
+        path_pattern=rule.path_pattern or "",
     )
+
+
+def rule_key(r: Any) -> tuple[str, str, str, str, str, str]:
+    """What makes two rules the same rule (the unique index)."""
+    return (r.container_pattern, r.destination_pattern, r.port_pattern, r.action, r.method_pattern or "",
+            r.path_pattern or "")
 
 
 class RuleService:
@@ -188,6 +214,8 @@ class RuleService:
             & (Rule.destination_pattern == new.destination_pattern)
             & (Rule.port_pattern == new.port_pattern)
             & (Rule.action == new.action)
+            & (Rule.method_pattern == new.method_pattern)
+            & (Rule.path_pattern == new.path_pattern)
         )
 
     def _insert(self, new: NewRule, now: dt.datetime) -> tuple[Rule, bool]:
@@ -211,6 +239,8 @@ class RuleService:
             created_by=new.created_by,
             notes=new.notes,
             session_id=new.session_id,
+            method_pattern=new.method_pattern,
+            path_pattern=new.path_pattern,
         )
         self._touched.add(rule.id)
         return rule, True
@@ -233,15 +263,15 @@ class RuleService:
         items = [validated(new) for new in items]
         now = utcnow()
         existing = {
-            (r.container_pattern, r.destination_pattern, r.port_pattern, r.action): r
+            rule_key(r): r
             for r in Rule.select(Rule.id, Rule.container_pattern, Rule.destination_pattern, Rule.port_pattern,
-                                 Rule.action, Rule.expires_at)
+                                 Rule.action, Rule.expires_at, Rule.method_pattern, Rule.path_pattern)
         }
-        rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        rows: dict[tuple[str, ...], dict[str, Any]] = {}
         expired_ids: list[int] = []
         skipped = 0
         for new in items:
-            key = (new.container_pattern, new.destination_pattern, new.port_pattern, new.action)
+            key = rule_key(new)
             old = existing.get(key)
             if key in rows or (old is not None and (old.expires_at is None or old.expires_at > now)):
                 skipped += 1
@@ -254,7 +284,8 @@ class RuleService:
                 "port_pattern": new.port_pattern, "action": new.action,
                 "rule_type": "temporary" if expires else new.rule_type, "created_at": now,
                 "expires_at": expires, "created_by": new.created_by, "notes": new.notes,
-                "session_id": new.session_id,
+                "session_id": new.session_id, "method_pattern": new.method_pattern,
+                "path_pattern": new.path_pattern,
             }
         with self.db.atomic():
             if expired_ids:
@@ -278,6 +309,7 @@ class RuleService:
                 setattr(rule, key, value)
             if "expires_at" in changes:
                 rule.rule_type = "permanent" if rule.expires_at is None else "temporary"
+            check_action(rule.action, rule.method_pattern, rule.path_pattern)  # 'hold' stays request-level
             try:
                 rule.save()
             except peewee.IntegrityError:

@@ -25,10 +25,13 @@ class Rule(BaseModel):
     created_by = peewee.TextField(default="admin")
     notes = peewee.TextField(null=True)
     session_id = peewee.TextField(null=True, index=True)
+    method_pattern = peewee.TextField(default="")  # request-level rules (migration 0010); '' = any
+    path_pattern = peewee.TextField(default="")
 
     class Meta:
         table_name = "rules"
-        indexes = ((("container_pattern", "destination_pattern", "port_pattern", "action"), True),)
+        indexes = ((("container_pattern", "destination_pattern", "port_pattern", "action", "method_pattern",
+                     "path_pattern"), True),)
 
 
 class PendingRequest(BaseModel):
