@@ -22,6 +22,7 @@ from greyproxy import __version__, sdnotify
 from greyproxy.ca.state import MitmState
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.recordings import ActiveRecordings
+from greyproxy.capture.recordings import ActiveRecordings
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
 from greyproxy.config import Config, ListenAddress, load_config
@@ -58,6 +59,7 @@ from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPol
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
 from greyproxy.services.policy_state import PolicyHolder, RuleChange
+from greyproxy.services.recordings import RecordingService
 from greyproxy.services.recordings import RecordingService
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
@@ -151,6 +153,9 @@ class Runtime:
         self._setup_sessions()
         self.scrub_job = ScrubJob(self.db, self.bus, lambda: self.redactor, self.scrubber, self.vault, self.audit)
         self.recorder = TransactionRecorder(self)
+        self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
+        self.recording_service = RecordingService(self)
+        self.recording_service.load()
         self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
         self.recording_service = RecordingService(self)
         self.recording_service.load()

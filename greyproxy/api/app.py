@@ -28,6 +28,7 @@ from greyproxy.api import (
     openapi,
     pages,
     pending,
+    recordings,
     rule_test,
     rules,
     sessions,
@@ -64,6 +65,7 @@ BLUEPRINTS = (
     middlewares.bp,
     audit.bp,
     conversations.bp,
+    recordings.bp,
     openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -209,9 +209,13 @@ def har_document(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"log": {"version": "1.2", "creator": creator(), "pages": [], "entries": entries}}
 
 
-def har_stream(entries: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """The same document as JSON text, one entry at a time (an export never sits in memory whole)."""
-    head = json.dumps({"version": "1.2", "creator": creator(), "pages": []})
+def har_stream(entries: Iterable[dict[str, Any]], comment: str | None = None) -> Iterator[str]:
+    """The same document as JSON text, one entry at a time (an export never sits in memory whole).
+    `comment` (HAR's own field) says what the export holds when it is not everything."""
+    log: dict[str, Any] = {"version": "1.2", "creator": creator(), "pages": []}
+    if comment:
+        log["comment"] = comment
+    head = json.dumps(log)
     yield '{"log": ' + head[:-1] + ', "entries": ['
     for i, entry in enumerate(entries):
         yield ("," if i else "") + json.dumps(entry)

@@ -106,6 +106,7 @@ class TransactionRecorder:
             "session_id": ex.session_id,
             "substituted_credentials": json.dumps(ex.substituted) if ex.substituted else None,
             "middleware_actions": json.dumps(ex.middleware_actions) if ex.middleware_actions else None,
+            "recording_id": self.rt.recordings.recording_for(ex.container),
         }
         self.rt.writer.transaction(row, self._publish)
         # Parsed traffic (intercepted or plain HTTP) is not piped by relay(): count heads + bodies.
@@ -136,5 +137,6 @@ class TransactionRecorder:
             "status_code": 101,
             "rule_id": ex.rule_id,
             "session_id": ex.session_id,
+            "recording_id": self.rt.recordings.recording_for(ex.container),
         }
         self.rt.writer.transaction(row, self._publish)

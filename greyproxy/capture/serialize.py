@@ -48,6 +48,7 @@ def transaction_to_json(row: HttpTransaction, bodies: bool = False) -> dict[str,
         "substituted_credentials": parse_json_column(row.substituted_credentials),
         "session_id": row.session_id,
         "replay_of": row.replay_of,
+        "recording_id": getattr(row, "recording_id", None),
         "middleware_actions": parse_json_column(row.middleware_actions) or [],  # §13 badges
     }
     if bodies:

@@ -1,11 +1,15 @@
 """`POST /api/transactions/:id/replay` (D17): send a stored request again, on behalf of the same
 container, and store the exchange as a new transaction (`replay_of` = the original).
 
-The replay is a connection like any other: the rules decide it (only ALLOW goes out; a
-connection that would be held is refused rather than held, since nobody is waiting on the
-other end), it is logged in request_logs, and it is dialled under the same guard. What is sent
-is what was stored, so redacted header and query values go out as the literal `[REDACTED]`:
-a replay never carries a secret, and a request that needed one fails upstream (usually 401).
+The request may be changed first (`Modifications`: method, URL, headers, body). The replay is a
+connection like any other: the rules decide it for the destination actually dialled (a changed
+URL is a changed destination; only ALLOW goes out; a connection that would be held is refused
+rather than held, since nobody is waiting on the other end), it is logged in request_logs, and
+it is dialled under the same resolver and guards.
+
+A value redacted when the request was captured is never sent as the literal `[REDACTED]`: a
+stored header, URL or body that still holds one is refused (ReplayInvalid naming it) unless the
+modifications give that part a value, or drop it (a header set to null).
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import gevent
 
 from greyproxy.capture.bodies import BodyTap
 from greyproxy.capture.curl import SKIPPED_HEADERS, header_lines
 from greyproxy.capture.har import WS_METHODS
+from greyproxy.capture.redact import REDACTED
 from greyproxy.capture.serialize import transaction_to_json
+from greyproxy.policy.canonical import PatternError, canonical_host
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.tunnel import DialError, dial
@@ -36,13 +43,18 @@ if TYPE_CHECKING:
 REPLAY_TIMEOUT = 30.0  # the whole exchange: dial, TLS, request, response
 MAX_RESPONSE_READ = 64 * 1024 * 1024  # read (and count) at most this much of the answer
 READ_CHUNK = 64 * 1024
+MAX_URL = 8192
+MAX_HEADER_VALUE = 8192
+MAX_HEADERS = 100
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Also dropped for a replay: we send the whole body at once, and decompressed.
 _REPLAY_SKIPPED = SKIPPED_HEADERS | {"expect", "content-encoding"}
+# Set by the replay itself from what it sends; a modification may not name them.
+_NOT_SETTABLE = _REPLAY_SKIPPED | {"host"}
 
 
 class ReplayInvalid(ValueError):
-    """This transaction cannot be replayed (400)."""
+    """This transaction cannot be replayed, or the modifications are bad (400)."""
 
 
 class ReplayDenied(PermissionError):
@@ -57,54 +69,198 @@ class ReplayFailed(OSError):
     """Upstream could not be reached or answered badly (502)."""
 
 
-def _request_bytes(row: HttpTransaction) -> tuple[bytes, list[tuple[str, str]], bytes | None]:
-    """(wire bytes, the header lines sent, body) for the stored request."""
-    parts = urlsplit(row.url)
+@dataclass(frozen=True, slots=True)
+class Modifications:
+    """What to change before sending; None = as stored. A header set to None is left out."""
+
+    method: str | None = None
+    url: str | None = None
+    headers: dict[str, list[str] | None] = field(default_factory=dict)
+    body: bytes | None = None
+    body_set: bool = False  # True when `body` replaces the stored one (None then means no body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    url: str
+    host: str  # canonical, what the rules see and the dial connects to
+    port: int
+    headers: list[tuple[str, str]]
+    body: bytes | None
+
+
+def _check_text(value: str, what: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ReplayInvalid(f"{what} is longer than {limit} characters")
+    if any(c in value for c in "\r\n\x00"):
+        raise ReplayInvalid(f"{what} has characters that cannot be sent")
+
+
+def _destination(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = canonical_host(parts.hostname or "")
+    except (ValueError, PatternError) as exc:  # a bad port or a host that is not one
+        raise ReplayInvalid(f"the URL's host and port cannot be dialled: {exc}") from None
+    if not 0 < port < 65536:
+        raise ReplayInvalid("the URL's port is out of range")
+    return host, port
+
+
+def _redacted_in_url(url: str) -> bool:
+    return REDACTED in url or REDACTED in unquote(url)
+
+
+def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
+    """The request to send: the stored one with the modifications applied, checked."""
+    method = mods.method if mods.method is not None else row.method
+    if not _TOKEN.match(method) or len(method) > 32:
+        raise ReplayInvalid(f"cannot replay method {method!r}")
+    url = mods.url if mods.url is not None else row.url
+    _check_text(url, "the URL", MAX_URL)
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ReplayInvalid(f"cannot replay a {parts.scheme or 'relative'} URL")
-    if not 0 < (row.destination_port or 0) < 65536 or not row.destination_host:
-        raise ReplayInvalid("the stored destination is not a host and port that can be dialled")
-    if not _TOKEN.match(row.method):
-        raise ReplayInvalid(f"cannot replay method {row.method!r}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if any(c in target for c in " \r\n\x00"):
-        raise ReplayInvalid("the stored URL has characters that cannot be sent")
-    if row.request_body_truncated or (row.request_body is None and (row.request_body_size or 0) > 0):
-        raise ReplayInvalid("the request body was not captured in full (binary or over 2 MiB), so it cannot be replayed")
-    body = bytes(row.request_body) if row.request_body is not None else None
+    if " " in url:
+        raise ReplayInvalid("the URL has characters that cannot be sent")
+    if mods.url is None:
+        if not 0 < (row.destination_port or 0) < 65536 or not row.destination_host:
+            raise ReplayInvalid("the stored destination is not a host and port that can be dialled")
+        host, port = row.destination_host, row.destination_port
+        if _redacted_in_url(url):
+            raise ReplayInvalid(f"the stored URL holds a value redacted at capture ({REDACTED}): "
+                                "give the URL to send in 'url'")
+    else:
+        host, port = _destination(url)
 
-    headers = [
-        (name, value)
-        for name, value in header_lines(row.request_headers)
-        if name.lower() not in _REPLAY_SKIPPED and _TOKEN.match(name) and not any(c in value for c in "\r\n\x00")
-    ]
+    if mods.body_set:
+        body = mods.body
+    else:
+        if row.request_body_truncated or (row.request_body is None and (row.request_body_size or 0) > 0):
+            raise ReplayInvalid("the request body was not captured in full (binary or over 2 MiB), so it cannot be "
+                                "replayed as stored: give one in 'body'")
+        body = bytes(row.request_body) if row.request_body is not None else None
+        if body is not None and REDACTED.encode() in body:
+            raise ReplayInvalid(f"the stored request body holds a value redacted at capture ({REDACTED}): "
+                                "give the body to send in 'body'")
+
+    changed = {name.lower() for name in mods.headers}
+    headers = []
+    for name, value in header_lines(row.request_headers):
+        low = name.lower()
+        if low in _REPLAY_SKIPPED or low in changed or (low == "host" and mods.url is not None):
+            continue
+        if not _TOKEN.match(name) or any(c in value for c in "\r\n\x00"):
+            continue
+        if REDACTED in value:
+            raise ReplayInvalid(f"header '{name}' was redacted at capture: give its value in 'headers' "
+                                f"(or null to leave it out); {REDACTED} is never sent")
+        headers.append((name, value))
+    for name, values in mods.headers.items():
+        headers.extend((name, value) for value in values or [])
     if not any(name.lower() == "host" for name, _ in headers):
         headers.insert(0, ("Host", parts.netloc.rsplit("@", 1)[-1]))
-    if body is not None or row.method in ("POST", "PUT", "PATCH"):
+    if body is not None or method in ("POST", "PUT", "PATCH"):
         headers.append(("Content-Length", str(len(body or b""))))
     headers.append(("Connection", "close"))
-    head = f"{row.method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-    return head.encode("latin-1", errors="replace") + (body or b""), headers, body
+    return _Request(method, url, host, port, headers, body)
 
 
-def _open(rt: Runtime, row: HttpTransaction, decision: Decision) -> socket.socket:
+def _wire(req: _Request) -> bytes:
+    parts = urlsplit(req.url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = f"{req.method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in req.headers) + "\r\n"
+    return head.encode("latin-1", errors="replace") + (req.body or b"")
+
+
+def parse_modifications(body: object) -> Modifications:
+    """The request body of a replay (a JSON object, or None for none) as Modifications."""
+    if body is None:
+        return Modifications()
+    if not isinstance(body, dict):
+        raise ReplayInvalid("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"method", "url", "headers", "body", "body_base64"})
+    if unknown:
+        raise ReplayInvalid(f"unknown field(s): {', '.join(unknown)}")
+    method, url = body.get("method"), body.get("url")
+    for name, value in (("method", method), ("url", url)):
+        if value is not None and not isinstance(value, str):
+            raise ReplayInvalid(f"'{name}' must be a string")
+    if isinstance(method, str) and (not _TOKEN.match(method) or len(method) > 32):
+        raise ReplayInvalid("'method' must be an HTTP method token of at most 32 characters")
+    if isinstance(url, str):
+        _check_text(url, "'url'", MAX_URL)
+    return Modifications(method=method, url=url, headers=_parse_headers(body.get("headers")), **_parse_body(body))
+
+
+def _parse_headers(raw: object) -> dict[str, list[str] | None]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ReplayInvalid("'headers' must be an object of name: value (a string, a list of strings, or null)")
+    if len(raw) > MAX_HEADERS:
+        raise ReplayInvalid(f"'headers' may set at most {MAX_HEADERS} headers")
+    out: dict[str, list[str] | None] = {}
+    for name, value in raw.items():
+        if not _TOKEN.match(name) or len(name) > 256:
+            raise ReplayInvalid(f"'headers': {name[:64]!r} is not a header name")
+        if name.lower() in _NOT_SETTABLE:
+            raise ReplayInvalid(f"'headers': {name} is set by the replay itself (change 'url' or 'body' instead)")
+        values = [value] if isinstance(value, str) else value
+        if values is not None and (not isinstance(values, list) or not all(isinstance(v, str) for v in values)):
+            raise ReplayInvalid(f"'headers': the value of {name} must be a string, a list of strings, or null")
+        for v in values or []:
+            _check_text(v, f"the value of header {name}", MAX_HEADER_VALUE)
+        out[name] = values
+    return out
+
+
+def _parse_body(body: dict) -> dict[str, object]:
+    if "body" in body and "body_base64" in body:
+        raise ReplayInvalid("give 'body' or 'body_base64', not both")
+    if "body" in body:
+        text = body["body"]
+        if text is not None and not isinstance(text, str):
+            raise ReplayInvalid("'body' must be a string or null")
+        try:
+            data = None if text is None else text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReplayInvalid("'body' is not valid Unicode (a lone surrogate)") from None
+        return {"body": data, "body_set": True}
+    if "body_base64" in body:
+        import base64
+        import binascii
+
+        text = body["body_base64"]
+        if not isinstance(text, str):
+            raise ReplayInvalid("'body_base64' must be a string")
+        try:
+            return {"body": base64.b64decode(text, validate=True), "body_set": True}
+        except (binascii.Error, ValueError):
+            raise ReplayInvalid("'body_base64' is not valid base64") from None
+    return {}
+
+
+def _open(rt: Runtime, req: _Request, decision: Decision) -> socket.socket:
     # The same dial as live traffic: our resolver, the control-plane guard and the private-range
     # guard, which only the allowing rule itself can open.
     rule = decision.rule
     pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
     try:
-        sock = dial(row.destination_host, row.destination_port, rt.guard, resolver=rt.resolver, rule_pattern=pattern)
+        sock = dial(req.host, req.port, rt.guard, resolver=rt.resolver, rule_pattern=pattern)
     except DialError as exc:
         raise ReplayFailed(f"{exc.reason}: {exc}") from None
     except (UnicodeError, ValueError) as exc:  # a stored name that is not a valid host name
-        raise ReplayFailed(f"cannot dial {row.destination_host!r}: {exc}") from None
-    if urlsplit(row.url).scheme == "https":
+        raise ReplayFailed(f"cannot dial {req.host!r}: {exc}") from None
+    if urlsplit(req.url).scheme == "https":
         try:
             ctx = upstream_ssl_context(rt.config.raw["mitm"]["extra_ca_bundle"])
-            sock = ctx.wrap_socket(sock, server_hostname=urlsplit(row.url).hostname)
+            sock = ctx.wrap_socket(sock, server_hostname=urlsplit(req.url).hostname)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             sock.close()
-            raise ReplayFailed(f"TLS handshake with {row.destination_host} failed: {exc}") from None
+            raise ReplayFailed(f"TLS handshake with {req.host} failed: {exc}") from None
     return sock
 
 
@@ -130,11 +286,12 @@ def _exchange(sock: socket.socket, wire: bytes, method: str) -> tuple[int, list[
     return response.status, headers, tap
 
 
-def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
+def replay(rt: Runtime, row: HttpTransaction, mods: Modifications | None = None) -> HttpTransaction:
     if row.method in WS_METHODS:
         raise ReplayInvalid("a WebSocket frame cannot be replayed")
-    wire, sent_headers, body = _request_bytes(row)
-    host, port = row.destination_host, row.destination_port
+    req = _resolve(row, mods or Modifications())
+    wire, sent_headers, body = _wire(req), req.headers, req.body
+    host, port = req.host, req.port
     started = time.monotonic()
     decision = rt.policy.decide(
         ConnectionRequest(container=row.container_name, host=host, port=port,
@@ -142,7 +299,7 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
     )
     allowed = decision.verdict is Verdict.ALLOW
     rt.writer.log(
-        container_name=row.container_name, destination_host=host, destination_port=port, method=row.method,
+        container_name=row.container_name, destination_host=host, destination_port=port, method=req.method,
         result="allowed" if allowed else "blocked", rule_id=decision.rule_id, response_time_ms=0,
         reason=decision.reason, would=decision.would,
     )
@@ -154,13 +311,14 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
     sock = None
     try:
         with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
-            sock = _open(rt, row, decision)
-            status, response_headers, tap = _exchange(sock, wire, row.method)
+            sock = _open(rt, req, decision)
+            status, response_headers, tap = _exchange(sock, wire, req.method)
     finally:
         if sock is not None:
             sock.close()
 
-    request_tap = BodyTap(row.request_content_type, None)
+    request_type = next((v for n, v in sent_headers if n.lower() == "content-type"), None)
+    request_tap = BodyTap(request_type, None)
     if body:
         request_tap.feed(body)
     req_body, req_size, req_cut = request_tap.result()
@@ -168,8 +326,8 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
     redactor = rt.redactor
     content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
     # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
-    scrub = rt.scrubber.for_exchange(redactor.redacted_values(sent_headers, row.url))
-    url, req_headers, resp_headers = redactor.url(row.url), redactor.headers(sent_headers), redactor.headers(response_headers)
+    scrub = rt.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url))
+    url, req_headers, resp_headers = redactor.url(req.url), redactor.headers(sent_headers), redactor.headers(response_headers)
     if scrub is not None:
         url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
         req_body, resp_body = scrub.data(req_body, req_cut), scrub.data(resp_body, resp_cut)
@@ -178,13 +336,13 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
         container_name=row.container_name,
         destination_host=host,
         destination_port=port,
-        method=row.method,
+        method=req.method,
         url=url,
         request_headers=json.dumps(req_headers),
         request_body=req_body,
         request_body_size=req_size,
         request_body_truncated=req_cut,
-        request_content_type=row.request_content_type,
+        request_content_type=request_type,
         status_code=status,
         response_headers=json.dumps(resp_headers),
         response_body=resp_body,
@@ -195,6 +353,7 @@ def replay(rt: Runtime, row: HttpTransaction) -> HttpTransaction:
         rule_id=decision.rule_id,
         result="auto",
         replay_of=row.id,
+        recording_id=rt.recordings.recording_for(row.container_name),
     )
     rt.bus.publish("transaction.new", transaction_to_json(new))
     return new

@@ -20,6 +20,7 @@ MAX_EXPORT = 10_000  # rows in one HAR export
 MAX_FRAMES = 10_000  # WebSocket frames attached to one upgrade entry
 MAX_WS_BYTES = 32 * 1024 * 1024  # frame payload attached to one upgrade entry
 FRAME_CHUNK = 200
+EXPORT_CHUNK = 500  # rows listed per query of a full export
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +161,9 @@ def export_entries(f: TxnFilter, limit: int = 1000, offset: int = 0) -> Iterator
             yield entry_with_frames(row, frames.get(row_id))
 
 
-def single_entry(row: HttpTransaction) -> dict[str, Any]:
-    """One transaction for its own HAR file; an upgrade brings the frames sent over it."""
-    if not is_upgrade(row):
-        return to_entry(row)
+def _frames_of(row: HttpTransaction, f: TxnFilter | None = None) -> list[int]:
+    """Ids of the frames sent over an upgrade (matching `f` too, when given): same client,
+    destination and URL, after it and before the next upgrade of the same URL."""
     key = ws_key(row)
     t = HttpTransaction
     later = (
@@ -176,7 +176,40 @@ def single_entry(row: HttpTransaction) -> dict[str, Any]:
     next_upgrades = t.select(*_meta_columns()).where(later & (t.status_code == 101) & t.method.not_in(WS_METHODS))
     bound = next((r.id for r in next_upgrades.order_by(t.id).limit(100) if ws_key(r) == key), None)
     query = t.select(*_meta_columns()).where(later & t.method.in_(WS_METHODS))
+    if f is not None:
+        query = _where(query, f)
     if bound is not None:
         query = query.where(t.id < bound)
-    frame_ids = [r.id for r in query.order_by(t.id).limit(MAX_FRAMES + 1) if ws_key(r) == key]
-    return entry_with_frames(row, frame_ids)
+    return [r.id for r in query.order_by(t.id).limit(MAX_FRAMES + 1) if ws_key(r) == key]
+
+
+def single_entry(row: HttpTransaction) -> dict[str, Any]:
+    """One transaction for its own HAR file; an upgrade brings the frames sent over it."""
+    if not is_upgrade(row):
+        return to_entry(row)
+    return entry_with_frames(row, _frames_of(row))
+
+
+def count_matching(f: TxnFilter) -> int:
+    return _where(HttpTransaction.select(HttpTransaction.id), f).count()
+
+
+def export_all(f: TxnFilter) -> Iterator[dict[str, Any]]:
+    """HAR entries for every matching row, oldest first, read EXPORT_CHUNK rows at a time (keyset
+    on timestamp and id), so an export of any size streams in bounded memory. Frames ride on
+    their upgrade's entry (those matching the filter), not as entries of their own."""
+    t = HttpTransaction
+    last: tuple[dt.datetime, int] | None = None
+    while True:
+        query = _where(t.select(t.id, t.timestamp).where(t.method.not_in(WS_METHODS)), f)
+        if last is not None:
+            query = query.where((t.timestamp > last[0]) | ((t.timestamp == last[0]) & (t.id > last[1])))
+        chunk = list(query.order_by(t.timestamp, t.id).limit(EXPORT_CHUNK))
+        for meta in chunk:
+            row = t.get_or_none(t.id == meta.id)
+            if row is None:  # deleted by retention since the listing: skip it
+                continue
+            yield entry_with_frames(row, _frames_of(row, f)) if is_upgrade(row) else to_entry(row)
+        if len(chunk) < EXPORT_CHUNK:
+            return
+        last = (chunk[-1].timestamp, chunk[-1].id)

@@ -218,15 +218,20 @@ def test_curl_command_reproduces_the_request_with_secrets_redacted(gp, origin, t
 # -- replay --------------------------------------------------------------------------------------
 def test_replay_is_subject_to_the_rules_and_stored_as_new(gp, origin, traffic):
     post = traffic["/b"]
-    resp = gp.api("POST", f"/api/transactions/{post['id']}/replay")
+    # The stored Authorization was redacted: never sent as the literal marker, a value is asked for.
+    assert_error(gp.api("POST", f"/api/transactions/{post['id']}/replay"), 400, "header 'Authorization'")
+    assert origin.requests == []
+    fresh = {"headers": {"Authorization": "Bearer sk-fresh-value"}}
+    resp = gp.api("POST", f"/api/transactions/{post['id']}/replay", json=fresh)
     assert resp.status_code == 201, resp.text
     new = resp.json()
     assert new["replay_of"] == post["id"] and new["id"] != post["id"]
     assert new["method"] == "POST" and new["url"] == post["url"] and new["status_code"] == 200
     assert new["request_body"] == '{"k": "v", "n": [1, 2]}' and new["response_body_size"] == 23
-    assert new["request_headers"]["Authorization"] == [REDACTED]
+    assert new["request_headers"]["Authorization"] == [REDACTED]  # the given value is not stored
     seen = origin.requests[-1]
-    assert seen["body"] == b'{"k": "v", "n": [1, 2]}' and seen["headers"]["Authorization"] == REDACTED
+    assert seen["body"] == b'{"k": "v", "n": [1, 2]}' and seen["headers"]["Authorization"] == "Bearer sk-fresh-value"
+    assert "sk-fresh-value" not in gp.api("GET", f"/api/transactions/{new['id']}").text
     assert transactions(gp)["total"] == 4
 
     # a deny rule now matches: refused, nothing sent
@@ -234,14 +239,14 @@ def test_replay_is_subject_to_the_rules_and_stored_as_new(gp, origin, traffic):
     deny = gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
                                               "port_pattern": str(origin.port), "action": "deny"})
     assert deny.status_code == 201, deny.text
-    blocked = gp.api("POST", f"/api/transactions/{post['id']}/replay")
+    blocked = gp.api("POST", f"/api/transactions/{post['id']}/replay", json=fresh)
     assert blocked.status_code == 403
     assert blocked.json()["reason"] == "denied_by_rule" and blocked.json()["error"]
     # no rule at all: would be held, and a replay is never held
     for rule in gp.api("GET", "/api/rules").json()["items"]:
         if rule["source"] == "global":
             gp.api("DELETE", f"/api/rules/{rule['id']}")
-    held = gp.api("POST", f"/api/transactions/{post['id']}/replay")
+    held = gp.api("POST", f"/api/transactions/{post['id']}/replay", json=fresh)
     assert held.status_code == 403 and held.json()["reason"] == "no_matching_rule"
     assert len(origin.requests) == sent
     logs = gp.api("GET", "/api/logs", params={"result": "blocked"}).json()["items"]
@@ -262,9 +267,14 @@ def test_replay_of_intercepted_https(gp_factory, tmp_path):
         item = wait_total(gp, 1)[0]
         assert item["url"] == f"https://localhost:{tls.port}/?access_token={REDACTED}"
         before = len(tls.seen)
-        resp = gp.api("POST", f"/api/transactions/{item['id']}/replay")
+        # the stored URL holds a redacted query value: refused until a URL is given
+        assert_error(gp.api("POST", f"/api/transactions/{item['id']}/replay"), 400, "url")
+        assert len(tls.seen) == before
+        resp = gp.api("POST", f"/api/transactions/{item['id']}/replay",
+                      json={"url": f"https://localhost:{tls.port}/?access_token=fresh"})
         assert resp.status_code == 201, resp.text
         assert resp.json()["status_code"] == 200 and resp.json()["replay_of"] == item["id"]
+        assert resp.json()["url"] == f"https://localhost:{tls.port}/?access_token={REDACTED}"
         assert len(tls.seen) == before + 1
     finally:
         tls.close()
