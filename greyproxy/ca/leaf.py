@@ -30,23 +30,26 @@ class LeafCache:
         self._key_pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        self._contexts: OrderedDict[str, tuple[ssl.SSLContext, dt.datetime]] = OrderedDict()
+        self._contexts: OrderedDict[tuple[str, tuple[str, ...]], tuple[ssl.SSLContext, dt.datetime]] = OrderedDict()
         self.generated = 0
 
     def __len__(self) -> int:
         return len(self._contexts)
 
-    def context_for(self, name: str) -> ssl.SSLContext:
+    def context_for(self, name: str, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+        """`alpn`: what the client may choose. The interception path offers h2 too (it can
+        serve HTTP/2 streams); a path that only speaks HTTP/1.1 keeps the default."""
         name = name.lower().rstrip(".")
+        key = (name, alpn)
         now = dt.datetime.now(dt.UTC)
-        entry = self._contexts.get(name)
+        entry = self._contexts.get(key)
         if entry is not None and entry[1] - now > RENEW_BEFORE:
-            self._contexts.move_to_end(name)
+            self._contexts.move_to_end(key)
             return entry[0]
         cert, not_after = self._issue(name, now)
-        ctx = self._server_context(cert)
-        self._contexts[name] = (ctx, not_after)
-        self._contexts.move_to_end(name)
+        ctx = self._server_context(cert, alpn)
+        self._contexts[key] = (ctx, not_after)
+        self._contexts.move_to_end(key)
         while len(self._contexts) > self.max_entries:
             self._contexts.popitem(last=False)
         return ctx
@@ -76,10 +79,12 @@ class LeafCache:
         self.generated += 1
         return cert, not_after
 
-    def _server_context(self, cert: x509.Certificate) -> ssl.SSLContext:
+    def _server_context(self, cert: x509.Certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(["http/1.1"])  # no h2 to clients: keeps WebSocket upgrades visible
+        # WebSocket stays visible with h2 offered: without SETTINGS_ENABLE_CONNECT_PROTOCOL,
+        # clients open an HTTP/1.1 connection for it.
+        ctx.set_alpn_protocols(list(alpn))
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.ca.cert_pem
         # ssl can only load a chain from files: write both to a private temp file, load, delete.
         fd, path = tempfile.mkstemp(prefix="greyproxy-leaf-", suffix=".pem")

@@ -22,9 +22,11 @@ from gevent import select as gselect
 from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.exchange import bad_request, destination_for, simple_response
 from greyproxy.proxy.httpwire import BufferedSocket, WireError, parse_head
+from greyproxy.proxy.mitm.h2server import H2Server
+from greyproxy.proxy.mitm.h2upstream import H1Pool, H2Upstream, Single, Upstreams
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
-from greyproxy.proxy.tunnel import relay
+from greyproxy.proxy.tunnel import dial, relay
 
 if TYPE_CHECKING:
     from greyproxy.proxy.gate import Admission
@@ -41,6 +43,7 @@ IDLE_TIMEOUT = 120.0
 _REQUEST_LINE = re.compile(rb"^[\r\n \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}[ \t]+\S+[ \t]+HTTP/", re.IGNORECASE)
 _TOKEN_PREFIX = re.compile(
     rb"^[\r\n \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{0,32}([ \t]+(\S+([ \t]+(H(T(T(P)?)?)?)?)?)?)?$", re.IGNORECASE)
+CLIENT_ALPN = ("h2", "http/1.1")  # offered to intercepted clients; HTTP/2 streams: h2server.py
 SNIFF_BYTES = 8192  # a request line longer than this is not one we pass on unparsed
 
 
@@ -96,7 +99,7 @@ class Interceptor:
             buffered = BufferedSocket(client)
             buffered.buf += early  # parsed, re-checked and recorded like every later request
             try:
-                self._loop(admission, buffered, BufferedSocket(upstream), "http")
+                self._loop(admission, buffered, Single(BufferedSocket(upstream)), "http")
             finally:
                 upstream.close()
             return
@@ -255,11 +258,11 @@ class Interceptor:
 
         def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
             seen["sni"] = server_name
-            tls_obj.context = leaves.context_for(server_name or admission.host)
+            tls_obj.context = leaves.context_for(server_name or admission.host, CLIENT_ALPN)
 
         base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         base.sni_callback = pick_leaf
-        base.set_alpn_protocols(["http/1.1"])
+        base.set_alpn_protocols(list(CLIENT_ALPN))
         try:
             tls_client = base.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
             with gevent.Timeout(HANDSHAKE_TIMEOUT):
@@ -287,6 +290,7 @@ class Interceptor:
                 upstream_error = str(exc) or exc.__class__.__name__
                 log.info("upstream TLS to %s failed: %s", server_name, upstream_error)
         self.rt.metrics.mitm("sni_mismatch" if mismatch else "upstream_error" if tls_upstream is None else "ok")
+        h2_client = tls_client.selected_alpn_protocol() == "h2"
         try:
             if mismatch or tls_upstream is None:
                 self._refuse_all(
@@ -294,15 +298,53 @@ class Interceptor:
                     "sni_mismatch" if mismatch else "upstream_tls_error",
                     admission,
                     detail=mismatch or upstream_error or "",
+                    h2=h2_client,
                 )
                 return
-            self._loop(admission, BufferedSocket(tls_client), BufferedSocket(tls_upstream), "https", sni)
+            upstreams = self._upstreams(admission, tls_upstream, server_name, h2_client)
+            if h2_client:
+                dest = destination_for(admission, "https", sni, in_tunnel=True)
+                H2Server(self.rt, admission, dest, tls_client, upstreams).serve()
+            else:
+                try:
+                    self._loop(admission, BufferedSocket(tls_client), upstreams, "https", sni)
+                finally:
+                    upstreams.close()
         finally:
             for s in (tls_client, tls_upstream or upstream):
                 try:
                     s.close()
                 except OSError:
                     pass
+
+    def _upstreams(self, admission: Admission, tls_upstream: ssl.SSLSocket, server_name: str,
+                   h2_client: bool) -> Upstreams:
+        """The origin side as the origin chose in ALPN: one HTTP/2 connection for any client;
+        for HTTP/1.1, the one connection (HTTP/1 client) or a pool (concurrent HTTP/2 streams)."""
+        if tls_upstream.selected_alpn_protocol() == "h2":
+            return H2Upstream(tls_upstream)
+        first = BufferedSocket(tls_upstream)
+        if not h2_client:
+            return Single(first)
+        extra = self.rt.config.raw["mitm"].get("extra_ca_bundle")
+
+        def more() -> BufferedSocket:
+            # Another connection to what was admitted, under the same guard as the first.
+            rule = admission.decision.rule
+            pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
+            raw = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver,
+                       rule_pattern=pattern)
+            tls = upstream_ssl_context(extra, ("http/1.1",)).wrap_socket(
+                raw, server_hostname=server_name, do_handshake_on_connect=False)
+            try:
+                with gevent.Timeout(HANDSHAKE_TIMEOUT):
+                    tls.do_handshake()
+            except BaseException:
+                tls.close()
+                raise
+            return BufferedSocket(tls)
+
+        return H1Pool(first, more)
 
     def _sni_mismatch(self, admission: Admission, sni: str | None) -> str | None:
         """D13: the name inside TLS must be the one the connection was allowed for."""
@@ -314,20 +356,26 @@ class Interceptor:
             return None
         return f"TLS server name {sni!r} is not the allowed destination {allowed!r}"
 
-    def _refuse_all(self, client: BufferedSocket, reason: str, admission: Admission, detail: str) -> None:
+    def _refuse_all(self, client: BufferedSocket, reason: str, admission: Admission, detail: str,
+                    h2: bool = False) -> None:
         """Answer the first request (if any) with a 403/502 that says why, then close."""
         self.rt.gate.refused(admission, reason, method="HTTPS")
+        code, text = (403, "Forbidden") if reason == "sni_mismatch" else (502, "Bad Gateway")
+        body = f"greyproxy: {detail}\n" if reason != "sni_mismatch" else self.rt.gate.blocked_text(admission, reason)
+        answer = simple_response(code, text, body, [("X-Greyproxy-Reason", reason)])
+        if h2:  # the same answer on the client's first HTTP/2 stream
+            dest = destination_for(admission, "https", None, in_tunnel=True)
+            H2Server(self.rt, admission, dest, client.sock, None, refusal=answer).serve()  # type: ignore[arg-type]
+            return
         try:
             client.sock.settimeout(HANDSHAKE_TIMEOUT)
             client.read_head()
-            code, text = (403, "Forbidden") if reason == "sni_mismatch" else (502, "Bad Gateway")
-            body = f"greyproxy: {detail}\n" if reason != "sni_mismatch" else self.rt.gate.blocked_text(admission, reason)
-            client.sock.sendall(simple_response(code, text, body, [("X-Greyproxy-Reason", reason)]))
+            client.sock.sendall(answer)
         except (OSError, WireError, ssl.SSLError):
             pass
 
     # -- the request loop ----------------------------------------------------------------
-    def _loop(self, admission: Admission, client: BufferedSocket, upstream: BufferedSocket, scheme: str,
+    def _loop(self, admission: Admission, client: BufferedSocket, upstreams: Upstreams, scheme: str,
               server_name: str | None = None) -> None:
         """Every request on the connection goes through the one exchange pipeline: checked
         against the admitted destination and the rules as they are now, then forwarded."""
@@ -348,7 +396,13 @@ class Interceptor:
                 if problem is not None:
                     pipeline.refuse(client.sock, admission, *problem)
                     return
-                if not pipeline.run(client, upstream, request, dest):
+                upstream = upstreams.lease()  # the one connection, or a stream to an HTTP/2 origin
+                keep = False
+                try:
+                    keep = pipeline.run(client, upstream, request, dest)
+                finally:
+                    upstreams.release(upstream, keep)
+                if not keep:
                     return
         except WireError as exc:
             log.debug("connection to %s ended: %s", admission.host, exc)

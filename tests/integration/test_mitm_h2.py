@@ -1,0 +1,220 @@
+"""HTTP/2 inside interception: a client that speaks only h2 gets its pages; every stream is
+checked (its :authority must be the admitted name), recorded, credential-substituted and
+scrubbed like an HTTP/1 request; an h2-only origin serves HTTP/1.1 and HTTP/2 clients."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+
+import httpx
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
+
+from tests.integration.h2util import H2Origin
+from tests.integration.netutil import http_connect, wait_until
+
+CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "20"]
+SESSION_ID = "gw-h2echo0123456789"
+PLACEHOLDER = "greyproxy:credential:v1:gw-h2echo0123456789:" + "c" * 32
+SECRET = "h2-REAL-secret-value-4242"
+
+
+@pytest.fixture
+def h2_origin(tmp_path):
+    origin = H2Origin(tmp_path / "h2")
+    yield origin
+    origin.close()
+
+
+@pytest.fixture
+def mgp(intercepting_gp):
+    return intercepting_gp()
+
+
+def allow(gp, container: str, host: str, port: int) -> None:
+    resp = gp.api("POST", "/api/rules", json={"container_pattern": container, "destination_pattern": host,
+                                               "port_pattern": str(port)})
+    assert resp.status_code in (200, 201), resp.text
+
+
+def transactions(gp, count: int = 1, **params) -> list[dict]:
+    def found():
+        items = gp.api("GET", "/api/transactions", params=params).json()["items"]
+        return items if len(items) >= count else None
+
+    items = wait_until(found, 5)
+    assert items, "no transaction was recorded"
+    return items
+
+
+def h2_client(gp, container: str, ca) -> httpx.Client:  # noqa: ANN001
+    return httpx.Client(http1=False, http2=True, proxy=f"http://{container}:x@127.0.0.1:{gp.ports['http']}",
+                        verify=ssl.create_default_context(cafile=str(ca)), trust_env=False, timeout=20)
+
+
+def test_httpx_http2_only_gets_the_page_and_a_transaction_is_stored(mgp, tls_origin):
+    allow(mgp, "h2agent", "localhost", tls_origin.port)
+    with h2_client(mgp, "h2agent", mgp.ca_path) as client:
+        first = client.get(f"https://localhost:{tls_origin.port}/hello?x=1")
+        second = client.post(f"https://localhost:{tls_origin.port}/echo", content=b'{"a": 1}',
+                             headers={"content-type": "application/json"})
+    assert first.http_version == "HTTP/2" and first.status_code == 200
+    assert first.text == "hello over tls\n"
+    assert second.status_code == 200 and second.content == b'{"a": 1}'
+    assert [s["method"] for s in tls_origin.seen] == ["GET", "POST"]  # the HTTP/1.1 origin got both
+    items = transactions(mgp, 2, container="h2agent")
+    by_method = {i["method"]: i for i in items}
+    assert by_method["GET"]["url"] == f"https://localhost:{tls_origin.port}/hello?x=1"
+    assert by_method["GET"]["status_code"] == 200
+    assert by_method["POST"]["url"] == f"https://localhost:{tls_origin.port}/echo"
+    detail = mgp.api("GET", f"/api/transactions/{by_method['POST']['id']}").json()
+    assert '"a": 1' in detail["request_body"] and detail["status_code"] == 200
+
+
+def test_concurrent_streams_over_one_connection(mgp, tls_origin):
+    allow(mgp, "h2many", "localhost", tls_origin.port)
+    import concurrent.futures
+
+    with h2_client(mgp, "h2many", mgp.ca_path) as client:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: client.get(f"https://localhost:{tls_origin.port}/n{i}"), range(16)))
+    assert all(a.status_code == 200 and a.text == "hello over tls\n" for a in answers)
+    assert len(transactions(mgp, 16, container="h2many")) == 16
+
+
+def test_curl_http2_through_interception(mgp, tls_origin):
+    allow(mgp, "curlh2", "localhost", tls_origin.port)
+    out = subprocess.run(CURL + ["--http2", "-w", "\n%{http_version}", "--cacert", str(mgp.ca_path),
+                                 "-x", f"http://curlh2:x@127.0.0.1:{mgp.ports['http']}",
+                                 f"https://localhost:{tls_origin.port}/curl"],
+                         capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"hello over tls\n\n2"
+    assert transactions(mgp, container="curlh2")[0]["url"] == f"https://localhost:{tls_origin.port}/curl"
+
+
+def _raw_h2(gp, container: str, port: int, ca, authority: str) -> tuple[int | None, bytes]:  # noqa: ANN001
+    """One GET over HTTP/2 (CONNECT to localhost:port, SNI localhost) naming `authority`."""
+    code, _, raw = http_connect(gp.ports["http"], "localhost", port, user=container)
+    assert code == 200
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                          (":path", "/fronted")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, body = None, b""
+    sock.settimeout(10)
+    for _ in range(100):  # bounded
+        data = sock.recv(65536)
+        if not data:
+            break
+        ended = False
+        for event in conn.receive_data(data):
+            if isinstance(event, ResponseReceived):
+                status = int(dict(event.headers)[":status"])
+            elif isinstance(event, DataReceived):
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, StreamEnded | StreamReset):
+                ended = True
+        sock.sendall(conn.data_to_send())
+        if ended:
+            break
+    sock.close()
+    return status, body
+
+
+def test_stream_naming_another_authority_never_reaches_the_origin(mgp, tls_origin):
+    allow(mgp, "fronter", "localhost", tls_origin.port)
+    status, body = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, "evil.example")
+    assert status == 403 and b"evil.example" in body
+    status2, _ = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port + 1}")
+    assert status2 == 403
+    assert tls_origin.seen == []  # the origin saw nothing
+    # the same check lets the admitted name through
+    status3, body3 = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port}")
+    assert status3 == 200 and body3 == b"hello over tls\n"
+    assert [s["path"] for s in tls_origin.seen] == ["/fronted"]
+
+    def refused():
+        logs = mgp.api("GET", "/api/logs", params={"container": "fronter"}).json()["items"]
+        return [r for r in logs if r.get("reason") == "sni_mismatch"]
+
+    assert wait_until(refused, 5)
+
+
+@pytest.fixture
+def h2gp(gp_factory, h2_origin):
+    config = f"mitm: {{extra_ca_bundle: '{h2_origin.ca_path}', generate_ca: false}}\n"
+    gp = gp_factory(config_yaml=config, name="h2data")
+    assert gp.api("POST", "/api/cert/generate").status_code == 200
+    gp.ca_path = gp.data_dir / "ca-cert.pem"
+    return gp
+
+
+@pytest.mark.parametrize("client_protocol", ["h2", "http/1.1"])
+def test_h2_only_origin_substituted_and_scrubbed(h2gp, h2_origin, client_protocol):
+    resp = h2gp.api("POST", "/api/sessions", json={
+        "session_id": SESSION_ID, "container_name": "h2echo", "mappings": {PLACEHOLDER: SECRET},
+        "network_rules": [{"destination_pattern": "localhost", "port_pattern": str(h2_origin.port)}],
+        "ttl_seconds": 300})
+    assert resp.status_code == 200, resp.text
+    proxy = f"http://h2echo:x@127.0.0.1:{h2gp.ports['http']}"
+    verify = ssl.create_default_context(cafile=str(h2gp.ca_path))
+    h2 = client_protocol == "h2"
+    with httpx.Client(http1=not h2, http2=h2, proxy=proxy, verify=verify, trust_env=False, timeout=20) as client:
+        page = client.get(f"https://localhost:{h2_origin.port}/page")
+        echo = client.get(f"https://localhost:{h2_origin.port}/echo",
+                          headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert page.http_version == ("HTTP/2" if h2 else "HTTP/1.1")
+    assert page.status_code == 200 and page.text == "hello over h2\n"
+    assert h2_origin.seen[-1]["headers"]["authorization"] == f"Bearer {SECRET}"  # substituted upstream
+    assert echo.status_code == 200
+    assert SECRET not in echo.text and SECRET not in str(echo.headers)
+    assert echo.headers["echo-authorization"] == f"Bearer {PLACEHOLDER}"
+    assert echo.json() == {"authorization": f"Bearer {PLACEHOLDER}"}
+    items = transactions(h2gp, 2, container="h2echo")
+    assert {i["url"] for i in items} == {f"https://localhost:{h2_origin.port}/page",
+                                         f"https://localhost:{h2_origin.port}/echo"}
+    assert all(i["status_code"] == 200 for i in items)
+
+
+def test_curl_http11_to_h2_only_origin(h2gp, h2_origin):
+    allow(h2gp, "curl11", "localhost", h2_origin.port)
+    out = subprocess.run(CURL + ["--http1.1", "--cacert", str(h2gp.ca_path),
+                                 "-x", f"http://curl11:x@127.0.0.1:{h2gp.ports['http']}",
+                                 "-d", "posted body", f"https://localhost:{h2_origin.port}/post"],
+                         capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"posted body"
+    assert h2_origin.seen[-1]["method"] == "POST" and h2_origin.seen[-1]["body"] == b"posted body"
+    assert h2_origin.seen[-1]["authority"] == f"localhost:{h2_origin.port}"
+
+
+def test_h2_preface_deadline_and_garbage(mgp, tls_origin):
+    """A client that negotiates h2 and then says nothing, or sends garbage, is let go; the proxy
+    keeps serving."""
+    allow(mgp, "h2slow", "localhost", tls_origin.port)
+    _, _, raw = http_connect(mgp.ports["http"], "localhost", tls_origin.port, user="h2slow")
+    ctx = ssl.create_default_context(cafile=str(mgp.ca_path))
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # not an HTTP/2 preface
+    sock.settimeout(10)
+    try:
+        while sock.recv(65536):
+            pass
+    except (OSError, ssl.SSLError):
+        pass
+    sock.close()
+    assert tls_origin.seen == []
+    with h2_client(mgp, "h2slow", mgp.ca_path) as client:
+        assert client.get(f"https://localhost:{tls_origin.port}/after").status_code == 200
+
