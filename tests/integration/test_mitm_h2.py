@@ -24,6 +24,7 @@ SECRET = "h2-REAL-secret-value-4242"
 
 @pytest.fixture
 def h2_origin(tmp_path):
+    (tmp_path / "h2").mkdir()
     origin = H2Origin(tmp_path / "h2")
     yield origin
     origin.close()
