@@ -31,7 +31,7 @@ def real_cause(exc: BaseException) -> BaseException:
 def describe(exc: BaseException, path: str | Path | None) -> str:
     """`database PATH: CAUSE (N KiB free on its filesystem)`: what a person can act on."""
     text = f"database {path}: {real_cause(exc)}" if path else str(real_cause(exc))
-    if path and str(path) != ":memory:":
+    if path and str(path) != ":memory:" and "://" not in str(path):
         try:
             free = shutil.disk_usage(Path(path).parent).free
             text += f" ({free // 1024} KiB free on its filesystem{': it is full' if free < FULL_BELOW else ''})"
@@ -41,7 +41,8 @@ def describe(exc: BaseException, path: str | Path | None) -> str:
 
 
 def db_path(db: peewee.Database) -> str | None:
-    return getattr(db, "database", None)
+    # PostgreSQL: its URL without the password (store/postgres.py)
+    return getattr(db, "display", None) or getattr(db, "database", None)
 
 
 def connect_sqlite(path: Path) -> peewee.SqliteDatabase:
@@ -69,10 +70,24 @@ def bind(db: peewee.Database) -> None:
 
 def open_database(url: str | None, sqlite_path: Path) -> peewee.Database:
     if url:
-        raise ValueError("database.url: only SQLite is supported in this version (PostgreSQL fleet mode is planned)")
+        return open_postgres(url)
     try:
         db = connect_sqlite(sqlite_path)
     except peewee.DatabaseError as exc:
         raise StoreError(f"cannot open the {describe(exc, sqlite_path)}") from exc
+    bind(db)
+    return db
+
+
+def open_postgres(url: str) -> peewee.Database:
+    """Fleet mode (docs/fleet.md): the same schema and queries on a shared PostgreSQL."""
+    from greyproxy.store.postgres import connect_postgres, is_postgres_url, safe_url
+
+    if not is_postgres_url(url):
+        raise ValueError("database.url: only postgresql://... URLs are supported (or none, for SQLite)")
+    try:
+        db = connect_postgres(url)
+    except peewee.DatabaseError as exc:
+        raise StoreError(f"cannot open the database {safe_url(url)}: {str(exc).strip()}") from exc
     bind(db)
     return db
