@@ -6,8 +6,9 @@
 #
 # Environment (all optional):
 #   GREYPROXY    greyproxy executable            (default .venv/bin/greyproxy)
-#   PROXYBENCH   load generator (required: what it must do is in docs/benchmarks.md)
-#   PYTHON       python for proxybench/helpers   (default python3)
+#   PROXYBENCH   load generator                  (default bench/proxyload.py, shipped here)
+#   PYTHON       python for the load generator and helpers (default: greyproxy's venv python;
+#                proxyload needs gevent, which greyproxy installs)
 #   RESULTS_DIR  where raw JSONL goes            (default /tmp/greyproxy-bench; a stamped subdir per run)
 #   RULES        rules to load                   (default 10000, the last one is the bench allow rule)
 #   DURATION WARMUP REPEAT                       rate scenario window / warm-up (s) / repeats (5 / 1 / 3)
@@ -24,8 +25,8 @@ REPO=$(dirname "$HERE")
 cd "$REPO"
 
 GREYPROXY=${GREYPROXY:-.venv/bin/greyproxy}
-PROXYBENCH=${PROXYBENCH:-}
-PYTHON=${PYTHON:-python3}
+PROXYBENCH=${PROXYBENCH:-$HERE/proxyload.py}
+PYTHON=${PYTHON:-$(dirname "$GREYPROXY")/python}
 RESULTS_DIR=${RESULTS_DIR:-/tmp/greyproxy-bench}
 RULES=${RULES:-10000}
 DURATION=${DURATION:-5}
@@ -42,7 +43,8 @@ DEADLINE=$((SECONDS + BUDGET))
 log() { printf '[bench %3ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
-[[ -n $PROXYBENCH && -f $PROXYBENCH ]] || die "set PROXYBENCH to a load generator (see docs/benchmarks.md)"
+[[ -f $PROXYBENCH ]] || die "no load generator at $PROXYBENCH (bench/proxyload.py is the shipped one)"
+[[ -x $PYTHON ]] || PYTHON=python3
 [[ -x $GREYPROXY ]] || die "greyproxy not found at $GREYPROXY (set GREYPROXY, e.g. a venv with 'pip install -e .')"
 PROXYBENCH=$(cd "$(dirname "$PROXYBENCH")" && pwd)/$(basename "$PROXYBENCH")
 

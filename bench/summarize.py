@@ -203,9 +203,9 @@ def machine_line(lines: list[dict[str, Any]]) -> list[str]:
                 f"greyproxy/*.py sha256 {x.get('greyproxy_src_sha256')}"
             )
     for x in lines:
-        if "proxybench" in x:
+        if "loadgen" in x or "proxybench" in x:
             return out + [
-                f"proxybench {x['proxybench']}, Python {x.get('python')}, {x.get('ncpu')} CPUs "
+                f"{x.get('loadgen') or 'proxybench ' + str(x['proxybench'])}, Python {x.get('python')}, {x.get('ncpu')} CPUs "
                 f"(client, origins and proxy share them), nofile {x.get('nofile')}"
             ]
     return out
