@@ -17,6 +17,7 @@ from greyproxy.api import (
     cert,
     conversations,
     dashboard,
+    endpoint_rules,
     events,
     health,
     logs,
@@ -34,6 +35,7 @@ from greyproxy.api import (
     sessions,
     settings,
     transactions,
+    version,
     ws,
 )
 from greyproxy.api.auth import install_guard
@@ -66,6 +68,8 @@ BLUEPRINTS = (
     audit.bp,
     conversations.bp,
     recordings.bp,
+    endpoint_rules.bp,
+    version.bp,
     openapi.bp,
 )
 MAX_BODY_BYTES = 8 * 1024 * 1024

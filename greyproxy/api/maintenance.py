@@ -13,7 +13,9 @@ from typing import Any
 from flask import Blueprint
 
 from greyproxy.api.context import runtime
+from greyproxy.conversations.assembler import ASSEMBLER_VERSION
 from greyproxy.services.audit import current_actor
+from greyproxy.store.models import ConversationProcessingState
 
 bp = Blueprint("maintenance", __name__)
 
@@ -42,6 +44,25 @@ def scrub_secrets() -> Any:
 @bp.get("/api/maintenance/scrub-secrets")
 def scrub_secrets_status() -> Any:
     return {k: v for k, v in runtime().scrub_job.status.items()}
+
+
+@bp.get("/api/maintenance/status")
+def maintenance_status() -> Any:
+    """The reference's shape (is a conversation rebuild due?) and, beyond it, the last progress of
+    each background job, as the `maintenance.progress` events report it."""
+    rt = runtime()
+    stored = rt.assembler.stored_version() if hasattr(rt.assembler, "stored_version") else _stored_version()
+    return {
+        "assembler_version_current": ASSEMBLER_VERSION,
+        "assembler_version_stored": stored,
+        "needs_rebuild": stored != ASSEMBLER_VERSION,
+        "tasks": {"redact_headers": dict(rt.redaction.status), "scrub_secrets": dict(rt.scrub_job.status)},
+    }
+
+
+def _stored_version() -> str | None:
+    row = ConversationProcessingState.get_or_none(ConversationProcessingState.key == "assembler_version")
+    return row.value if row is not None else None
 
 
 @bp.post("/api/maintenance/prune")

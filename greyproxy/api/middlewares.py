@@ -16,10 +16,30 @@ from greyproxy.timeutil import iso
 bp = Blueprint("middlewares", __name__)
 
 
+def reference_fields(status: dict[str, Any]) -> dict[str, Any]:
+    """One middleware as the reference names it (url, kind, protocol_version, ...), followed by
+    our own fields (transport, target, version, counters, last_error)."""
+    websocket = status.get("transport") in ("websocket", "ws")
+    return {
+        "url": status.get("target"),  # the ws:// URL, or the stdio command line
+        "kind": "ws" if websocket else "stdio",
+        "name": status.get("name"),
+        "connected": status.get("connected", False),
+        "protocol_version": status.get("version"),
+        "hooks": status.get("hooks", []),
+        "max_body_bytes": status.get("max_body_bytes"),
+        "timeout_ms": status.get("timeout_ms"),
+        "on_disconnect": status.get("on_disconnect"),
+        **status,
+    }
+
+
 @bp.get("/api/middlewares")
 def list_middlewares() -> Any:
-    items = runtime().middlewares.status()
-    return {"items": items, "total": len(items)}
+    items = [reference_fields(s) for s in runtime().middlewares.status()]
+    # `middlewares` is the reference's shape; `items`/`total` (the same list) is what our list
+    # routes return and what earlier clients of this route read.
+    return {"middlewares": items, "items": items, "total": len(items)}
 
 
 def event_to_json(row: MiddlewareEvent) -> dict[str, Any]:

@@ -38,6 +38,16 @@ class NotificationClaims:
         self.bus.publish("notification.claims_changed", {"active_claims": self.active})
 
 
+NO_BACKEND = ("no desktop notification backend: notify-send was not found (install libnotify-bin); "
+              "only an open dashboard can notify")
+
+
+def backend() -> dict[str, Any]:
+    """The notifier's backend fields ({available, backend, ...}); none known = none available."""
+    info = settings_store().notifier_info
+    return info() if info is not None else {"available": False, "backend": "none"}
+
+
 def _status() -> dict[str, Any]:
     return {"enabled": settings_store().values()["notificationsEnabled"], "active_claims": claims().active}
 
@@ -54,5 +64,9 @@ def put_notifications() -> Any:
     enabled = bool_field(body, "enabled")
     if enabled is None:
         raise ApiError(400, "'enabled' is required")
+    if enabled and not backend()["available"]:
+        # Success would claim desktop notifications that nothing can show (the reference: cannot
+        # enable without a backend). The dashboard's own switch is PUT /api/settings.
+        raise ApiError(409, NO_BACKEND)
     settings_store().update({"notificationsEnabled": enabled})
     return {"enabled": settings_store().values()["notificationsEnabled"]}

@@ -15,8 +15,11 @@ from flask import Blueprint, make_response, render_template
 
 from greyproxy import __version__
 from greyproxy.api.context import runtime, settings_store
+from greyproxy.api.endpoint_rules import METHODS as ENDPOINT_METHODS
 from greyproxy.api.pages import PAGES, WEB_DIR, _secured
 from greyproxy.api.pending import MAX_BULK_IDS
+from greyproxy.api.rules import READ_ONLY_KEYS
+from greyproxy.conversations.endpoints import DECODERS
 
 bp = Blueprint("openapi", __name__, template_folder=str(WEB_DIR / "templates"))
 
@@ -63,6 +66,8 @@ UNICODE = s(["string", "null"], "Unicode form of an internationalised destinatio
             "plain ASCII)")
 MIXED = s("boolean", "a label mixes letters of different scripts (e.g. Latin and Cyrillic): a possible look-alike")
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
+# Fields of the Rule JSON a client may send back unchanged (ignored on write).
+READ_ONLY_RULE_FIELDS = {k: {} for k in READ_ONLY_KEYS}
 
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": s("string", "what is wrong, in one line")}, ("error",)),
@@ -76,14 +81,35 @@ SCHEMAS: dict[str, Any] = {
     "NewRule": obj({
         "container_pattern": STR, "destination_pattern": STR, "port_pattern": s("string", default="*"),
         "action": s("string", enum=["allow", "deny"], default="allow"),
-        "rule_type": s("string", enum=["permanent", "temporary"], default="permanent"),
-        "expires_in_seconds": s("integer", minimum=1), "notes": STR, "created_by": STR,
-    }, ("container_pattern", "destination_pattern")),
+        "rule_type": s("string", "informational: 'temporary' when it expires, else 'permanent'; 'glob' is "
+                       "accepted and stored as one of those", enum=["permanent", "temporary", "glob"]),
+        "expires_in_seconds": s("integer", minimum=1),
+        "expires_at": s("string", "RFC 3339, in the future; not together with expires_in_seconds",
+                        format="date-time"),
+        "notes": STR, "created_by": STR, "method_pattern": STR, "path_pattern": STR,
+        **READ_ONLY_RULE_FIELDS,
+    }, ("container_pattern", "destination_pattern"), extra=False),
     "RuleChanges": obj({
         "container_pattern": STR, "destination_pattern": STR, "port_pattern": STR,
         "action": s("string", enum=["allow", "deny"]), "notes": NSTR,
         "expires_at": s(["string", "null"], "RFC 3339; empty or null makes the rule permanent"),
-    }),
+        "expires_in_seconds": s("integer", "sets expires_at to now + this", minimum=1),
+        "method_pattern": NSTR, "path_pattern": NSTR, "rule_type": {}, "created_by": {}, **READ_ONLY_RULE_FIELDS,
+    }, extra=False),
+    "EndpointRule": obj({
+        "id": INT, "host_pattern": STR, "path_pattern": STR, "method": STR, "decoder_name": STR,
+        "priority": INT, "enabled": BOOL, "user_defined": BOOL,
+    }, ("id", "host_pattern", "path_pattern", "method", "decoder_name")),
+    "NewEndpointRule": obj({
+        "host_pattern": s("string", "host glob (only * is special); not empty, '*' or '%'", minLength=1),
+        "path_pattern": s("string", "path glob, starts with '/'", pattern="^/"),
+        "method": s("string", enum=list(ENDPOINT_METHODS), default="POST"),
+        "decoder_name": s("string", enum=list(DECODERS)),
+        "priority": s("integer", minimum=-1000, maximum=1000, default=0), "enabled": s("boolean", default=True),
+    }, ("host_pattern", "path_pattern", "decoder_name"), extra=False),
+    "Version": obj({"engine": STR, "version": STR, "api_version": STR, "capabilities": arr(STR),
+                    "mitm_enabled": BOOL, "path_prefix": STR},
+                   ("engine", "version", "api_version", "capabilities")),
     "Pending": obj({
         "id": INT, "container_name": STR, "container_id": STR, "destination_host": STR, "destination_port": INT,
         "resolved_hostname": NSTR, "ptr_hostname": PTR, "first_seen": TIME, "last_seen": TIME, "attempt_count": INT,
@@ -129,6 +155,8 @@ SCHEMAS: dict[str, Any] = {
         "prev_hash": STR, "hash": s("string", "SHA-256 over prev_hash and this entry (greyproxy audit verify)"),
     }, ("id", "timestamp", "actor", "kind", "hash")),
     "Middleware": obj({
+        "url": s(["string", "null"], "the WebSocket URL, or the stdio command"),
+        "kind": s("string", enum=["ws", "stdio"]), "protocol_version": NINT,
         "name": STR, "transport": s("string", enum=["stdio", "websocket"]), "target": STR, "connected": BOOL,
         "version": NINT, "hooks": arr(ANY_OBJECT), "max_body_bytes": INT, "on_disconnect": STR,
         "timeout_ms": INT, "last_error": NSTR, "requests": INT, "denied": INT, "rewritten": INT, "failures": INT,
@@ -167,6 +195,9 @@ SCHEMAS: dict[str, Any] = {
     }),
     "SettingsUpdate": obj({
         "theme": s("string", enum=["system", "light", "dark"]),
+        "mitmEnabled": s("boolean", "flat form of mitm.enabled"),
+        "notificationsEnabled": s("boolean", "flat form of notifications.enabled"),
+        "conversationsEnabled": s("boolean", "flat form of conversations.enabled"),
         "notifications": obj({"enabled": BOOL}, extra=False),
         "mitm": obj({"enabled": BOOL, "bypass": arr(STR)}, extra=False),
         "conversations": obj({"enabled": BOOL}, extra=False),
@@ -238,7 +269,12 @@ def build_spec() -> dict[str, Any]:
     rid, pid, tid = path_param("rule_id"), path_param("pending_id"), path_param("txn_id")
     sid = path_param("session_id", s("string"))
     log_filters = [query("container", STR), query("destination", STR),
-                   query("result", s("string", enum=["allowed", "blocked"]))]
+                   query("result", s("string", enum=["allowed", "blocked"])),
+                   query("search", s("string", maxLength=256), "substring of container, destination, resolved "
+                         "name, dialled IP or reason"),
+                   query("has_error", BOOL, "only connections that failed (dns_failure, upstream_unreachable, "
+                         "mitm_error), or only the others"),
+                   query("reason", STR, "exact reason, e.g. denied_by_rule")]
     txn_filters = [query("container", STR), query("destination", STR), query("method", STR),
                    query("session_id", STR), *TIME_RANGE]
     paths: dict[str, dict[str, Any]] = {
@@ -254,8 +290,34 @@ def build_spec() -> dict[str, Any]:
                                      query("kind", s("string", "exact kind, or a family such as 'rule'")),
                                      query("actor", s("string", "token, dashboard, cli, ws:<client>, signal, system")),
                                      *PAGING])},
-        "/api/middlewares": {"get": op("External middlewares (§13): connection, hooks and counters", "middleware",
-                                       page_of("Middleware"))},
+        "/api/middlewares": {"get": op("External middlewares (§13): connection, hooks and counters "
+                                       "(`items` repeats `middlewares`)", "middleware",
+                                       obj({"middlewares": arr(ref("Middleware")), "items": arr(ref("Middleware")),
+                                            "total": INT}, ("middlewares",)))},
+        "/api/dissectors": {"get": op("The conversation decoders (§10.1)", "conversations",
+                                      obj({"dissectors": arr(obj({"name": STR, "description": STR}))},
+                                          ("dissectors",)))},
+        "/api/endpoint-rules": {
+            "get": op("Which decoder reads which URL (§10.2); enabled rules unless include_disabled=true",
+                      "conversations", obj({"rules": arr(ref("EndpointRule"))}, ("rules",)), errors=(400,),
+                      params=[query("include_disabled", BOOL)]),
+            "post": op("Add a user rule", "conversations", ref("EndpointRule"), status="201",
+                       request=body(ref("NewEndpointRule")), errors=(400, 415)),
+        },
+        "/api/endpoint-rules/{endpoint_rule_id}": {
+            "put": op("Replace a user rule (built-in rules cannot be changed: 400)", "conversations",
+                      obj({"ok": BOOL, "rule": ref("EndpointRule")}), params=[path_param("endpoint_rule_id")],
+                      request=body(ref("NewEndpointRule")), errors=(400, 404, 415)),
+            "delete": op("Delete a user rule (built-in rules: 400)", "conversations", obj({"ok": BOOL}),
+                         params=[path_param("endpoint_rule_id")], errors=(400, 404)),
+        },
+        "/api/version": {"get": op("Engine version, API version and capabilities", "operations", ref("Version"))},
+        "/api/maintenance/status": {"get": op(
+            "Is a conversation rebuild due, and the last progress of each background job", "maintenance",
+            obj({"assembler_version_current": STR, "assembler_version_stored": NSTR, "needs_rebuild": BOOL,
+                 "tasks": obj({"redact_headers": ref("MaintenanceProgress"),
+                               "scrub_secrets": ref("MaintenanceProgress")})},
+                ("assembler_version_current", "needs_rebuild")))},
         "/api/middlewares/events": {"get": op(
             "What middlewares did: deny, block, rewrite, tagged passes, errors (newest first)", "middleware",
             page_of("MiddlewareEvent"), errors=(400,),
@@ -315,8 +377,10 @@ def build_spec() -> dict[str, Any]:
             request=body(obj({"pending_ids": arr(INT)}, ("pending_ids",))), errors=(400, 415))},
         "/api/logs": {"get": op("Connection log, newest first", "logs", page_of("RequestLog"), errors=(400,),
                                 params=[*log_filters, *TIME_RANGE, *PAGING])},
-        "/api/logs/stats": {"get": op("Counts and an hourly timeline for a time range", "logs", ANY_OBJECT,
-                                      errors=(400,), params=[*log_filters, *TIME_RANGE])},
+        "/api/logs/stats": {"get": op(
+            "Counts and a timeline for a time range (default today); group_by auto picks hour, day or week",
+            "logs", ANY_OBJECT, errors=(400,),
+            params=[*log_filters, *TIME_RANGE, query("group_by", s("string", enum=["auto", "hour", "day", "week"]))])},
         "/api/allowall": {
             "get": op("Silent mode status", "modes", ref("SilentMode")),
             "post": op("Silent allow-all / deny-all for a while", "modes", ref("SilentMode"), errors=(400, 415),

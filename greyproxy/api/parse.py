@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -20,22 +21,72 @@ _MISSING: Any = object()
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 _MAX_ID = 2**63 - 1  # SQL INTEGER; a larger number would overflow the driver
+_MAX_ID_DIGITS = 19  # len(str(_MAX_ID)); checked before int() so 5,000 digits cost nothing
+MAX_JSON_DEPTH = 32  # our documents nest 4 deep; deeper is an attack on recursive code, not data
+MAX_STRING = 64 * 1024  # default cap of one string field (credential values get their own)
+# A string key: session, credential and conversation ids. No '/' (it could never be addressed
+# in a path again), no ':' or '@' (a session id is also a proxy username in a URL), no spaces.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def decode_json(raw: str | bytes) -> Any:
+    """Parse untrusted JSON or raise ApiError(400): the one reader for every body (and /ws).
+
+    Beyond json.loads: nesting deeper than MAX_JSON_DEPTH, lone UTF-16 surrogates (they cannot be
+    encoded as UTF-8, so SQLite, logs and responses would fail on them later) and NaN/Infinity
+    are refused here, once, so no route or service ever sees them.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # includes UnicodeDecodeError and over-long integers
+        raise ApiError(400, f"invalid JSON body: {exc}") from None
+    _check_tree(value)
+    return value
+
+
+def _check_tree(root: Any) -> None:
+    # Iterative, so the check itself cannot recurse too deep.
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                raise ApiError(400, "invalid JSON body: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((k, depth) for k in node)
+            stack.extend((v, depth + 1) for v in node.values())
+        else:
+            stack.extend((v, depth + 1) for v in node)
 
 
 def json_body(empty: Any = _MISSING) -> Any:
     """The parsed JSON body; `empty` is returned for an empty body (else it is a 400).
 
-    The Content-Type check (415) happens once for all routes in the request guard (auth.py).
+    The Content-Type check (415) happens once for all routes in the request guard (auth.py);
+    the size cap (413) is the app's MAX_CONTENT_LENGTH.
     """
     raw = request.get_data(cache=True)
     if not raw.strip():
         if empty is _MISSING:
             raise ApiError(400, "request body is required (JSON)")
         return empty
-    try:
-        return json.loads(raw)
-    except ValueError as exc:  # includes UnicodeDecodeError
-        raise ApiError(400, f"invalid JSON body: {exc}") from None
+    return decode_json(raw)
 
 
 def json_object(optional: bool = False) -> dict[str, Any]:
@@ -53,16 +104,43 @@ def json_array() -> list[Any]:
 
 
 # -- fields of a JSON object ------------------------------------------------------------------
-def str_field(body: Mapping[str, Any], name: str, default: Any = None, required: bool = False) -> Any:
-    """A string field; null or absent gives `default` (or a 400 when required)."""
+def str_field(body: Mapping[str, Any], name: str, default: Any = None, required: bool = False,
+              max_length: int = MAX_STRING, nul: bool = False) -> Any:
+    """A string field; null or absent gives `default` (or a 400 when required).
+
+    Every string has a length cap, and NUL is refused unless `nul` (C code, SQLite LIKE and
+    log lines cut a string at NUL, so what is checked would differ from what is used)."""
     value = body.get(name)
     if value is None:
         if required:
             raise ApiError(400, f"'{name}' is required")
         return default
+    return checked_str(value, f"'{name}'", max_length, nul)
+
+
+def checked_str(value: Any, what: str, max_length: int = MAX_STRING, nul: bool = False) -> str:
     if not isinstance(value, str):
-        raise ApiError(400, f"'{name}' must be a string")
+        raise ApiError(400, f"{what} must be a string")
+    if len(value) > max_length:
+        raise ApiError(400, f"{what} is longer than {max_length} characters")
+    if not nul and "\x00" in value:
+        raise ApiError(400, f"{what} must not contain a NUL character")
     return value
+
+
+def key_field(body: Mapping[str, Any], name: str) -> str | None:
+    """A string id chosen by the client (a session id): KEY_PATTERN, else a 400."""
+    value = str_field(body, name, max_length=4096)
+    if value is None:
+        return None
+    return valid_key(value.strip(), f"'{name}'")
+
+
+def valid_key(text: str, what: str) -> str:
+    if not KEY_PATTERN.fullmatch(text):
+        raise ApiError(400, f"{what} must be 1-128 characters of letters, digits, '.', '_' and '-' "
+                            "(not starting with '.' or '-')")
+    return text
 
 
 def int_field(body: Mapping[str, Any], name: str, minimum: int, maximum: int, default: Any = None) -> Any:
@@ -168,6 +246,19 @@ def choice_arg(name: str, options: Collection[str], default: str | None = None) 
 
 def path_id(text: str) -> int:
     """An id from the URL path; ours are positive integers, anything else is a 400, not a 404."""
-    if not text.isascii() or not text.isdigit() or not _is_id(int(text)):
-        raise ApiError(400, f"invalid id {text!r}: must be a positive integer")
+    # Length first: int() of thousands of digits is slow and over 4,300 raises ValueError.
+    if len(text) > _MAX_ID_DIGITS or not text.isascii() or not text.isdigit() or not _is_id(int(text)):
+        raise ApiError(400, f"invalid id {_shown(text)}: must be a positive integer")
     return int(text)
+
+
+def path_key(text: str, what: str = "id") -> str:
+    """A string id from the URL path (session, credential): the KEY_PATTERN, else a 400."""
+    if not KEY_PATTERN.fullmatch(text):
+        raise ApiError(400, f"invalid {what} {_shown(text)}: letters, digits, '.', '_' and '-' only, "
+                            "at most 128")
+    return text
+
+
+def _shown(text: str) -> str:
+    return repr(text[:40] + ("…" if len(text) > 40 else ""))

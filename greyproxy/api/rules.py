@@ -6,6 +6,7 @@ naming the field, never a 500 from a database constraint and never a silently de
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import Blueprint
@@ -20,6 +21,7 @@ from greyproxy.api.parse import (
     int_field,
     json_array,
     json_object,
+    no_unknown_keys,
     path_id,
     rfc3339,
     str_arg,
@@ -33,11 +35,20 @@ from greyproxy.policy.patterns import (
 )
 from greyproxy.services.rules import NewRule, NotFound, rule_to_json
 from greyproxy.store.models import PendingRequest
+from greyproxy.timeutil import utcnow
 
 bp = Blueprint("rules", __name__)
 
 ACTIONS = ("allow", "deny")
-RULE_TYPES = ("permanent", "temporary")
+# "glob" names the pattern dialect (some clients send it); the stored type follows the expiry.
+RULE_TYPES = ("permanent", "temporary", "glob")
+MAX_NOTES = 10_000
+# What a rule body may hold. The read-only fields of the Rule JSON are accepted (and ignored) so
+# that a rule as GET shows it can be posted or ingested back; anything else is a 400 naming it.
+RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "rule_type",
+             "expires_in_seconds", "expires_at", "notes", "created_by", "method_pattern", "path_pattern"]
+READ_ONLY_KEYS = ("id", "created_at", "last_used_at", "is_active", "source", "session_id",
+                  "destination_unicode", "mixed_script")
 # Reserved `created_by` values mark layers (§3.1): a client must not forge a built-in or session rule.
 RESERVED_CREATOR = "builtin"
 SESSION_CREATOR_PREFIX = "session:"
@@ -63,22 +74,45 @@ def _patterns(body: dict[str, Any], partial: bool = False) -> dict[str, str]:
 
 
 def _created_by(body: dict[str, Any]) -> str:
-    creator = str_field(body, "created_by", default="admin").strip() or "admin"
+    creator = str_field(body, "created_by", default="admin", max_length=256).strip() or "admin"
     if creator == RESERVED_CREATOR or creator.startswith(SESSION_CREATOR_PREFIX):
         raise ApiError(400, f"'created_by' may not be {creator!r}: 'builtin' and 'session:*' are reserved")
     return creator
 
 
+def _expiry_seconds(body: dict[str, Any]) -> int | None:
+    """`expires_in_seconds`, or `expires_at` (RFC 3339) as seconds from now: a temporary grant
+    must expire, never silently become permanent."""
+    seconds = int_field(body, "expires_in_seconds", minimum=1, maximum=MAX_EXPIRY_SECONDS)
+    text = str_field(body, "expires_at", max_length=64)
+    if not text:
+        return seconds
+    if seconds is not None:
+        raise ApiError(400, "give either 'expires_in_seconds' or 'expires_at', not both")
+    left = (rfc3339(text, "'expires_at'") - utcnow()).total_seconds()
+    if left <= 0:
+        raise ApiError(400, "'expires_at' is in the past")
+    return min(MAX_EXPIRY_SECONDS, max(1, round(left)))
+
+
 def new_rule(body: Any) -> NewRule:
     if not isinstance(body, dict):
         raise ApiError(400, "a rule must be a JSON object")
+    no_unknown_keys(body, (*RULE_KEYS, *READ_ONLY_KEYS))
+    expires = _expiry_seconds(body)
+    rule_type = choice(str_field(body, "rule_type"), "rule_type", RULE_TYPES)
+    if rule_type in (None, "glob"):
+        rule_type = "temporary" if expires else "permanent"
     return NewRule(
         **_patterns(body),
         action=choice(str_field(body, "action", default="allow"), "action", ACTIONS),
-        rule_type=choice(str_field(body, "rule_type", default="permanent"), "rule_type", RULE_TYPES),
-        expires_in_seconds=int_field(body, "expires_in_seconds", minimum=1, maximum=MAX_EXPIRY_SECONDS),
-        notes=str_field(body, "notes"),
+        rule_type=rule_type,
+        expires_in_seconds=expires,
+        notes=str_field(body, "notes", max_length=MAX_NOTES),
         created_by=_created_by(body),
+        # Request-level rules; services/rules.py validates them (an empty one = any).
+        method_pattern=str_field(body, "method_pattern", default="", max_length=256),
+        path_pattern=str_field(body, "path_pattern", default="", max_length=4096),
     )
 
 
@@ -132,19 +166,33 @@ def ingest_rules() -> Any:
     return {"imported": imported, "skipped": skipped, "pending_cleaned": cleaned}
 
 
+UPDATE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "notes", "expires_at",
+               "method_pattern", "path_pattern"]
+
+
 def _changes(body: dict[str, Any]) -> dict[str, Any]:
+    # rule_type and created_by are in GET's shape, so a rule may be PUT back as read; they do not change.
+    no_unknown_keys(body, (*UPDATE_KEYS, *READ_ONLY_KEYS, "rule_type", "created_by", "expires_in_seconds"))
     changes: dict[str, Any] = _patterns(body, partial=True)
     action = choice(str_field(body, "action"), "action", ACTIONS)
     if action is not None:
         changes["action"] = action
+    for name, longest in (("method_pattern", 256), ("path_pattern", 4096)):
+        if name in body:  # null or "" makes it a connection rule again
+            changes[name] = str_field(body, name, default="", max_length=longest)
     if "notes" in body:
-        changes["notes"] = str_field(body, "notes")
+        changes["notes"] = str_field(body, "notes", max_length=MAX_NOTES)
     if "expires_at" in body:
-        text = str_field(body, "expires_at")
+        text = str_field(body, "expires_at", max_length=64)
         if not text:
             changes["expires_at"] = None  # "" (or null) clears the expiry: the rule becomes permanent
         else:
             changes["expires_at"] = rfc3339(text, "'expires_at'")
+    seconds = int_field(body, "expires_in_seconds", minimum=1, maximum=MAX_EXPIRY_SECONDS)
+    if seconds is not None:
+        if "expires_at" in body:
+            raise ApiError(400, "give either 'expires_in_seconds' or 'expires_at', not both")
+        changes["expires_at"] = utcnow() + dt.timedelta(seconds=seconds)
     return changes
 
 

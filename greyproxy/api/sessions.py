@@ -8,7 +8,16 @@ from flask import Blueprint
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
-from greyproxy.api.parse import bool_field, choice, int_field, json_object, str_field
+from greyproxy.api.parse import (
+    bool_field,
+    checked_str,
+    choice,
+    int_field,
+    json_object,
+    key_field,
+    path_key,
+    str_field,
+)
 from greyproxy.credentials.placeholders import PREFIX, is_placeholder
 from greyproxy.policy.patterns import (
     normalize_container_pattern,
@@ -21,8 +30,10 @@ from greyproxy.services.sessions import Mapping, SessionSpec
 
 bp = Blueprint("sessions", __name__)
 
-MAX_ID_LENGTH = 128
 MIN_PROXY_TOKEN = 16
+MAX_CONTAINER_NAME = 256  # as a container pattern (policy/patterns.py)
+MAX_SECRET = 1024 * 1024  # a credential value: certificates and service-account JSON are long
+MAX_ENTRIES = 1000  # mappings, metadata, labels, network rules, hosts: per session or credential
 
 
 def _string_map(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -31,7 +42,22 @@ def _string_map(body: dict[str, Any], name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ApiError(400, f"'{name}' must be an object")
+    _at_most(value, name)
+    for key in value:
+        checked_str(key, f"a key of '{name}'", max_length=1024)
     return value
+
+
+def _at_most(value: dict[str, Any] | list[Any], name: str) -> None:
+    if len(value) > MAX_ENTRIES:
+        raise ApiError(400, f"'{name}' may hold at most {MAX_ENTRIES} entries")
+
+
+def _container_name(body: dict[str, Any]) -> str:
+    name = (str_field(body, "container_name", max_length=MAX_CONTAINER_NAME) or "").strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ApiError(400, "'container_name' must not contain control characters")
+    return name
 
 
 def _hosts(value: Any, where: str) -> tuple[str, ...]:
@@ -39,6 +65,7 @@ def _hosts(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
         raise ApiError(400, f"'{where}.hosts' must be a list of destination patterns")
+    _at_most(value, f"{where}.hosts")
     return tuple(normalize_destination_pattern(h) for h in value)
 
 
@@ -48,6 +75,7 @@ def _containers(value: Any) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise ApiError(400, "'containers' must be a list of container patterns")
+    _at_most(value, "containers")
     return tuple(dict.fromkeys(normalize_container_pattern(c) for c in value))
 
 
@@ -63,9 +91,10 @@ def _mappings(body: dict[str, Any]) -> tuple[Mapping, ...]:
             real = real.get("value")
         if not isinstance(real, str) or not real:
             raise ApiError(400, f"mapping for {placeholder[:80]!r} must be a non-empty string value")
+        checked_str(real, f"mapping for {placeholder[:80]!r}", max_length=MAX_SECRET)
         label = labels.get(placeholder)
-        if label is not None and not isinstance(label, str):
-            raise ApiError(400, "'labels' values must be strings")
+        if label is not None:
+            checked_str(label, "'labels' values", max_length=256)
         out.append(Mapping(placeholder, real, label, hosts))
     return tuple(out)
 
@@ -76,6 +105,7 @@ def _network_rules(body: dict[str, Any]) -> tuple[NewRule, ...]:
         return ()
     if not isinstance(items, list):
         raise ApiError(400, "'network_rules' must be a list")
+    _at_most(items, "network_rules")
     rules = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -91,20 +121,22 @@ def _network_rules(body: dict[str, Any]) -> tuple[NewRule, ...]:
 
 
 def session_spec(body: dict[str, Any]) -> SessionSpec:
-    session_id = (str_field(body, "session_id") or "").strip()
-    container = (str_field(body, "container_name") or "").strip()
-    if not session_id or not container:
+    container = _container_name(body)
+    if not (str_field(body, "session_id", max_length=4096) or "").strip() or not container:
         raise ApiError(400, "session_id and container_name are required")
-    if len(session_id) > MAX_ID_LENGTH:
-        raise ApiError(400, f"'session_id' is longer than {MAX_ID_LENGTH} characters")
+    # An id with '/' could never be addressed by heartbeat or DELETE again: one charset for all.
+    session_id = key_field(body, "session_id") or ""
     metadata = _string_map(body, "metadata")
-    if not all(isinstance(v, str) for v in metadata.values()):
-        raise ApiError(400, "'metadata' values must be strings")
+    for value in metadata.values():
+        checked_str(value, "'metadata' values")
     globals_ = body.get("global_credentials")
     globals_ = [] if globals_ is None else globals_
     if not isinstance(globals_, list) or not all(isinstance(g, str) for g in globals_):
         raise ApiError(400, "'global_credentials' must be a list of labels")
-    token = str_field(body, "proxy_token")
+    _at_most(globals_, "global_credentials")
+    for label in globals_:
+        checked_str(label, "'global_credentials' labels", max_length=256)
+    token = str_field(body, "proxy_token", max_length=1024)
     if token is not None and len(token) < MIN_PROXY_TOKEN:
         raise ApiError(400, f"'proxy_token' must be at least {MIN_PROXY_TOKEN} characters")
     spec = SessionSpec(
@@ -145,12 +177,12 @@ def list_sessions() -> Any:
 
 @bp.post("/api/sessions/<session_id>/heartbeat")
 def heartbeat(session_id: str) -> Any:
-    return runtime().sessions.heartbeat(session_id)
+    return runtime().sessions.heartbeat(path_key(session_id, "session id"))
 
 
 @bp.delete("/api/sessions/<session_id>")
 def delete_session(session_id: str) -> Any:
-    if not runtime().sessions.delete(session_id):
+    if not runtime().sessions.delete(path_key(session_id, "session id")):
         raise NotFound(f"session {session_id} not found")
     return {"session_id": session_id, "deleted": True}
 
@@ -163,8 +195,8 @@ def list_credentials() -> Any:
 @bp.post("/api/credentials")
 def create_credential() -> Any:
     body = json_object()
-    label = (str_field(body, "label") or "").strip()
-    value = str_field(body, "value") or ""
+    label = (str_field(body, "label", max_length=256) or "").strip()
+    value = str_field(body, "value", max_length=MAX_SECRET) or ""
     if not label or not value:
         raise ApiError(400, "label and value are required")
     try:
@@ -176,5 +208,5 @@ def create_credential() -> Any:
 
 @bp.delete("/api/credentials/<credential_id>")
 def delete_credential(credential_id: str) -> Any:
-    runtime().credentials.delete(credential_id)
+    runtime().credentials.delete(path_key(credential_id, "credential id"))
     return {"id": credential_id, "deleted": True}

@@ -87,32 +87,31 @@ def get_settings() -> Any:
     return _current()
 
 
+# The seed's flat spellings (what settings.json stores) beside the nested sections.
+FLAT_KEYS = {"notificationsEnabled": "notifications", "mitmEnabled": "mitm", "conversationsEnabled": "conversations"}
+KEYS = ("theme", "notifications", "mitm", "conversations", "redactedHeaders", *FLAT_KEYS)
+
+
 @bp.put("/api/settings")
 def put_settings() -> Any:
     body = json_object()
-    # Unknown keys are refused (greyproxy silently ignored e.g. flat `mitmEnabled`).
-    no_unknown_keys(body, ("theme", "notifications", "mitm", "conversations", "redactedHeaders"))
+    # Unknown keys are refused, naming them (greyproxy silently ignored what it did not know).
+    no_unknown_keys(body, KEYS)
     changes: dict[str, Any] = {}
-    theme = choice(str_field(body, "theme"), "theme", THEMES)
+    theme = choice(str_field(body, "theme", max_length=16), "theme", THEMES)
     if theme is not None:
         changes["theme"] = theme
-    notifications = _section(body, "notifications", ("enabled",))
-    if notifications is not None:
-        flag = bool_field(notifications, "enabled")
-        if flag is not None:
-            changes["notificationsEnabled"] = flag
-    mitm = _section(body, "mitm", ("enabled", "bypass"))
-    if mitm is not None:
-        flag = bool_field(mitm, "enabled")
-        if flag is not None:
-            changes["mitmEnabled"] = flag
-        if mitm.get("bypass") is not None:
-            changes["mitmBypass"] = bypass_field(mitm["bypass"])
-    conversations = _section(body, "conversations", ("enabled",))
-    if conversations is not None:
-        flag = bool_field(conversations, "enabled")
-        if flag is not None:
-            changes["conversationsEnabled"] = flag
+    for flat, section_name in FLAT_KEYS.items():
+        section = _section(body, section_name, ("enabled", "bypass") if section_name == "mitm" else ("enabled",))
+        nested = bool_field(section, "enabled") if section is not None else None
+        flag = bool_field(body, flat)
+        if flag is not None and nested is not None and flag != nested:
+            raise ApiError(400, f"'{flat}' and '{section_name}.enabled' disagree")
+        value = flag if flag is not None else nested
+        if value is not None:
+            changes[flat] = value
+        if section_name == "mitm" and section is not None and section.get("bypass") is not None:
+            changes["mitmBypass"] = bypass_field(section["bypass"])
     if body.get("redactedHeaders") is not None:
         changes["redactedHeaders"] = redacted_headers_field(body["redactedHeaders"])
     settings_store().update(changes)

@@ -12,7 +12,6 @@ and a notification claim is released.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -26,7 +25,8 @@ from simple_websocket import ConnectionClosed
 
 from greyproxy.api.context import CLAIMS_KEY, RUNTIME_KEY
 from greyproxy.api.errors import ApiError
-from greyproxy.api.notifications import NotificationClaims
+from greyproxy.api.notifications import NO_BACKEND, NotificationClaims
+from greyproxy.api.parse import decode_json
 from greyproxy.api.pending import decision_fields
 from greyproxy.api.streams import SUBSCRIBER_QUEUE, timestamp, to_json
 from greyproxy.events import Event, Subscription
@@ -60,9 +60,9 @@ class CommandError(Exception):
 
 def _pending_id(cmd: dict[str, Any]) -> int:
     value = cmd.get("pending_id")
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)  # some clients send ids as strings; the meaning is unambiguous
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
         raise CommandError("pending_id must be a positive integer")
     return value
 
@@ -157,8 +157,8 @@ class ControlConnection:
     # -- commands --------------------------------------------------------------------------
     def handle(self, message: str | bytes) -> Reply:
         try:
-            cmd = json.loads(message)
-        except ValueError:
+            cmd = decode_json(message)  # the REST bodies' reader: depth, surrogates, NaN
+        except ApiError:
             return _error("invalid JSON")
         if not isinstance(cmd, dict):
             return _error("invalid JSON")
@@ -209,11 +209,19 @@ class ControlConnection:
             self.sub.types.discard(event_type)  # an empty filter delivers nothing (§6)
         return {"type": "unsubscribed", "event_type": event_type}
 
+    def desktop_backend(self) -> dict[str, Any]:
+        info = self.rt.settings.notifier_info
+        return info() if info is not None else {"available": False}
+
     def _claim(self, _cmd: dict[str, Any]) -> Reply:
         if self.claimed:
             raise CommandError("notifications already claimed by this connection")
         self.claimed = True
-        return {"type": "notification_claimed", "active_claims": self.claims.acquire()}
+        reply: Reply = {"type": "notification_claimed", "active_claims": self.claims.acquire()}
+        if not self.desktop_backend()["available"]:
+            # The claim still quiets the dashboards; say that there is no desktop notifier to quiet.
+            reply.update(backend="none", warning=NO_BACKEND)
+        return reply
 
 
 @sock.route("/ws", bp=bp)

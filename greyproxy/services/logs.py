@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee
@@ -28,6 +28,18 @@ class LogFilter:
     result: str | None = None  # 'allowed' | 'blocked'
     since: dt.datetime | None = None  # naive UTC, inclusive
     until: dt.datetime | None = None  # naive UTC, inclusive
+    search: str | None = None  # substring of container, destination, resolved name, dialled IP, reason
+    has_error: bool | None = None  # the connection failed on our side or upstream (ERROR_REASONS)
+    reason: str | None = None  # exact
+
+
+# Failures rather than decisions: the destination could not be resolved or reached, or the
+# client refused our certificate.
+ERROR_REASONS = ("dns_failure", "upstream_unreachable")
+
+
+def _errors() -> peewee.Expression:
+    return RequestLog.reason.in_(ERROR_REASONS) | (RequestLog.mitm_skip_reason == "mitm_error")
 
 
 def _where(query: peewee.ModelSelect, f: LogFilter) -> peewee.ModelSelect:
@@ -44,6 +56,18 @@ def _where(query: peewee.ModelSelect, f: LogFilter) -> peewee.ModelSelect:
         query = query.where(RequestLog.timestamp >= f.since)
     if f.until is not None:
         query = query.where(RequestLog.timestamp <= f.until)
+    if f.search:
+        query = query.where(
+            RequestLog.container_name.contains(f.search) | RequestLog.destination_host.contains(f.search)
+            | RequestLog.resolved_hostname.contains(f.search) | RequestLog.dialed_ip.contains(f.search)
+            | RequestLog.reason.contains(f.search)
+        )
+    if f.has_error is not None:
+        errors = _errors()
+        # NULL reasons make IN unknown, not false: coalesce so "no error" rows are found too.
+        query = query.where(errors if f.has_error else ~fn.COALESCE(errors, False))
+    if f.reason:
+        query = query.where(RequestLog.reason == f.reason)
     return query
 
 
@@ -135,7 +159,7 @@ def _by_container(f: LogFilter, limit: int) -> list[dict[str, Any]]:
 
 
 def _top_blocked(f: LogFilter, limit: int) -> list[dict[str, Any]]:
-    blocked = LogFilter(f.container, f.destination, "blocked", f.since, f.until)
+    blocked = replace(f, result="blocked")
     count = fn.COUNT(RequestLog.id)
     query = (
         _where(
@@ -216,7 +240,22 @@ def _period(f: LogFilter) -> dict[str, str | None]:
     return {"from": iso(f.since), "to": iso(f.until)}
 
 
-def log_stats(f: LogFilter, top: int = 10) -> dict[str, Any]:
+def data_bounds(f: LogFilter) -> tuple[dt.datetime, dt.datetime] | None:
+    """The first and last timestamp of the rows the filter selects (None when there are none):
+    a timeline over decades need only cover the years that hold rows."""
+    row = _where(RequestLog.select(fn.MIN(RequestLog.timestamp).alias("lo"), fn.MAX(RequestLog.timestamp).alias("hi")),
+                 f).dicts().first()
+    if not row or row["lo"] is None:
+        return None
+    return _as_datetime(row["lo"]), _as_datetime(row["hi"])
+
+
+def _as_datetime(value: Any) -> dt.datetime:
+    # SQLite hands aggregates back as text.
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+
+
+def log_stats(f: LogFilter, top: int = 10, group: str = "hour") -> dict[str, Any]:
     allowed, blocked = _counts(f)
     return {
         "period": _period(f),
@@ -225,7 +264,8 @@ def log_stats(f: LogFilter, top: int = 10) -> dict[str, Any]:
         "blocked": blocked,
         "top_containers": _by_container(f, top),
         "top_destinations": _top_blocked(f, top),
-        "timeline": _timeline(f, "hour"),
+        "timeline": _timeline(f, group),
+        "group_by": group,
     }
 
 
