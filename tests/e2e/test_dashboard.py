@@ -53,8 +53,10 @@ def test_allow_and_deny_held_requests_from_the_pending_page(gp_factory, origin, 
 
         # Allow any port of this host for 1 hour: the same held curl completes.
         card.locator("details.more summary").click()
+        card.locator("select[name=scope]").select_option("any_port")
+        card.locator("select[name=duration]").select_option("1h")
         dash.shot("pending-more-options")
-        card.locator('button[data-action=allow][data-scope=any_port][data-duration="1h"]').click()
+        card.locator('button[data-action=allow][data-chosen][data-scope=any_port][data-duration="1h"]').click()
         body, status = finish(proc, timeout=10)
         assert status == "200" and body.encode() == origin.body
         expect(card).to_have_count(0)
