@@ -17,6 +17,7 @@ import yaml
 
 from greyproxy.middleware.config import MiddlewareConfig, configs_from
 from greyproxy.policy.durations import DurationError, parse_go_duration
+from greyproxy.upstream_config import UpstreamConfig, parse_upstream
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -31,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None, "opaque": "allow", "generate_ca": True},
     "dns": {"upstream": [], "policy": "log"},
     "guard": {"private_ranges": "allow"},
+    # A corporate proxy allowed traffic is chained through (docs/upstream-proxy.md); null = direct.
+    "upstream": {"proxy_url": None, "bypass_hosts": [], "fail_open": False, "resolve": "local"},
     "identity": {"anonymous": "challenge"},
     "retention": {"logs_days": 30, "transactions_days": 7, "max_db_mb": 2048, "pending_ttl": "7d"},
     "notifications": {"enabled": True},
@@ -145,6 +148,7 @@ class Config:
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
     middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    upstream: UpstreamConfig | None = None  # `upstream:`; read at each dial, so a reload applies it
 
     @property
     def db_path(self) -> Path:
@@ -366,6 +370,10 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
     anonymous = merged["identity"]["anonymous"]
     if anonymous not in ("challenge", "fallback"):
         raise ConfigError(f"'identity.anonymous' must be 'challenge' or 'fallback' (got {anonymous!r})")
+    try:
+        upstream_proxy = parse_upstream(merged["upstream"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     data_dir = Path(merged["data_dir"]) if merged["data_dir"] else default_data_dir(env)
     try:
         drain = float(merged["drain_seconds"])
@@ -405,4 +413,5 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         source=source,
         middlewares=middlewares,
         limits=_limits(merged["limits"]),
+        upstream=upstream_proxy,
     )

@@ -52,6 +52,7 @@ from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.socks5 import refuse_connection as refuse_socks5
 from greyproxy.proxy.tracker import ConnectionTracker
+from greyproxy.proxy.upstream_proxy import UpstreamHolder
 from greyproxy.reload import Reloader, sync_rules_files
 from greyproxy.services.audit import AuditLog, current_actor
 from greyproxy.services.credentials import CredentialService
@@ -131,6 +132,8 @@ class Runtime:
         # The dial-time resolver, and the per-client IP → name cache, loaded from the previous
         # run (rows keep their absolute expiry).
         self.resolver = Resolver(self.dns_upstream)
+        # The corporate upstream proxy, if any, read from self.config at each dial (live on reload).
+        self.upstream = UpstreamHolder(lambda: self.config.upstream)
         self.dnscache = HostnameCache(persist=self.writer.dns_cache)
         self.dnscache.load(CacheRow(*row) for row in load_dns_cache(time.time()))
         self.dns: DnsService | None = None

@@ -41,6 +41,11 @@ def health() -> Any:
         log.warning("health check: database ping failed: %s", exc)
         return {**body, "status": "unhealthy", "reasons": [f"database ping failed: {exc}"]}, 503
     reasons = rt.writer.health()
+    upstream = rt.upstream.get()
+    if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
+        body["upstream"] = upstream.status()
+        if upstream.state == "down" and not upstream.cfg.fail_open:
+            reasons = [*reasons, f"upstream proxy {upstream.cfg.display_url} unreachable: {upstream.last_error}"]
     if reasons:
         return {**body, "status": "degraded", "reasons": reasons}
     return body

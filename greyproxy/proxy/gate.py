@@ -220,7 +220,8 @@ class Gatekeeper:
         # decision may carry the deny rule that would have applied.
         pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
         try:
-            sock = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver, rule_pattern=pattern)
+            sock = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver, rule_pattern=pattern,
+                        upstream=self.rt.upstream.get())
         except DialError as exc:
             if exc.reason in ("control_plane", "private_range"):
                 self.refused(admission, exc.reason, elapsed_ms=admission.elapsed_ms)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import socket
+import weakref
 from collections.abc import Callable
 
 import gevent
 from gevent import socket as gsocket
 
+from greyproxy.policy.canonical import canonical_ip
 from greyproxy.proxy.guard import ControlPlaneGuard
 from greyproxy.proxy.resolver import ResolveError, Resolver, system_addresses
+from greyproxy.proxy.upstream_proxy import UpstreamDown, UpstreamProxy, UpstreamRefused
 
 DIAL_TIMEOUT = 10.0
 RESOLVE_TIMEOUT = 10.0
 MAX_DIAL_ADDRESSES = 4  # bounds a dial to a few connect timeouts
 BULK_BUFFER = 256 * 1024
 SMALL_READ = 64 * 1024
+# A socket tunnelled through an upstream proxy → the destination IP it was opened to (its peer is
+# the upstream; logs name the real destination).
+_THROUGH: weakref.WeakKeyDictionary[socket.socket, str] = weakref.WeakKeyDictionary()
 
 
 class DialError(OSError):
@@ -41,10 +47,24 @@ def dial(
     *,
     resolver: Resolver | None = None,
     rule_pattern: str | None = None,
+    upstream: UpstreamProxy | None = None,
 ) -> socket.socket:
     """Resolve and connect under the guards, checked on every IP actually dialled: never one of
     our own listeners (D11), and no private address the allowing rule does not name (D14).
-    The IP dialled is the socket's peer (getpeername)."""
+    The IP dialled is the socket's peer (getpeername), or `peer_ip` for one opened through the
+    `upstream` proxy (docs/upstream-proxy.md): the guard runs on the IP the upstream is asked
+    for, exactly as on a direct dial."""
+    via = upstream if upstream is not None and not upstream.bypassed(host) else None
+    if via is not None and via.remote_dns and canonical_ip(host) is None:
+        # resolve: upstream — the name goes to the upstream (the guard judged it at decision time)
+        try:
+            sock = _through(via, host, port, timeout)
+        except UpstreamRefused as exc:
+            raise DialError("upstream_unreachable", f"cannot connect to {host}:{port}: {exc}") from None
+        if sock is not None:
+            _THROUGH[sock] = ""  # the upstream resolved the name: no dialled IP is known
+            return sock
+        via = None  # down, fail_open: directly, like without an upstream
     try:
         addresses = resolver.resolve(host) if resolver is not None else system_addresses(host, RESOLVE_TIMEOUT)
     except ResolveError as exc:
@@ -57,6 +77,16 @@ def dial(
         if guard.private_range_refused(ip, rule_pattern):
             private = private or ip
             continue
+        if via is not None and not via.bypassed(ip):
+            try:
+                sock = _through(via, ip, port, timeout)
+            except UpstreamRefused as exc:
+                last = exc
+                continue
+            if sock is not None:
+                _THROUGH[sock] = ip
+                return sock
+            via = None  # down, fail_open: this and the next addresses directly
         sock = gsocket.socket(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -73,8 +103,25 @@ def dial(
     raise DialError("upstream_unreachable", f"cannot connect to {host}:{port}: {last}")
 
 
+def _through(via: UpstreamProxy, host: str, port: int, timeout: float) -> socket.socket | None:
+    """A tunnel through the upstream; None when it is down and `fail_open` says go direct."""
+    try:
+        sock = via.open(host, port, timeout)
+    except UpstreamDown as exc:
+        if via.cfg.fail_open:
+            return None
+        raise DialError("upstream_proxy_down",
+                        f"the upstream proxy {via.cfg.display_url} is unreachable ({exc}); upstream.fail_open is false"
+                        ) from None
+    set_nodelay(sock)
+    return sock
+
+
 def peer_ip(sock: socket.socket) -> str | None:
-    """The IP a connected socket talks to (the one actually dialled), or None if it is gone."""
+    """The IP a connected socket talks to (the one actually dialled), or None if it is gone.
+    Through an upstream proxy: the destination IP it was asked for (None when it resolved)."""
+    if sock in _THROUGH:
+        return _THROUGH[sock] or None
     try:
         return str(sock.getpeername()[0])
     except (OSError, IndexError):

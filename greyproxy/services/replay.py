@@ -249,7 +249,7 @@ def _open(rt: Runtime, req: _Request, decision: Decision) -> socket.socket:
     rule = decision.rule
     pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
     try:
-        sock = dial(req.host, req.port, rt.guard, resolver=rt.resolver, rule_pattern=pattern)
+        sock = dial(req.host, req.port, rt.guard, resolver=rt.resolver, rule_pattern=pattern, upstream=rt.upstream.get())
     except DialError as exc:
         raise ReplayFailed(f"{exc.reason}: {exc}") from None
     except (UnicodeError, ValueError) as exc:  # a stored name that is not a valid host name

@@ -1,0 +1,248 @@
+"""Chaining through a corporate upstream proxy (docs/upstream-proxy.md), with real upstreams on
+loopback: Debian's tinyproxy (HTTP CONNECT, Basic auth) and microsocks (SOCKS5, user/password).
+Each test asserts what the origin received and what the upstream logged."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Origin
+from tests.integration.netutil import curl, socks_connect, wait_until
+from tests.ports import free_port
+
+TINYPROXY = shutil.which("tinyproxy") or "/usr/sbin/tinyproxy"
+MICROSOCKS = shutil.which("microsocks") or "/usr/bin/microsocks"
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"upstream exited: {log.read_text() if log.exists() else ''}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"upstream on {port} never listened")
+
+
+class Tinyproxy:
+    def __init__(self, tmp: Path, user: str = "corp", password: str = "s3cret") -> None:
+        self.port = free_port("127.0.0.1")
+        self.log = tmp / "tinyproxy.log"
+        conf = tmp / "tinyproxy.conf"
+        conf.write_text(f'Port {self.port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{self.log}"\nLogLevel Info\n'
+                        f"MaxClients 50\nBasicAuth {user} {password}\n")
+        self.url = f"http://{user}:{password}@127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        _wait_listening(self.port, self.proc, self.log)
+
+    def connects(self) -> list[str]:
+        """The CONNECT requests tinyproxy received (its log lines)."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line for line in text.splitlines() if "Request (file descriptor" in line]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+class Microsocks:
+    def __init__(self, tmp: Path, user: str = "corp", password: str = "s3cret") -> None:
+        self.port = free_port("127.0.0.1")
+        self.log = tmp / "microsocks.log"
+        self.url = f"socks5://{user}:{password}@127.0.0.1:{self.port}"
+        self.out = open(self.log, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([MICROSOCKS, "-i", "127.0.0.1", "-p", str(self.port), "-u", user, "-P", password],
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        _wait_listening(self.port, self.proc, self.log)
+
+    def connects(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if "connected to" in line]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self.out.close()
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    if not Path(TINYPROXY).exists():
+        pytest.fail("tinyproxy is not installed (.ci/run installs it)")
+    proxy = Tinyproxy(tmp_path)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def microsocks(tmp_path):
+    if not Path(MICROSOCKS).exists():
+        pytest.fail("microsocks is not installed (.ci/run installs it)")
+    proxy = Microsocks(tmp_path)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def origin3():
+    server = Origin(host="127.0.0.3", body=b"hello from the bypassed origin\n")
+    yield server
+    server.close()
+
+
+def upstream_yaml(url: str, bypass: list[str] | None = None, fail_open: bool = False) -> str:
+    return (f"upstream:\n  proxy_url: '{url}'\n  bypass_hosts: {bypass or []}\n"
+            f"  fail_open: {'true' if fail_open else 'false'}\n")
+
+
+def allow(gp, host: str, port: int, action: str = "allow") -> None:
+    resp = gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": host,
+                                              "port_pattern": str(port), "action": action})
+    assert resp.status_code == 201, resp.text
+
+
+def fetch(gp, url: str, via: str = "http") -> tuple[int, bytes, bytes]:
+    if via == "http":
+        client = curl("-i", "-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}", url)
+    elif via == "connect":
+        client = curl("-i", "-p", "-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}", url)
+    else:
+        client = curl("-i", "--socks5-hostname", f"agent1:x@127.0.0.1:{gp.ports['socks5']}", url)
+    out, err = client.communicate(timeout=30)
+    return client.returncode, out, err
+
+
+@pytest.mark.parametrize("via", ["http", "connect", "socks5"])
+def test_allowed_traffic_reaches_the_origin_through_tinyproxy(gp_factory, tinyproxy, origin, via):
+    gp = gp_factory(config_yaml=upstream_yaml(tinyproxy.url))
+    allow(gp, origin.host, origin.port)
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/through", via)
+    assert code == 0, err
+    assert out.endswith(origin.body), out
+    assert [r["path"] for r in origin.requests] == ["/through"]
+    assert any(f"CONNECT {origin.host}:{origin.port} " in line for line in tinyproxy.connects()), tinyproxy.connects()
+    # the log row is about the real destination, not the upstream
+    gp.api("GET", "/api/logs")
+    rows = wait_until(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"] if r["result"] == "allowed"
+                               and r["destination_port"] == origin.port])
+    assert rows and rows[0]["destination_host"] == origin.host and rows[0]["dialed_ip"] == origin.host
+    health = gp.api("GET", "/api/health", token=False).json()
+    assert health["upstream"]["state"] == "up"
+    assert health["upstream"]["proxy_url"] == f"http://corp:***@127.0.0.1:{tinyproxy.port}"
+    assert "s3cret" not in str(health)
+
+
+def test_denied_and_unmatched_traffic_never_reach_the_upstream(gp_factory, tinyproxy, origin):
+    gp = gp_factory(config_yaml=upstream_yaml(tinyproxy.url), hold_seconds=1)
+    allow(gp, origin.host, origin.port, action="deny")
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/denied")
+    assert code == 0 and out.startswith(b"HTTP/1.1 403"), out
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port + 1}/held-then-refused", "socks5")
+    assert origin.requests == []
+    assert tinyproxy.connects() == []
+    # our own listeners stay out of reach even though the upstream could reach them
+    code, out, _ = fetch(gp, f"http://127.0.0.1:{gp.ports['api']}/api/health")
+    assert out.startswith(b"HTTP/1.1 403") and b"control_plane" in out, out
+    assert tinyproxy.connects() == []
+
+
+def test_bypass_hosts_go_direct(gp_factory, tinyproxy, origin, origin3):
+    gp = gp_factory(config_yaml=upstream_yaml(tinyproxy.url, bypass=["127.0.0.3"]))
+    allow(gp, origin.host, origin.port)
+    allow(gp, origin3.host, origin3.port)
+    code, out, err = fetch(gp, f"http://{origin3.host}:{origin3.port}/direct")
+    assert code == 0 and out.endswith(origin3.body), err
+    assert tinyproxy.connects() == []
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/chained")
+    assert code == 0 and out.endswith(origin.body), err
+    assert len(tinyproxy.connects()) == 1
+
+
+def test_upstream_down_refuses_when_not_fail_open(gp_factory, origin):
+    dead = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    gp = gp_factory(config_yaml=upstream_yaml(dead))
+    allow(gp, origin.host, origin.port)
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/x")
+    assert out.startswith(b"HTTP/1.1 503"), out
+    assert b"X-Greyproxy-Reason: upstream_proxy_down" in out
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/x", "socks5")
+    assert code != 0
+    assert origin.requests == []  # never went direct
+    health = gp.api("GET", "/api/health", token=False).json()
+    assert health["status"] == "degraded" and health["upstream"]["state"] == "down", health
+    assert any("upstream proxy" in r for r in health["reasons"])
+
+
+def test_upstream_down_goes_direct_when_fail_open(gp_factory, origin):
+    dead = f"socks5://127.0.0.1:{free_port('127.0.0.1')}"
+    gp = gp_factory(config_yaml=upstream_yaml(dead, fail_open=True))
+    allow(gp, origin.host, origin.port)
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/fallback")
+    assert code == 0 and out.endswith(origin.body), err
+    assert [r["path"] for r in origin.requests] == ["/fallback"]
+    health = gp.api("GET", "/api/health", token=False).json()
+    assert health["status"] == "ok" and health["upstream"]["state"] == "down"
+
+
+@pytest.mark.parametrize("via", ["http", "socks5"])
+def test_allowed_traffic_reaches_the_origin_through_microsocks(gp_factory, microsocks, origin, via):
+    gp = gp_factory(config_yaml=upstream_yaml(microsocks.url))
+    allow(gp, origin.host, origin.port)
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/socks", via)
+    assert code == 0 and out.endswith(origin.body), err
+    assert [r["path"] for r in origin.requests] == ["/socks"]
+    assert any(f"connected to {origin.host}:{origin.port}" in line for line in microsocks.connects())
+    # a raw tunnel through both: bytes arrive byte-identical both ways
+    reply, sock = socks_connect(gp.ports["socks5"], origin.host, origin.port)
+    assert reply == 0
+    sock.sendall(f"GET /raw HTTP/1.0\r\nHost: {origin.host}:{origin.port}\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    assert data.endswith(origin.body)
+
+
+def test_denied_traffic_never_reaches_microsocks(gp_factory, microsocks, origin):
+    gp = gp_factory(config_yaml=upstream_yaml(microsocks.url))
+    allow(gp, origin.host, origin.port, action="deny")
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/denied", "socks5")
+    assert code != 0 or out.startswith(b"HTTP/1.1 403"), out  # refused (in the tunnel, when it can say why)
+    assert microsocks.connects() == [] and origin.requests == []
+
+
+def test_wrong_upstream_credentials_are_a_refusal_not_a_bypass(gp_factory, tinyproxy, origin):
+    gp = gp_factory(config_yaml=upstream_yaml(f"http://corp:wrong@127.0.0.1:{tinyproxy.port}", fail_open=True))
+    allow(gp, origin.host, origin.port)
+    code, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/x")
+    assert out.startswith(b"HTTP/1.1 503"), out
+    assert origin.requests == []  # an upstream that answers is up: fail_open does not go around it
+
+
+def test_bad_upstream_config_stops_the_start(gp_factory):
+    with pytest.raises(Exception):  # noqa: B017 - the fixture raises when serve exits
+        gp_factory(config_yaml="upstream: {proxy_url: 'ftp://proxy:21'}\n")
+
+
+def test_a_reload_applies_a_new_upstream_live(gp_factory, tinyproxy, origin):
+    import signal
+
+    dead = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    gp = gp_factory(config_yaml=upstream_yaml(dead))
+    allow(gp, origin.host, origin.port)
+    _, out, _ = fetch(gp, f"http://{origin.host}:{origin.port}/before")
+    assert out.startswith(b"HTTP/1.1 503"), out
+    gp.config_path.write_text(upstream_yaml(tinyproxy.url))
+    gp.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "upstream.proxy_url" in gp.logs(), 10), gp.logs()
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/after")
+    assert code == 0 and out.endswith(origin.body), err
+    assert [r["path"] for r in origin.requests] == ["/after"] and len(tinyproxy.connects()) == 1
