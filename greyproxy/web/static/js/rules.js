@@ -16,6 +16,7 @@ const editForm = $("#rule-edit-form");
 let offset = 0;
 let rules = new Map();
 let editing = null;
+const selected = new Set(); // rule ids (strings) ticked for a bulk delete; kept across live refreshes
 
 function expiryCell(rule) {
   if (!rule.expires_at) return h("span", { class: "muted" }, "never");
@@ -36,7 +37,10 @@ function sourceCell(rule) {
 
 function row(rule) {
   const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
+  const what = `rule #${rule.id} ${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`;
   return h("tr", { dataset: { id: rule.id }, class: rule.is_active ? "" : "is-expired" },
+    h("td", { class: "select-cell" }, rule.source === "builtin" ? null : h("input", {
+      type: "checkbox", class: "select", checked: selected.has(String(rule.id)), "aria-label": `Select ${what}` })),
     cell("Action", badge(rule.action)),
     cell("Container", h("code", {}, rule.container_pattern)),
     cell("Destination", h("code", {}, rule.destination_pattern), ...destExtras(rule)),
@@ -70,6 +74,9 @@ async function refresh() {
     body.replaceChildren(...data.items.map(row));
     if (!data.items.length) body.append(emptyRow(table, "No rules match."));
     renderPager($("#rules-pager"), { total: data.total, limit: PAGE_SIZE, offset }, (o) => { offset = o; refresh(); });
+    for (const id of [...selected]) if (!rules.has(id)) selected.delete(id); // only what is shown stays ticked
+    shownTotal = data.total;
+    updateBulk();
   } catch (err) {
     reportError(err);
   }
@@ -165,7 +172,81 @@ async function remove(rule) {
   }
 }
 
+// ---- bulk delete ----------------------------------------------------------------------------------
+
+let shownTotal = 0;
+const bulkProgress = $("#rules-bulk-progress");
+
+function updateBulk() {
+  const boxes = [...table.querySelectorAll("tbody .select")];
+  $("#rules-selected-count").textContent = `${selected.size} selected`;
+  $("#rules-select-all-text").textContent = shownTotal > rules.size
+    ? `Select all ${boxes.length} on this page (of ${shownTotal} matching)` : `Select all ${boxes.length} shown`;
+  const all = $("#rules-select-all");
+  all.checked = boxes.length > 0 && boxes.every((b) => b.checked);
+  all.indeterminate = !all.checked && boxes.some((b) => b.checked);
+  $("#rules-bulk-delete").disabled = !selected.size || bulkProgress.dataset.running === "1";
+}
+
+async function bulkDelete() {
+  const ids = [...selected];
+  if (!ids.length) return;
+  const list = ids.slice(0, 5).map((id) => {
+    const r = rules.get(id);
+    return r ? `#${id} ${r.action} ${r.container_pattern} → ${r.destination_pattern}:${r.port_pattern}` : `#${id}`;
+  }).join("\n");
+  const more = ids.length > 5 ? `\n… and ${ids.length - 5} more` : "";
+  if (!window.confirm(`Delete ${ids.length} rule${ids.length === 1 ? "" : "s"}? Connections they allowed are closed.\n\n${list}${more}`)) return;
+  bulkProgress.dataset.running = "1";
+  bulkProgress.hidden = false;
+  const bar = $("progress", bulkProgress);
+  const text = $(".bulk-progress-text", bulkProgress);
+  bar.max = ids.length;
+  let done = 0;
+  const failed = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < ids.length) {
+      const id = ids[next++];
+      try {
+        await api("DELETE", `/api/rules/${id}`);
+      } catch (err) {
+        if (err.status !== 404) failed.push(`#${id}: ${err.message}`); // gone already counts as deleted
+      }
+      selected.delete(id);
+      done += 1;
+      bar.value = done;
+      text.textContent = `Deleting ${done} of ${ids.length}…`;
+    }
+  };
+  updateBulk();
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  bulkProgress.dataset.running = "0";
+  const summary = `Deleted ${ids.length - failed.length} of ${ids.length} rule${ids.length === 1 ? "" : "s"}` +
+    (failed.length ? `; not deleted: ${failed.join("; ")}` : "");
+  text.textContent = summary;
+  toast(summary, failed.length ? "error" : "ok");
+  refresh();
+}
+
 startPage(async () => {
+  table.addEventListener("change", (event) => {
+    const box = event.target.closest(".select");
+    if (!box) return;
+    const id = box.closest("tr").dataset.id;
+    if (box.checked) selected.add(id); else selected.delete(id);
+    updateBulk();
+  });
+  $("#rules-select-all").addEventListener("change", (event) => {
+    // Only the rows the filter shows on this page: a hidden rule is never deleted by accident.
+    for (const box of table.querySelectorAll("tbody .select")) {
+      box.checked = event.target.checked;
+      const id = box.closest("tr").dataset.id;
+      if (box.checked) selected.add(id); else selected.delete(id);
+    }
+    updateBulk();
+  });
+  $("#rules-bulk-delete").addEventListener("click", bulkDelete);
   toggle.addEventListener("click", () => showCreate(createPanel.hidden));
   $("#rule-cancel").addEventListener("click", () => { createForm.reset(); showFormError(createForm, ""); showCreate(false); });
   createForm.addEventListener("submit", create);
