@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from greyproxy.capture.bodies import BodyTap
-from greyproxy.policy.canonical import PatternError, canonical_host
+from greyproxy.policy.canonical import PatternError, canonical_destination
 from greyproxy.timeutil import parse_iso
 
 MAX_ROWS = 5_000  # entries plus WebSocket messages in one import
@@ -73,6 +73,10 @@ def _str(value: Any, where: str, limit: int = MAX_TEXT, allow_empty: bool = True
         raise HarInvalid(f"{where}: longer than {limit} characters")
     if not allow_empty and not value:
         raise HarInvalid(f"{where}: must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no column can store it
+        raise HarInvalid(f"{where}: not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -140,12 +144,15 @@ def _url(value: Any, where: str) -> tuple[str, str, int]:
     url = _str(value, where, MAX_URL, allow_empty=False)
     if any(c in url for c in " \r\n\x00"):
         raise HarInvalid(f"{where}: has characters that cannot be sent")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise HarInvalid(f"{where}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise HarInvalid(f"{where}: must be an absolute http or https URL")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = canonical_host(parts.hostname)
+        host = canonical_destination(parts.hostname)
     except (ValueError, PatternError) as exc:
         raise HarInvalid(f"{where}: {exc}") from None
     if not 0 < port < 65536:

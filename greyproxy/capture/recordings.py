@@ -2,8 +2,9 @@
 
 The control plane (services/recordings.py) sets it whenever a recording starts or stops; the
 connection path only asks `recording_for(container)`, a walk over the few running recordings
-(no SQL). When several running recordings take the same container, the newest one gets the
-exchange: a transaction belongs to at most one recording.
+(no SQL). A transaction belongs to at most one recording: when several running recordings take
+its container, one that names containers wins over one that takes every container, then the
+newest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ActiveRecordings:
 
     def set(self, running: Iterable[Running]) -> None:
         # Replaced whole, never mutated: a reader on the path sees the old or the new tuple.
-        self._running = tuple(sorted(running, key=lambda r: r.id, reverse=True))
+        self._running = tuple(sorted(running, key=lambda r: (r.container_pattern is not None, r.id), reverse=True))
 
     def recording_for(self, container: str) -> int | None:
         for rec in self._running:

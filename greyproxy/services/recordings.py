@@ -2,7 +2,8 @@
 while they run, and HAR imports (an imported file is a recording of its own).
 
 A running recording takes every new transaction of the containers it names (all of them when
-it names none); the proxy learns which from `ActiveRecordings`, set here at every change.
+it names none; see capture/recordings.py for overlaps); the proxy learns which from
+`ActiveRecordings`, set here at every change.
 Replays made while one runs belong to it too.
 """
 

@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import gevent
 
@@ -28,7 +28,7 @@ from greyproxy.capture.curl import SKIPPED_HEADERS, header_lines
 from greyproxy.capture.har import WS_METHODS
 from greyproxy.capture.redact import REDACTED
 from greyproxy.capture.serialize import transaction_to_json
-from greyproxy.policy.canonical import PatternError, canonical_host
+from greyproxy.policy.canonical import PatternError, canonical_destination
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.tunnel import DialError, dial
@@ -93,15 +93,33 @@ class _Request:
 def _check_text(value: str, what: str, limit: int) -> None:
     if len(value) > limit:
         raise ReplayInvalid(f"{what} is longer than {limit} characters")
-    if any(c in value for c in "\r\n\x00"):
+    if any(c in value for c in "\r\n\x00") or not _encodable(value):
         raise ReplayInvalid(f"{what} has characters that cannot be sent")
+
+
+def _encodable(value: str) -> bool:
+    """False for a lone surrogate, which no wire and no database column can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ReplayInvalid(f"the URL cannot be parsed: {exc}") from None
+    return parts
 
 
 def _destination(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = canonical_host(parts.hostname or "")
+        host = canonical_destination(parts.hostname or "")
     except (ValueError, PatternError) as exc:  # a bad port or a host that is not one
         raise ReplayInvalid(f"the URL's host and port cannot be dialled: {exc}") from None
     if not 0 < port < 65536:
@@ -119,8 +137,9 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
     if not _TOKEN.match(method) or len(method) > 32:
         raise ReplayInvalid(f"cannot replay method {method!r}")
     url = mods.url if mods.url is not None else row.url
+    redacted: list[str] = []  # the stored parts that still hold the marker, all named in one answer
     _check_text(url, "the URL", MAX_URL)
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ReplayInvalid(f"cannot replay a {parts.scheme or 'relative'} URL")
     if " " in url:
@@ -130,8 +149,7 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
             raise ReplayInvalid("the stored destination is not a host and port that can be dialled")
         host, port = row.destination_host, row.destination_port
         if _redacted_in_url(url):
-            raise ReplayInvalid(f"the stored URL holds a value redacted at capture ({REDACTED}): "
-                                "give the URL to send in 'url'")
+            redacted.append("the URL (give the URL to send in 'url')")
     else:
         host, port = _destination(url)
 
@@ -143,8 +161,7 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
                                 "replayed as stored: give one in 'body'")
         body = bytes(row.request_body) if row.request_body is not None else None
         if body is not None and REDACTED.encode() in body:
-            raise ReplayInvalid(f"the stored request body holds a value redacted at capture ({REDACTED}): "
-                                "give the body to send in 'body'")
+            redacted.append("the request body (give the body to send in 'body')")
 
     changed = {name.lower() for name in mods.headers}
     headers = []
@@ -155,9 +172,11 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
         if not _TOKEN.match(name) or any(c in value for c in "\r\n\x00"):
             continue
         if REDACTED in value:
-            raise ReplayInvalid(f"header '{name}' was redacted at capture: give its value in 'headers' "
-                                f"(or null to leave it out); {REDACTED} is never sent")
+            redacted.append(f"header '{name}' (give its value in 'headers', or null to leave it out)")
+            continue
         headers.append((name, value))
+    if redacted:
+        raise ReplayInvalid(f"redacted at capture, and {REDACTED} is never sent: " + "; ".join(dict.fromkeys(redacted)))
     for name, values in mods.headers.items():
         headers.extend((name, value) for value in values or [])
     if not any(name.lower() == "host" for name, _ in headers):
