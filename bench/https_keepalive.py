@@ -1,6 +1,6 @@
 """HTTPS requests/s over kept-alive connections through an intercepting proxy (or direct).
 
-proxybench's `mitm` scenario opens a new tunnel and TLS session per request; this measures
+proxyload's `mitm` scenario opens a new tunnel and TLS session per request; this measures
 the other case an agent produces: one tunnel, many requests. It starts its own keep-alive
 TLS origin (a throw-away CA, a leaf for localhost) in a child process, then W workers in P
 processes each open one CONNECT tunnel, do the TLS handshake trusting --cafile, and send

@@ -406,6 +406,7 @@ def _worker_main(job: Job, out: Any) -> None:
 
     lat: list[float] = []
     kinds: dict[str, int] = {}
+    issuers: set[str] = set()  # who signed the leaf the client saw: the proxy's CA when it intercepts
     ctx = _tls_context(job.cafile) if job.scenario.startswith("mitm") else None
     http_port, tls_port = job.ports["http"], job.ports.get("tls", 0)
     plain_req = _get(ORIGIN, http_port, close=True, absolute=job.proxy.kind == "http" and job.scenario == "plainhttp",
@@ -425,6 +426,8 @@ def _worker_main(job: Job, out: Any) -> None:
         else:  # mitm
             raw = open_tunnel(job.proxy, tls_port, job.tls_host)
             sock = ctx.wrap_socket(raw, server_hostname=job.tls_host)
+            if not issuers:
+                issuers.add(_issuer_cn(sock))
         try:
             sock.sendall(tls_close if job.scenario == "mitm" else plain_req)
             status, _ = read_response(sock)
@@ -445,6 +448,7 @@ def _worker_main(job: Job, out: Any) -> None:
                     if keep is None:
                         raw = open_tunnel(job.proxy, tls_port, job.tls_host)
                         keep = ctx.wrap_socket(raw, server_hostname=job.tls_host)
+                        issuers.add(_issuer_cn(keep))
                         leftover = b""
                         t0 = time.monotonic()
                     keep.sendall(tls_keep)
@@ -476,8 +480,17 @@ def _worker_main(job: Job, out: Any) -> None:
     cpu1 = _self_cpu()
     gevent.joinall(greenlets, timeout=OP_TIMEOUT + 5)
     gevent.killall([g for g in greenlets if not g.dead], timeout=1)
-    out.send({"lat": lat, "kinds": kinds, "cpu_s": cpu1 - cpu0})
+    out.send({"lat": lat, "kinds": kinds, "cpu_s": cpu1 - cpu0, "issuers": sorted(issuers)})
     out.close()
+
+
+def _issuer_cn(sock: Any) -> str:
+    cert = sock.getpeercert() or {}
+    for rdn in cert.get("issuer", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return "?"
 
 
 def _self_cpu() -> float:
@@ -592,6 +605,10 @@ def run_rate(args: argparse.Namespace, scenario: str, proxy: Proxy, ports: dict[
     }
     line["client_cpu_pct"] = round(100 * line["client_cpu_s"] / dur, 1)
     line["origin_cpu_pct"] = round(100 * line["origin_cpu_s"] / dur, 1)
+    if scenario.startswith("mitm"):
+        issuers = sorted({i for r in results for i in r.get("issuers", ())})
+        line["issuer_cn"] = issuers
+        line["intercepted"] = bool(issuers) and "proxyload origin CA" not in issuers
     if len(results) < len(pipes):
         line["error"] = f"{len(pipes) - len(results)} client process(es) did not report"
     if args.proxy_pid:

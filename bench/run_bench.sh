@@ -113,7 +113,7 @@ box_line() {
         "$(awk -v a="$5" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" "$4" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# Other processes on the box skew every figure.  Before each proxybench call wait, at most
+# Other processes on the box skew every figure.  Before each load generator call wait, at most
 # QUIET_WAIT s, until the whole box was under QUIET_PCT % busy (of 100 x ncpu) for 1 s.
 wait_quiet() {
     local i b0 t0 b1 t1 busy=0 max=${QUIET_WAIT:-15}
@@ -128,8 +128,8 @@ wait_quiet() {
     log "box still ${busy} % busy after ${max} s of waiting: other processes are competing for CPU"
 }
 
-# run_pb NAME LABEL LIMIT_S proxybench-args...  -> $OUT/NAME.jsonl (+ .err)
-# proxybench's own --timeout is the limit; coreutils timeout is the backstop.
+# run_pb NAME LABEL LIMIT_S load-generator-args...  -> $OUT/NAME.jsonl (+ .err)
+# the load generator's own --timeout is the limit; coreutils timeout is the backstop.
 run_pb() {
     local name=$1 label=$2 limit=$3 rem rc=0
     shift 3
@@ -149,7 +149,7 @@ run_pb() {
     timeout -k 5 $((limit + 15)) "$PYTHON" "$PROXYBENCH" --label "$label" --timeout "$limit" --no-tls \
         --origin-base-port "$ORIGIN_BASE" --bulk-bytes "$BULK_BYTES" "$@" \
         >"$OUT/$name.jsonl" 2>"$OUT/$name.err" || rc=$?
-    ((rc == 0)) || log "proxybench $name exited $rc (see $OUT/$name.err)"
+    ((rc == 0)) || log "proxyload $name exited $rc (see $OUT/$name.err)"
     box_line "$name" "$label" "$box0" "$load0" "$t0" >>"$OUT/$name.jsonl"
     "$PYTHON" "$HERE/summarize.py" --brief "$OUT/$name.jsonl" >&2 || true
 }

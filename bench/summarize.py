@@ -3,7 +3,7 @@
 
     python3 bench/summarize.py RESULTS_DIR_OR_FILES...
 
-Reads every ``*.jsonl`` file (or the files given).  proxybench lines are grouped by their
+Reads every ``*.jsonl`` file (or the files given).  load generator lines are grouped by their
 ``label`` ("<proxy> <path>", e.g. "greyproxy socks5"); for each scenario the ``"run": "median"``
 line is used, or the single run when a scenario ran once.  Lines with ``"bench": "decision"``
 (bench/decision_bench.py) and ``"bench": "ingest"`` (bench/gp_api.py) are summarised too.
@@ -40,8 +40,8 @@ def load(paths: list[str]) -> list[dict[str, Any]]:
 def box_for(lines: list[dict[str, Any]], label: str) -> tuple[str, str]:
     """(box busy %, CPU % of other processes) during the rate call of `label`, as text.
 
-    box busy % comes from /proc/stat over the whole proxybench call (200 = both cores of a
-    2-core box); "others" subtracts the CPU that proxybench attributed to client, origins and
+    box busy % comes from /proc/stat over the whole load generator call (200 = both cores of a
+    2-core box); "others" subtracts the CPU that the load generator attributed to client, origins and
     proxy in every run of that call (median lines excluded).
     """
     box = [
