@@ -48,6 +48,7 @@ from greyproxy.proxy.http import refuse_connection as refuse_http
 from greyproxy.proxy.limits import Limits, wsgi_handler
 from greyproxy.proxy.mitm.intercept import Interceptor
 from greyproxy.proxy.ptr import ReverseNames
+from greyproxy.proxy.request_hold import make_request_holds
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.socks5 import refuse_connection as refuse_socks5
@@ -120,6 +121,7 @@ class Runtime:
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
         self.modes = ModeService(self.db, self.bus, lambda: self.policy_refresh(modes=True), config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
+        self.request_holds = make_request_holds(self)  # single HTTP requests held (docs/request-rules.md)
         # DNS (§12): the upstream servers, also asked for the PTR names shown beside raw IPs (D13).
         self.dns_upstream = Upstream(config.dns_upstream or system_servers())
         self.reverse = ReverseNames(self.dns_upstream, on_found=lambda ip, _name: self.pending.ptr_found(ip))
@@ -262,6 +264,7 @@ class Runtime:
         self._reevaluate_pending = False
         self._last_reevaluate = time.monotonic()
         self.holds.reevaluate()
+        self.request_holds.reevaluate()
 
     def apply_settings(self, values: dict[str, Any]) -> None:
         """Settings the proxy acts on apply to the next connection (the recorder reads self.redactor)."""
@@ -357,6 +360,7 @@ class Runtime:
         for server in proxies:
             server.close()
         self.holds.release_all("shutting_down")
+        self.request_holds.release_all("shutting_down")
         pools = [s.pool for s in proxies if s.pool is not None]
         deadline = time.monotonic() + grace
         if any(len(p) for p in pools):

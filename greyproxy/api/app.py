@@ -29,6 +29,7 @@ from greyproxy.api import (
     openapi,
     pages,
     pending,
+    pending_http,
     recordings,
     rule_test,
     rules,
@@ -49,6 +50,7 @@ BLUEPRINTS = (
     health.bp,
     dashboard.bp,
     pending.bp,
+    pending_http.bp,
     rule_test.bp,  # before rules.bp: /api/rules/test is not a rule id
     rules.bp,
     logs.bp,

@@ -39,7 +39,7 @@ from greyproxy.timeutil import utcnow
 
 bp = Blueprint("rules", __name__)
 
-ACTIONS = ("allow", "deny")
+ACTIONS = ("allow", "deny", "hold")  # hold: request-level rules only (services/rules.py)
 # "glob" names the pattern dialect (some clients send it); the stored type follows the expiry.
 RULE_TYPES = ("permanent", "temporary", "glob")
 MAX_NOTES = 10_000

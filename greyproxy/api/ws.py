@@ -28,13 +28,15 @@ from greyproxy.api.errors import ApiError
 from greyproxy.api.notifications import NO_BACKEND, NotificationClaims
 from greyproxy.api.parse import decode_json
 from greyproxy.api.pending import decision_fields
+from greyproxy.api.pending_http import answer_fields
 from greyproxy.api.streams import SUBSCRIBER_QUEUE, timestamp, to_json
 from greyproxy.events import Event, Subscription
 from greyproxy.policy.durations import DurationError
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import ScopeError
 from greyproxy.services.audit import current_actor
-from greyproxy.services.rules import NotFound
+from greyproxy.services.pending_http import answer_request
+from greyproxy.services.rules import Conflict, NotFound
 
 if TYPE_CHECKING:
     from greyproxy.runtime import Runtime
@@ -106,6 +108,8 @@ class ControlConnection:
             "allow": lambda cmd: self._decide(cmd, "allow"),
             "deny": lambda cmd: self._decide(cmd, "deny"),
             "dismiss": self._dismiss,
+            "allow_request": lambda cmd: self._answer_request(cmd, True),
+            "deny_request": lambda cmd: self._answer_request(cmd, False),
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
             "claim_notifications": self._claim,
@@ -172,7 +176,7 @@ class ControlConnection:
             return _error(str(exc))
         except ApiError as exc:
             return _error(exc.message)
-        except (NotFound, DurationError, ScopeError, PatternError) as exc:
+        except (NotFound, Conflict, DurationError, ScopeError, PatternError) as exc:
             return _error(str(exc))
         except Exception:
             log.exception("ws command %r failed", name)
@@ -183,6 +187,15 @@ class ControlConnection:
         scope, duration, notes = decision_fields(cmd)
         rule = self.rt.pending.resolve(pid, action, scope, duration, notes, actor=f"ws:{self.client_id}")
         return {"type": "command_success", "command": action, "pending_id": pid, "rule_id": rule["id"]}
+
+    def _answer_request(self, cmd: dict[str, Any], allow: bool) -> Reply:
+        """A held HTTP request (docs/request-rules.md): `request_id`, `duration`, `reason`, …."""
+        value = cmd.get("request_id")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+            raise CommandError("request_id must be a positive integer")
+        out = answer_request(self.rt, value, allow, actor=f"ws:{self.client_id}", **answer_fields(cmd))
+        return {"type": "command_success", "command": cmd["command"], "request_id": value,
+                "rule_id": out["rule"]["id"] if out["rule"] else None}
 
     def _dismiss(self, cmd: dict[str, Any]) -> Reply:
         pid = _pending_id(cmd)

@@ -42,6 +42,7 @@ from greyproxy.proxy.httpwire import (
     wants_close,
 )
 from greyproxy.proxy.mwhooks import MiddlewareHooks
+from greyproxy.proxy.request_hold import screen as screen_request
 
 if TYPE_CHECKING:
     from greyproxy.proxy.gate import Admission
@@ -203,6 +204,9 @@ class ExchangePipeline:
             parts = urlsplit(target)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             url = target
+        screened = screen_request(self.rt, client, request, dest, url)  # request-level rules (docs/request-rules.md)
+        if screened is not None:
+            return screened  # denied or held and refused: answered already
         rule_id = a.decision.rule.id if a.decision.rule else None
         ex = Exchange(a.container, a.host, a.port, url, request, rule_id)
         websocket = ("upgrade" in request.tokens("connection")

@@ -1,0 +1,212 @@
+"""Request-level rules (docs/request-rules.md) on a real `greyproxy serve`, real sockets and a
+real origin: a POST held while GETs on the same connection pass, released through REST and
+through /ws, its body reaching the origin byte-identical; deny answers 403 with the reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+
+import pytest
+import websocket
+
+from tests.integration.netutil import wait_until
+
+BODY = bytes(range(256)) * 40 + b"\r\n\r\nPOST /smuggled HTTP/1.1\r\n\r\n" + os.urandom(3000)
+
+
+def api_ok(gp, method, path, **kw):
+    resp = gp.api(method, path, **kw)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+@pytest.fixture
+def held_gp(gp_factory, origin):
+    gp = gp_factory(hold_seconds=15)
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                           "port_pattern": str(origin.port)})
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                           "port_pattern": str(origin.port), "action": "hold",
+                                           "method_pattern": "POST", "path_pattern": "/v1/*"})
+    return gp
+
+
+class ProxyConn:
+    """One keep-alive client connection to the HTTP proxy, absolute-URI requests."""
+
+    def __init__(self, gp, origin) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", gp.ports["http"]), timeout=20)
+        self.base = f"http://{origin.host}:{origin.port}"
+        self.auth = base64.b64encode(b"agent1:x").decode()
+        self.buf = b""
+
+    def send(self, method: str, path: str, body: bytes = b"", extra: str = "") -> None:
+        head = (f"{method} {self.base}{path} HTTP/1.1\r\nHost: {self.base[7:]}\r\n"
+                f"Proxy-Authorization: Basic {self.auth}\r\nContent-Length: {len(body)}\r\n{extra}\r\n")
+        self.sock.sendall(head.encode() + body)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed before a response: {self.buf!r}"
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(self.buf) < length:
+            self.buf += self.sock.recv(65536)
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def waiting(self, seconds: float = 0.5) -> bool:
+        """No answer has come within `seconds`."""
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True
+        finally:
+            self.sock.settimeout(20)
+        return False  # an answer (or a close) came
+
+
+def held_item(gp, **match) -> dict:
+    def find():
+        items = gp.api("GET", "/api/pending-http?status=pending").json()["items"]
+        return next((i for i in items if all(i[k] == v for k, v in match.items())), None)
+
+    item = wait_until(find, 10)
+    assert item, gp.api("GET", "/api/pending-http").json()
+    return item
+
+
+def test_post_is_held_while_get_passes_and_rest_approval_releases_it(held_gp, origin):
+    gp = held_gp
+    conn = ProxyConn(gp, origin)
+    conn.send("GET", "/v1/x")
+    assert conn.response()[0] == 200
+    conn.send("POST", "/v1/x", BODY, extra="Authorization: Bearer sk-very-secret-token\r\n"
+                                          "Content-Type: application/octet-stream\r\n")
+    item = held_item(gp, method="POST")
+    assert item["url"] == f"http://{origin.host}:{origin.port}/v1/x" and item["path"] == "/v1/x"
+    assert item["headers"]["Authorization"] == ["[REDACTED]"]
+    assert item["body_size"] == len(BODY) and item["body_preview"]
+    assert "sk-very-secret-token" not in json.dumps(item)
+    assert conn.waiting(), "the held request must not be answered before a human decides"
+    assert [r["path"] for r in origin.requests] == ["/v1/x"]  # only the GET reached the origin
+    assert gp.api("GET", "/api/pending-http/count").json() == {"count": 1}
+    assert gp.api("GET", f"/api/pending-http/{item['id']}").json()["status"] == "pending"
+    out = api_ok(gp, "POST", f"/api/pending-http/{item['id']}/allow", json={})
+    assert out["rule"] is None and out["request"]["status"] == "allowed"
+    code, _, echoed = conn.response()
+    assert code == 200 and echoed == BODY  # the origin echoes what it received
+    assert origin.requests[-1]["body"] == BODY  # byte-identical
+    conn.send("GET", "/v1/x")  # the same connection carries on
+    assert conn.response()[0] == 200
+    conn.send("POST", "/v1/x", b"again")  # "once" wrote no rule: held again
+    again = held_item(gp, method="POST")
+    assert again["id"] != item["id"]
+    gp.api("POST", f"/api/pending-http/{again['id']}/deny", json={})
+    assert conn.response()[0] == 403
+    done = gp.api("GET", "/api/pending-http?status=allowed").json()["items"]
+    assert [d["id"] for d in done] == [item["id"]]
+
+
+def test_ws_approval_releases_and_writes_a_rule(held_gp, origin):
+    gp = held_gp
+    ws = websocket.create_connection(f"ws://127.0.0.1:{gp.ports['api']}/ws",
+                                     header=[f"Authorization: Bearer {gp.token}"], timeout=10)
+    assert json.loads(ws.recv())["type"] == "connected"
+    conn = ProxyConn(gp, origin)
+    conn.send("POST", "/v1/y", BODY)
+    created = None
+    deadline = time.monotonic() + 10
+    while created is None and time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg.get("type") == "pending_http.created":
+            created = msg["data"]
+    assert created and created["method"] == "POST" and created["path"] == "/v1/y"
+    ws.send(json.dumps({"command": "allow_request", "request_id": created["id"], "duration": "1h"}))
+    reply = None
+    while reply is None:
+        msg = json.loads(ws.recv())
+        if msg.get("type") in ("command_success", "error"):
+            reply = msg
+    assert reply["type"] == "command_success" and reply["rule_id"], reply
+    code, _, echoed = conn.response()
+    assert code == 200 and echoed == BODY and origin.requests[-1]["body"] == BODY
+    rule = api_ok(gp, "GET", f"/api/rules/{reply['rule_id']}")
+    assert (rule["action"], rule["method_pattern"], rule["path_pattern"]) == ("allow", "POST", "/v1/y")
+    assert rule["expires_at"]
+    # the rule now lets the same request through at once
+    conn.send("POST", "/v1/y", b"second")
+    assert conn.response()[0] == 200
+    test = api_ok(gp, "POST", "/api/rules/test", json={"container": "agent1", "destination": origin.host,
+                                                        "port": origin.port, "method": "POST", "path": "/v1/y"})
+    assert test["decision"] == "allow" and test["rule"]["id"] == rule["id"] and test["level"] == "request"
+    # answering twice is refused
+    ws.send(json.dumps({"command": "deny_request", "request_id": created["id"]}))
+    while True:
+        msg = json.loads(ws.recv())
+        if msg.get("type") in ("command_success", "error"):
+            break
+    assert msg["type"] == "error" and "no longer waiting" in msg["error"]
+    ws.close()
+
+
+def test_deny_answers_403_with_the_reason_and_nothing_reaches_the_origin(held_gp, origin):
+    gp = held_gp
+    conn = ProxyConn(gp, origin)
+    conn.send("POST", "/v1/z", BODY)
+    item = held_item(gp, method="POST")
+    api_ok(gp, "POST", f"/api/pending-http/{item['id']}/deny", json={"reason": "not during the freeze"})
+    code, headers, text = conn.response()
+    assert code == 403 and headers["x-greyproxy-reason"] == "request_denied"
+    assert b"not during the freeze" in text and b"POST" in text
+    assert origin.requests == []
+    conn.send("GET", "/v1/z")  # the body was read whole: the connection stays usable
+    assert conn.response()[0] == 200
+
+
+def test_request_deny_rules_answer_at_once_whatever_the_spelling(held_gp, origin):
+    gp = held_gp
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                           "port_pattern": str(origin.port), "action": "deny",
+                                           "path_pattern": "/admin"})
+    for path in ("/admin", "//admin/", "/x/../ADMIN", "/%61dmin", "/admin;x=1", "/admin?x=1"):
+        conn = ProxyConn(gp, origin)
+        conn.send("GET", path)
+        code, headers, text = conn.response()
+        assert code == 403 and headers["x-greyproxy-reason"] == "denied_by_request_rule", (path, text)
+    assert origin.requests == []
+
+
+def test_a_held_request_times_out_as_a_403(gp_factory, origin):
+    gp = gp_factory(hold_seconds=1)
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host})
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                           "action": "hold", "method_pattern": "DELETE"})
+    conn = ProxyConn(gp, origin)
+    conn.send("DELETE", "/thing")
+    code, headers, _ = conn.response()
+    assert code == 403 and headers["x-greyproxy-reason"] == "pending_timeout"
+    assert gp.api("GET", "/api/pending-http?status=expired").json()["total"] == 1
+
+
+def test_bad_input_to_the_held_request_routes(held_gp):
+    gp = held_gp
+    assert gp.api("GET", "/api/pending-http/abc").status_code == 400
+    assert gp.api("GET", "/api/pending-http/123").status_code == 404
+    assert gp.api("POST", "/api/pending-http/123/allow", json={}).status_code == 404
+    assert gp.api("POST", "/api/pending-http/123/allow", json={"bogus": 1}).status_code == 400
+    assert gp.api("GET", "/api/pending-http?status=nope").status_code == 400
+    assert gp.api("GET", "/api/pending-http", token=False).status_code == 401
+    bad_rule = {"container_pattern": "a", "destination_pattern": "b.example", "action": "hold"}
+    assert gp.api("POST", "/api/rules", json=bad_rule).status_code == 400
+    bad_rule.update(path_pattern="no-slash")
+    assert gp.api("POST", "/api/rules", json=bad_rule).status_code == 400
