@@ -4,8 +4,11 @@ The store writer wakes the assembler after each batch of transactions; half a se
 (debounce) it reads the transactions past its cursor, picks a decoder for each by the endpoint
 rules (§10.2; an unmatched POST that looks like a chat call gets a rule of its own), dissects
 it, and files it under a conversation: the provider's session id when the request carries one,
-else the same container's latest conversation with that provider if it was active in the last
-5 minutes, else a new `heuristic_<transaction id>`. Each conversation it touched is then rebuilt
+else the same container's latest conversation with that provider and the same thread (the
+first prompt, which every call of a conversation repeats, for APIs whose requests carry the
+whole history) if it was active in the last 5 minutes, else a new `heuristic_<transaction id>`.
+Two conversations of one container a second apart are two threads, never merged into one
+(which would keep only the longer history and lose the other). Each conversation it touched is then rebuilt
 whole from all its transactions: turns come from the longest message history among them (the
 latest request repeats the whole exchange), and each transaction counts as an API call in the
 turn its history had reached.
@@ -17,6 +20,7 @@ splitting sessions into subagent threads, and OpenAI WebSocket sessions.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -42,7 +46,9 @@ from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.conversations")
 
-ASSEMBLER_VERSION = "1"  # a stored version that differs rebuilds everything at start
+ASSEMBLER_VERSION = "2"  # a stored version that differs rebuilds everything at start
+# Decoders whose every request repeats the conversation so far: their first prompt names the thread.
+FULL_HISTORY = frozenset({"anthropic", "openai-chat", "google-ai"})
 DEBOUNCE_SECONDS = 0.5
 BATCH = 200
 GAP = dt.timedelta(minutes=5)
@@ -115,6 +121,18 @@ def build_turns(messages: list[Message]) -> list[dict[str, Any]]:
                 if block.tool_id:
                     calls[block.tool_id] = step
     return turns
+
+
+def thread_key(d: Dissected) -> str | None:
+    """What all calls of one conversation share: a hash of its first prompt (None when the
+    decoder's requests carry only the new input, or there is no prompt)."""
+    if d.decoder not in FULL_HISTORY:
+        return None
+    for message in d.messages:
+        prompt = _prompt_text(message)
+        if prompt is not None:
+            return hashlib.sha256(prompt.encode("utf-8", "replace")).hexdigest()[:24]
+    return None
 
 
 class ConversationAssembler:
@@ -233,7 +251,7 @@ class ConversationAssembler:
         rows = list(HttpTransaction.select(*HEAD_COLUMNS).where(HttpTransaction.id > cursor)
                     .order_by(HttpTransaction.id).limit(BATCH))
         touched: dict[str, None] = {}
-        recent: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
+        recent: dict[tuple[str, str, str | None], tuple[str, dt.datetime]] = {}
         for head in rows:
             if not self._candidate(head):
                 continue
@@ -251,16 +269,19 @@ class ConversationAssembler:
         return len(rows)
 
     def _conversation_for(self, row: HttpTransaction, d: Dissected,
-                          recent: dict[tuple[str, str], tuple[str, dt.datetime]]) -> str:
+                          recent: dict[tuple[str, str, str | None], tuple[str, dt.datetime]]) -> str:
         if d.session_id:
             return d.session_id
-        key = (row.container_name, d.provider)
+        thread = thread_key(d)
+        key = (row.container_name, d.provider, thread)
         known = recent.get(key)
         if known is None:
-            last = (Conversation.select(Conversation.id, Conversation.ended_at)
-                    .where((Conversation.container_name == row.container_name) & (Conversation.provider == d.provider)
-                           & Conversation.id.startswith("heuristic_"))
-                    .order_by(Conversation.ended_at.desc()).first())
+            query = (Conversation.select(Conversation.id, Conversation.ended_at)
+                     .where((Conversation.container_name == row.container_name) & (Conversation.provider == d.provider)
+                            & Conversation.id.startswith("heuristic_")))
+            if thread is not None:
+                query = query.where(Conversation.metadata_json.contains(f'"thread": "{thread}"'))
+            last = query.order_by(Conversation.ended_at.desc()).first()
             known = (last.id, last.ended_at) if last is not None else None
         cid = known[0] if known is not None and row.timestamp - known[1] <= GAP else f"heuristic_{row.id}"
         recent[key] = (cid, row.timestamp)
@@ -305,7 +326,8 @@ class ConversationAssembler:
                 first_prompt=_cut(turns[0]["user_prompt"], PROMPT_TITLE) if turns else None,
                 last_turn_has_response=last.dissected.response is not None,
                 request_ids_json=json.dumps([c.dissected.response_id for c in calls if c.dissected.response_id]),
-                metadata_json=json.dumps({"api_calls": len(calls), "decoder": best.dissected.decoder}),
+                metadata_json=json.dumps({"api_calls": len(calls), "decoder": best.dissected.decoder,
+                                          "thread": thread_key(calls[0].dissected)}),
                 incomplete=incomplete_reason is not None, incomplete_reason=incomplete_reason, updated_at=utcnow(),
             )
             for turn in turns:

@@ -114,11 +114,49 @@ def pick(rules: Iterable[EndpointRule], host: str, path: str, method: str) -> En
     return None
 
 
+# Request fields and content blocks only Anthropic's Messages API has; an OpenAI-compatible chat
+# request has none of them (its system prompt is a message, its tool calls are `tool_calls`).
+_ANTHROPIC_FIELDS = frozenset({"system", "anthropic_version", "anthropic_beta", "stop_sequences", "thinking", "top_k"})
+_ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking", "server_tool_use",
+                               "document"})
+_CHAT_ROLES = frozenset({"system", "developer", "tool", "function"})
+
+
+def detect_decoder(path: str, body: dict) -> str:
+    """Which chat API a request with `model` and `messages` speaks: "anthropic" or "openai-chat".
+
+    Decided by the body, with the path as a tie-break: an Anthropic-shaped call to a host we do
+    not know (a gateway, a local proxy) must not be read as OpenAI."""
+    anthropic = openai = 0
+    if _ANTHROPIC_FIELDS & set(body):
+        anthropic += 2
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and "user_id" in meta:
+        anthropic += 1
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") in _CHAT_ROLES or "tool_calls" in message or "function_call" in message:
+            openai += 2
+        content = message.get("content")
+        if isinstance(content, list):
+            kinds = {b.get("type") for b in content if isinstance(b, dict)}
+            if kinds & _ANTHROPIC_BLOCKS or ("image" in kinds and any("source" in b for b in content
+                                                                       if isinstance(b, dict))):
+                anthropic += 2
+            if kinds & {"image_url", "input_audio"}:
+                openai += 2
+    if anthropic == openai:  # nothing tells them apart: the path does (Anthropic's is /v1/messages)
+        return "anthropic" if path.rstrip("/").endswith("/messages") else "openai-chat"
+    return "anthropic" if anthropic > openai else "openai-chat"
+
+
 def auto_rule(host: str, path: str, method: str, request_body: str | None) -> EndpointRule | None:
     """§10.2 auto-detection for an otherwise unmatched request.
 
     A ``POST`` whose JSON object body has a non-empty string ``model`` and a non-empty
-    ``messages`` list yields a user rule ``host + path → openai-chat`` (priority 5). The host is
+    ``messages`` list yields a user rule ``host + path`` (priority 5) for the decoder its body
+    speaks (:func:`detect_decoder`: ``anthropic`` or ``openai-chat``). The host is
     normalised like :func:`pick` does (lower case, no port) and the path loses its query string.
     """
     if (method or "").upper() != "POST" or not request_body:
@@ -143,7 +181,7 @@ def auto_rule(host: str, path: str, method: str, request_body: str | None) -> En
         host=host_n,
         path=path_n,
         method="POST",
-        decoder="openai-chat",
+        decoder=detect_decoder(path_n, body),
         priority=AUTO_RULE_PRIORITY,
         user_defined=True,
     )

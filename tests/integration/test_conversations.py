@@ -62,7 +62,9 @@ def test_other_container_is_another_conversation_and_the_switch_pauses_assembly(
 
     assert cgp.api("PUT", "/api/settings", json={"conversations": {"enabled": False}}).status_code == 200
     assert cgp.api("POST", "/api/maintenance/rebuild-conversations").status_code == 503
-    chat(cgp, llm, [{"role": "user", "content": "while off"}], container="agent2")
+    # the same conversation goes on (its history repeated, as chat clients send it)
+    chat(cgp, llm, [{"role": "user", "content": "from elsewhere"}, {"role": "assistant", "content": "echo: from elsewhere"},
+                    {"role": "user", "content": "while off"}], container="agent2")
     assert not wait_until(lambda: conversations(cgp, container="agent2")[0]["metadata"]["api_calls"] == 2, 2)
 
     assert cgp.api("PUT", "/api/settings", json={"conversations": {"enabled": True}}).status_code == 200

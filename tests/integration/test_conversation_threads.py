@@ -1,0 +1,114 @@
+"""Conversations that must stay apart, and a provider told by its body: a local server that
+answers like Anthropic's Messages API on a host greyproxy has no rule for, driven through the
+proxy like Claude Code would (whole history in every request, `metadata.user_id`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.llmutil import HOST
+from tests.integration.netutil import wait_until
+from tests.ports import free_port
+
+
+class MessagesHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        last = body["messages"][-1]["content"]
+        text = last if isinstance(last, str) else " ".join(b.get("text", "") for b in last if isinstance(b, dict))
+        self.server.calls += 1  # type: ignore[attr-defined]
+        payload = json.dumps({"id": f"msg_{self.server.calls}", "type": "message", "role": "assistant",  # type: ignore[attr-defined]
+                              "model": body["model"], "stop_reason": "end_turn",
+                              "content": [{"type": "text", "text": f"re: {text}"}],
+                              "usage": {"input_tokens": 1, "output_tokens": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def messages_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer((HOST, free_port(HOST)), MessagesHandler)
+    server.daemon_threads = True
+    server.calls = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def ask(gp, server, history: list[dict], user_id: str, container: str = "agent1") -> dict:
+    """One Messages API call with the whole history; the answer is appended to it."""
+    session = requests.Session()
+    session.trust_env = False
+    url = f"http://{HOST}:{server.server_address[1]}/v1/messages"
+    body = {"model": "claude-test", "max_tokens": 100, "system": "You are a coding agent.",
+            "metadata": {"user_id": user_id}, "messages": history}
+    resp = session.post(url, json=body, timeout=20, headers={"anthropic-version": "2023-06-01"},
+                        proxies={"http": f"http://{container}:x@127.0.0.1:{gp.ports['http']}"})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    history.append({"role": "assistant", "content": answer["content"]})
+    return answer
+
+
+def conversations(gp) -> list[dict]:
+    return gp.api("GET", "/api/conversations").json()["items"]
+
+
+def test_two_conversations_a_second_apart_stay_two_and_anthropic_is_detected(gp, messages_server):
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": HOST}
+                  ).status_code == 201
+    user = "user-7f3a-not-a-uuid"
+    first = [{"role": "user", "content": "write a parser"}]
+    second = [{"role": "user", "content": [{"type": "text", "text": "fix the tests"}]}]
+    ask(gp, messages_server, first, user)
+    ask(gp, messages_server, second, user)  # a second conversation, interleaved
+    first.append({"role": "user", "content": "now add error handling"})
+    ask(gp, messages_server, first, user)
+    second.append({"role": "user", "content": "and run them"})
+    ask(gp, messages_server, second, user)
+
+    found = wait_until(lambda: (lambda c: c if len(c) == 2 and all(x["turn_count"] == 2 for x in c) else None)(
+        conversations(gp)), 15)
+    assert found, conversations(gp)
+    by_prompt = {c["first_prompt"]: c for c in found}
+    assert set(by_prompt) == {"write a parser", "fix the tests"}
+    for conv in found:
+        # decoded as Anthropic by its body, though the host is unknown: complete, not "incomplete"
+        assert conv["provider"] == "anthropic" and conv["metadata"]["decoder"] == "anthropic"
+        assert conv["incomplete"] is False and conv["last_turn_has_response"] is True
+        assert conv["metadata"]["api_calls"] == 2 and conv["system_prompt"] == "You are a coding agent."
+    detail = gp.api("GET", f"/api/conversations/{by_prompt['fix the tests']['id']}").json()
+    assert [t["user_prompt"] for t in detail["turns"]] == ["fix the tests", "and run them"]
+    assert detail["turns"][1]["steps"][0]["text"] == "re: and run them"
+    rules = gp.api("GET", "/api/endpoint-rules")
+    if rules.status_code == 200:  # the learned rule says which decoder
+        learned = [r for r in rules.json().get("items", rules.json().get("rules", [])) if r.get("user_defined")]
+        assert learned and all(r.get("decoder_name", r.get("decoder")) == "anthropic" for r in learned)
+
+
+def test_a_session_id_that_is_not_a_uuid_names_the_conversation(gp, messages_server):
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": HOST}
+                  ).status_code == 201
+    ask(gp, messages_server, [{"role": "user", "content": "one"}], json.dumps({"session_id": "plain-id-2"}))
+    # the legacy form wants a UUID: anything else is no session id, and the thread keeps them apart
+    ask(gp, messages_server, [{"role": "user", "content": "two"}], "user_abc_account_x_session_gw-sess-0001")
+    found = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(conversations(gp)), 15)
+    assert found, conversations(gp)
+    ids = sorted(c["id"] for c in found)
+    assert ids[0].startswith("heuristic_") and ids[1] == "plain-id-2"
