@@ -73,14 +73,17 @@ SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": s("string", "what is wrong, in one line")}, ("error",)),
     "Rule": obj({
         "id": INT, "container_pattern": STR, "destination_pattern": STR, "port_pattern": STR,
-        "rule_type": s("string", enum=["permanent", "temporary"]), "action": s("string", enum=["allow", "deny"]),
+        "rule_type": s("string", enum=["permanent", "temporary"]), "action": s("string", enum=["allow", "deny", "hold"]),
+        "method_pattern": s(["string", "null"], "request-level rule: methods, e.g. 'POST,PUT' (null: any)"),
+        "path_pattern": s(["string", "null"], "request-level rule: canonical path, '*' any run (null: any)"),
         "created_at": TIME, "expires_at": NTIME, "last_used_at": NTIME, "created_by": STR, "notes": NSTR,
         "session_id": NSTR, "is_active": BOOL, "source": s("string", enum=["builtin", "session", "global"]),
         "destination_unicode": UNICODE, "mixed_script": MIXED,
     }, ("id", "container_pattern", "destination_pattern", "port_pattern", "action")),
     "NewRule": obj({
         "container_pattern": STR, "destination_pattern": STR, "port_pattern": s("string", default="*"),
-        "action": s("string", enum=["allow", "deny"], default="allow"),
+        "action": s("string", "'hold' needs a method_pattern or path_pattern", enum=["allow", "deny", "hold"],
+                     default="allow"),
         "rule_type": s("string", "informational: 'temporary' when it expires, else 'permanent'; 'glob' is "
                        "accepted and stored as one of those", enum=["permanent", "temporary", "glob"]),
         "expires_in_seconds": s("integer", minimum=1),
@@ -204,7 +207,18 @@ SCHEMAS: dict[str, Any] = {
         "redactedHeaders": s("array", "custom patterns (replaces the stored list)", items=STR),
     }, extra=False),
     "Health": obj({"service": STR, "version": STR, "status": s("string", enum=["ok", "unhealthy"]),
-                   "ports": ANY_OBJECT}, ("status",)),
+                   "ports": ANY_OBJECT,
+                   "upstream": s("object", "the upstream proxy, when one is configured: proxy_url (no password), "
+                                 "state unknown|up|down, fail_open, resolve, last_error, tunnels, failures")},
+                  ("status",)),
+    "HeldRequest": obj({
+        "id": INT, "container_name": STR, "destination_host": STR, "destination_port": INT, "method": STR,
+        "url": s("string", "query values redacted"), "path": s("string", "canonical path, as rules match it"),
+        "headers": s("object", "name -> values, secrets [REDACTED]"), "body_preview": NSTR, "body_size": NINT,
+        "rule_id": NINT, "resolved_hostname": NSTR,
+        "status": s("string", enum=["pending", "allowed", "denied", "expired", "gone"]),
+        "created_at": TIME, "decided_at": NTIME, "decided_by": NSTR, "reason": NSTR,
+    }, ("id", "method", "url", "status")),
     "Metrics": obj({
         "uptime_seconds": NUM,
         "connections": obj({"allowed": INT, "blocked": INT, "by_reason": ANY_OBJECT}),
@@ -351,6 +365,29 @@ def build_spec() -> dict[str, Any]:
             "delete": op("Delete a rule (its live connections are closed)", "rules",
                          obj({"status": STR, "deleted": BOOL}), params=[rid], errors=(400, 404)),
         },
+        "/api/rules/test": {"post": op(
+            "Which rule decides a connection, or one request on it (method/path), and why", "rules",
+            obj({"decision": s("string", enum=["allow", "deny", "hold"]), "rule": s(["object", "null"]),
+                 "reason": STR, "level": s("string", enum=["connection", "request"]), "would": STR,
+                 "connection": ANY_OBJECT}, ("decision", "rule", "reason")),
+            request=body(obj({"container": STR, "destination": STR, "port": s("integer", default=443),
+                              "method": STR, "path": STR}, ("container", "destination"), extra=False)),
+            errors=(400, 415))},
+        "/api/pending-http": {"get": op(
+            "Held HTTP requests: waiting ones, then the last answered (in memory)", "pending",
+            page_of("HeldRequest"), errors=(400,), params=[
+                query("status", s("string", enum=["pending", "allowed", "denied", "expired", "gone"])),
+                query("container", STR), *PAGING])},
+        "/api/pending-http/count": {"get": op("Number of held HTTP requests", "pending", obj({"count": INT}))},
+        "/api/pending-http/{request_id}": {"get": op("One held HTTP request", "pending", ref("HeldRequest"),
+                                                      params=[path_param("request_id")], errors=(400, 404))},
+        **{f"/api/pending-http/{{request_id}}/{verb}": {"post": op(
+            f"{verb.title()} a held HTTP request: once (default), or for a duration / permanent (writes a "
+            "request-level rule)", "pending", obj({"request": ref("HeldRequest"), "rule": s(["object", "null"])}),
+            params=[path_param("request_id")], request=body(obj({
+                "duration": STR, "reason": s("string", "deny: told to the client in the 403"),
+                "method_pattern": STR, "path_pattern": STR}, extra=False), required=False),
+            errors=(400, 404, 409, 415))} for verb in ("allow", "deny")},
         "/api/pending": {"get": op("Pending requests", "pending", page_of("Pending"), errors=(400,),
                                    params=[query("container", STR), query("destination", STR), *PAGING])},
         "/api/pending/count": {"get": op("Number of pending requests", "pending", obj({"count": INT}))},
