@@ -201,6 +201,28 @@ class SessionService:
                                   row.session_id, tuple(m.get("hosts") or ()), (row.container_name,)))
         return True
 
+    # -- fleet mode: another node changed a session (greyproxy/fleet/sync.py) ---------------
+    def follow(self, session_id: str, row: Session | None) -> None:
+        """Memory follows the stored row: loaded (mappings into the vault) while it lives,
+        dropped here when it is gone or expired. Its rules are the rule events' business."""
+        if row is None or row.expires_at <= utcnow():
+            if session_id in self._live:
+                self._set_live(None, session_id)
+                self.on_end(session_id)
+                self.vault.remove_session(session_id)
+                self.on_change()
+            return
+        self._load_mappings(row)
+        self._set_live(self._info(row), session_id)
+        self.on_change()
+
+    def follow_all(self) -> None:
+        rows = {r.session_id: r for r in Session.select().where(Session.expires_at > utcnow())}
+        for sid in [s for s in self._live if s not in rows]:
+            self.follow(sid, None)
+        for sid, row in rows.items():
+            self.follow(sid, row)
+
     # -- lifecycle ---------------------------------------------------------------------
     def create(self, spec: SessionSpec) -> dict[str, Any]:
         """Create or replace (upsert by session_id); UnknownCredentials for unknown global labels."""

@@ -31,7 +31,22 @@ def apply_migrations(db: peewee.Database) -> list[int]:
         raise StoreError(f"cannot prepare the {describe(exc, db_path(db))}") from exc
 
 
+# Fleet mode: nodes starting together take turns (a session-level advisory lock), so each
+# migration runs once; the key is arbitrary but fixed.
+MIGRATION_LOCK = 0x67727970  # "gryp"
+
+
 def _apply(db: peewee.Database) -> list[int]:
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            return _apply_unlocked(db)
+        finally:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return _apply_unlocked(db)
+
+
+def _apply_unlocked(db: peewee.Database) -> list[int]:
     db.create_tables([SchemaMigration], safe=True)
     done = {row.version for row in SchemaMigration.select(SchemaMigration.version)}
     applied = []

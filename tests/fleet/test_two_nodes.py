@@ -1,0 +1,106 @@
+"""Two real nodes on one PostgreSQL (issue 14): what one node decides, the other acts on."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from tests.integration.netutil import curl, wait_until
+
+
+def pending(node) -> list[dict]:
+    return node.api("GET", "/api/pending").json()["items"]
+
+
+def wait_pending(node, host: str, port: int, timeout: float = 5.0) -> dict:
+    found = wait_until(lambda: [i for i in pending(node)
+                                if i["destination_host"] == host and i["destination_port"] == port], timeout)
+    assert found, f"{host}:{port} never showed up in {node.data_dir.name}'s /api/pending"
+    return found[0]
+
+
+def test_health_names_the_node_and_the_link(two_nodes):
+    a, b = two_nodes
+    ha, hb = a.api("GET", "/api/health").json(), b.api("GET", "/api/health").json()
+    assert (ha["node"], hb["node"]) == ("node-a", "node-b")
+    assert ha["status"] == hb["status"] == "ok" and ha["fleet"]["connected"] and hb["fleet"]["connected"]
+
+
+def test_held_on_b_is_released_by_an_approval_through_a(two_nodes, origin):
+    a, b = two_nodes
+    client = curl("--socks5-hostname", f"agent1:x@127.0.0.1:{b.ports['socks5']}",
+                  f"http://{origin.host}:{origin.port}/fleet")
+    item = wait_pending(a, origin.host, origin.port)  # A's dashboard lists B's pending row ...
+    assert wait_until(lambda: wait_pending(a, origin.host, origin.port)["waiter_count"] == 1, 3), \
+        "A does not count the connection held on B"  # ... with B's waiter
+    assert client.poll() is None, "curl must still be held on B"
+    started = time.monotonic()
+    resp = a.api("POST", f"/api/pending/{item['id']}/allow", json={"scope": "exact", "duration": "1h"})
+    assert resp.status_code == 200, resp.text
+    out, err = client.communicate(timeout=10)
+    assert client.returncode == 0, err
+    assert out == origin.body and time.monotonic() - started < 2
+    assert [r["path"] for r in origin.requests] == ["/fleet"]  # the origin saw the request once, from B
+    assert pending(a) == [] and pending(b) == []
+
+
+def via(node, url: str) -> int:
+    """GET through the node's HTTP proxy as agent1; the status code the client sees."""
+    session = requests.Session()
+    session.trust_env = False
+    proxy = f"http://agent1:x@127.0.0.1:{node.ports['http']}"
+    return session.get(url, proxies={"http": proxy}, timeout=5).status_code
+
+
+def test_deny_rule_created_on_a_blocks_on_b_within_a_second(two_nodes, origin):
+    a, b = two_nodes
+    url = f"http://{origin.host}:{origin.port}/probe"
+    allow = a.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                              "port_pattern": "*"})
+    assert allow.status_code == 201, allow.text
+    assert wait_until(lambda: via(b, url) == 200, 2)
+    deny = a.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                             "port_pattern": str(origin.port), "action": "deny"})
+    assert deny.status_code == 201, deny.text
+    created = time.monotonic()
+    assert wait_until(lambda: via(b, url) == 403, 1.0, 0.02), "B still lets agent1 through a second after A's deny"
+    assert time.monotonic() - created < 1.0
+    seen = len(origin.requests)
+    assert via(b, url) == 403 and len(origin.requests) == seen  # the origin hears nothing more
+
+
+def test_dismissal_on_a_blocks_the_connection_held_on_b(two_nodes, origin):
+    a, b = two_nodes
+    client = curl("-x", f"http://agent1:x@127.0.0.1:{b.ports['http']}", f"http://{origin.host}:{origin.port}/x",
+                  "-o", "/dev/null", "-w", "%{http_code}")
+    item = wait_pending(a, origin.host, origin.port)
+    assert a.api("DELETE", f"/api/pending/{item['id']}").status_code in (200, 204)
+    out, _ = client.communicate(timeout=5)
+    assert out == b"403" and origin.requests == []
+
+
+def test_pending_events_reach_the_other_nodes_websocket_clients(two_nodes, origin):
+    import json
+
+    import websocket
+
+    a, b = two_nodes
+    ws = websocket.create_connection(f"ws://127.0.0.1:{a.ports['api']}/ws", timeout=5,
+                                     header=[f"Authorization: Bearer {a.token}"])
+    try:
+        client = curl("--socks5-hostname", f"agent2:x@127.0.0.1:{b.ports['socks5']}",
+                      f"http://{origin.host}:{origin.port}/", timeout=3)
+        deadline = time.monotonic() + 5
+        seen = []
+        while time.monotonic() < deadline:
+            event = json.loads(ws.recv())
+            seen.append(event.get("type"))
+            if event.get("type") == "pending_request.created":
+                assert event["data"]["container_name"] == "agent2"
+                break
+        else:
+            raise AssertionError(f"A's WebSocket never saw B's pending request: {seen}")
+        client.kill()
+    finally:
+        ws.close()
