@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "listen": {"http": ":43051", "socks5": ":43052", "dns": ":43053", "api": ":43080"},
     "data_dir": None,
     "database": {"url": None},
+    # Fleet mode (docs/fleet.md): this node's id, and the credential key every node shares.
+    "fleet": {"node_id": None, "credential_key_file": None},
     "hold_seconds": 30,
     "unanswered_seconds": 300,
     "silent_allow": False,
@@ -283,6 +285,10 @@ def load_config(
 
     if env.get("GREYPROXY_DATABASE_URL"):
         merged["database"]["url"] = env["GREYPROXY_DATABASE_URL"]
+    if env.get("GREYPROXY_NODE_ID"):
+        merged["fleet"]["node_id"] = env["GREYPROXY_NODE_ID"]
+    if env.get("GREYPROXY_CREDENTIAL_KEY_FILE"):
+        merged["fleet"]["credential_key_file"] = env["GREYPROXY_CREDENTIAL_KEY_FILE"]
     if env.get("GREYPROXY_DOCKER_ENABLED"):
         merged["docker"]["enabled"] = env["GREYPROXY_DOCKER_ENABLED"].lower() in ("1", "true", "yes")
     if env.get("GREYPROXY_DOCKER_SOCKET"):

@@ -27,10 +27,14 @@ from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
 from greyproxy.config import Config, ListenAddress, load_config
 from greyproxy.conversations.assembler import ConversationAssembler
-from greyproxy.credentials.crypto import KeyFileError, load_or_create_key
+from greyproxy.credentials.crypto import KeyFileError
 from greyproxy.credentials.vault import Vault
 from greyproxy.events import Bus
 from greyproxy.files import write_file
+from greyproxy.fleet.key import credential_key
+from greyproxy.fleet.link import FleetLink, notifier
+from greyproxy.fleet.node import node_id
+from greyproxy.fleet.sync import FleetSync
 from greyproxy.metrics import Metrics
 from greyproxy.middleware import MiddlewareEngine
 from greyproxy.notify import DesktopNotifier
@@ -111,6 +115,10 @@ class Runtime:
 
         self.db = open_database(config.database_url, config.db_path)
         apply_migrations(self.db)
+        # Fleet mode (docs/fleet.md): this node's id, and what follows the other nodes' changes.
+        self.node_id = node_id(config.raw["fleet"]["node_id"], config.data_dir)
+        self.fleet: FleetSync | None = FleetSync(self) if config.database_url else None
+        self.fleet_link: FleetLink | None = None
 
         self.bus = Bus()
         self.metrics = Metrics()
@@ -173,6 +181,9 @@ class Runtime:
         self.gate = Gatekeeper(self)
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
+        if self.fleet is not None:  # changes go out; waiter counts and dismissals span the nodes
+            self.bus.add_hook(self.fleet.outbound)
+            self.pending.waiters, self.pending.dismiss_waiters = self.fleet.waiters, self.fleet.dismissed_here
         if config.silent_allow:
             self.silent.mode = "allow"
         self.policy_changed()
@@ -210,7 +221,8 @@ class Runtime:
         self.writer.scrub_row = self.scrubber.row
         key_error, created = None, False
         try:
-            key, created = load_or_create_key(self.config.data_dir)
+            key, created = credential_key(self.config.data_dir, self.config.raw["fleet"]["credential_key_file"],
+                                          fleet=bool(self.config.database_url))
         except KeyFileError as exc:
             key, key_error = None, str(exc)
             log.error("%s", exc)
@@ -330,6 +342,11 @@ class Runtime:
         self.notifier.start()
         self.middlewares.start()  # hello handshakes, at most 5 s; failures are retried, not fatal
         self.assembler.start()
+        if self.fleet is not None and self.config.database_url:
+            self.fleet_link = FleetLink(self.config.database_url, self.node_id, notifier(self.db),
+                                        self.fleet.apply, self.fleet.resync)
+            self.fleet.start(self.fleet_link)
+            self.fleet_link.start()
         for server in self._servers:
             server.start()
         self.write_handshake()
@@ -384,6 +401,9 @@ class Runtime:
         self.assembler.stop()
         self.tracker.close_all()
         self.writer.stop()
+        if self.fleet_link is not None and self.fleet is not None:
+            self.fleet_link.stop()  # after the writer: its last pending rows are announced too
+            self.fleet.stop()
         (self.config.data_dir / "api-handshake.json").unlink(missing_ok=True)
         self.db.close()
         self._stopped.set()

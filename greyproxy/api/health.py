@@ -25,6 +25,7 @@ def health() -> Any:
     ports = rt.ports
     body = {
         "service": "greyproxy",
+        "node": rt.node_id,  # which node answered (fleet mode: docs/fleet.md)
         "version": rt.version,
         "status": "ok",
         "ports": {
@@ -39,8 +40,15 @@ def health() -> Any:
         rt.db.execute_sql("SELECT 1").fetchone()
     except Exception as exc:  # any database failure means "unhealthy", never a 500
         log.warning("health check: database ping failed: %s", exc)
+        if rt.fleet_link is not None:  # fleet mode: the node still decides from memory (docs/fleet.md)
+            return {**body, "status": "degraded", "reasons": [f"database unreachable: {exc}".strip()],
+                    "fleet": rt.fleet_link.status()}
         return {**body, "status": "unhealthy", "reasons": [f"database ping failed: {exc}"]}, 503
     reasons = rt.writer.health()
+    if rt.fleet_link is not None:
+        body["fleet"] = rt.fleet_link.status()
+        if not rt.fleet_link.connected:
+            reasons = [*reasons, f"fleet: not receiving other nodes' changes ({rt.fleet_link.last_error})"]
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
         body["upstream"] = upstream.status()
