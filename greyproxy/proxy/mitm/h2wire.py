@@ -39,6 +39,12 @@ def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+def canonical_name(name: str) -> str:
+    """`content-type` → `Content-Type`: HTTP/2 names are lower case; what the pipeline, the
+    middlewares, the stored rows and an HTTP/1.1 peer see is spelled as HTTP/1 clients do."""
+    return "-".join(part[:1].upper() + part[1:] for part in name.split("-"))
+
+
 def request_head(headers: list[tuple[bytes, bytes]], ended: bool) -> Head:
     """A client stream's header block as the HTTP/1.1 request head the pipeline checks and
     forwards. The h2 library has already refused what RFC 9113 calls malformed (upper-case or
@@ -52,7 +58,7 @@ def request_head(headers: list[tuple[bytes, bytes]], ended: bool) -> Head:
         if name.startswith(":"):
             pseudo[name] = value
         elif name not in CONNECTION_SPECIFIC:
-            fields.append((name, value))
+            fields.append((canonical_name(name), value))
     method = pseudo.get(":method", "")
     authority = pseudo.get(":authority")
     if authority is None:
@@ -67,7 +73,7 @@ def request_head(headers: list[tuple[bytes, bytes]], ended: bool) -> Head:
     else:  # another scheme: absolute, so the authority check sees and refuses the mismatch
         target = f"{scheme}://{authority}{path}"
     framing: list[tuple[str, str]] = []
-    declared = [v for k, v in fields if k == "content-length"]
+    declared = [v for k, v in fields if k == "Content-Length"]
     if not declared:
         if not ended:
             framing = [("Transfer-Encoding", "chunked")]
@@ -126,7 +132,7 @@ def response_head(headers: list[tuple[bytes, bytes]], method: str) -> tuple[byte
         if name == ":status":
             status = value
         elif not name.startswith(":") and name not in CONNECTION_SPECIFIC:
-            fields.append((name, value))
+            fields.append((canonical_name(name), value))
     if not (len(status) == 3 and status.isdigit()):
         raise WireError("the origin answered without a valid :status", 502)
     code = int(status)
@@ -135,7 +141,7 @@ def response_head(headers: list[tuple[bytes, bytes]], method: str) -> tuple[byte
     except ValueError:
         phrase = "Unknown"
     bodyless = method.upper() == "HEAD" or code in (204, 304) or 100 <= code < 200
-    chunked = not bodyless and not any(k == "content-length" for k, _ in fields)
+    chunked = not bodyless and not any(k == "Content-Length" for k, _ in fields)
     if chunked:
         fields.append(("Transfer-Encoding", "chunked"))
     return serialize_head(f"HTTP/1.1 {code} {phrase}", fields), chunked
