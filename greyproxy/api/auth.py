@@ -10,11 +10,12 @@ from __future__ import annotations
 import hmac
 from urllib.parse import urlencode, urlsplit
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, Response, g, redirect, request
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.pages import login_page
+from greyproxy.api.parse import decode_json
 from greyproxy.services.audit import current_actor
 
 TOKEN_COOKIE = "greyproxy_token"
@@ -63,8 +64,13 @@ class RequestGuard:
             if response is not None:
                 return response
         if request.path.startswith("/api/") and request.method in _BODY_METHODS:
-            if request.get_data(cache=True).strip() and request.mimetype != "application/json":
-                raise ApiError(415, "Content-Type must be application/json")
+            raw = request.get_data(cache=True)
+            if raw.strip():
+                if request.mimetype != "application/json":
+                    raise ApiError(415, "Content-Type must be application/json")
+                # Every JSON body goes through the one reader (depth, surrogates, NaN) before any
+                # route runs, also on routes that look at the id first or ignore the body.
+                g.json_body = decode_json(raw)
         return None
 
     def _check_token(self, token: str) -> Response | None:

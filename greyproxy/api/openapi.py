@@ -286,8 +286,8 @@ def build_spec() -> dict[str, Any]:
                    query("result", s("string", enum=["allowed", "blocked"])),
                    query("search", s("string", maxLength=256), "substring of container, destination, resolved "
                          "name, dialled IP or reason"),
-                   query("has_error", BOOL, "only connections that failed (dns_failure, upstream_unreachable, "
-                         "mitm_error), or only the others"),
+                   query("has_error", BOOL, "only connections that failed (allowed but not reached: no "
+                         "dialed_ip; dns_failure, upstream_unreachable; mitm_error), or only the others"),
                    query("reason", STR, "exact reason, e.g. denied_by_rule")]
     txn_filters = [query("container", STR), query("destination", STR), query("method", STR),
                    query("session_id", STR), *TIME_RANGE]

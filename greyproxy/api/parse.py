@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from flask import request
+from flask import g, request
 
 from greyproxy.api.errors import ApiError
 from greyproxy.timeutil import parse_iso
@@ -86,6 +86,8 @@ def json_body(empty: Any = _MISSING) -> Any:
         if empty is _MISSING:
             raise ApiError(400, "request body is required (JSON)")
         return empty
+    if "json_body" in g:  # already read (and checked) by the request guard
+        return g.json_body
     return decode_json(raw)
 
 

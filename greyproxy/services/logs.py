@@ -33,13 +33,14 @@ class LogFilter:
     reason: str | None = None  # exact
 
 
-# Failures rather than decisions: the destination could not be resolved or reached, or the
-# client refused our certificate.
+# Failures rather than decisions: the destination could not be resolved or reached (an allowed
+# row the proxy could not dial has no dialled IP), or the client refused our certificate.
 ERROR_REASONS = ("dns_failure", "upstream_unreachable")
 
 
 def _errors() -> peewee.Expression:
-    return RequestLog.reason.in_(ERROR_REASONS) | (RequestLog.mitm_skip_reason == "mitm_error")
+    return (((RequestLog.result == "allowed") & RequestLog.dialed_ip.is_null())
+            | RequestLog.reason.in_(ERROR_REASONS) | (RequestLog.mitm_skip_reason == "mitm_error"))
 
 
 def _where(query: peewee.ModelSelect, f: LogFilter) -> peewee.ModelSelect:
