@@ -104,3 +104,40 @@ def test_pending_events_reach_the_other_nodes_websocket_clients(two_nodes, origi
         client.kill()
     finally:
         ws.close()
+
+
+SESSION_PH = "greyproxy:credential:v1:gw-fleet:" + "c" * 32
+
+
+def test_session_created_on_a_substitutes_credentials_on_b(two_nodes, origin):
+    a, b = two_nodes
+    glob = a.api("POST", "/api/credentials", json={"label": "openai", "value": "sk-global-fleet-secret-12345"})
+    assert glob.status_code in (200, 201), glob.text
+    resp = a.api("POST", "/api/sessions", json={
+        "session_id": "gw-fleet", "container_name": "claude", "mappings": {SESSION_PH: "session-fleet-secret-777"},
+        "global_credentials": ["openai"], "ttl_seconds": 300,
+        "network_rules": [{"destination_pattern": origin.host, "port_pattern": str(origin.port)}]})
+    assert resp.status_code == 200, resp.text
+    session = requests.Session()
+    session.trust_env = False
+    proxy = {"http": f"http://claude:x@127.0.0.1:{b.ports['http']}"}
+    headers = {"Authorization": f"Bearer {SESSION_PH}", "X-Api-Key": glob.json()["placeholder"]}
+
+    def through_b(timeout: float = 5) -> int:
+        try:
+            return session.get(f"http://{origin.host}:{origin.port}/s?k={SESSION_PH}", headers=headers,
+                               proxies=proxy, timeout=timeout).status_code
+        except requests.ReadTimeout:
+            return 0  # held: no rule lets it through
+
+    assert wait_until(lambda: through_b() == 200, 1.0, 0.02), "B does not know A's session within a second"
+    seen = origin.requests[-1]
+    assert seen["headers"]["Authorization"] == "Bearer session-fleet-secret-777"
+    assert seen["headers"]["X-Api-Key"] == "sk-global-fleet-secret-12345"
+    assert seen["path"] == "/s?k=session-fleet-secret-777"
+    # ended on A: B stops substituting and its rule goes
+    assert a.api("DELETE", "/api/sessions/gw-fleet").status_code == 200
+    time.sleep(1.0)
+    count = len(origin.requests)
+    assert through_b(timeout=1.5) != 200
+    assert len(origin.requests) == count, "B still lets the ended session's container through"
