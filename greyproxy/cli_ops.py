@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from greyproxy.cli_rules_test import rules_test
 from greyproxy.config import Config, ConfigError, load_config
 from greyproxy.files import write_file
 from greyproxy.rulesyaml import RulesFileError, dump_rules, parse_rules
@@ -165,6 +166,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     config = config_of(args)
     try:
         instance = Instance.find(config)
+        if args.rules_command == "test":  # which rule decides (docs/request-rules.md)
+            return rules_test(instance, args.container, args.url, args.method, args.json)
         if args.rules_command == "export":
             return _export(instance, args.output)
         return _import(instance, Path(args.file))
@@ -298,13 +301,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
-    rules = sub.add_parser("rules", help="export or import rules as YAML")
+    rules = sub.add_parser("rules", help="export or import rules as YAML, or test which rule decides")
     verbs = rules.add_subparsers(dest="rules_command", required=True)
     p = verbs.add_parser("export", help="write global rules (not built-in or session ones) as YAML")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     add_common(p)
     p = verbs.add_parser("import", help="add the rules of a YAML file (identical rules are skipped)")
     p.add_argument("file", help="YAML file, or - for stdin")
+    add_common(p)
+    p = verbs.add_parser("test", help="which rule decides a connection, or a request, and why")
+    p.add_argument("container", help="the container (proxy user name) asking")
+    p.add_argument("url", help="https://host[:port][/path], or host[:port]")
+    p.add_argument("method", nargs="?", help="HTTP method: judge the request (default: the connection, "
+                   "or GET when the URL has a path)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     add_common(p)
     rules.set_defaults(func=cmd_rules)
 

@@ -87,7 +87,7 @@ def _needs_restart(key: str) -> bool:
 # -- rules files ---------------------------------------------------------------------------
 def read_rules_files(paths: tuple[Path, ...]) -> tuple[list[RuleEntry], int]:
     """Every entry of every file (first one wins on duplicates); RulesFileError names the file."""
-    entries: dict[tuple[str, str, str, str], RuleEntry] = {}
+    entries: dict[tuple[str, ...], RuleEntry] = {}
     expired = 0
     for path in paths:
         try:
@@ -113,9 +113,11 @@ def sync_rules_files(rt: Runtime, paths: tuple[Path, ...]) -> dict[str, int]:
     entries, expired = read_rules_files(paths)
     wanted = {e.key: e for e in entries}
     current = {
-        (r.container_pattern, r.destination_pattern, r.port_pattern, r.action): r.id
+        (r.container_pattern, r.destination_pattern, r.port_pattern, r.action, r.method_pattern or "",
+         r.path_pattern or ""): r.id
         for r in Rule.select(Rule.id, Rule.container_pattern, Rule.destination_pattern, Rule.port_pattern,
-                             Rule.action).where(Rule.created_by == RULES_FILE_CREATOR)
+                             Rule.action, Rule.method_pattern, Rule.path_pattern)
+        .where(Rule.created_by == RULES_FILE_CREATOR)
     }
     removed = 0
     for key, rule_id in current.items():
@@ -123,7 +125,8 @@ def sync_rules_files(rt: Runtime, paths: tuple[Path, ...]) -> dict[str, int]:
             removed += 1
     new = [
         NewRule(e.container_pattern, e.destination_pattern, e.port_pattern, e.action,
-                expires_in_seconds=item.get("expires_in_seconds"), notes=e.notes, created_by=RULES_FILE_CREATOR)
+                expires_in_seconds=item.get("expires_in_seconds"), notes=e.notes, created_by=RULES_FILE_CREATOR,
+                method_pattern=e.method_pattern, path_pattern=e.path_pattern)
         for e in entries if e.key not in current
         for item in (e.ingest_item(),)
     ]

@@ -4,7 +4,9 @@ named in `rules_files:` hold. One list of entries:
     - container: agent1            # container pattern
       destination: "*.github.com"  # destination pattern
       ports: "443"                 # port pattern, default "*"
-      action: allow                # allow | deny, default allow
+      action: allow                # allow | deny | hold (hold: request-level only), default allow
+      methods: POST                # optional: a request-level rule (docs/request-rules.md)
+      path: /v1/*                  # optional: a request-level rule
       notes: "why"                 # optional
       expires_at: 2030-01-01T00:00:00Z   # optional; a past time skips the entry
 
@@ -28,11 +30,13 @@ from greyproxy.policy.patterns import (
     normalize_destination_pattern,
     normalize_port_pattern,
 )
+from greyproxy.policy.request_rules import normalize_method_pattern, normalize_path_pattern
 from greyproxy.timeutil import iso, parse_iso, utcnow
 
-KEYS = ("container", "destination", "ports", "action", "notes", "expires_at")
+KEYS = ("container", "destination", "ports", "action", "notes", "expires_at", "methods", "path")
 # The API's own field names are accepted too, so `GET /api/rules` items can be pasted in.
-ALIASES = {"container_pattern": "container", "destination_pattern": "destination", "port_pattern": "ports"}
+ALIASES = {"container_pattern": "container", "destination_pattern": "destination", "port_pattern": "ports",
+           "method_pattern": "methods", "path_pattern": "path"}
 MAX_ENTRIES = 100_000
 MAX_NOTES = 10_000
 
@@ -49,10 +53,13 @@ class RuleEntry:
     action: str
     notes: str | None = None
     expires_at: dt.datetime | None = None  # naive UTC
+    method_pattern: str = ""  # request-level rules (docs/request-rules.md); '' = any
+    path_pattern: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.container_pattern, self.destination_pattern, self.port_pattern, self.action)
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        return (self.container_pattern, self.destination_pattern, self.port_pattern, self.action,
+                self.method_pattern, self.path_pattern)
 
     def ingest_item(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """The `POST /api/rules/ingest` form (an expiry becomes seconds from now)."""
@@ -62,6 +69,8 @@ class RuleEntry:
             "port_pattern": self.port_pattern,
             "action": self.action,
         }
+        if self.method_pattern or self.path_pattern:
+            item["method_pattern"], item["path_pattern"] = self.method_pattern, self.path_pattern
         if self.notes is not None:
             item["notes"] = self.notes
         if self.expires_at is not None:
@@ -103,15 +112,20 @@ def parse_entry(raw: Any, where: str) -> RuleEntry:
         container = normalize_container_pattern(_text(entry, "container", where) or "")
         destination = normalize_destination_pattern(_text(entry, "destination", where) or "")
         ports = normalize_port_pattern(_text(entry, "ports", where, "*"))
+        methods = normalize_method_pattern(_text(entry, "methods", where))
+        path = normalize_path_pattern(_text(entry, "path", where))
     except PatternError as exc:
         raise RulesFileError(f"{where}: {exc}") from None
     action = _text(entry, "action", where, "allow")
-    if action not in ("allow", "deny"):
-        raise RulesFileError(f"{where}: 'action' must be allow or deny")
+    if action not in ("allow", "deny", "hold"):
+        raise RulesFileError(f"{where}: 'action' must be allow or deny (or hold, for a request-level rule)")
+    if action == "hold" and not (methods or path):
+        raise RulesFileError(f"{where}: 'hold' needs 'methods' or 'path' (a request-level rule)")
     notes = _text(entry, "notes", where)
     if notes is not None and len(notes) > MAX_NOTES:
         raise RulesFileError(f"{where}: 'notes' is longer than {MAX_NOTES} characters")
-    return RuleEntry(container, destination, ports, action, notes, _expiry(entry.get("expires_at"), where))
+    return RuleEntry(container, destination, ports, action, notes, _expiry(entry.get("expires_at"), where),
+                     methods, path)
 
 
 def parse_rules(text: str, name: str = "rules") -> tuple[list[RuleEntry], int]:
@@ -129,7 +143,7 @@ def parse_rules(text: str, name: str = "rules") -> tuple[list[RuleEntry], int]:
     if len(doc) > MAX_ENTRIES:
         raise RulesFileError(f"{name}: more than {MAX_ENTRIES} rules")
     now = utcnow()
-    entries: dict[tuple[str, str, str, str], RuleEntry] = {}
+    entries: dict[tuple[str, ...], RuleEntry] = {}
     expired = 0
     for i, raw in enumerate(doc):
         entry = parse_entry(raw, f"{name}: rule {i + 1}")
@@ -157,6 +171,10 @@ def dump_rules(rules: Iterable[Mapping[str, Any]], header: str | None = None) ->
             "ports": str(rule.get("port_pattern") or "*"),
             "action": rule.get("action", "allow"),
         }
+        if rule.get("method_pattern"):
+            entry["methods"] = rule["method_pattern"]
+        if rule.get("path_pattern"):
+            entry["path"] = rule["path_pattern"]
         if rule.get("notes"):
             entry["notes"] = rule["notes"]
         if rule.get("expires_at"):

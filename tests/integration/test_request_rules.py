@@ -210,3 +210,27 @@ def test_bad_input_to_the_held_request_routes(held_gp):
     assert gp.api("POST", "/api/rules", json=bad_rule).status_code == 400
     bad_rule.update(path_pattern="no-slash")
     assert gp.api("POST", "/api/rules", json=bad_rule).status_code == 400
+
+
+def test_cli_rules_test_says_which_rule_decides(held_gp, origin):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        return subprocess.run([sys.executable, "-m", "greyproxy", "rules", "test", *args, "--data-dir",
+                               str(held_gp.data_dir)], capture_output=True, text=True, timeout=30, env=env)
+
+    base = f"http://{origin.host}:{origin.port}"
+    out = cli("agent1", f"{base}/v1/x", "POST")
+    assert out.returncode == 0, out.stderr
+    assert "hold (held_by_request_rule)" in out.stdout and "POST /v1/*" in out.stdout, out.stdout
+    assert "connection: allow (allowed_by_rule)" in out.stdout
+    out = cli("agent1", f"{base}/v1/x")
+    assert "allow (allowed_by_rule)" in out.stdout, out.stdout
+    out = cli("agent1", f"{origin.host}:{origin.port}", "--json")
+    assert json.loads(out.stdout)["level"] == "connection"
+    out = cli("other", f"{base}/")
+    assert "hold (no_matching_rule)" in out.stdout and "rule: none" in out.stdout
+    out = cli("agent1", "ftp://x/")
+    assert out.returncode == 2 and "scheme" in out.stderr

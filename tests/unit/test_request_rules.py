@@ -130,3 +130,21 @@ def test_report_mode_lets_a_held_request_through_and_says_so():
     st = state(spec(1, "allow"), spec(2, "hold", method="POST"), modes=(ModeEntry(1, "agent", "report"),))
     d = request_decision(st, "POST", "/")
     assert (d.verdict, d.would) == (Verdict.ALLOW, "would_hold")
+
+
+def test_rules_yaml_round_trips_request_rules():
+    from greyproxy.rulesyaml import RulesFileError, dump_rules, parse_rules
+
+    text = dump_rules([{"id": 1, "container_pattern": "agent", "destination_pattern": "api.example",
+                        "port_pattern": "443", "action": "hold", "method_pattern": "POST", "path_pattern": "/v1/*"},
+                       {"id": 2, "container_pattern": "agent", "destination_pattern": "api.example",
+                        "port_pattern": "443", "action": "allow"}])
+    entries, _ = parse_rules(text)
+    assert [(e.action, e.method_pattern, e.path_pattern) for e in entries] == [("hold", "POST", "/v1/*"),
+                                                                              ("allow", "", "")]
+    assert entries[0].ingest_item()["path_pattern"] == "/v1/*"
+    assert "method_pattern" not in entries[1].ingest_item()
+    with pytest.raises(RulesFileError, match="hold"):
+        parse_rules("- {container: a, destination: b.example, action: hold}\n")
+    with pytest.raises(RulesFileError, match="path_pattern"):
+        parse_rules("- {container: a, destination: b.example, path: nope}\n")
