@@ -83,6 +83,8 @@ class FleetLink:
         self.last_error: str | None = None
         self.disconnected_since: float | None = time.time()
         self.reconnects = 0
+        self._ever_connected = False
+        self.resyncs = 0
         self.received = 0
         self.sent = 0
         self.dropped = 0
@@ -142,12 +144,13 @@ class FleetLink:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_FIRST
-            was_down = self.disconnected_since
-            self.connected, self.disconnected_since, self.last_error = True, None, None
-            if was_down is not None:
+            if self._ever_connected:
                 self.reconnects += 1
+            self._ever_connected = True
+            self.connected, self.disconnected_since, self.last_error = True, None, None
             log.info("fleet: listening for changes from other nodes (node %s)", self.node)
             try:
+                self.resyncs += 1
                 self._safe(self.on_resync)  # whatever was sent while we were not listening
                 self._receive(self._conn)
             except (psycopg2.Error, OSError, LinkDown) as exc:
@@ -227,6 +230,7 @@ class FleetLink:
             "disconnected_since": self.disconnected_since,
             "last_error": self.last_error,
             "reconnects": self.reconnects,
+            "resyncs": self.resyncs,
             "received": self.received,
             "sent": self.sent,
             "dropped": self.dropped,
