@@ -138,11 +138,16 @@ SCHEMAS: dict[str, Any] = {
         "response_headers": ANY_OBJECT, "response_body_size": INT, "response_body_truncated": BOOL,
         "response_content_type": NSTR, "duration_ms": NINT, "rule_id": NINT, "result": NSTR,
         "substituted_credentials": {}, "session_id": NSTR, "replay_of": NINT,
+        "recording_id": s(["integer", "null"], "the capture recording it belongs to"),
         "middleware_actions": s("array", "what external middlewares did to this exchange (§13)",
                                 items=obj({"middleware": STR, "hook": STR, "action": STR, "tags": {}})),
         "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
         "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
     }, ("id", "timestamp", "method", "url")),
+    "Recording": obj({
+        "id": INT, "name": STR, "container_pattern": NSTR, "source": s("string", enum=["live", "har"]),
+        "started_at": TIME, "stopped_at": NTIME, "active": BOOL, "transaction_count": INT,
+    }, ("id", "name", "source", "started_at", "active")),
     "Conversation": obj({
         "id": STR, "model": NSTR, "container_name": STR, "provider": NSTR, "client_name": NSTR,
         "started_at": TIME, "ended_at": TIME, "turn_count": INT, "system_prompt": NSTR,
@@ -275,7 +280,9 @@ def op(summary: str, tag: str, response: dict[str, Any] | None = None, *, status
 
 
 ERROR_TEXT = {400: "Bad input (the message says which field)", 401: "Missing or invalid API token",
-              404: "Not found", 409: "Conflict", 415: "Content-Type must be application/json",
+              403: "Refused by the rules (the body's `reason` says which)",
+              404: "Not found", 409: "Conflict", 413: "Request body too large",
+              415: "Content-Type must be application/json", 502: "Upstream unreachable or answered badly",
               503: "Unavailable"}
 
 
@@ -290,7 +297,16 @@ def build_spec() -> dict[str, Any]:
                          "dialed_ip; dns_failure, upstream_unreachable; mitm_error), or only the others"),
                    query("reason", STR, "exact reason, e.g. denied_by_rule")]
     txn_filters = [query("container", STR), query("destination", STR), query("method", STR),
-                   query("session_id", STR), *TIME_RANGE]
+                   query("session_id", STR), *TIME_RANGE,
+                   query("status_min", s("integer", minimum=0, maximum=999)),
+                   query("status_max", s("integer", minimum=0, maximum=999)),
+                   query("has_error", BOOL, "no answer, or a status of 400 or more (false: the others)"),
+                   query("is_websocket", BOOL, "WebSocket frames and their 101 upgrades (false: the others)"),
+                   query("search", s("string", maxLength=1000), "substring of the URL, destination or container"),
+                   query("path_contains", s("string", maxLength=1000), "substring of the URL's path (not the "
+                         "host, not the query)"),
+                   query("recording_id", s("integer", minimum=1), "traffic of one capture recording")]
+    rec_id = path_param("recording_id")
     paths: dict[str, dict[str, Any]] = {
         "/api/health": {"get": op("Liveness, version and ports (no token needed)", "operations", ref("Health"),
                                   errors=(503,), public=True)},
@@ -456,8 +472,16 @@ def build_spec() -> dict[str, Any]:
                                       "401": {"$ref": "#/components/responses/E401"}}}},
         "/api/transactions": {"get": op("Captured HTTP exchanges, newest first", "transactions",
                                         page_of("Transaction"), errors=(400,), params=[*txn_filters, *PAGING])},
-        "/api/transactions/export/har": {"get": op("HAR 1.2 export of the filtered exchanges", "transactions",
-                                                   ANY_OBJECT, errors=(400,), params=[*txn_filters, *PAGING])},
+        "/api/transactions/export/har": {"get": op(
+            "HAR 1.2 export of every filtered exchange, streamed; with limit/offset only the newest `limit` (at "
+            "most 10,000), said in log.comment; X-Greyproxy-Matched counts the matches", "transactions",
+            ANY_OBJECT, errors=(400,), params=[*txn_filters, query("limit", s("integer", minimum=1, maximum=10000)),
+                                               query("offset", s("integer", minimum=0))])},
+        "/api/transactions/diff": {"get": op(
+            "Diff of two exchanges: method, URL, status, headers (added/removed/changed) and bodies (text diff, "
+            "JSON paths), bounded (`truncated` says so)", "transactions", ANY_OBJECT, errors=(400, 404),
+            params=[{**query("a", s("integer", minimum=1)), "required": True},
+                    {**query("b", s("integer", minimum=1)), "required": True}])},
         "/api/transactions/{txn_id}": {"get": op("One exchange, with bodies", "transactions", ref("Transaction"),
                                                  params=[tid], errors=(400, 404))},
         "/api/transactions/{txn_id}/har": {"get": op("One exchange as HAR 1.2", "transactions", ANY_OBJECT,
@@ -465,8 +489,35 @@ def build_spec() -> dict[str, Any]:
         "/api/transactions/{txn_id}/curl": {"get": op("One exchange as a runnable curl command", "transactions",
                                                       STR, media="text/plain", params=[tid], errors=(400, 404))},
         "/api/transactions/{txn_id}/replay": {"post": op(
-            "Send the stored request again (subject to the rules); lands as a new exchange", "transactions",
-            ANY_OBJECT, params=[tid], errors=(400, 404, 409))},
+            "Send the stored request again, optionally changed (subject to the rules of the destination dialled); "
+            "a stored [REDACTED] is never sent: 400 naming it unless a value is given; lands as a new exchange",
+            "transactions", ref("Transaction"), status="201", params=[tid], errors=(400, 403, 404, 415, 502),
+            request=body(obj({"method": STR, "url": STR,
+                              "headers": s("object", "Name: value, [values] or null (left out)"),
+                              "body": NSTR, "body_base64": STR}, extra=False), required=False))},
+        "/api/recordings": {
+            "get": op("Capture recordings, newest first", "transactions", page_of("Recording"), errors=(400,),
+                      params=[query("active", BOOL), *PAGING]),
+            "post": op("Start a recording (container: a name or pattern; none = every container)", "transactions",
+                       ref("Recording"), status="201", errors=(400, 409, 415),
+                       request=body(obj({"name": s("string", maxLength=200), "container": STR}, ("name",),
+                                        extra=False))),
+        },
+        "/api/recordings/import": {"post": op(
+            "Import a HAR 1.2 document (the body; at most 8 MiB and 5,000 entries) as the transactions of a new "
+            "recording", "transactions", obj({"recording": ref("Recording"), "imported": INT, "transactions": INT}),
+            status="201", errors=(400, 413, 415), request=body(ANY_OBJECT),
+            params=[query("name", STR), query("container", STR, "whose traffic it becomes (default har-import)")])},
+        "/api/recordings/{recording_id}": {
+            "get": op("One recording", "transactions", ref("Recording"), params=[rec_id], errors=(400, 404)),
+            "delete": op("Delete a recording (its traffic too with delete_transactions=true)", "transactions",
+                         obj({"deleted": BOOL, "transactions_deleted": INT}), errors=(400, 404),
+                         params=[rec_id, query("delete_transactions", BOOL)]),
+        },
+        "/api/recordings/{recording_id}/stop": {"post": op("Stop a running recording", "transactions",
+                                                            ref("Recording"), params=[rec_id], errors=(400, 404, 409))},
+        "/api/recordings/{recording_id}/har": {"get": op("A recording's traffic as one HAR 1.2", "transactions",
+                                                          ANY_OBJECT, params=[rec_id], errors=(400, 404))},
         "/api/cert/status": {"get": op("The interception CA", "cert", ref("CertStatus"))},
         "/api/cert/generate": {"post": op("Create the CA (force=true replaces it)", "cert", ANY_OBJECT,
                                           params=[query("force", BOOL)], errors=(400, 409))},

@@ -47,25 +47,25 @@ def start_recording() -> Any:
     return _call(_service().start, body.get("name"), body.get("container")), 201
 
 
-@bp.get("/api/recordings/<rec_id>")
-def get_recording(rec_id: str) -> Any:
+@bp.get("/api/recordings/<recording_id>")
+def get_recording(recording_id: str) -> Any:
     runtime().writer.flush()
-    return _service().describe(path_id(rec_id))
+    return _service().describe(path_id(recording_id))
 
 
-@bp.post("/api/recordings/<rec_id>/stop")
-def stop_recording(rec_id: str) -> Any:
-    return _call(_service().stop, path_id(rec_id))
+@bp.post("/api/recordings/<recording_id>/stop")
+def stop_recording(recording_id: str) -> Any:
+    return _call(_service().stop, path_id(recording_id))
 
 
-@bp.delete("/api/recordings/<rec_id>")
-def delete_recording(rec_id: str) -> Any:
-    return _service().delete(path_id(rec_id), bool_arg("delete_transactions"))
+@bp.delete("/api/recordings/<recording_id>")
+def delete_recording(recording_id: str) -> Any:
+    return _service().delete(path_id(recording_id), bool_arg("delete_transactions"))
 
 
-@bp.get("/api/recordings/<rec_id>/har")
-def recording_har(rec_id: str) -> Response:
-    rec = _service().get(path_id(rec_id))
+@bp.get("/api/recordings/<recording_id>/har")
+def recording_har(recording_id: str) -> Response:
+    rec = _service().get(path_id(recording_id))
     runtime().writer.flush()
     return har_response(TxnFilter(recording_id=rec.id), f"greyproxy-recording-{rec.id}.har")
 
