@@ -43,6 +43,9 @@ def test_held_on_b_is_released_by_an_approval_through_a(two_nodes, origin):
     assert out == origin.body and time.monotonic() - started < 2
     assert [r["path"] for r in origin.requests] == ["/fleet"]  # the origin saw the request once, from B
     assert pending(a) == [] and pending(b) == []
+    # the log row, listed by A, says B answered it
+    logs = wait_until(lambda: a.api("GET", f"/api/logs?destination={origin.host}").json()["items"], 3)
+    assert logs and {row["node_id"] for row in logs} == {"node-b"}
 
 
 def via(node, url: str) -> int:
