@@ -137,6 +137,7 @@ class Runtime:
                                       self.reverse.peek)
         self.writer = StoreWriter(self.db, self.pending.record_attempt, self.rules.touch_used)
         self.writer.observe_batch = self.metrics.db_batch
+        self.writer.node_id = self.node_id
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
         self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
         # The dial-time resolver, and the per-client IP → name cache, loaded from the previous

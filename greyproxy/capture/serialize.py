@@ -50,6 +50,7 @@ def transaction_to_json(row: HttpTransaction, bodies: bool = False) -> dict[str,
         "replay_of": row.replay_of,
         "recording_id": getattr(row, "recording_id", None),
         "middleware_actions": parse_json_column(row.middleware_actions) or [],  # §13 badges
+        "node_id": getattr(row, "node_id", None),  # which node captured it (fleet mode)
     }
     if bodies:
         data["request_body"] = body_text(row.request_body)

@@ -89,6 +89,7 @@ def log_to_json(row: RequestLog, summary: str | None = None) -> dict[str, Any]:
         "reason": row.reason,  # D24
         "would": row.would,  # D26 report mode
         "mitm_skip_reason": row.mitm_skip_reason,  # why a tunnel was not intercepted (§8.3)
+        "node_id": row.node_id,  # which node answered the connection (fleet mode, docs/fleet.md)
         # D30: the Unicode form of the name shown (resolved_hostname, else destination_host) and
         # whether it mixes scripts; display only, rules match the punycode.
         **display_fields(row.resolved_hostname or row.destination_host),

@@ -66,6 +66,7 @@ class RequestLog(BaseModel):
     reason = peewee.TextField(null=True)
     would = peewee.TextField(null=True)
     dialed_ip = peewee.TextField(null=True)  # the address actually connected to (migration 0002)
+    node_id = peewee.TextField(null=True)  # the node that wrote it (fleet mode, migration 0011)
 
     class Meta:
         table_name = "request_logs"
@@ -108,6 +109,7 @@ class HttpTransaction(BaseModel):
     session_id = peewee.TextField(null=True, index=True)
     replay_of = peewee.IntegerField(null=True)
     middleware_actions = peewee.TextField(null=True)  # JSON list of {middleware, hook, action, tags}
+    node_id = peewee.TextField(null=True)  # the node that captured it (fleet mode, migration 0011)
     recording_id = peewee.IntegerField(null=True, index=True)  # the capture recording it belongs to (migration 0009)
 
     class Meta:

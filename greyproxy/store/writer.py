@@ -67,10 +67,13 @@ class StoreWriter:
         # Applied to each log row and middleware event before it is written (D31: no real
         # credential value in storage); the runtime points it at the scrubber.
         self.scrub_row: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
+        # Which node writes (fleet mode, docs/fleet.md): on every log row and transaction.
+        self.node_id: str | None = None
 
     # -- called from the connection path: memory only ----------------------------------
     def log(self, **row: Any) -> None:
         row.setdefault("timestamp", utcnow())
+        row.setdefault("node_id", self.node_id)
         self._logs.append(row)
 
     def attempt(self, attempt: Attempt) -> None:
@@ -81,6 +84,7 @@ class StoreWriter:
         """Queue a captured exchange; `saved` runs (in the writer) once it has its id. Written
         within TRANSACTION_DELAY, in batches: one commit per exchange would cost the hub more
         than the exchange itself."""
+        row.setdefault("node_id", self.node_id)
         self._transactions.append((row, saved))
 
     def middleware_event(self, row: dict[str, Any]) -> None:
