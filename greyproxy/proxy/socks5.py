@@ -26,8 +26,9 @@ import string
 import struct
 
 from greyproxy.proxy import limits as lim
-from greyproxy.proxy.gate import Gatekeeper
+from greyproxy.proxy.gate import Admission, Gatekeeper
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
+from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, set_nodelay
 
 log = logging.getLogger("greyproxy.socks5")
@@ -179,6 +180,24 @@ class Socks5Handler:
             return None
         return host, port
 
+    def _refuse(self, client: socket.socket, progress: _Progress, admission: Admission, reason: str) -> None:
+        """Reply 0x02, which clients show only as "not allowed" (curl: "(97)"); or, where the
+        client can be told why in its own protocol, succeed and answer the 403 inside the
+        tunnel (proxy/mitm/refusal.py): with a CA for TLS and HTTP on any port, and without
+        one for plain HTTP on port 80."""
+        mitm = self.gate.rt.mitm
+        if refusal.in_band(mitm, admission.host, reason):
+            leaves = mitm.leaves
+        elif admission.port == 80 and reason not in refusal.NOT_TOLD_IN_BAND:
+            leaves = None  # plain HTTP only
+        else:
+            _answer(client, progress, REP_NOT_ALLOWED)
+            return
+        _answer(client, progress, REP_SUCCEEDED)
+        told = refusal.answer(client, b"", leaves, admission.host, self.gate.blocked_text(admission, reason), reason)
+        log.debug("socks5: refused %s:%s (%s), answered in the tunnel: %s", admission.host, admission.port,
+                  reason, told)
+
     def _handle(self, client: socket.socket, address: tuple, progress: _Progress) -> None:
         client.settimeout(self.limits.config().head_seconds + 1)  # the deadline below ends it first
         set_nodelay(client)
@@ -204,14 +223,16 @@ class Socks5Handler:
             client=client,
         )
         if not admission.allowed:
-            _answer(client, progress, REP_NOT_ALLOWED)
+            self._refuse(client, progress, admission, admission.reason)
             return
         try:
             upstream = self.gate.dial(admission)
         except DialError as exc:
             log.info("socks5 dial %s:%s failed: %s", host, port, exc)
-            refused = exc.reason in ("control_plane", "private_range")  # guard refusals: "not allowed"
-            _answer(client, progress, REP_NOT_ALLOWED if refused else REP_NETWORK_UNREACHABLE)
+            if exc.reason in ("control_plane", "private_range"):  # guard refusals: "not allowed"
+                self._refuse(client, progress, admission, exc.reason)
+            else:
+                _answer(client, progress, REP_NETWORK_UNREACHABLE)
             return
         _answer(client, progress, REP_SUCCEEDED, upstream.getsockname()[:2])
         self.gate.tunnel(admission, client, upstream)

@@ -68,6 +68,22 @@ def http_connect(proxy_port: int, host: str, port: int, user: str = "agent1",
     return int(lines[0].split()[1]), headers, sock
 
 
+def told_in_tunnel(sock: socket.socket, host: str = "example.test") -> tuple[int, str | None, bytes]:
+    """A tunnel greyproxy accepted only to say why it refuses (plain HTTP inside it): send one
+    request, return (status, X-Greyproxy-Reason, body)."""
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers.get("x-greyproxy-reason"), body
+
+
 def curl(*args: str, timeout: float = 30.0) -> subprocess.Popen:
     """Start curl in the background (no environment proxies), output captured."""
     return subprocess.Popen(

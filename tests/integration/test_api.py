@@ -13,6 +13,10 @@ import requests
 from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.netutil import socks_connect
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 RULE = {"container_pattern": "agent1", "destination_pattern": "example.com", "port_pattern": "443"}
 
 

@@ -26,6 +26,10 @@ import pytest
 from tests.integration.netutil import wait_until
 from tests.ports import free_port
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 DENIED_IP = "127.0.0.12"
 ALLOWED_IP = "127.0.0.13"
 

@@ -6,9 +6,14 @@ import json
 import threading
 import time
 
+import pytest
 import websocket
 
 from tests.integration.netutil import socks_connect
+
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
 
 
 def ws_connect(gp) -> websocket.WebSocket:

@@ -6,6 +6,10 @@ import pytest
 
 from tests.integration.netutil import http_connect, socks_connect
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 
 @pytest.fixture
 def wide_open(gp_factory):

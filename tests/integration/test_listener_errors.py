@@ -23,6 +23,10 @@ from tests.integration.dnsutil import AuthServer
 from tests.integration.netutil import EchoServer, recv_exact, socks_connect
 from tests.unit.test_log_escaping import parse_fields
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 FORGED = "a.test\ndecision=allow x"
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 DECISION = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO greyproxy\.decision: decision (.*)$")

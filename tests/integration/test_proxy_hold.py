@@ -10,6 +10,10 @@ import pytest
 
 from tests.integration.netutil import EchoServer, curl, http_connect, socks_connect, wait_until
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 
 def pending_items(gp) -> list[dict]:
     return gp.api("GET", "/api/pending").json()["items"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.netutil import EchoServer, http_connect, socks_connect, wait_until
+from tests.integration.netutil import EchoServer, http_connect, socks_connect, told_in_tunnel, wait_until
 
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "15"]
 SESSION_ID = "gw-0123456789abcdef"
@@ -87,8 +87,10 @@ def test_greywall_style_run_end_to_end(sgp, origin, tls_origin):
     # other destinations are held (pending), the session's ones passed at once
     rep_started = time.monotonic()
     rep, sock = socks_connect(sgp.ports["socks5"], "127.0.0.3", origin.port, user="claude")
+    # refused after the hold, and told why inside the tunnel (its CA makes that possible)
+    assert rep == 0 and time.monotonic() - rep_started >= 1.5
+    assert told_in_tunnel(sock)[:2] == (403, "pending_timeout")
     sock.close()
-    assert rep == 0x02 and time.monotonic() - rep_started >= 1.5
     assert any(p["destination_host"] == "127.0.0.3" for p in sgp.api("GET", "/api/pending").json()["items"])
 
     # an open tunnel allowed by a session rule closes when the session is deleted
@@ -158,8 +160,9 @@ def test_newer_session_supersedes_older_rules(sgp, origin):
     sgp.api("POST", "/api/sessions", json={"session_id": "new", "container_name": "agentx", "allow_all": False,
                                            "network_rules": [{"destination_pattern": "other.example"}]})
     rep, sock = socks_connect(sgp.ports["socks5"], "127.0.0.2", origin.port, user="agentx")
+    # held until the 2 s timeout, then blocked (told in the tunnel): old rules no longer match
+    assert rep == 0 and told_in_tunnel(sock)[:2] == (403, "pending_timeout")
     sock.close()
-    assert rep == 0x02  # held until the 2 s timeout, then blocked: old rules no longer match
 
 
 def test_proxy_token_binds_identity(sgp, origin):
@@ -167,11 +170,11 @@ def test_proxy_token_binds_identity(sgp, origin):
     sgp.api("POST", "/api/sessions", json={"session_id": "gw-tok", "container_name": "tok", "proxy_token": token,
                                            "network_rules": [{"destination_pattern": "127.0.0.2"}]})
     rep, sock = socks_connect(sgp.ports["socks5"], "127.0.0.2", origin.port, user="tok", password="wrong")
+    assert rep == 0 and told_in_tunnel(sock)[:2] == (403, "bad_credentials")  # told inside the tunnel
     sock.close()
-    assert rep == 0x02
     status, headers, sock = http_connect(sgp.ports["http"], "127.0.0.2", origin.port, user="tok")
+    assert status == 200 and told_in_tunnel(sock)[:2] == (403, "bad_credentials")
     sock.close()
-    assert status == 403 and headers["x-greyproxy-reason"] == "bad_credentials"
     rep, sock = socks_connect(sgp.ports["socks5"], "127.0.0.2", origin.port, user="tok", password=token)
     sock.close()
     assert rep == 0
