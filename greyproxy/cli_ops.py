@@ -85,7 +85,8 @@ class Instance:
 
     @property
     def base(self) -> str:
-        return f"http://{_client_host(self.api_host)}:{int(self.info['port'])}"
+        prefix = self.info.get("path_prefix") or ""  # api.path_prefix of the running instance
+        return f"http://{_client_host(self.api_host)}:{int(self.info['port'])}{prefix}"
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 15.0) -> Any:
         data = json.dumps(body).encode() if body is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "unanswered_seconds": 300,
     "silent_allow": False,
     "enforce_expiry_on_open": True,
-    "api": {"auth": "token", "allowed_origins": []},
+    "api": {"auth": "token", "allowed_origins": [], "path_prefix": "/"},
     "mitm": {"enabled": True, "bypass": [], "extra_ca_bundle": None, "opaque": "allow", "generate_ca": True},
     "dns": {"upstream": [], "policy": "log"},
     "guard": {"private_ranges": "allow"},
@@ -150,6 +151,7 @@ class Config:
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
     middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    path_prefix: str = ""  # api.path_prefix: "" (none) or "/a/b", every API route and page under it
     upstream: UpstreamConfig | None = None  # `upstream:`; read at each dial, so a reload applies it
 
     @property
@@ -253,11 +255,14 @@ def _from_gost(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         ours["docker"] = docker
     if "middlewares" in block:
         ours["middlewares"] = block["middlewares"]
+    if "pathPrefix" in block:
+        ours["api"] = {"path_prefix": block["pathPrefix"]}
     if "host" in doc:
         ours["host"] = doc["host"]
     known = {"services", "greyproxy", "host"}
     ignored += [k for k in doc if k not in known]
-    ignored += [f"greyproxy.{k}" for k in block if k not in {"addr", "notifications", "docker", "middlewares"}]
+    ignored += [f"greyproxy.{k}" for k in block
+                if k not in {"addr", "notifications", "docker", "middlewares", "pathPrefix"}]
     return ours, ignored
 
 
@@ -321,6 +326,22 @@ def build_config(merged: dict[str, Any], env: Mapping[str, str] | None = None, i
     return _build(copy.deepcopy(merged), os.environ if env is None else env, ignored, source)
 
 
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def _path_prefix(value: Any) -> str:
+    """`api.path_prefix` (greyproxy's `pathPrefix`): '/' or '' for none, else '/seg/seg' (no
+    trailing slash, no '.' or '..' segments), so a reverse proxy can mount the API and dashboard."""
+    text = str(value or "/").strip()
+    if text == "/":
+        return ""
+    text = text.rstrip("/")
+    if len(text) > 128 or not _PREFIX.fullmatch(text) or any(seg in (".", "..") for seg in text.split("/")):
+        raise ConfigError(f"'api.path_prefix': {value!r} must be '/' or a path like /greyproxy "
+                          "(letters, digits, '.', '_', '~', '-' between slashes)")
+    return text
+
+
 def _rules_files(value: Any, source: Path | None) -> tuple[Path, ...]:
     if not isinstance(value or [], list) or not all(isinstance(v, str) and v.strip() for v in value or []):
         raise ConfigError("'rules_files' must be a list of file paths")
@@ -343,6 +364,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError(f"'unanswered_seconds' must be a number between 0 and 86400 (got {unanswered!r})")
     if merged["api"]["auth"] not in ("token", "none"):
         raise ConfigError("'api.auth' must be 'token' or 'none'")
+    path_prefix = _path_prefix(merged["api"]["path_prefix"])
     level = str(merged["log"]["level"]).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("'log.level' must be one of debug, info, warning, error")
@@ -402,6 +424,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         enforce_expiry_on_open=bool(merged["enforce_expiry_on_open"]),
         api_auth=merged["api"]["auth"],
         allowed_origins=tuple(merged["api"]["allowed_origins"] or ()),
+        path_prefix=path_prefix,
         mitm_enabled=bool(merged["mitm"]["enabled"]),
         container_modes=tuple(modes),
         log_level=level,

@@ -30,6 +30,7 @@ from greyproxy.api import (
     pages,
     pending,
     pending_http,
+    prefix,
     recordings,
     rule_test,
     rules,
@@ -98,4 +99,5 @@ def create_app(runtime: Runtime) -> Flask:
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    prefix.install(app, runtime.config.path_prefix)  # api.path_prefix: everything under one path
     return app

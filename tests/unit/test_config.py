@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,25 @@ log: {level: info}
     assert cfg.listen["http"].host == "127.0.0.1"
     assert cfg.raw["dns"]["upstream"] == ["9.9.9.9:53"]
     assert "services[something-else]" in cfg.ignored and "log" in cfg.ignored
-    assert "greyproxy.pathPrefix" in cfg.ignored
+    assert "greyproxy.pathPrefix" not in cfg.ignored and cfg.path_prefix == ""  # '/' = no prefix
+
+
+@pytest.mark.parametrize(("given", "stored"), [("/", ""), ("/proxy", "/proxy"), ("/a/b/", "/a/b"), (None, "")])
+def test_path_prefix(tmp_path, given, stored):
+    path = tmp_path / "c.yml"
+    path.write_text(f"api: {{path_prefix: {json.dumps(given)}}}\n")
+    assert load_config(path, env={}).path_prefix == stored
+    gost = tmp_path / "g.yml"
+    gost.write_text(f"services: []\ngreyproxy: {{pathPrefix: {json.dumps(given)}}}\n")
+    assert load_config(gost, env={}).path_prefix == stored
+
+
+@pytest.mark.parametrize("bad", ["proxy", "/a//b", "/a/../b", "/a b", "/" + "x" * 200, "/a?b", "/%2e%2e"])
+def test_bad_path_prefix(tmp_path, bad):
+    path = tmp_path / "c.yml"
+    path.write_text(f"api: {{path_prefix: {json.dumps(bad)}}}\n")
+    with pytest.raises(ConfigError, match="path_prefix"):
+        load_config(path, env={})
 
 
 def test_identity_anonymous_fallback(tmp_path):
