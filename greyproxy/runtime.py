@@ -299,7 +299,7 @@ class Runtime:
         host = "127.0.0.1" if addr.host in ("0.0.0.0", "") else ("[::1]" if addr.host == "::" else addr.host)
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        url = f"http://{host}:{self.ports['api']}/dashboard"
+        url = f"http://{host}:{self.ports['api']}{self.config.path_prefix}/dashboard"
         return f"{url}?token={self.api_token}" if self.api_token else url
 
     def start(self) -> None:
@@ -365,6 +365,7 @@ class Runtime:
             "version": self.version,
             "started_at": self.started_at,
             "ports": self.ports,
+            "path_prefix": self.config.path_prefix,  # api.path_prefix: the CLI puts it before /api
         }
         write_file(self.config.data_dir / "api-handshake.json", json.dumps(info) + "\n")
 
