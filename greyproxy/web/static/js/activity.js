@@ -3,7 +3,7 @@
 // The transactions API arrives with TLS interception; until then its tab shows an empty state.
 import {
   $, $$, api, debounce, emptyRow, formValues, get, h, isMissing, live, prettyBody, query, renderPager,
-  reportError, startPage, timeEl, toast,
+  reportError, startPage, timeEl, toast, returnTo, revealDetail,
 } from "./core.js";
 import { LogTable } from "./logtable.js";
 
@@ -113,6 +113,7 @@ async function showTransaction(id) {
   for (const tr of $$("tbody tr", trafficTable)) tr.classList.toggle("is-selected", Number(tr.dataset.id) === id);
   detailBox.hidden = false;
   detailBox.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  revealDetail(detailBox);
   let t;
   try {
     t = await get(`/api/transactions/${id}`);
@@ -121,7 +122,11 @@ async function showTransaction(id) {
     return;
   }
   const tools = h("div", { class: "row" });
-  const close = h("button", { type: "button", class: "btn btn-small", onclick: () => { detailBox.hidden = true; selectedTxn = null; } }, "Close");
+  const close = h("button", { type: "button", class: "btn btn-small", onclick: () => {
+    detailBox.hidden = true;
+    selectedTxn = null;
+    returnTo($(`tbody tr[data-id="${id}"]`, trafficTable));
+  } }, "Close");
   detailBox.replaceChildren(
     h("div", { class: "card-head" }, h("h2", {}, `${t.method} `, h("span", { class: "url" }, t.url)), close),
     h("dl", { class: "kv" },
@@ -139,6 +144,7 @@ async function showTransaction(id) {
     headersBlock("Response headers", t.response_headers),
     bodyBlock("Response body", t.response_body, t.response_content_type, t.response_body_size, t.response_body_truncated),
   );
+  revealDetail(detailBox); // again, now that it has its full height
   const har = `/api/transactions/${id}/har`;
   const curl = `/api/transactions/${id}/curl`;
   if (await routeExists(har)) {

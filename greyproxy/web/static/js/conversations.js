@@ -1,7 +1,7 @@
 // Conversations page: LLM conversations assembled from captured traffic, list + turn-by-turn view.
 import {
   $, $$, debounce, formValues, get, h, isMissing, live, prettyBody, renderPager, reportError,
-  startPage, timeEl,
+  startPage, timeEl, returnTo, revealDetail,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -72,12 +72,17 @@ async function show(id) {
   for (const b of $$(".conv-item", listEl)) b.classList.toggle("is-selected", b.dataset.id === id);
   detail.hidden = false;
   detail.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  revealDetail(detail);
   try {
     const c = await get(`/api/conversations/${encodeURIComponent(id)}`);
     // replaceChildren() takes nodes only: flatten the turn list and drop the absent parts.
     const parts = [
       h("div", { class: "card-head" }, h("h2", {}, c.model || "Conversation"),
-        h("button", { type: "button", class: "btn btn-small", onclick: () => { detail.hidden = true; selected = null; } }, "Close")),
+        h("button", { type: "button", class: "btn btn-small", onclick: () => {
+          detail.hidden = true;
+          selected = null;
+          returnTo($$(".conv-item", listEl).find((b) => b.dataset.id === id));
+        } }, "Close")),
       h("p", { class: "muted" }, [c.provider, c.container_name, c.client_name].filter(Boolean).join(" · "), " · ",
         timeEl(c.started_at, "absolute"), c.incomplete ? ` · incomplete${c.incomplete_reason ? `: ${c.incomplete_reason}` : ""}` : ""),
       c.system_prompt ? h("details", {}, h("summary", {}, c.system_prompt_summary || "System prompt"),
@@ -89,6 +94,7 @@ async function show(id) {
       (c.turns || []).map(turnView),
     ];
     detail.replaceChildren(...parts.flat().filter((part) => part !== null && part !== undefined));
+    revealDetail(detail); // again, now that it has its full height
   } catch (err) {
     detail.replaceChildren(h("p", { class: "form-error" }, err.message));
   }

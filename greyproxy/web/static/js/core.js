@@ -185,6 +185,28 @@ export function destExtras(item) {
   return extras;
 }
 
+// A host name that may wrap only between labels (after a dot, never at a hyphen inside a label)
+// with the port glued to the last label: each label is an inline block, which moves to the next
+// line whole. A label longer than the line still breaks inside (CSS), rather than overflow.
+export function hostNodes(host, port, portClass = "port") {
+  const parts = String(host).split(".");
+  return h("span", { class: "hostport" }, parts.map((label, i) => {
+    const last = i === parts.length - 1;
+    return h("span", { class: "label" }, last ? label : `${label}.`,
+      last && port !== undefined && port !== null ? h("span", { class: portClass }, `:${port}`) : null);
+  }));
+}
+
+// On a narrow screen a detail panel sits below its list: bring it to the user, and back to the
+// row on close (returnTo), instead of leaving them scrolling for it.
+const NARROW = window.matchMedia("(max-width: 960px)");
+export function revealDetail(box) {
+  if (NARROW.matches) box.scrollIntoView({ block: "start" });
+}
+export function returnTo(row) {
+  if (NARROW.matches && row && row.isConnected) row.scrollIntoView({ block: "center" });
+}
+
 // The destination as text for places without markup (notifications, toasts).
 export function destPlain(item) {
   const text = destText(item);
@@ -423,6 +445,7 @@ export const shell = {
   loggedOutShown: false,
 
   start() {
+    this.showCurrentPage();
     live.connect();
     modeBanner.start();
     this.refreshBadge();
@@ -433,6 +456,15 @@ export const shell = {
     live.on("settings.changed", (s) => this.applySettings(s));
     live.on("notification.claims_changed", (d) => { this.notifications.claims = d.active_claims; });
     get("/api/settings").then((s) => this.applySettings(s)).catch(() => {});
+  },
+
+  // The nav scrolls sideways on a phone: keep the current page's link in view, centred.
+  showCurrentPage() {
+    const nav = $(".nav");
+    const cur = $(".nav a[aria-current=page]");
+    if (!nav || !cur || nav.scrollWidth <= nav.clientWidth) return;
+    const offset = cur.getBoundingClientRect().left - nav.getBoundingClientRect().left;
+    nav.scrollLeft += offset - (nav.clientWidth - cur.offsetWidth) / 2;
   },
 
   async refreshBadge() {

@@ -1,5 +1,5 @@
 // Dashboard: totals, a timeline, what is waiting, what gets blocked most, recent requests.
-import { $, $$, badge, debounce, destExtras, destText, get, h, live, reportError, startPage, timeEl } from "./core.js";
+import { $, $$, badge, debounce, destExtras, destText, get, h, hostNodes, live, reportError, startPage, timeEl } from "./core.js";
 
 const REFRESH_MS = 10000;
 let period = "today";
@@ -57,7 +57,7 @@ async function refreshStats() {
       h("span", { class: "small" }, h("span", { class: "ok" }, `${c.allowed} allowed`), " · ",
         h("span", { class: "bad" }, `${c.blocked} blocked`)))), "No traffic in this period.");
     listOrEmpty($("#recent"), s.recent.map((r) => h("li", { class: "split-line" },
-      h("span", {}, badge(r.result), " ", h("strong", {}, r.container_name), " → ", destText(r), ...destExtras(r), `:${r.destination_port ?? ""}`),
+      h("span", {}, badge(r.result), " ", h("strong", {}, r.container_name), " → ", hostNodes(destText(r), r.destination_port ?? ""), ...destExtras(r)),
       timeEl(r.timestamp))), "No requests yet.");
   } catch (err) {
     reportError(err);
@@ -70,7 +70,7 @@ async function refreshPending() {
     setText("#stat-pending", String(data.total));
     $(".stat-pending").classList.toggle("has-pending", data.total > 0);
     listOrEmpty($("#pending-preview"), data.items.map((p) => h("li", { class: "split-line" },
-      h("a", { href: `/pending?highlight=${p.id}` }, h("strong", {}, p.container_name), " → ", destText(p), ...destExtras(p), `:${p.destination_port}`),
+      h("a", { href: `/pending?highlight=${p.id}` }, h("strong", {}, p.container_name), " → ", hostNodes(destText(p), p.destination_port), ...destExtras(p)),
       p.waiter_count ? h("span", { class: "badge badge-warn" }, `${p.waiter_count} waiting`) : timeEl(p.last_seen))),
     "Nothing is waiting.");
   } catch (err) {

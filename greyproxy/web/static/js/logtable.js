@@ -1,7 +1,7 @@
 // The connection log (GET /api/logs) as a filterable, paginated table with a detail row per
 // entry. Used by the Logs page and the Activity page's "Connections" tab.
 import {
-  $, badge, debounce, destExtras, emptyRow, formValues, get, h, localToIso, renderPager, reportError, timeEl,
+  $, badge, debounce, destExtras, emptyRow, formValues, get, h, hostNodes, localToIso, renderPager, reportError, timeEl,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -21,7 +21,7 @@ function destCell(item) {
   const ip = item.resolved_hostname && item.resolved_hostname !== item.destination_host ? item.destination_host : null;
   const ptr = item.ptr_hostname ? h("span", { class: "muted small", title: "Reverse DNS (PTR): unverified, never matched by rules" },
     ` PTR ${item.ptr_hostname}`) : null;
-  return [h("span", {}, shown), ...destExtras(item), ip ? h("span", { class: "muted small" }, ` ${ip}`) : null, ptr];
+  return [hostNodes(shown), ...destExtras(item), ip ? h("span", { class: "muted small" }, ` ${ip}`) : null, ptr];
 }
 
 function reasonCell(item) {

@@ -6,7 +6,7 @@
 // another tab or by the API) first turns into a same-height note, removed only once the pointer
 // has left the list, so the card under the cursor never changes between two clicks.
 import {
-  $, $$, api, debounce, destExtras, destText, get, h, HOLD_SECONDS, live, relative, reportError,
+  $, $$, api, debounce, destExtras, destText, get, h, hostNodes, HOLD_SECONDS, live, relative, reportError,
   startPage, timeEl, toast,
 } from "./core.js";
 
@@ -192,7 +192,7 @@ function buildCard(item) {
     h("div", { class: "pending-top" },
       h("input", { type: "checkbox", class: "select", "aria-label": `Select ${destText(item)}:${item.destination_port}` }),
       h("div", { class: "pending-dest" },
-        h("span", { class: "dest-token" }, h("span", { class: "dest-host" }), h("span", { class: "dest-port" })),
+        h("span", { class: "dest-token dest-host" }),
         h("span", { class: "dest-ip muted" }),
         h("span", { class: "dest-ptr muted small",
           title: "Reverse DNS (PTR): written by whoever owns this IP block, so rules never match it" })),
@@ -235,8 +235,7 @@ function updateCard(card, item) {
   card.id = `pending-${item.id}`;
   card.dataset.id = String(item.id);
   const resolved = item.resolved_hostname && item.resolved_hostname !== item.destination_host;
-  $(".dest-host", card).replaceChildren(destText(item), ...destExtras(item));
-  $(".dest-port", card).textContent = `:${item.destination_port}`;
+  $(".dest-host", card).replaceChildren(hostNodes(destText(item), item.destination_port, "dest-port"), ...destExtras(item));
   $(".dest-ip", card).textContent = resolved ? item.destination_host : "";
   $(".dest-ptr", card).textContent = item.ptr_hostname ? ` PTR ${item.ptr_hostname} (unverified)` : "";
   $(".chip-container", card).textContent = item.container_name;
