@@ -123,7 +123,9 @@ class RequestHolds:
         self._pending[held.id] = held
         self._by_container[held.container] = self._by_container.get(held.container, 0) + 1
         self.bus.publish("pending_http.created", held.to_json())
-        watcher = gevent.spawn(self._watch_hangup, held, client) if client is not None else None
+        # An HTTP/2 stream is no socket of its own (no fileno): its hang-up is not watched.
+        watched = client is not None and callable(getattr(client, "fileno", None))
+        watcher = gevent.spawn(self._watch_hangup, held, client) if watched else None
         try:
             decision = held.result.get(timeout=timeout)
         except gevent.Timeout:

@@ -234,3 +234,79 @@ def test_cli_rules_test_says_which_rule_decides(held_gp, origin):
     assert "hold (no_matching_rule)" in out.stdout and "rule: none" in out.stdout
     out = cli("agent1", "ftp://x/")
     assert out.returncode == 2 and "scheme" in out.stderr
+
+
+def _hold_on_tls_origin(gp, container, port):
+    for body in ({"container_pattern": container, "destination_pattern": "localhost", "port_pattern": str(port)},
+                 {"container_pattern": container, "destination_pattern": "localhost", "port_pattern": str(port),
+                  "action": "hold", "method_pattern": "POST", "path_pattern": "/upload"}):
+        api_ok(gp, "POST", "/api/rules", json=body)
+
+
+def test_intercepted_https_request_is_held_and_released_byte_identical(intercepting_gp, tls_origin, tmp_path):
+    import subprocess
+
+    gp = intercepting_gp()
+    _hold_on_tls_origin(gp, "tlsagent", tls_origin.port)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(BODY)
+    url = f"https://localhost:{tls_origin.port}"
+    proxy = f"http://tlsagent:x@127.0.0.1:{gp.ports['http']}"
+    client = subprocess.Popen(
+        ["curl", "-sS", "--noproxy", "", "--max-time", "30", "--cacert", str(gp.ca_path), "-x", proxy,
+         "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{payload}", f"{url}/upload",
+         "--next", "--cacert", str(gp.ca_path), "-x", proxy, f"{url}/after"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    item = held_item(gp, method="POST", container_name="tlsagent")
+    assert item["url"] == f"{url}/upload" and item["body_size"] == len(BODY)
+    assert [s["method"] for s in tls_origin.seen] == []
+    api_ok(gp, "POST", f"/api/pending-http/{item['id']}/allow", json={})
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert out.startswith(BODY) and out.endswith(b"hello over tls\n")
+    assert tls_origin.seen[0]["body"] == BODY and tls_origin.seen[1]["path"] == "/after"
+
+
+def test_http2_stream_is_held_too(intercepting_gp, tls_origin):
+    import ssl
+    import threading
+
+    import httpx
+
+    gp = intercepting_gp()
+    _hold_on_tls_origin(gp, "h2agent", tls_origin.port)
+    url = f"https://localhost:{tls_origin.port}"
+    results: dict[str, object] = {}
+    with httpx.Client(http1=False, http2=True, proxy=f"http://h2agent:x@127.0.0.1:{gp.ports['http']}",
+                      verify=ssl.create_default_context(cafile=str(gp.ca_path)), trust_env=False,
+                      timeout=30) as client:
+        worker = threading.Thread(target=lambda: results.setdefault("post", client.post(f"{url}/upload",
+                                                                                        content=BODY)))
+        worker.start()
+        item = held_item(gp, method="POST", container_name="h2agent")
+        assert client.get(f"{url}/meanwhile").status_code == 200  # another stream flows
+        api_ok(gp, "POST", f"/api/pending-http/{item['id']}/deny", json={"reason": "no uploads"})
+        worker.join(30)
+    post = results["post"]
+    assert post.status_code == 403 and b"no uploads" in post.content  # type: ignore[attr-defined]
+    assert [s["path"] for s in tls_origin.seen] == ["/meanwhile"]
+
+
+def test_events_stream_carries_held_requests(held_gp, origin):
+    import requests
+
+    gp = held_gp
+    seen: list[str] = []
+    with requests.get(f"{gp.api_url}/api/events?types=pending_http.created,pending_http.allowed",
+                      headers={"Authorization": f"Bearer {gp.token}"}, stream=True, timeout=20) as stream:
+        conn = ProxyConn(gp, origin)
+        conn.send("POST", "/v1/sse", b"x")
+        item = held_item(gp, method="POST")
+        api_ok(gp, "POST", f"/api/pending-http/{item['id']}/allow", json={})
+        assert conn.response()[0] == 200
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                seen.append(line.split(":", 1)[1].strip())
+            if len(seen) == 2:
+                break
+    assert seen == ["pending_http.created", "pending_http.allowed"]

@@ -246,3 +246,21 @@ def test_a_reload_applies_a_new_upstream_live(gp_factory, tinyproxy, origin):
     code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/after")
     assert code == 0 and out.endswith(origin.body), err
     assert [r["path"] for r in origin.requests] == ["/after"] and len(tinyproxy.connects()) == 1
+
+
+def test_intercepted_https_goes_through_the_upstream(gp_factory, tinyproxy, tls_origin):
+    config = (f"mitm: {{extra_ca_bundle: '{tls_origin.ca_path}', generate_ca: false}}\n"
+              + upstream_yaml(tinyproxy.url))
+    gp = gp_factory(config_yaml=config)
+    assert gp.api("POST", "/api/cert/generate").status_code == 200
+    allow(gp, "localhost", tls_origin.port)
+    client = curl("--cacert", str(gp.data_dir / "ca-cert.pem"), "-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}",
+                  f"https://localhost:{tls_origin.port}/secure")
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert out == b"hello over tls\n"
+    assert [s["path"] for s in tls_origin.seen] == ["/secure"]
+    # resolve: local — the upstream was asked for the guarded IP, not the name
+    assert any(f"CONNECT 127.0.0.1:{tls_origin.port} " in line for line in tinyproxy.connects()), tinyproxy.connects()
+    items = wait_until(lambda: gp.api("GET", "/api/transactions").json()["items"])
+    assert items and items[0]["url"] == f"https://localhost:{tls_origin.port}/secure"
