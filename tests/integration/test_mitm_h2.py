@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -199,23 +200,108 @@ def test_curl_http11_to_h2_only_origin(h2gp, h2_origin):
     assert h2_origin.seen[-1]["authority"] == f"localhost:{h2_origin.port}"
 
 
-def test_h2_preface_deadline_and_garbage(mgp, tls_origin):
-    """A client that negotiates h2 and then says nothing, or sends garbage, is let go; the proxy
-    keeps serving."""
-    allow(mgp, "h2slow", "localhost", tls_origin.port)
-    _, _, raw = http_connect(mgp.ports["http"], "localhost", tls_origin.port, user="h2slow")
-    ctx = ssl.create_default_context(cafile=str(mgp.ca_path))
+def _h2_tls(gp, container: str, port: int, ca) -> ssl.SSLSocket:  # noqa: ANN001
+    code, _, raw = http_connect(gp.ports["http"], "localhost", port, user=container)
+    assert code == 200
+    ctx = ssl.create_default_context(cafile=str(ca))
     ctx.set_alpn_protocols(["h2"])
     sock = ctx.wrap_socket(raw, server_hostname="localhost")
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # not an HTTP/2 preface
-    sock.settimeout(10)
+    assert sock.selected_alpn_protocol() == "h2"
+    return sock
+
+
+def _drain(sock: ssl.SSLSocket, timeout: float) -> float:
+    """Read until the proxy closes; how long that took."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
     try:
-        while sock.recv(65536):
-            pass
+        for _ in range(10_000):  # bounded
+            if not sock.recv(65536):
+                break
     except (OSError, ssl.SSLError):
         pass
     sock.close()
+    return time.monotonic() - started
+
+
+def _reasons(gp, container: str) -> list[str]:
+    return [r.get("reason") for r in gp.api("GET", "/api/logs", params={"container": container}).json()["items"]]
+
+
+def test_not_http2_after_choosing_h2_is_refused_with_a_reason(mgp, tls_origin):
+    """A client that chose h2 and then speaks HTTP/1 is refused and logged (malformed_request),
+    never served or left silent; the proxy keeps serving."""
+    allow(mgp, "h2garbage", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2garbage", tls_origin.port, mgp.ca_path)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert _drain(sock, 10) < 5
     assert tls_origin.seen == []
-    with h2_client(mgp, "h2slow", mgp.ca_path) as client:
+    assert wait_until(lambda: "malformed_request" in _reasons(mgp, "h2garbage"), 5)
+    with h2_client(mgp, "h2garbage", mgp.ca_path) as client:
         assert client.get(f"https://localhost:{tls_origin.port}/after").status_code == 200
 
+
+def test_silent_h2_client_is_let_go_after_the_preface_deadline(mgp, tls_origin):
+    allow(mgp, "h2silent", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2silent", tls_origin.port, mgp.ca_path)
+    waited = _drain(sock, 30)
+    assert 5 < waited < 20  # PREFACE_TIMEOUT is 10 s
+
+
+def test_oversized_header_list_ends_the_connection(mgp, tls_origin):
+    allow(mgp, "h2big", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2big", tls_origin.port, mgp.ca_path)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    big = [(f"x-big-{i}", "v" * 1000) for i in range(100)]  # ~100 KiB, over the 64 KiB list size
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", f"localhost:{tls_origin.port}"),
+                          (":path", "/big"), *big], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    assert _drain(sock, 10) < 5
+    assert tls_origin.seen == []
+    assert wait_until(lambda: "malformed_request" in _reasons(mgp, "h2big"), 5)
+
+
+def test_rapid_reset_does_not_pile_up_work(mgp, tls_origin):
+    """Streams opened and reset at once, hundreds of them: each exchange is stopped with its
+    stream, and the connection still serves a normal request afterwards."""
+    allow(mgp, "h2reset", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2reset", tls_origin.port, mgp.ca_path)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    authority = f"localhost:{tls_origin.port}"
+    for n in range(300):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                                (":path", f"/r{n}")], end_stream=True)
+        conn.reset_stream(sid)
+        if n % 50 == 49:
+            sock.sendall(conn.data_to_send())
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                            (":path", "/last")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(15)
+    body, status = b"", None
+    for _ in range(10_000):  # bounded
+        data = sock.recv(65536)
+        assert data, "the proxy closed the connection"
+        done = False
+        for event in conn.receive_data(data):
+            if isinstance(event, ResponseReceived) and event.stream_id == sid:
+                status = dict(event.headers)[":status"]
+            elif isinstance(event, DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id == sid:
+                    body += event.data
+            elif isinstance(event, StreamEnded) and event.stream_id == sid:
+                done = True
+            elif isinstance(event, StreamReset) and event.stream_id == sid:
+                raise AssertionError(f"the last stream was reset ({event.error_code})")
+        sock.sendall(conn.data_to_send())
+        if done:
+            break
+    sock.close()
+    assert status == "200" and body == b"hello over tls\n"
+    assert len(tls_origin.seen) <= 301

@@ -241,11 +241,13 @@ class H2Server:
         self.workers[sid] = gevent.spawn(self._exchange, stream, head)
 
     def _stop(self, sid: int) -> None:
-        stream = self.streams.get(sid)
+        """The client reset a stream: its exchange stops (a worker killed before it ran never
+        reaches its own clean-up, so the bookkeeping is done here)."""
+        stream = self.streams.pop(sid, None)
         if stream is not None:
             stream.ended = True  # nothing more may be sent on it
             stream.inbox.put(StreamGone("the client reset the stream"))
-        worker = self.workers.get(sid)
+        worker = self.workers.pop(sid, None)
         if worker is not None:
             worker.kill(block=False)
 

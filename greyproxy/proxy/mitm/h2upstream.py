@@ -104,6 +104,9 @@ class H1Pool:
                 except (OSError, ssl.SSLError, gevent.Timeout) as exc:
                     self.open -= 1
                     raise WireError(f"cannot open another connection to the origin: {exc}", 502) from None
+                except BaseException:  # the stream was reset while we dialled
+                    self.open -= 1
+                    raise
                 self.all.add(upstream)
                 return upstream
             self.freed.clear()
