@@ -3,8 +3,8 @@
 Waiters are re-decided against the in-memory policy whenever it changes; only those whose
 answer actually changed are woken. At the timeout a final re-check runs before blocking.
 
-A key whose hold timed out with nobody deciding is remembered (in memory, bounded) for
-`unanswered_seconds`: further attempts on it are refused at once (`pending_unanswered`) instead
+A key whose hold timed out with nobody deciding (or whose client gave up waiting, after at
+least GAVE_UP_SECONDS) is remembered (in memory, bounded) for `unanswered_seconds`: further attempts on it are refused at once (`pending_unanswered`) instead
 of each waiting the whole hold again, so a client that retries (pip: 5 retries) does not
 multiply the wait. The pending row still counts every attempt; a decision ends it.
 """
@@ -31,6 +31,9 @@ HANGUP_POLL_SECONDS = 0.5
 # At most this many unanswered keys are remembered (the oldest is forgotten first): a flood of
 # distinct destinations costs bounded memory, and a forgotten key is only held again.
 UNANSWERED_MAX = 10_000
+# A client that hangs up after waiting at least this long (or the whole hold, if shorter) gave
+# up on a decision; one that leaves sooner (a browser closing a spare connection) did not.
+GAVE_UP_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -111,6 +114,7 @@ class HoldManager:
         self._total += 1
         self._changed(key, previous)
         watcher = gevent.spawn(self._watch_hangup, waiter, client) if client is not None else None
+        started = time.monotonic()
         try:
             decision = waiter.result.get(timeout=timeout)
         except gevent.Timeout:
@@ -138,6 +142,12 @@ class HoldManager:
                 decision = Decision(Verdict.DENY, "pending_timeout")
                 if unanswered_seconds > 0:
                     self._remember_unanswered(key, unanswered_seconds)
+        elif (decision.reason == "client_gone" and unanswered_seconds > 0
+              and time.monotonic() - started >= min(timeout, GAVE_UP_SECONDS)
+              and self.decide(request).verdict is Verdict.HOLD):
+            # The client gave up waiting (pip's own 15 s timeout is shorter than the hold) with
+            # nobody deciding: its retries are unanswered too.
+            self._remember_unanswered(key, unanswered_seconds)
         return decision
 
     def _watch_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:

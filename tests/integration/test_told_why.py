@@ -150,6 +150,18 @@ def test_retry_after_unanswered_hold_fails_fast_until_approved(gp_factory, held_
     assert len(held_origin.seen) == 1
 
 
+def test_a_client_that_gave_up_waiting_makes_retries_fail_fast(gp_factory):
+    gp = gp_factory(hold_seconds=30)
+    out = subprocess.run(["curl", "-sS", "--noproxy", "", "--max-time", "6", "-x",
+                          f"http://agent1:x@127.0.0.1:{gp.ports['http']}", "https://gave-up.example/"],
+                         capture_output=True, timeout=20, env=CURL_ENV)
+    assert out.returncode == 28, out.stderr  # its own timeout, while held
+    gp.wait_for(lambda: gp.api("GET", "/api/pending").json()["items"][0]["waiter_count"] == 0)
+    status, headers, body, elapsed = curl(gp, "socks5", "https://gave-up.example/")
+    assert_told(status, headers, body, "gave-up.example", 443, "pending_unanswered")
+    assert elapsed < 1.0
+
+
 def test_dismissed_key_is_held_again(gp_factory):
     gp = gp_factory(hold_seconds=1)
     assert curl(gp, "http", "https://held.example/")[1]["x-greyproxy-reason"] == "pending_timeout"
