@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,13 +49,16 @@ def free_port() -> int:
 
 
 def free_run(count: int) -> int:
-    """The first of `count` consecutive free loopback ports (the origins; greyproxy's rule names them)."""
+    """The first of `count` consecutive free loopback ports (the origins; greyproxy's rule names them),
+    below the ephemeral range, so no port-0 bind (greyproxy's listeners) can take one meanwhile."""
+    try:
+        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low_ephemeral = 32768
     for _ in range(200):
-        base = free_port()
-        if base + count > 65535:
-            continue
+        base = random.randint(20000, max(20000, low_ephemeral - count - 1))
+        socks: list[socket.socket] = []
         try:
-            socks = []
             for i in range(count):
                 s = socket.socket()
                 socks.append(s)
