@@ -98,13 +98,14 @@ def test_curl_http2_through_interception(mgp, tls_origin):
     assert transactions(mgp, container="curlh2")[0]["url"] == f"https://localhost:{tls_origin.port}/curl"
 
 
-def _raw_h2(gp, container: str, port: int, ca, authority: str) -> tuple[int | None, bytes]:  # noqa: ANN001
-    """One GET over HTTP/2 (CONNECT to localhost:port, SNI localhost) naming `authority`."""
+def _raw_h2(gp, container: str, port: int, ca, authority: str,  # noqa: ANN001
+            sni: str = "localhost") -> tuple[int | None, bytes]:
+    """One GET over HTTP/2 (CONNECT to localhost:port, SNI `sni`) naming `authority`."""
     code, _, raw = http_connect(gp.ports["http"], "localhost", port, user=container)
     assert code == 200
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.set_alpn_protocols(["h2"])
-    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    sock = ctx.wrap_socket(raw, server_hostname=sni)
     assert sock.selected_alpn_protocol() == "h2"
     conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
@@ -150,6 +151,13 @@ def test_stream_naming_another_authority_never_reaches_the_origin(mgp, tls_origi
         return [r for r in logs if r.get("reason") == "sni_mismatch"]
 
     assert wait_until(refused, 5)
+
+
+def test_h2_client_with_another_tls_name_is_answered_403_and_nothing_goes_upstream(mgp, tls_origin):
+    allow(mgp, "snih2", "localhost", tls_origin.port)
+    status, body = _raw_h2(mgp, "snih2", tls_origin.port, mgp.ca_path, "evil.example", sni="evil.example")
+    assert status == 403 and b"sni_mismatch" in body
+    assert tls_origin.seen == []
 
 
 @pytest.fixture

@@ -259,7 +259,7 @@ class H2Server:
         try:
             if self.refusal is not None:
                 stream.sendall(self.refusal)
-                self.endpoint.act(self.endpoint.conn.close_connection)  # no more streams
+                self.endpoint.shutdown()  # GOAWAY: the connection serves nothing else
                 return
             if isinstance(head, WireError):
                 pipeline.refuse(stream, self.admission, "malformed_request", str(head))  # type: ignore[arg-type]
