@@ -280,8 +280,12 @@ AUDIT_COLUMNS = "id, timestamp, actor, kind, target, before, after, prev_hash, h
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain in the database file itself (also while greyproxy runs:
-    WAL lets a reader in), so a tampered log is found even when the API is not reachable."""
-    path = config_of(args).db_path
+    WAL lets a reader in), so a tampered log is found even when the API is not reachable.
+    In fleet mode (database.url / GREYPROXY_DATABASE_URL) the one chain in PostgreSQL."""
+    config = config_of(args)
+    if config.database_url:
+        return _audit_postgres(config.database_url)
+    path = config.db_path
     if not path.exists():
         return err(f"no database at {path}")
     try:
@@ -289,6 +293,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
             count, problem = verify(db.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id"))
     except sqlite3.Error as exc:
         return err(f"cannot read the audit log in {path}: {exc}")
+    if problem is not None:
+        print(f"audit log BROKEN: {problem} ({count} entries before it are intact)", file=sys.stderr)
+        return 1
+    print(f"audit log intact: {count} entr{'y' if count == 1 else 'ies'}, each linked to the one before")
+    return 0
+
+
+def _audit_postgres(url: str) -> int:
+    import psycopg2
+
+    from greyproxy.store.postgres import connect_params, safe_url
+
+    try:
+        conn = psycopg2.connect(**connect_params(url))
+        try:
+            conn.set_session(readonly=True)
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id")
+                count, problem = verify(cur)
+        finally:
+            conn.close()
+    except (psycopg2.Error, ValueError) as exc:
+        return err(f"cannot read the audit log in {safe_url(url)}: {str(exc).strip()}")
     if problem is not None:
         print(f"audit log BROKEN: {problem} ({count} entries before it are intact)", file=sys.stderr)
         return 1
