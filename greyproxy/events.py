@@ -45,9 +45,10 @@ class Bus:
         # Synchronous hooks run inside publish (e.g. the hold manager re-deciding waiters);
         # they must not block.
         self._hooks: list[Callable[[Event], None]] = []
-        # Recorders keep a durable record of each change (the audit log). They run first in
-        # publish, or earlier, through record(), inside the transaction that made the change.
-        self._recorders: list[Callable[[Event], None]] = []
+        # Recorders keep a durable record of changes (the audit log), given a list of events at
+        # a time. They run first in publish, or earlier, through record()/record_many(), inside
+        # the transaction that made the change.
+        self._recorders: list[Callable[[list[Event]], None]] = []
 
     def subscribe(
         self,
@@ -65,22 +66,27 @@ class Bus:
     def add_hook(self, hook: Callable[[Event], None]) -> None:
         self._hooks.append(hook)
 
-    def add_recorder(self, recorder: Callable[[Event], None]) -> None:
+    def add_recorder(self, recorder: Callable[[list[Event]], None]) -> None:
         self._recorders.append(recorder)
 
     def record(self, type_: str, data: Any) -> None:
         """Run the recorders for an event that will be published once its transaction commits:
         called inside `db.atomic()`, the record is part of the change (all or nothing). The
         caller then publishes the event with `recorded=True` after the commit."""
-        event: Event = {"type": type_, "data": data}
-        for recorder in list(self._recorders):
-            recorder(event)
+        self.record_many([(type_, data)])
+
+    def record_many(self, events: list[tuple[str, Any]]) -> None:
+        """`record` for many events at once (a bulk decision: one audit write, not thousands)."""
+        batch: list[Event] = [{"type": type_, "data": data} for type_, data in events]
+        if batch:
+            for recorder in list(self._recorders):
+                recorder(batch)
 
     def publish(self, type_: str, data: Any, *, recorded: bool = False) -> None:
         event: Event = {"type": type_, "data": data}
         if not recorded:
             for recorder in list(self._recorders):
-                recorder(event)
+                recorder([event])
         for hook in list(self._hooks):
             hook(event)
         for sub in list(self._subs.values()):

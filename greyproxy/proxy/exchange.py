@@ -68,6 +68,10 @@ def simple_response(code: int, reason: str, body: str = "", extra: list[tuple[st
     return serialize_head(f"HTTP/1.1 {code} {reason}", headers) + payload
 
 
+# A request head that did not arrive whole within limits.head_seconds (proxy/limits.py).
+REQUEST_TIMEOUT = simple_response(408, "Request Timeout", "request head not complete in time\n",
+                                  [("X-Greyproxy-Reason", "head_deadline")])
+
 def bad_request(exc: WireError) -> bytes:
     reasons = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
                505: "HTTP Version Not Supported", 502: "Bad Gateway"}

@@ -46,7 +46,8 @@ class BufferedSocket:
         self.sock = sock
         self.buf = bytearray()
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
+        """One read into the buffer; False on EOF."""
         data = self.sock.recv(READ_SIZE)
         if not data:
             return False
@@ -66,7 +67,7 @@ class BufferedSocket:
                 return head
             if len(self.buf) > MAX_HEAD:
                 raise WireError("header section too large", 431)
-            if not self._fill():
+            if not self.fill():
                 if self.buf:
                     raise WireError("connection closed in the middle of a header section")
                 return None
@@ -82,11 +83,11 @@ class BufferedSocket:
                 return line
             if len(self.buf) > limit:
                 raise WireError("line too long")
-            if not self._fill():
+            if not self.fill():
                 raise WireError("connection closed in the middle of a line")
 
     def read_some(self, max_bytes: int) -> bytes:
-        if not self.buf and not self._fill():
+        if not self.buf and not self.fill():
             return b""
         chunk = bytes(self.buf[:max_bytes])
         del self.buf[:max_bytes]

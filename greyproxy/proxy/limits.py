@@ -149,6 +149,23 @@ class Limits:
         """`with limits.deadline():` raises DeadlineExceeded after `head_seconds`."""
         return gevent.Timeout(self.config().head_seconds, DeadlineExceeded)
 
+    def read_head(self, conn: httpwire.BufferedSocket, idle_seconds: float | None = None) -> bytes | None:
+        """The next request head on any HTTP/1 connection (the plain proxy, HTTP in a tunnel,
+        HTTP inside TLS): the first byte may take `idle_seconds` (a TimeoutError after that);
+        from there the whole head must arrive within `head_seconds` (DeadlineExceeded),
+        however it is dribbled. None on a clean close before any byte."""
+        cfg = self.config()
+        if not conn.buf:
+            conn.sock.settimeout(cfg.idle_seconds if idle_seconds is None else idle_seconds)
+            if not conn.fill():
+                return None
+        conn.sock.settimeout(cfg.head_seconds + 1)  # the deadline below ends it first (and counts)
+        with self.deadline():
+            raw = conn.read_head()
+        if raw is not None and len(raw) > cfg.max_head_bytes:  # a whole head that came in one read
+            raise httpwire.WireError("header section too large", 431)
+        return raw
+
     def apply_wire(self) -> None:
         """Header size and count of the HTTP/1 engine (module-level; cheap, so set per connection
         and a reload applies)."""

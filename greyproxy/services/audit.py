@@ -32,6 +32,7 @@ from typing import Any
 import peewee
 
 from greyproxy.events import Bus, Event
+from greyproxy.store.bulk import insert_rows
 from greyproxy.store.models import AuditEntry
 
 current_actor: contextvars.ContextVar[str] = contextvars.ContextVar("greyproxy_actor", default="system")
@@ -87,12 +88,11 @@ class AuditLog:
         # A recorder, not a plain hook: a service can have its entry written inside the
         # transaction that makes the change (Bus.record), so a decision and its entry commit
         # together (a pending approval: rows removed, rule inserted, entries written).
-        bus.add_recorder(self.on_event)
+        bus.add_recorder(self.on_events)
 
-    def on_event(self, event: Event) -> None:
-        change = self._change(event["type"], event["data"])
-        if change is not None:
-            self.record(*change)
+    def on_events(self, events: list[Event]) -> None:
+        changes = [change for event in events if (change := self._change(event["type"], event["data"]))]
+        self.record_many(changes)
 
     def resume(self, head_hash: str) -> None:
         """The chain was recomputed (the scrub job, D31): new entries follow this head."""
@@ -105,26 +105,39 @@ class AuditLog:
         return last.hash if last is not None else ""
 
     def record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None = None) -> None:
-        with self.db.atomic():  # the head read and the insert are one step (a savepoint when nested)
-            self._record(kind, target, before, after, actor)
+        self.record_many([(kind, target, before, after)], actor)
 
-    def _record(self, kind: str, target: str | None, before: Any, after: Any, actor: str | None) -> None:
-        if isinstance(self.db, peewee.PostgresqlDatabase):
-            # Fleet mode: nodes write entries concurrently. A transaction-scoped advisory lock
-            # makes "read the head, insert after it" one step across nodes, held until the
-            # writing transaction commits or rolls back: the chain stays one line.
-            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-        self._prev_hash = self.head()
+    def record_many(self, changes: list[Change], actor: str | None = None) -> None:
+        """The entries for `changes`, in order, in one step: the head is read and the entries
+        inserted in one transaction (a savepoint when nested), with one statement for all of
+        them (a bulk decision writes thousands)."""
+        if not changes:
+            return
+        with self.db.atomic():
+            if isinstance(self.db, peewee.PostgresqlDatabase):
+                # Fleet mode: nodes write entries concurrently. A transaction-scoped advisory lock
+                # makes "read the head, insert after it" one step across nodes, held until the
+                # writing transaction commits or rolls back: the chain stays one line.
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+            prev = self.head()
+            rows = []
+            for kind, target, before, after in changes:
+                rows.append(self._entry(prev, kind, target, before, after, actor))
+                prev = rows[-1]["hash"]
+            insert_rows(self.db, AuditEntry, rows)
+        self._prev_hash = prev
+
+    def _entry(self, prev_hash: str, kind: str, target: str | None, before: Any, after: Any,
+               actor: str | None) -> dict[str, Any]:
         at, who = now_text(), actor or current_actor.get()
         before_text, after_text = canonical(scrub(before)), canonical(scrub(after))
         if self.scrub is not None:
             target = self.scrub(target) if target else target
             before_text = self.scrub(before_text) if before_text else before_text
             after_text = self.scrub(after_text) if after_text else after_text
-        digest = entry_hash(self._prev_hash, at, who, kind, target, before_text, after_text)
-        AuditEntry.create(timestamp=at, actor=who, kind=kind, target=target, before=before_text,
-                          after=after_text, prev_hash=self._prev_hash, hash=digest)
-        self._prev_hash = digest
+        digest = entry_hash(prev_hash, at, who, kind, target, before_text, after_text)
+        return {"timestamp": at, "actor": who, "kind": kind, "target": target, "before": before_text,
+                "after": after_text, "prev_hash": prev_hash, "hash": digest}
 
     def _swap(self, name: str, new: Any) -> Any:
         before, self._last[name] = self._last.get(name), new

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
+import gevent
 import peewee
 
 from greyproxy.events import Bus
 from greyproxy.policy.canonical import display_fields
 from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json, validated
+from greyproxy.store.executor import run_in_db
 from greyproxy.store.models import PendingRequest
 from greyproxy.store.records import Attempt
 from greyproxy.timeutil import iso, utcnow
 
 WaiterCount = Callable[[str, str, int], int]
+
+# Bulk decisions (issue 13) go in chunks of BULK_CHUNK ids, one transaction each, with a real
+# timer pause between them (sleep(0) would only run greenlets already ready, not poll sockets).
+BULK_CHUNK = 200
+BULK_PAUSE = 0.002
+
+
+class Decided(NamedTuple):
+    rule: dict[str, Any]
+    created: bool
+    payload: dict[str, Any]
+
+
+def _decision_event(action: str) -> str:
+    return "pending_request.allowed" if action == "allow" else "pending_request.dismissed"
 
 
 def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostname: str | None = None) -> dict[str, Any]:
@@ -42,6 +61,13 @@ def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostnam
 
 def display_host(row: PendingRequest) -> str:
     return row.resolved_hostname or row.destination_host
+
+
+Key = tuple[str, int, str]  # (container, port, shown host): the rows one decision covers
+
+
+def _key(row: PendingRequest) -> Key:
+    return row.container_name, row.destination_port, display_host(row)
 
 
 class PendingService:
@@ -143,43 +169,12 @@ class PendingService:
         return len({(display_host(r), r.destination_port, r.container_name) for r in PendingRequest.select()})
 
     # -- resolution ----------------------------------------------------------------------
-    def _siblings(self, row: PendingRequest) -> list[PendingRequest]:
-        host = display_host(row)
-        # The host test in SQL too (a superset of display_host(r) == host), so a container with
-        # thousands of pending rows on one port is not read whole for every decision (issue 13).
-        query = PendingRequest.select().where(
-            (PendingRequest.container_name == row.container_name)
-            & (PendingRequest.destination_port == row.destination_port)
-            & ((PendingRequest.id == row.id) | (PendingRequest.resolved_hostname == host)
-               | ((PendingRequest.resolved_hostname.is_null() | (PendingRequest.resolved_hostname == ""))
-                  & (PendingRequest.destination_host == host)))
-        )
-        return [r for r in query if r.id == row.id or display_host(r) == host]
-
-    def _remove_with_siblings(self, row: PendingRequest) -> list[PendingRequest]:
-        """Call inside the caller's transaction."""
-        siblings = self._siblings(row)
-        PendingRequest.delete().where(PendingRequest.id.in_([s.id for s in siblings])).execute()
-        return siblings
-
-    def resolve(
-        self, pending_id: int, action: str, scope: str | None, duration: str | None, notes: str | None,
-        actor: str = "admin",
-    ) -> dict[str, Any]:
-        """Turn a pending request into an allow or deny rule; ScopeError/DurationError/PatternError
-        propagate.
-
-        One transaction (issue 13): the pending rows go, the rule is inserted and the audit
-        entries (`rule.create`, `pending.allow|deny`) are written together, or nothing is. Only
-        after the commit is the index rebuilt (which wakes the held connections) and are the
-        events published (marked recorded, so the audit log does not write them twice). With
-        WAL, a commit survives a crash of the process (kill -9) before any waiter is released."""
-        row = self.get(pending_id)
-        seconds = rule_duration(duration)
+    def _new_rule(self, row: PendingRequest, action: str, scope: str | None, seconds: int | None,
+                  notes: str | None, actor: str) -> NewRule:
         container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
         # Validated like every other rule write (PatternError: a 400) before anything changes, so a
         # row holding a destination no rule may name stays pending instead of vanishing.
-        new = validated(NewRule(
+        return validated(NewRule(
             container_pattern=container_p,
             destination_pattern=dest_p,
             port_pattern=port_p,
@@ -189,36 +184,137 @@ class PendingService:
             notes=notes,
             created_by=actor,
         ))
-        event = "pending_request.allowed" if action == "allow" else "pending_request.dismissed"
-        now = utcnow()
-        with self.db.atomic():
-            row = self.get(pending_id)  # still there inside the transaction (NotFound otherwise)
-            self._remove_with_siblings(row)
-            # The insert only (RuleService.create would commit and publish on its own).
-            rule, created = self.rules._insert(new, now)
+
+    def _remove_with_siblings(self, rows: Sequence[PendingRequest]) -> dict[Key, list[PendingRequest]]:
+        """Inside the caller's transaction: remove each row with its siblings (the rows of the
+        same container, port and shown host: other addresses of one name), in a few statements
+        whatever the number of rows. Returns the removed rows by (container, port, host)."""
+        keys = list(dict.fromkeys(_key(r) for r in rows))
+        P = PendingRequest
+        shown = peewee.Tuple(P.container_name, P.destination_port,
+                             peewee.fn.COALESCE(peewee.fn.NULLIF(P.resolved_hostname, ""), P.destination_host))
+        removed: dict[Key, list[PendingRequest]] = {key: [] for key in keys}
+        for start in range(0, len(keys), 300):
+            for sibling in P.select().where(shown.in_(peewee.ValuesList(keys[start : start + 300]))):
+                removed[_key(sibling)].append(sibling)
+        ids = [r.id for group in removed.values() for r in group]
+        for start in range(0, len(ids), 500):
+            P.delete().where(P.id.in_(ids[start : start + 500])).execute()
+        return removed
+
+    def _decide(self, rows: Sequence[PendingRequest], news: Sequence[NewRule], now: dt.datetime) -> list[Decided]:
+        """Inside the caller's transaction: the rows go (with their siblings), their rules are
+        inserted (the insert only: RuleService.create would commit and publish on its own) and
+        the audit entries written, in a handful of statements for all of them."""
+        self._remove_with_siblings(rows)
+        decided, events = [], []
+        for row, new, (rule, created) in zip(rows, news, self.rules._insert_many(list(news), now), strict=True):
             rule_json = rule_to_json(rule, now)
-            payload = {"pending_id": pending_id, "rule": rule_json}
+            payload = {"pending_id": row.id, "rule": rule_json}
             if created:
-                self.bus.record("rule.created", rule_json)
-            self.bus.record(event, payload)
-        if created:
-            # Re-decides the held connections: they go through only now, with the rule committed.
+                events.append(("rule.created", rule_json))
+            events.append((_decision_event(new.action), payload))
+            decided.append(Decided(rule_json, created, payload))
+        self.bus.record_many(events)
+        return decided
+
+    def _announce(self, decided: list[Decided], action: str) -> None:
+        """After the commit: the index is patched (which re-decides the held connections: they go
+        through only now, with the rule durable), then the events go out, marked recorded so the
+        audit log does not write them twice."""
+        if any(d.created for d in decided):
             self.rules.on_change()
-            self.bus.publish("rule.created", rule_json, recorded=True)
-        self.bus.publish(event, payload, recorded=True)
-        return rule_json
+        for d in decided:
+            if d.created:
+                self.bus.publish("rule.created", d.rule, recorded=True)
+            self.bus.publish(_decision_event(action), d.payload, recorded=True)
+
+    def resolve(
+        self, pending_id: int, action: str, scope: str | None, duration: str | None, notes: str | None,
+        actor: str = "admin",
+    ) -> dict[str, Any]:
+        """Turn a pending request into an allow or deny rule; ScopeError/DurationError/PatternError
+        propagate.
+
+        One transaction (issue 13): the pending rows go, the rule is inserted and the audit
+        entries (`rule.create`, `pending.allow|deny`) are written together, or nothing is. With
+        WAL, a commit survives a crash of the process (kill -9) before any waiter is released."""
+        new = self._new_rule(self.get(pending_id), action, scope, rule_duration(duration), notes, actor)
+
+        def decide() -> list[Decided]:
+            with self.db.atomic():
+                row = self.get(pending_id)  # still there inside the transaction (NotFound otherwise)
+                return self._decide([row], [new], utcnow())
+
+        decided = run_in_db(self.db, decide)
+        self._announce(decided, action)
+        return decided[0].rule
+
+    def _chunk(self, ids: Sequence[int]) -> list[PendingRequest]:
+        """The rows of `ids` still there, one per (container, port, host): a later id that is a
+        sibling of an earlier one goes with it, as if it had been decided already."""
+        found = {r.id: r for r in PendingRequest.select().where(PendingRequest.id.in_(list(ids)))}
+        first: dict[Key, PendingRequest] = {}
+        for pid in ids:
+            if pid in found:
+                first.setdefault(_key(found[pid]), found[pid])
+        return list(first.values())
+
+    def resolve_many(self, ids: Sequence[int], action: str, duration: str | None,
+                     actor: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A bulk decision with scope `exact`: (rules, refused). Ids already gone are skipped; a
+        row no rule may name stays pending and is listed in `refused`. Each chunk of BULK_CHUNK ids
+        is one transaction of a few statements run whole in the database thread, announced
+        after its commit, with a pause between chunks for the other callers."""
+        seconds = rule_duration(duration)
+        rules: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+
+        def decide(chunk: Sequence[int]) -> list[Decided]:
+            with self.db.atomic():
+                rows, news = [], []
+                for row in self._chunk(chunk):
+                    try:
+                        news.append(self._new_rule(row, action, "exact", seconds, None, actor))
+                    except PatternError as exc:  # a row no rule may name: it stays, the rest go on
+                        refused.append({"pending_id": row.id, "error": str(exc)})
+                        continue
+                    rows.append(row)
+                return self._decide(rows, news, utcnow())
+
+        for start in range(0, len(ids), BULK_CHUNK):
+            decided = run_in_db(self.db, lambda chunk=ids[start:start + BULK_CHUNK]: decide(chunk))
+            self._announce(decided, action)
+            rules.extend(d.rule for d in decided)
+            if len(ids) > BULK_CHUNK:
+                gevent.sleep(BULK_PAUSE)
+        return rules, refused
 
     def dismiss(self, pending_id: int) -> bool:
-        with self.db.atomic():  # rows removed and the audit entry written together
-            row = PendingRequest.get_or_none(PendingRequest.id == pending_id)
-            if row is None:
-                return False
-            siblings = self._remove_with_siblings(row)
-            payload = {"pending_id": pending_id}
-            self.bus.record("pending_request.dismissed", payload)
-        self.dismiss_waiters(row.container_name, {s.destination_host for s in siblings}, row.destination_port)
-        self.bus.publish("pending_request.dismissed", payload, recorded=True)
-        return True
+        return self.dismiss_many([pending_id]) == 1
+
+    def dismiss_many(self, ids: Sequence[int]) -> int:
+        """Remove pending rows (and their siblings) with their audit entries, chunk by chunk as
+        `resolve_many`; the held connections are told after each commit. Returns how many rows
+        were dismissed (an id that went with an earlier sibling is not counted again)."""
+        removed = 0
+
+        def dismiss(chunk: Sequence[int]) -> list[tuple[PendingRequest, list[PendingRequest]]]:
+            with self.db.atomic():  # rows removed and the audit entries written together
+                rows = self._chunk(chunk)
+                gone = self._remove_with_siblings(rows)
+                self.bus.record_many([("pending_request.dismissed", {"pending_id": row.id}) for row in rows])
+                return [(row, gone[_key(row)]) for row in rows]
+
+        for start in range(0, len(ids), BULK_CHUNK):
+            done = run_in_db(self.db, lambda chunk=ids[start:start + BULK_CHUNK]: dismiss(chunk))
+            for row, siblings in done:
+                self.dismiss_waiters(row.container_name, {s.destination_host for s in siblings}, row.destination_port)
+                self.bus.publish("pending_request.dismissed", {"pending_id": row.id}, recorded=True)
+            removed += len(done)
+            if len(ids) > BULK_CHUNK:
+                gevent.sleep(BULK_PAUSE)
+        return removed
 
     def prune_matching(self, matches_allow: Callable[[PendingRequest], bool]) -> int:
         """After an ingest: drop pending rows an allow rule now covers (§3.9)."""
@@ -228,8 +324,7 @@ class PendingService:
             for start in range(0, len(gone), 500):
                 PendingRequest.delete().where(PendingRequest.id.in_(gone[start : start + 500])).execute()
             payloads = [{"pending_id": pid} for pid in gone]
-            for payload in payloads:
-                self.bus.record("pending_request.dismissed", payload)
+            self.bus.record_many([("pending_request.dismissed", payload) for payload in payloads])
         for payload in payloads:
             self.bus.publish("pending_request.dismissed", payload, recorded=True)
         return len(gone)

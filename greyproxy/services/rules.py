@@ -21,6 +21,7 @@ from greyproxy.policy.patterns import (
 )
 from greyproxy.policy.request_rules import is_request_rule, normalize_method_pattern, normalize_path_pattern
 from greyproxy.services.policy_state import RuleChange
+from greyproxy.store.bulk import insert_rows
 from greyproxy.store.models import Rule
 from greyproxy.timeutil import epoch, iso, utcnow
 
@@ -145,6 +146,19 @@ def rule_key(r: Any) -> tuple[str, str, str, str, str, str]:
             r.path_pattern or "")
 
 
+def rule_row(new: NewRule, now: dt.datetime) -> dict[str, Any]:
+    """The columns of a rule about to be inserted (a duration becomes its expiry)."""
+    expires = now + dt.timedelta(seconds=new.expires_in_seconds) if new.expires_in_seconds else None
+    return {
+        "container_pattern": new.container_pattern, "destination_pattern": new.destination_pattern,
+        "port_pattern": new.port_pattern, "action": new.action,
+        "rule_type": "temporary" if expires else new.rule_type, "created_at": now,
+        "expires_at": expires, "created_by": new.created_by, "notes": new.notes,
+        "session_id": new.session_id, "method_pattern": new.method_pattern,
+        "path_pattern": new.path_pattern,
+    }
+
+
 class RuleService:
     """`on_change` is called after every committed change with what changed (a `RuleChange`):
     the runtime patches the index with it and re-decides held connections (issue 13)."""
@@ -220,30 +234,43 @@ class RuleService:
 
     def _insert(self, new: NewRule, now: dt.datetime) -> tuple[Rule, bool]:
         """Insert or return the existing unexpired duplicate; (rule, created)."""
-        new = validated(new)
-        existing = self._find_same(new)
-        if existing is not None:
-            if existing.expires_at is None or existing.expires_at > now:
-                return existing, False
-            self._touched.add(existing.id)
-            existing.delete_instance()  # an expired duplicate makes way (§3.1)
-        expires = now + dt.timedelta(seconds=new.expires_in_seconds) if new.expires_in_seconds else None
-        rule = Rule.create(
-            container_pattern=new.container_pattern,
-            destination_pattern=new.destination_pattern,
-            port_pattern=new.port_pattern,
-            rule_type="temporary" if expires else new.rule_type,
-            action=new.action,
-            created_at=now,
-            expires_at=expires,
-            created_by=new.created_by,
-            notes=new.notes,
-            session_id=new.session_id,
-            method_pattern=new.method_pattern,
-            path_pattern=new.path_pattern,
-        )
-        self._touched.add(rule.id)
-        return rule, True
+        return self._insert_many([new], now)[0]
+
+    def _insert_many(self, news: list[NewRule], now: dt.datetime) -> list[tuple[Rule, bool]]:
+        """`_insert` for each of `news`, in order, in a handful of statements whatever their
+        number (a bulk decision makes thousands): the duplicates are read with one query and
+        the new rules written with one insert. Call inside the caller's transaction."""
+        news = [validated(new) for new in news]
+        keys = list(dict.fromkeys(rule_key(new) for new in news))
+        existing: dict[tuple[str, ...], Rule] = {}
+        for start in range(0, len(keys), 500):
+            same = peewee.Tuple(Rule.container_pattern, Rule.destination_pattern, Rule.port_pattern, Rule.action,
+                                peewee.fn.COALESCE(Rule.method_pattern, ""), peewee.fn.COALESCE(Rule.path_pattern, ""))
+            for rule in Rule.select().where(same.in_(peewee.ValuesList(keys[start : start + 500]))):
+                existing[rule_key(rule)] = rule
+        expired = [r.id for r in existing.values() if r.expires_at is not None and r.expires_at <= now]
+        if expired:
+            self._touched.update(expired)
+            Rule.delete().where(Rule.id.in_(expired)).execute()  # an expired duplicate makes way
+            existing = {k: r for k, r in existing.items() if r.id not in expired}
+        fresh: dict[tuple[str, ...], dict[str, Any]] = {}
+        for new in news:
+            key = rule_key(new)
+            if key in existing or key in fresh:
+                continue
+            fresh[key] = rule_row(new, now)
+        made = dict(zip(fresh, insert_rows(self.db, Rule, list(fresh.values())), strict=True))
+        created: dict[tuple[str, ...], Rule] = {key: Rule(id=made[key], **fresh[key]) for key in fresh}
+        self._touched.update(made.values())
+        out: list[tuple[Rule, bool]] = []
+        for new in news:
+            key = rule_key(new)
+            if key in created:
+                out.append((created.pop(key), True))  # the first of equal items creates it
+                existing[key] = out[-1][0]
+            else:
+                out.append((existing[key], False))
+        return out
 
     def create(self, new: NewRule) -> tuple[Rule, bool]:
         now = utcnow()
@@ -278,15 +305,7 @@ class RuleService:
                 continue
             if old is not None:
                 expired_ids.append(old.id)  # an expired duplicate makes way (§3.1)
-            expires = now + dt.timedelta(seconds=new.expires_in_seconds) if new.expires_in_seconds else None
-            rows[key] = {
-                "container_pattern": new.container_pattern, "destination_pattern": new.destination_pattern,
-                "port_pattern": new.port_pattern, "action": new.action,
-                "rule_type": "temporary" if expires else new.rule_type, "created_at": now,
-                "expires_at": expires, "created_by": new.created_by, "notes": new.notes,
-                "session_id": new.session_id, "method_pattern": new.method_pattern,
-                "path_pattern": new.path_pattern,
-            }
+            rows[key] = rule_row(new, now)
         with self.db.atomic():
             if expired_ids:
                 Rule.delete().where(Rule.id.in_(expired_ids)).execute()

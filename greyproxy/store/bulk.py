@@ -12,6 +12,8 @@ from typing import Any
 
 import peewee
 
+from greyproxy.store.executor import run_in_db
+
 
 def _sql_value(field: peewee.Field, value: Any) -> Any:
     value = field.db_value(value)
@@ -37,11 +39,14 @@ def insert_rows(db: peewee.Database, model: type[peewee.Model], rows: Sequence[d
             return [r[0] for r in query.tuples().execute()]
     sql = (f'INSERT INTO "{meta.table_name}" ({", ".join(f.column_name for f in fields)}) '
            f'VALUES ({", ".join("?" for _ in fields)})')
-    ids: list[int] = []
-    with db.atomic():
-        cursor = db.cursor()
+
+    def insert() -> list[int]:  # in the database thread: one hop for the whole batch
+        cursor = db.connection().cursor()
+        ids: list[int] = []
         for row in rows:
-            values = [_sql_value(f, row.get(f.name, defaults[f.name])) for f in fields]
-            cursor.execute(sql, values)
+            cursor.execute(sql, [_sql_value(f, row.get(f.name, defaults[f.name])) for f in fields])
             ids.append(cursor.lastrowid)
-    return ids
+        return ids
+
+    with db.atomic():
+        return run_in_db(db, insert)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import peewee
 
+from greyproxy.store.executor import OffHubSqliteDatabase
 from greyproxy.store.models import ALL_MODELS, database_proxy
 
 FULL_BELOW = 64 * 1024  # bytes: SQLite then reports a full disk as "disk I/O error" at times
@@ -46,9 +47,10 @@ def db_path(db: peewee.Database) -> str | None:
 
 
 def connect_sqlite(path: Path) -> peewee.SqliteDatabase:
-    # One connection shared by every greenlet (thread_safe=False): SQLite calls never yield to
-    # the gevent hub, so statements cannot interleave; code must not yield inside a transaction.
-    db = peewee.SqliteDatabase(
+    # One connection shared by every greenlet (thread_safe=False), driven from one database
+    # thread so no statement runs on the gevent hub (store/executor.py); a lock keeps each
+    # transaction to the greenlet that opened it.
+    db = OffHubSqliteDatabase(
         str(path),
         thread_safe=False,
         check_same_thread=False,

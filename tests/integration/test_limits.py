@@ -20,6 +20,10 @@ from tests.conftest import Origin
 from tests.integration.dnsutil import AuthServer, addresses, query_tcp
 from tests.integration.netutil import recv_exact, socks_connect, wait_until
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 AUTH = "Proxy-Authorization: Basic " + base64.b64encode(b"agent1:x").decode()
 SLOW_YAML = "limits: {head_seconds: 2, idle_seconds: 5}\n"
 DRIBBLE_INTERVAL = 0.5
@@ -276,3 +280,58 @@ def test_header_limits_configurable(gp_factory, local_origin):
 def test_bad_limits_stop_the_start(gp_factory):
     with pytest.raises(RuntimeError, match="limits.head_seconds"):
         gp_factory(config_yaml="limits: {head_seconds: 0}\n")
+
+
+def _tunnel(gp, origin: Origin, tls: bool) -> socket.socket:
+    """A CONNECT tunnel to the origin through greyproxy, with TLS to greyproxy's interception
+    inside it when `tls` (the certificate is not checked: the head deadline is under test)."""
+    sock = socket.create_connection(("127.0.0.1", gp.ports["http"]), timeout=10)
+    sock.sendall(f"CONNECT {origin.host}:{origin.port} HTTP/1.1\r\nHost: {origin.host}:{origin.port}\r\n"
+                 f"{AUTH}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    if tls:
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    return sock
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http-in-tunnel", "https-intercepted"])
+def test_slow_heads_inside_tunnels_are_cut_by_the_head_deadline(gp_factory, local_origin, tls_origin, tls):
+    """The head deadline holds for the requests inside a tunnel too (plain HTTP in a CONNECT
+    tunnel, HTTP inside intercepted TLS), not only for the listener's own CONNECT head: one
+    byte every half second does not keep a request open, and the origin never sees it."""
+    config = SLOW_YAML + f"mitm: {{extra_ca_bundle: '{tls_origin.ca_path}', generate_ca: false}}\n"
+    gp = gp_factory(config_yaml=config)
+    assert gp.api("POST", "/api/cert/generate").status_code == 200
+    origin = tls_origin if tls else local_origin
+    before = limit_hits(gp).get("head_deadline", 0)
+    sock = _tunnel(gp, origin, tls)
+    sock.sendall(b"GET / HTTP/1.1\r\n")  # a whole first line: the tunnel is read as HTTP at once
+    started = time.monotonic()
+    received = b""
+    try:
+        for byte in b"Host: 127.0.0.1\r\nX-Slow: " + b"a" * 40:
+            sock.sendall(bytes([byte]))
+            time.sleep(DRIBBLE_INTERVAL)
+            if time.monotonic() - started > 8:
+                break
+    except OSError:
+        pass
+    sock.settimeout(5)
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except OSError:
+        pass
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert elapsed < 6.0, elapsed  # 2 s from the head's first byte, not per read
+    assert limit_hits(gp)["head_deadline"] >= before + 1
+    assert (tls_origin.seen if tls else local_origin.requests) == []

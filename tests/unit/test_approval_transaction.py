@@ -73,8 +73,8 @@ def test_failed_audit_write_leaves_nothing_half_done(db):
     pid = s.add_pending("b.example")
     s.pending.resolve(s.add_pending("c.example"), "allow", "exact", None, None)
 
-    def broken(event):
-        if event["type"] == "pending_request.allowed":
+    def broken(events):
+        if any(event["type"] == "pending_request.allowed" for event in events):
             raise peewee.OperationalError("database or disk is full")
 
     s.bus.add_recorder(broken)  # runs after the audit recorder: its entries are written, then rolled back

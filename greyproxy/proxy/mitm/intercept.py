@@ -20,8 +20,9 @@ import gevent
 from gevent import select as gselect
 
 from greyproxy.policy.patterns import is_ip_literal
-from greyproxy.proxy.exchange import bad_request, destination_for, simple_response
+from greyproxy.proxy.exchange import REQUEST_TIMEOUT, bad_request, destination_for, simple_response
 from greyproxy.proxy.httpwire import BufferedSocket, WireError, parse_head
+from greyproxy.proxy.limits import HEAD_DEADLINE, REFUSE_SECONDS, DeadlineExceeded
 from greyproxy.proxy.mitm.h2server import H2Server
 from greyproxy.proxy.mitm.h2upstream import H1Pool, H2Upstream, Single, Upstreams
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
@@ -383,8 +384,9 @@ class Interceptor:
         dest = destination_for(admission, scheme, server_name, in_tunnel=True)
         try:
             while True:
-                client.sock.settimeout(IDLE_TIMEOUT)
-                raw = client.read_head()
+                # The whole head within limits.head_seconds of its first byte, as on the plain
+                # proxy: a per-read timeout would let one byte every few seconds hold it forever.
+                raw = self.rt.limits.read_head(client, idle_seconds=IDLE_TIMEOUT)
                 if raw is None:
                     return
                 try:
@@ -408,6 +410,14 @@ class Interceptor:
             log.debug("connection to %s ended: %s", admission.host, exc)
             try:
                 client.sock.sendall(bad_request(exc))
+            except (OSError, ssl.SSLError):
+                pass
+        except DeadlineExceeded:
+            self.rt.limits.hit(HEAD_DEADLINE, admission.container,
+                               f"request head inside the tunnel to {admission.host} not complete in time")
+            try:
+                client.sock.settimeout(REFUSE_SECONDS)
+                client.sock.sendall(REQUEST_TIMEOUT)
             except (OSError, ssl.SSLError):
                 pass
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:

@@ -1,0 +1,194 @@
+"""Database statements run off the gevent hub (docs/design.md, "The data path never waits").
+
+Every proxy listener, the API and the background jobs share one gevent hub. A SQLite statement
+run on it freezes all of them for as long as it takes, and a database locked by another process
+freezes them for the whole busy timeout. So the database object here hands every statement to
+one dedicated OS thread: the calling greenlet waits, the hub keeps serving connections, and
+sqlite3 (like psycopg) releases the GIL while the engine works.
+
+One thread and one connection keep statements in the order they were issued, as before. What
+the single thread does not give is the old guarantee that a greenlet's statements never
+interleave with another's (they now yield), so a greenlet-reentrant lock is held for each
+statement and for the whole of a transaction: whoever opens a transaction owns the connection
+until it commits or rolls back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import peewee
+from gevent.lock import RLock
+from gevent.monkey import get_original
+from gevent.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+# Set while the database thread runs a piece of work: a statement issued from inside it (peewee
+# model code run whole in the thread, e.g. a bulk decision) runs there directly. A real
+# thread-local, as gevent's monkey-patching would make `threading.local` greenlet-local.
+_in_db_thread = get_original("threading", "local")()
+
+
+class OffHubCursor:
+    """Stands in for a DB-API cursor: `execute` runs in the database thread and fetches every
+    row there, so reading the result never touches the engine from the hub."""
+
+    def __init__(self, raw: Any, database: OffHubMixin) -> None:
+        self._raw = raw
+        self._database = database
+        self._rows: list[tuple[Any, ...]] = []
+        self._next = 0
+        self.description: Sequence[Any] | None = None
+        self.lastrowid: int | None = None
+        self.rowcount = -1
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> OffHubCursor:
+        raw = self._raw
+
+        def run() -> tuple[list[tuple[Any, ...]], Any, Any, int]:
+            raw.execute(sql, params)
+            rows = raw.fetchall() if raw.description else []
+            return rows, raw.description, raw.lastrowid, raw.rowcount
+
+        self._rows, self.description, self.lastrowid, self.rowcount = self._database.run_in_db(run)
+        self._next = 0
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._next >= len(self._rows):
+            return None
+        row = self._rows[self._next]
+        self._next += 1
+        return row
+
+    def fetchmany(self, size: int = 1) -> list[tuple[Any, ...]]:
+        rows = self._rows[self._next:self._next + size]
+        self._next += len(rows)
+        return rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows = self._rows[self._next:]
+        self._next = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def close(self) -> None:
+        self._rows = []
+
+
+class _Owned:
+    """A transaction context (peewee's atomic/transaction/savepoint) entered while holding the
+    connection's lock, released after it has committed or rolled back."""
+
+    def __init__(self, lock: RLock, inner: Any) -> None:
+        self._lock = lock
+        self._inner = inner
+
+    def __enter__(self) -> Any:
+        # Inside the database thread the caller already owns the connection (run_in_db holds it).
+        self._locked = not getattr(_in_db_thread, "active", False)
+        if self._locked:
+            self._lock.acquire()
+        try:
+            return self._inner.__enter__()
+        except BaseException:
+            if self._locked:
+                self._lock.release()
+            raise
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._inner.__exit__(*exc)
+        finally:
+            if self._locked:
+                self._lock.release()
+
+    def __getattr__(self, name: str) -> Any:  # commit()/rollback() on the context object
+        return getattr(self._inner, name)
+
+
+class OffHubMixin:
+    """Mixed in front of a peewee Database class (see `OffHubSqliteDatabase`)."""
+
+    _db_thread: ThreadPool | None
+    _db_lock: RLock
+
+    def _init_off_hub(self) -> None:
+        self._db_thread = None  # started on first use, again after close()
+        self._db_lock = RLock()
+
+    def run_in_db(self, work: Callable[[], T]) -> T:
+        """Run `work` (which may use the raw connection, `self.connection()`) in the database
+        thread, holding the connection; the calling greenlet waits, the hub does not. Driver
+        errors come out as peewee's exception classes, as from any statement."""
+        if getattr(_in_db_thread, "active", False):  # already there (a statement inside `work`)
+            return work()
+        context = contextvars.copy_context()  # who acts (the audit's current_actor) goes along
+
+        def in_thread() -> tuple[bool, Any]:
+            # The error comes back as a value: raised in the pool, gevent would also report it
+            # to the hub's error handler as if it were unexpected.
+            _in_db_thread.active = True
+            try:
+                return True, context.run(work)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+                return False, exc
+            finally:
+                _in_db_thread.active = False
+
+        with self._db_lock:
+            if self._db_thread is None:
+                self._db_thread = ThreadPool(1)
+            ok, value = self._db_thread.apply(in_thread)
+        if ok:
+            return value
+        with peewee.__exception_wrapper__:
+            raise value
+
+    def owns_connection(self, timeout: float) -> bool:
+        """Try to take the connection within `timeout` seconds (released again at once): False
+        means another greenlet's statement or transaction has held it that long."""
+        if not self._db_lock.acquire(timeout=timeout):
+            return False
+        self._db_lock.release()
+        return True
+
+    def cursor(self, named_cursor: Any = None) -> OffHubCursor:
+        return OffHubCursor(super().cursor(), self)  # type: ignore[misc]
+
+    def atomic(self, *args: Any, **kwargs: Any) -> _Owned:
+        return _Owned(self._db_lock, super().atomic(*args, **kwargs))  # type: ignore[misc]
+
+    def transaction(self, *args: Any, **kwargs: Any) -> _Owned:
+        return _Owned(self._db_lock, super().transaction(*args, **kwargs))  # type: ignore[misc]
+
+    def savepoint(self) -> _Owned:
+        return _Owned(self._db_lock, super().savepoint())  # type: ignore[misc]
+
+    def manual_commit(self) -> _Owned:
+        return _Owned(self._db_lock, super().manual_commit())  # type: ignore[misc]
+
+    def close(self) -> bool:
+        with self._db_lock:
+            closed = super().close()  # type: ignore[misc]
+            if self._db_thread is not None:
+                self._db_thread.kill()
+                self._db_thread = None
+        return closed
+
+
+def run_in_db(db: peewee.Database, work: Callable[[], T]) -> T:
+    """`work` in the database thread when `db` has one, else here (a plain peewee database)."""
+    return db.run_in_db(work) if isinstance(db, OffHubMixin) else work()
+
+
+class OffHubSqliteDatabase(OffHubMixin, peewee.SqliteDatabase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_off_hub()

@@ -1,0 +1,86 @@
+"""Database statements run off the gevent hub (store/executor.py): a statement waiting on a
+database another process has locked leaves every other greenlet running, and transactions of
+two greenlets never mix on the one connection."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import gevent
+import peewee
+import pytest
+
+from greyproxy.store.db import bind, connect_sqlite
+from greyproxy.store.executor import run_in_db
+from greyproxy.store.migrate import apply_migrations
+from greyproxy.store.models import Rule
+from greyproxy.timeutil import utcnow
+
+
+@pytest.fixture()
+def db(tmp_path: Path):
+    database = connect_sqlite(tmp_path / "t.db")
+    bind(database)
+    apply_migrations(database)
+    yield database
+    database.close()
+
+
+def _rule(pattern: str) -> dict:
+    return {"container_pattern": "*", "destination_pattern": pattern, "port_pattern": "443",
+            "action": "allow", "created_by": "test", "created_at": utcnow()}
+
+
+def _ticks(stop: gevent.event.Event, gaps: list[float]) -> None:
+    last = time.monotonic()
+    while not stop.is_set():
+        gevent.sleep(0.005)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+
+
+def test_a_write_waiting_on_a_locked_database_does_not_stop_the_hub(db, tmp_path):
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    stop, gaps = gevent.event.Event(), []
+    ticker = gevent.spawn(_ticks, stop, gaps)
+    gevent.sleep(0.02)
+    releaser = gevent.spawn_later(1.0, other.execute, "COMMIT")
+    started = time.monotonic()
+    Rule.create(**_rule("a.example.com"))  # waits (busy timeout) until the lock goes
+    waited = time.monotonic() - started
+    stop.set()
+    ticker.join()
+    releaser.join()
+    other.close()
+    assert waited >= 0.9  # it really waited on the lock
+    assert max(gaps) < 0.2, f"the hub stalled {max(gaps):.3f} s while a statement waited"
+
+
+def test_transactions_of_two_greenlets_do_not_mix(db):
+    """A greenlet that opened a transaction owns the connection until it ends: another
+    greenlet's statement waits, and is not rolled back with the first one's."""
+
+    def rolled_back() -> None:
+        with pytest.raises(RuntimeError), db.atomic():
+            Rule.create(**_rule("rolled-back.example.com"))
+            gevent.sleep(0.05)  # the other greenlet runs meanwhile
+            raise RuntimeError("abort")
+
+    def committed() -> None:
+        gevent.sleep(0.01)
+        Rule.create(**_rule("kept.example.com"))
+
+    gevent.joinall([gevent.spawn(rolled_back), gevent.spawn(committed)], raise_error=True)
+    made = Rule.select().where(Rule.destination_pattern.endswith(".example.com"))
+    assert [r.destination_pattern for r in made] == ["kept.example.com"]
+
+
+def test_errors_come_back_as_peewee_errors_and_the_connection_stays_usable(db):
+    with pytest.raises(peewee.OperationalError):
+        db.execute_sql("SELECT * FROM no_such_table")
+    assert run_in_db(db, lambda: db.connection().execute("SELECT 41 + 1").fetchone()[0]) == 42
+    assert db.execute_sql("SELECT 1").fetchone() == (1,)
