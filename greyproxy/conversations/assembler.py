@@ -13,8 +13,14 @@ whole from all its transactions: turns come from the longest message history amo
 latest request repeats the whole exchange), and each transaction counts as an API call in the
 turn its history had reached.
 
-What this version does not do yet (§10.3): client adapters beyond the dissectors' hints,
-splitting sessions into subagent threads, and OpenAI WebSocket sessions.
+OpenAI Responses over WebSocket (`openai-ws`): each client frame `response.create` is a call
+(found by the endpoint rules, or by its content on any host), and the final `response.*` frame
+the server sends back on the same socket is its answer (deltas are skipped). A call that only
+carries what is new (`previous_response_id`) makes the conversation's history the concatenation
+of its calls rather than the longest one.
+
+What this version does not do yet (§10.3): client adapters beyond the dissectors' hints and
+splitting sessions into subagent threads.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from urllib.parse import urlsplit
 import gevent
 import gevent.event
 import peewee
+from peewee import Case, fn
 
-from greyproxy.conversations.dissect import Dissected, Message, dissect
+from greyproxy.capture.har import ws_key
+from greyproxy.conversations.dissect import Dissected, Message, dissect, ws_response
 from greyproxy.conversations.endpoints import BUILTIN_RULES, EndpointRule, auto_rule, pick
 from greyproxy.events import Bus
 from greyproxy.store.models import (
@@ -46,7 +54,7 @@ from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.conversations")
 
-ASSEMBLER_VERSION = "2"  # a stored version that differs rebuilds everything at start
+ASSEMBLER_VERSION = "3"  # a stored version that differs rebuilds everything at start
 # Decoders whose every request repeats the conversation so far: their first prompt names the thread.
 FULL_HISTORY = frozenset({"anthropic", "openai-chat", "google-ai"})
 DEBOUNCE_SECONDS = 0.5
@@ -54,9 +62,15 @@ BATCH = 200
 GAP = dt.timedelta(minutes=5)
 PREVIEW = 500  # characters of a tool input or result kept on a step
 PROMPT_TITLE = 200
+WS_METHODS = ("WS_REQ", "WS_RESP")
+WS_MARK = '"response.'  # in every Responses API WebSocket event worth reading (`"type": "response.…"`)
 HEAD_COLUMNS = (HttpTransaction.id, HttpTransaction.timestamp, HttpTransaction.container_name,
-                HttpTransaction.destination_host, HttpTransaction.method, HttpTransaction.url,
-                HttpTransaction.request_content_type)
+                HttpTransaction.destination_host, HttpTransaction.destination_port, HttpTransaction.method,
+                HttpTransaction.url, HttpTransaction.request_content_type,
+                # Computed by SQLite for frames only: whether the payload may be a Responses event,
+                # without loading the payloads of every WebSocket frame captured.
+                Case(None, [(HttpTransaction.method.in_(WS_METHODS),
+                             fn.INSTR(HttpTransaction.request_body, WS_MARK))], 0).alias("ws_hint"))
 
 
 def _text(body: bytes | str | None) -> str | None:
@@ -77,11 +91,12 @@ class Call:
 
     row: HttpTransaction
     dissected: Dissected
+    offset: int = 0  # prompts of earlier calls, when each call carries only what is new
 
     @property
     def prompts(self) -> int:
-        """How many user prompts the request's history holds: the turn this call belongs to."""
-        return sum(1 for m in self.dissected.messages if _prompt_text(m) is not None)
+        """How many user prompts the history up to this call holds: the turn it belongs to."""
+        return self.offset + sum(1 for m in self.dissected.messages if _prompt_text(m) is not None)
 
 
 def _prompt_text(message: Message) -> str | None:
@@ -214,8 +229,14 @@ class ConversationAssembler:
 
     def _candidate(self, row: HttpTransaction) -> bool:
         """Worth loading the bodies of: a known LLM endpoint, or a JSON POST that might be one."""
-        if row.method in ("WS_REQ", "WS_RESP"):
-            return False  # OpenAI WebSocket sessions: not assembled yet
+        if row.method in WS_METHODS:
+            rule = self._rule_for(row)
+            if rule is not None:
+                return rule.decoder == "openai-ws"
+            hint = getattr(row, "ws_hint", None)
+            if hint is None:  # a whole row (rebuild): look at the frame itself
+                return WS_MARK.encode() in bytes(row.request_body or b"")
+            return bool(hint)
         if self._rule_for(row) is not None:
             return True
         return row.method == "POST" and "json" in (row.request_content_type or "").lower()
@@ -224,6 +245,8 @@ class ConversationAssembler:
         rule = self._rule_for(row)
         if rule is not None:
             return rule.decoder
+        if row.method in WS_METHODS:
+            return "openai-ws"  # a candidate frame: a Responses event, on whatever host
         path = urlsplit(row.url).path or "/"
         learned = auto_rule(row.destination_host.lower(), path, row.method, request_body)
         if learned is None:
@@ -252,15 +275,24 @@ class ConversationAssembler:
                     .order_by(HttpTransaction.id).limit(BATCH))
         touched: dict[str, None] = {}
         recent: dict[tuple[str, str, str | None], tuple[str, dt.datetime]] = {}
+        sockets: dict[tuple[str, str, int, str], str] = {}  # WebSocket → conversation of its last call
         for head in rows:
             if not self._candidate(head):
                 continue
             row = HttpTransaction.get_by_id(head.id)
+            if row.method == "WS_RESP":
+                cid = self._ws_answer_conversation(row, sockets)
+                if cid is not None:
+                    HttpTransaction.update(conversation_id=cid).where(HttpTransaction.id == row.id).execute()
+                    touched[cid] = None
+                continue
             dissected = self._dissect(row)
             if dissected is not None:
                 cid = self._conversation_for(row, dissected, recent)
                 HttpTransaction.update(conversation_id=cid).where(HttpTransaction.id == row.id).execute()
                 touched[cid] = None
+                if row.method == "WS_REQ":
+                    sockets[ws_key(row)] = cid
             gevent.sleep(0)  # parsing big bodies: let the proxy's connections run in between
         if rows:
             self._set_state("last_processed_id", str(rows[-1].id))
@@ -287,9 +319,42 @@ class ConversationAssembler:
         recent[key] = (cid, row.timestamp)
         return cid
 
-    def rebuild(self, cid: str) -> None:
+    def _ws_answer_conversation(self, row: HttpTransaction, sockets: dict[tuple[str, str, int, str], str]) -> str | None:
+        """The conversation of the call a final server frame answers: the last call sent on the
+        same WebSocket (same client, destination and URL) before it; None for other frames."""
+        if ws_response(_text(row.request_body)) is None:
+            return None
+        known = sockets.get(ws_key(row))
+        if known is not None:
+            return known
+        t = HttpTransaction
+        call = (t.select(t.conversation_id)
+                .where((t.container_name == row.container_name) & (t.destination_host == row.destination_host)
+                       & (t.destination_port == row.destination_port) & (t.url == row.url)
+                       & (t.method == "WS_REQ") & (t.id < row.id) & t.conversation_id.is_null(False))
+                .order_by(t.id.desc()).first())
+        return call.conversation_id if call is not None else None
+
+    def _calls(self, cid: str) -> list[Call]:
+        """The conversation's calls in order, WebSocket answers attached to the call they answer."""
         rows = HttpTransaction.select().where(HttpTransaction.conversation_id == cid).order_by(HttpTransaction.id)
-        calls = [Call(row, d) for row in rows if self._candidate(row) and (d := self._dissect(row)) is not None]
+        calls: list[Call] = []
+        for row in rows:
+            if row.method == "WS_RESP":
+                answer = ws_response(_text(row.request_body))
+                key = ws_key(row)
+                call = next((c for c in reversed(calls) if c.row.method == "WS_REQ" and ws_key(c.row) == key), None)
+                if answer is not None and call is not None and call.dissected.response is None:
+                    d = call.dissected
+                    d.response, d.response_id, d.stop_reason = answer[0], answer[1], answer[2]
+                    d.model = d.model or answer[3]
+                continue
+            if self._candidate(row) and (d := self._dissect(row)) is not None:
+                calls.append(Call(row, d))
+        return calls
+
+    def rebuild(self, cid: str) -> None:
+        calls = self._calls(cid)
         if not calls:
             return
         # The fullest history (ties: the latest) tells the whole story; its answer ends it.
@@ -297,6 +362,15 @@ class ConversationAssembler:
         history = list(best.dissected.messages)
         if best.dissected.response is not None:
             history.append(best.dissected.response)
+        if any(c.dissected.incremental for c in calls):
+            # Each call sent only what was new: the story is all of them, in order.
+            history, seen = [], 0
+            for c in calls:
+                c.offset = seen
+                seen = c.prompts
+                history.extend(c.dissected.messages)
+                if c.dissected.response is not None:
+                    history.append(c.dissected.response)
         turns = build_turns(history)
         last = calls[-1]
         for turn in turns:
@@ -309,7 +383,9 @@ class ConversationAssembler:
                 finished = end.timestamp + dt.timedelta(milliseconds=end.duration_ms or 0)
                 turn["duration_ms"] = int((finished - start.timestamp).total_seconds() * 1000)
                 turn["model"] = mine[-1].dissected.model
-        system = "\n\n".join(best.dissected.system) or None
+        # A call that sends only what is new may leave the instructions to the first one.
+        system = "\n\n".join(best.dissected.system or next((c.dissected.system for c in calls
+                                                            if c.dissected.system), [])) or None
         incomplete_reason = None
         if last.row.status_code is None or last.row.status_code >= 400:
             incomplete_reason = f"the last API call answered {last.row.status_code or 'nothing'}"

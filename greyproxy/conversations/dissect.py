@@ -71,6 +71,9 @@ class Dissected:
     client_hint: str | None = None
     response_id: str | None = None
     stop_reason: str | None = None
+    # The request carries only what is new (`previous_response_id`): the history is the
+    # concatenation of the conversation's calls, not the latest one.
+    incremental: bool = False
 
 
 @dataclass
@@ -1036,10 +1039,35 @@ def _google_response(body: str, content_type: str | None) -> _Response | None:
 
 
 def _dissect_openai_ws(url: str, raw_body: str, body: Any) -> Dissected | None:
-    # Not implemented yet: WebSocket sessions are frame sequences (WS_REQ ``response.create`` /
-    # WS_RESP ``response.completed``) that the assembler aggregates itself; a single-frame
-    # dissection is left for later, so this decoder returns None.
-    return None
+    """One client frame of a Responses API WebSocket: a `response.create` event, its request
+    fields at the top level or under `response`. Other client events are not calls."""
+    if not isinstance(body, dict) or body.get("type") != "response.create":
+        return None
+    inner = body.get("response") if isinstance(body.get("response"), dict) else body
+    result = _dissect_openai(url, raw_body, inner)
+    if result is None:
+        return None
+    result.decoder = "openai-ws"
+    result.incremental = bool(inner.get("previous_response_id"))
+    return result
+
+
+WS_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "response.done")
+
+
+def ws_response(text: str | None) -> tuple[Message, str | None, str | None, str | None] | None:
+    """A server frame of a Responses API WebSocket: (message, response id, stop reason, model)
+    for a final `response.*` event; None for anything else (deltas are skipped)."""
+    try:
+        data = _loads(_as_text(text))
+        if not isinstance(data, dict) or data.get("type") not in WS_FINAL_EVENTS:
+            return None
+        resp = _responses_from_object(data.get("response"))
+    except Exception:  # a dissector must never take the assembler down
+        return None
+    if resp is None:
+        return None
+    return resp.message, resp.response_id, resp.stop_reason, resp.model
 
 
 # --------------------------------------------------------------------------- entry point

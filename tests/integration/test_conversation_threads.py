@@ -112,3 +112,66 @@ def test_a_session_id_that_is_not_a_uuid_names_the_conversation(gp, messages_ser
     assert found, conversations(gp)
     ids = sorted(c["id"] for c in found)
     assert ids[0].startswith("heuristic_") and ids[1] == "plain-id-2"
+
+
+# -- OpenAI Responses over WebSocket (openai-ws) --------------------------------------------------
+def responses_ws(ws) -> None:
+    """A Responses API WebSocket: each `response.create` gets created, deltas, then completed."""
+    for n, raw in enumerate(ws, start=1):
+        event = json.loads(raw)
+        if event.get("type") != "response.create":
+            continue
+        text = f"answer {n}"
+        rid = f"resp_{n}"
+        ws.send(json.dumps({"type": "response.created", "response": {"id": rid, "status": "in_progress"}}))
+        for piece in (text[:3], text[3:]):
+            ws.send(json.dumps({"type": "response.output_text.delta", "delta": piece}))
+        ws.send(json.dumps({"type": "response.completed", "response": {
+            "id": rid, "status": "completed", "model": event.get("model"),
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text}]}]}}))
+
+
+@pytest.fixture
+def ws_llm():
+    from websockets.sync.server import serve
+
+    server = serve(responses_ws, HOST, free_port(HOST))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.port = server.socket.getsockname()[1]
+    yield server
+    server.shutdown()
+
+
+def test_openai_responses_over_websocket_become_a_conversation(gp, ws_llm):
+    from websockets.sync.client import connect
+
+    from tests.integration.netutil import http_connect
+
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": HOST}
+                  ).status_code == 201
+    status, _, raw = http_connect(gp.ports["http"], HOST, ws_llm.port)
+    assert status == 200
+    with connect(f"ws://{HOST}:{ws_llm.port}/v1/responses", sock=raw) as ws:
+        def call(payload: dict) -> None:
+            ws.send(json.dumps({"type": "response.create", **payload}))
+            while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+                pass
+
+        call({"model": "gpt-ws", "prompt_cache_key": "ws-session-1", "instructions": "You are Codex.",
+              "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]}]})
+        # the next call sends only what is new
+        call({"model": "gpt-ws", "prompt_cache_key": "ws-session-1", "previous_response_id": "resp_1",
+              "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "second"}]}]})
+
+    found = wait_until(lambda: (lambda c: c if c and c[0]["turn_count"] == 2 else None)(conversations(gp)), 15)
+    assert found, conversations(gp)
+    conv = found[0]
+    assert conv["id"] == "ws-session-1" and conv["provider"] == "openai"
+    assert conv["metadata"]["decoder"] == "openai-ws" and conv["metadata"]["api_calls"] == 2
+    assert conv["incomplete"] is False and conv["model"] == "gpt-ws" and conv["system_prompt"] == "You are Codex."
+    detail = gp.api("GET", "/api/conversations/ws-session-1").json()
+    assert [t["user_prompt"] for t in detail["turns"]] == ["first", "second"]
+    assert [[s["text"] for s in t["steps"]] for t in detail["turns"]] == [["answer 1"], ["answer 2"]]
+    assert [t["request_ids"] for t in detail["turns"]] == [["resp_1"], ["resp_2"]]
+    assert detail["request_ids"] == ["resp_1", "resp_2"]

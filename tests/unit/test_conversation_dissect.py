@@ -16,6 +16,7 @@ from greyproxy.conversations.dissect import (
     session_id_from_anthropic_user_id,
     sse_events,
     tool_summary,
+    ws_response,
 )
 
 SID = "3f1c2a9e-7b4d-4e0a-9c61-5d2f8e4b7a10"
@@ -621,9 +622,21 @@ def test_openai_sse_truncated_before_completed():
     assert d is not None and d.response is None
 
 
-def test_openai_ws_not_implemented():
-    frame = {"type": "response.create", "model": "gpt-5", "input": []}
-    assert dissect("openai-ws", "wss://api.openai.com/v1/responses", json.dumps(frame), None) is None
+def test_openai_ws_frames():
+    # A client frame is a call only when it is response.create (its fields at the top level or under `response`).
+    frame = {"type": "response.create", "model": "gpt-5", "input": [], "prompt_cache_key": "k"}
+    d = dissect("openai-ws", "wss://api.openai.com/v1/responses", json.dumps(frame), None)
+    assert (d.decoder, d.provider, d.session_id, d.model, d.incremental) == ("openai-ws", "openai", "k", "gpt-5", False)
+    nested = {"type": "response.create", "response": {"model": "m", "input": "hi", "previous_response_id": "r1"}}
+    d = dissect("openai-ws", "", json.dumps(nested), None)
+    assert d.incremental is True and [m.role for m in d.messages] == ["user"]
+    for other in ({"type": "response.cancel"}, {"type": "session.update"}, [1], "x"):
+        assert dissect("openai-ws", "", json.dumps(other), None) is None
+    # A server frame answers it only when it is a final response.* event; deltas are skipped.
+    done = ws_response(json.dumps({"type": "response.completed", "response": RESPONSE_OBJ}))
+    assert done is not None and done[1] == RESPONSE_OBJ.get("id")
+    assert ws_response(json.dumps({"type": "response.output_text.delta", "delta": "x"})) is None
+    assert ws_response("[" * 100000) is None and ws_response(None) is None
 
 
 # =========================================================================== openai-chat
