@@ -45,25 +45,109 @@ function middlewareBadges(t) {
   });
 }
 
+// The traffic view lives in the address bar (t_* filters, sort, txn): a link reopens it as is.
+const TRAFFIC_KEYS = ["search", "container", "destination", "method", "status"];
+const STATUS_RANGES = { "2xx": [200, 299], "3xx": [300, 399], "4xx": [400, 499], "5xx": [500, 599] };
+let sortKey = "timestamp";
+let sortDir = "desc";
+let trafficItems = [];
+
+function trafficParams() {
+  const f = formValues(trafficFilters);
+  const [min, max] = STATUS_RANGES[f.status] || [];
+  return {
+    search: f.search, container: f.container, destination: f.destination, method: f.method,
+    status_min: min, status_max: max, has_error: f.status === "error" ? "true" : undefined,
+  };
+}
+
+function readTrafficUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const key of TRAFFIC_KEYS) if (params.has(`t_${key}`)) trafficFilters.elements[key].value = params.get(`t_${key}`);
+  if (params.get("sort")) sortKey = params.get("sort");
+  if (params.get("dir") === "asc") sortDir = "asc";
+  trafficOffset = Number(params.get("t_offset")) || 0;
+  return Number(params.get("txn")) || null;
+}
+
+function writeTrafficUrl() {
+  const params = new URLSearchParams(location.search);
+  const f = formValues(trafficFilters);
+  for (const key of TRAFFIC_KEYS) if (f[key]) params.set(`t_${key}`, f[key]); else params.delete(`t_${key}`);
+  if (sortKey !== "timestamp" || sortDir !== "desc") { params.set("sort", sortKey); params.set("dir", sortDir); } else { params.delete("sort"); params.delete("dir"); }
+  if (trafficOffset) params.set("t_offset", String(trafficOffset)); else params.delete("t_offset");
+  if (selectedTxn) params.set("txn", String(selectedTxn)); else params.delete("txn");
+  history.replaceState(null, "", `${location.pathname}${params.size ? `?${params}` : ""}`);
+}
+
+function sizeText(bytes) {
+  if (bytes == null) return "";
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+const sizeOf = (t) => (t.request_body_size || 0) + (t.response_body_size || 0);
+
+function sortValue(t, key) {
+  if (key === "size") return sizeOf(t);
+  if (key === "timestamp") return Date.parse(t.timestamp) || 0;
+  return t[key] ?? "";
+}
+
+function sortedItems() {
+  const sign = sortDir === "asc" ? 1 : -1;
+  return [...trafficItems].sort((a, b) => {
+    const x = sortValue(a, sortKey);
+    const y = sortValue(b, sortKey);
+    const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+    return sign * (c || a.id - b.id);
+  });
+}
+
+function setSort(key, dir) {
+  sortKey = key;
+  sortDir = dir;
+  const select = $("#traffic-sort");
+  const value = `${key}:${dir}`;
+  if ([...select.options].some((o) => o.value === value)) select.value = value;
+  renderTraffic();
+  writeTrafficUrl();
+}
+
+function renderTraffic() {
+  for (const th of $$("thead th", trafficTable)) {
+    const key = $("button.sort", th)?.dataset.sort;
+    if (key === sortKey) th.setAttribute("aria-sort", sortDir === "asc" ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
+  const body = $("tbody", trafficTable);
+  body.replaceChildren(...sortedItems().map((t) => {
+    const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
+    return h("tr", { dataset: { id: t.id }, tabindex: "0", class: selectedTxn === t.id ? "is-selected" : "" },
+      cell("Time", timeEl(t.timestamp, "absolute")),
+      cell("Method", h("code", {}, t.method)),
+      cell("URL", h("span", { class: "url" }, t.url)),
+      cell("Status", statusBadge(t.status_code), ...middlewareBadges(t)),
+      cell("Container", t.container_name),
+      cell("Size", h("span", { title: `request ${t.request_body_size ?? 0} B · response ${t.response_body_size ?? 0} B` },
+        sizeText(sizeOf(t)))),
+      cell("Took", t.duration_ms == null ? "" : `${t.duration_ms} ms`));
+  }));
+  if (!trafficItems.length) body.append(emptyRow(trafficTable, "No HTTP traffic matches."));
+}
+
+let trafficTotal = 0;
+
 async function refreshTraffic() {
   if (!trafficAvailable) return;
-  const f = formValues(trafficFilters);
   try {
-    const data = await get("/api/transactions", {
-      container: f.container, destination: f.destination, method: f.method, limit: PAGE_SIZE, offset: trafficOffset,
-    });
-    const body = $("tbody", trafficTable);
-    body.replaceChildren(...data.items.map((t) => {
-      const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
-      return h("tr", { dataset: { id: t.id }, tabindex: "0", class: selectedTxn === t.id ? "is-selected" : "" },
-        cell("Time", timeEl(t.timestamp, "absolute")),
-        cell("Method", h("code", {}, t.method)),
-        cell("URL", h("span", { class: "url" }, t.url)),
-        cell("Status", statusBadge(t.status_code), ...middlewareBadges(t)),
-        cell("Container", t.container_name),
-        cell("Took", t.duration_ms == null ? "" : `${t.duration_ms} ms`));
-    }));
-    if (!data.items.length) body.append(emptyRow(trafficTable, "No HTTP traffic matches."));
+    const data = await get("/api/transactions", { ...trafficParams(), limit: PAGE_SIZE, offset: trafficOffset });
+    trafficItems = data.items;
+    trafficTotal = data.total;
+    renderTraffic();
+    $("#traffic-summary").textContent = `${data.total} matching · sorting applies to the ${data.items.length} on this page`;
+    updateExport();
+    writeTrafficUrl();
     renderPager($("#traffic-table-pager"), { total: data.total, limit: PAGE_SIZE, offset: trafficOffset }, (o) => {
       trafficOffset = Math.max(0, o);
       refreshTraffic();
@@ -77,6 +161,18 @@ async function refreshTraffic() {
     }
     reportError(err);
   }
+}
+
+// From a transaction to its connection (the log), the rule that let it through and its session.
+function relatedLinks(t) {
+  const host = t.destination_host;
+  const logs = new URLSearchParams({ container: t.container_name, destination: host });
+  const links = [h("a", { href: `/logs?${logs}`, class: "link-connection" }, "Connection log")];
+  if (t.rule_id) links.push(" · ", h("a", { href: `/rules?rule=${t.rule_id}`, class: "link-rule" }, `Rule #${t.rule_id}`));
+  if (t.session_id) links.push(" · ", h("a", { href: `/sessions?highlight=${encodeURIComponent(t.session_id)}`, class: "link-session" },
+    `Session ${t.session_id}`));
+  links.push(" · ", h("a", { href: `/activity?tab=traffic&txn=${t.id}`, class: "link-self" }, "Link to this"));
+  return links;
 }
 
 function headersBlock(title, headers) {
@@ -110,6 +206,7 @@ async function routeExists(path) {
 
 async function showTransaction(id) {
   selectedTxn = id;
+  writeTrafficUrl();
   for (const tr of $$("tbody tr", trafficTable)) tr.classList.toggle("is-selected", Number(tr.dataset.id) === id);
   detailBox.hidden = false;
   detailBox.replaceChildren(h("p", { class: "muted" }, "Loading…"));
@@ -125,6 +222,7 @@ async function showTransaction(id) {
   const close = h("button", { type: "button", class: "btn btn-small", onclick: () => {
     detailBox.hidden = true;
     selectedTxn = null;
+    writeTrafficUrl();
     returnTo($(`tbody tr[data-id="${id}"]`, trafficTable));
   } }, "Close");
   detailBox.replaceChildren(
@@ -134,6 +232,8 @@ async function showTransaction(id) {
       h("dt", {}, "Container"), h("dd", {}, t.container_name),
       h("dt", {}, "Status"), h("dd", {}, statusBadge(t.status_code)),
       t.duration_ms != null ? [h("dt", {}, "Duration"), h("dd", {}, `${t.duration_ms} ms`)] : null,
+      h("dt", {}, "Sizes"), h("dd", {}, `request ${sizeText(t.request_body_size ?? 0)} · response ${sizeText(t.response_body_size ?? 0)}`),
+      h("dt", {}, "Related"), h("dd", { class: "related" }, relatedLinks(t)),
       t.substituted_credentials?.length ? [h("dt", {}, "Credentials substituted"), h("dd", {}, t.substituted_credentials.join(", "))] : null,
       t.session_id ? [h("dt", {}, "Session"), h("dd", {}, t.session_id)] : null,
       t.replay_of ? [h("dt", {}, "Replay of"), h("dd", {}, `#${t.replay_of}`)] : null,
@@ -177,18 +277,19 @@ async function replayTransaction(id) {
   }
 }
 
-// "Export HAR" downloads what the filters select (the export route takes the list filters).
+// "Export HAR" downloads everything the filters select, every page (the route streams it).
+let exportLink = null;
+function updateExport() {
+  if (!exportLink) return;
+  exportLink.href = `/api/transactions/export/har?${query(trafficParams())}`;
+  exportLink.textContent = `Export HAR (all ${trafficTotal} matching)`;
+}
+
 async function setUpExport() {
   if (!trafficAvailable || !(await routeExists("/api/transactions/export/har?limit=1"))) return;
-  const link = h("a", { class: "btn btn-small", id: "har-export", download: "greyproxy.har" }, "Export HAR");
-  const update = () => {
-    const f = formValues(trafficFilters);
-    link.href = `/api/transactions/export/har?${query({ container: f.container, destination: f.destination, method: f.method })}`;
-  };
-  update();
-  trafficFilters.addEventListener("input", update);
-  trafficFilters.addEventListener("change", update);
-  trafficFilters.append(link);
+  exportLink = h("a", { class: "btn btn-small", id: "har-export", download: "greyproxy.har" }, "Export HAR");
+  updateExport();
+  trafficFilters.append(exportLink);
 }
 
 startPage(async () => {
@@ -198,6 +299,15 @@ startPage(async () => {
   trafficFilters.addEventListener("input", refilter);
   trafficFilters.addEventListener("change", refilter);
   trafficFilters.addEventListener("submit", (e) => e.preventDefault());
+  $("thead", trafficTable).addEventListener("click", (e) => {
+    const button = e.target.closest("button.sort");
+    if (!button) return;
+    const key = button.dataset.sort;
+    setSort(key, key === sortKey && sortDir === "desc" ? "asc" : "desc");
+  });
+  $("#traffic-sort").addEventListener("change", (e) => setSort(...e.target.value.split(":")));
+  const deepTxn = readTrafficUrl();
+  if ([...$("#traffic-sort").options].some((o) => o.value === `${sortKey}:${sortDir}`)) $("#traffic-sort").value = `${sortKey}:${sortDir}`;
   const open = (e) => {
     const tr = e.target.closest("tr[data-id]");
     if (tr && (e.type === "click" || e.key === "Enter")) showTransaction(Number(tr.dataset.id));
@@ -210,4 +320,8 @@ startPage(async () => {
   showTab(new URLSearchParams(location.search).get("tab") === "traffic" ? "traffic" : "connections");
   await Promise.all([logs.refresh(), refreshTraffic()]);
   await setUpExport();
+  if (deepTxn && trafficAvailable) {
+    showTab("traffic");
+    showTransaction(deepTxn);
+  }
 });

@@ -67,8 +67,16 @@ function turnView(turn) {
     (turn.steps || []).map(stepView));
 }
 
+// The open conversation is in the address bar (?id=…): the link reopens it.
+function writeUrl() {
+  const params = new URLSearchParams(location.search);
+  if (selected) params.set("id", selected); else params.delete("id");
+  history.replaceState(null, "", `${location.pathname}${params.size ? `?${params}` : ""}`);
+}
+
 async function show(id) {
   selected = id;
+  writeUrl();
   for (const b of $$(".conv-item", listEl)) b.classList.toggle("is-selected", b.dataset.id === id);
   detail.hidden = false;
   detail.replaceChildren(h("p", { class: "muted" }, "Loading…"));
@@ -81,6 +89,7 @@ async function show(id) {
         h("button", { type: "button", class: "btn btn-small", onclick: () => {
           detail.hidden = true;
           selected = null;
+          writeUrl();
           returnTo($$(".conv-item", listEl).find((b) => b.dataset.id === id));
         } }, "Close")),
       h("p", { class: "muted" }, [c.provider, c.container_name, c.client_name].filter(Boolean).join(" · "), " · ",
@@ -114,4 +123,6 @@ startPage(async () => {
   }, 500));
   live.onResync(refresh);
   await refresh();
+  const linked = new URLSearchParams(location.search).get("id");
+  if (linked && available) show(linked);
 });

@@ -128,6 +128,26 @@ function prefillFromUrl() {
   showCreate(true);
 }
 
+// /rules?rule=N (a link from a transaction or the audit log): filter down to that rule and mark it.
+const linkedRule = new URLSearchParams(location.search).get("rule");
+async function showLinkedRule() {
+  if (!linkedRule) return;
+  try {
+    const rule = await get(`/api/rules/${encodeURIComponent(linkedRule)}`);
+    filters.elements.container.value = rule.container_pattern;
+    filters.elements.destination.value = rule.destination_pattern;
+    filters.elements.include_expired.checked = true;
+  } catch (err) {
+    toast(err.status === 404 ? `Rule #${linkedRule} no longer exists` : err.message, "error");
+  }
+}
+function markLinkedRule() {
+  const tr = linkedRule && table.querySelector(`tbody tr[data-id="${CSS.escape(linkedRule)}"]`);
+  if (!tr) return;
+  tr.classList.add("is-selected");
+  tr.scrollIntoView({ block: "center" });
+}
+
 // ---- edit / delete ------------------------------------------------------------------------------
 
 function openEdit(rule) {
@@ -265,5 +285,7 @@ startPage(async () => {
   live.on("rule.*", refreshSoon);
   live.onResync(refresh);
   prefillFromUrl();
+  await showLinkedRule();
   await refresh();
+  markLinkedRule();
 });
