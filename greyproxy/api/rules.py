@@ -42,7 +42,7 @@ bp = Blueprint("rules", __name__)
 ACTIONS = ("allow", "deny", "hold")  # hold: request-level rules only (services/rules.py)
 # "glob" names the pattern dialect (some clients send it); the stored type follows the expiry.
 RULE_TYPES = ("permanent", "temporary", "glob")
-MAX_NOTES = 10_000
+MAX_NOTES = 1024 * 1024  # free text, but not unbounded
 # What a rule body may hold. The read-only fields of the Rule JSON are accepted (and ignored) so
 # that a rule as GET shows it can be posted or ingested back; anything else is a 400 naming it.
 RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "rule_type",
