@@ -36,6 +36,10 @@ class LeafCache:
     def __len__(self) -> int:
         return len(self._contexts)
 
+    def cached(self, name: str, alpn: tuple[str, ...] = ("http/1.1",)) -> bool:
+        """Whether a leaf context for `name` is ready (asking costs no signature)."""
+        return (name.lower().rstrip("."), alpn) in self._contexts
+
     def context_for(self, name: str, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
         """`alpn`: what the client may choose. The interception path offers h2 too (it can
         serve HTTP/2 streams); a path that only speaks HTTP/1.1 keeps the default."""

@@ -1,4 +1,4 @@
-"""The hold: an unmatched connection waits here, open, for a human decision (docs/design.md).
+"""The hold: an unmatched connection waits here, open, for a human decision (docs/decisions.md).
 
 Waiters are re-decided against the in-memory policy whenever it changes; only those whose
 answer actually changed are woken. At the timeout a final re-check runs before blocking.
@@ -136,7 +136,7 @@ class HoldManager:
             self._total = max(0, self._total - 1)
             self._changed(key, previous)
         if decision is None:
-            # Final re-check at the timeout (D6): a rule added a moment ago still counts.
+            # Final re-check at the timeout: a rule added a moment ago still counts.
             decision = self.decide(request)
             if decision.verdict is Verdict.HOLD:
                 decision = Decision(Verdict.DENY, "pending_timeout")

@@ -1,10 +1,13 @@
-"""SOCKS5 listener (RFC 1928 CONNECT, RFC 1929 username/password), replies per §1.3.
+"""SOCKS5 listener (RFC 1928 CONNECT, RFC 1929 username/password).
 
 Identity: a client that offers username/password gets it chosen and names itself; a client
 that offers only "no auth" gets the fallback identity `unknown-<source ip>` (or its Docker
-name). Unlike the HTTP proxy (D28, a 407 challenge), SOCKS5 has no way to ask again: refusing
-the method (0xFF) only ends the connection, and a client that offers no username/password has
-none to give.
+name). Unlike the HTTP proxy (a 407 challenge, docs/configuration.md), SOCKS5 has no way to
+ask again: refusing the method (0xFF) only ends the connection, and a client that offers no
+username/password has none to give.
+
+Refusals: reply 0x02, or, where the client can be told why in its own protocol, success and
+the 403 text inside the tunnel (proxy/mitm/refusal.py, docs/clients.md).
 
 Errors: every failure answers or closes this one connection. A domain holding bytes no host
 spelling uses (anything but ASCII letters, digits and `-_.:[]%`: controls, spaces, quotes, bytes
@@ -12,7 +15,7 @@ that are not ASCII, so also raw UTF-8 names, which clients send as punycode) get
 (address type not supported: the address itself is unusable, and clients report it as such
 rather than retrying) and one escaped log line; it never reaches the policy or the dashboard.
 An ASCII spelling with no canonical form (invalid IDNA, `1.2.3.4.5`) is the gate's
-`bad_destination` decision (D30), answered 0x02 like every refusal by decision. An unexpected
+`bad_destination` decision (canonical names: docs/decisions.md), answered 0x02. An unexpected
 error gets 0x01 (general failure) when no reply was sent yet, and is logged as one line at
 warning level (the traceback only at debug).
 """
@@ -167,7 +170,7 @@ class Socks5Handler:
             host = str(ipaddress.IPv6Address(recv_exact(client, 16)))
         elif atyp == 0x03:
             (length,) = recv_exact(client, 1)
-            # As received (never punycode-decoded): the gate's canonical_host does IDNA (D30).
+            # As received (never punycode-decoded): the gate's canonical_host does IDNA.
             host = recv_exact(client, length).decode("utf-8", "surrogateescape")
             if not host:
                 raise ProtocolError("empty domain name")
@@ -186,7 +189,7 @@ class Socks5Handler:
         tunnel (proxy/mitm/refusal.py): with a CA for TLS and HTTP on any port, and without
         one for plain HTTP on port 80."""
         mitm = self.gate.rt.mitm
-        if refusal.in_band(mitm, admission.host, reason):
+        if refusal.in_band(mitm, admission.host, reason, admission.container):
             leaves = mitm.leaves
         elif admission.port == 80 and reason not in refusal.NOT_TOLD_IN_BAND:
             leaves = None  # plain HTTP only

@@ -29,8 +29,10 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from greyproxy.config import LimitsConfig
 from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.exchange import simple_response
+from greyproxy.proxy.limits import RateLimiter
 from greyproxy.proxy.mitm.intercept import SNIFF_BYTES, classify
 
 if TYPE_CHECKING:
@@ -49,10 +51,23 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 NOT_TOLD_IN_BAND = frozenset({"client_gone", "shutting_down", "bad_destination"})
 
 
-def in_band(mitm: MitmState, host: str, reason: str) -> bool:
+# A refusal for a name without a ready leaf costs a signature and a new TLS context (tens of ms
+# on a busy machine), and a hostile agent picks the names: new leaves for refusals are budgeted
+# per container and in total; over the budget the refusal keeps the tunnel's own answer.
+MINTS_PER_CONTAINER = LimitsConfig(requests_per_second=2.0, requests_burst=20)
+MINTS_TOTAL = LimitsConfig(requests_per_second=10.0, requests_burst=50)
+_per_container = RateLimiter(lambda: MINTS_PER_CONTAINER)
+_total = RateLimiter(lambda: MINTS_TOTAL)
+
+
+def in_band(mitm: MitmState, host: str, reason: str, container: str) -> bool:
     """Whether a refused tunnel to `host` is accepted and answered inside (TLS or clear)."""
-    return (reason not in NOT_TOLD_IN_BAND and mitm.enabled and mitm.leaves is not None
-            and not mitm.is_bypassed(host))
+    leaves = mitm.leaves
+    if reason in NOT_TOLD_IN_BAND or not mitm.enabled or leaves is None or mitm.is_bypassed(host):
+        return False
+    if leaves.cached(host):
+        return True
+    return _per_container.take(container) == 0.0 and _total.take("*") == 0.0
 
 
 def leaf_name(requested: str, sni: str | None) -> str:
