@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from greyproxy.proxy import challenge
 from greyproxy.proxy import limits as lim
 from greyproxy.proxy.exchange import (
+    REQUEST_TIMEOUT,
     ExchangePipeline,
     bad_request,
     destination_for,
@@ -19,12 +20,11 @@ from greyproxy.proxy.exchange import (
 from greyproxy.proxy.gate import Admission, Gatekeeper
 from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
+from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
 
 log = logging.getLogger("greyproxy.http")
 
-REQUEST_TIMEOUT = simple_response(408, "Request Timeout", "request head not complete in time\n",
-                                  [("X-Greyproxy-Reason", "head_deadline")])
 CONNECTION_LIMIT = simple_response(503, "Service Unavailable", "too many connections, retry later\n",
                                    [("X-Greyproxy-Reason", "connection_limit")])
 
@@ -54,21 +54,6 @@ class HttpProxyHandler:
         self.limits = limits
         self.pipeline: ExchangePipeline = gate.rt.exchanges
 
-    def _read_head(self, conn: BufferedSocket) -> bytes | None:
-        """The next request head: the first byte may take `idle_seconds`; from there the whole
-        head must arrive within `head_seconds`, however it is dribbled."""
-        cfg = self.limits.config()
-        if not conn.buf:
-            conn.sock.settimeout(cfg.idle_seconds)
-            if not conn.sock.recv(1, socket.MSG_PEEK):
-                return None
-        conn.sock.settimeout(cfg.head_seconds + 1)  # the deadline below ends it first (and counts)
-        with self.limits.deadline():
-            raw = conn.read_head()
-        if raw is not None and len(raw) > cfg.max_head_bytes:  # a whole head that came in one read
-            raise WireError("header section too large", 431)
-        return raw
-
     def handle(self, client: socket.socket, address: tuple) -> None:
         set_nodelay(client)
         self.limits.apply_wire()
@@ -77,7 +62,7 @@ class HttpProxyHandler:
         try:
             while True:
                 try:
-                    raw = self._read_head(conn)
+                    raw = self.limits.read_head(conn)
                 except TimeoutError:  # silent for idle_seconds before a request
                     return
                 if raw is None:
@@ -137,11 +122,28 @@ class HttpProxyHandler:
             simple_response(403, "Forbidden", self.gate.blocked_text(admission, reason), [("X-Greyproxy-Reason", reason)])
         )
 
-    def _dial(self, conn: BufferedSocket, admission: Admission) -> socket.socket | None:
+    def _refuse_tunnel(self, conn: BufferedSocket, admission: Admission, reason: str | None = None) -> None:
+        """A refused CONNECT: where the tunnel could have been intercepted, accept it and say
+        the 403 inside (TLS, or clear HTTP), where the client shows it (proxy/mitm/refusal.py);
+        otherwise the 403 answers the CONNECT itself."""
+        reason = reason or admission.reason
+        mitm = self.gate.rt.mitm
+        if not refusal.in_band(mitm, admission.host, reason, admission.container):
+            self._refuse(conn, admission, reason)
+            return
+        conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n")
+        told = refusal.answer(conn.sock, conn.take_buffered(), mitm.leaves, admission.host,
+                              self.gate.blocked_text(admission, reason), reason)
+        log.debug("refused CONNECT %s:%s (%s), answered in the tunnel: %s", admission.host, admission.port,
+                  reason, told)
+
+    def _dial(self, conn: BufferedSocket, admission: Admission, tunnel: bool = False) -> socket.socket | None:
         try:
             return self.gate.dial(admission)
         except DialError as exc:
-            if exc.reason in ("control_plane", "private_range"):  # guard refusals are 403s (D24)
+            if exc.reason in ("control_plane", "private_range") and tunnel:
+                self._refuse_tunnel(conn, admission, exc.reason)
+            elif exc.reason in ("control_plane", "private_range"):  # guard refusals are 403s
                 self._refuse(conn, admission, exc.reason)
             else:
                 conn.sock.sendall(
@@ -157,9 +159,9 @@ class HttpProxyHandler:
             return
         admission = self._admit(conn, head, address, host, port, "HTTP")
         if not admission.allowed:
-            self._refuse(conn, admission)
+            self._refuse_tunnel(conn, admission)
             return
-        upstream = self._dial(conn, admission)
+        upstream = self._dial(conn, admission, tunnel=True)
         if upstream is None:
             return
         conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n")
