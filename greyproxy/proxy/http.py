@@ -1,4 +1,7 @@
-"""HTTP proxy listener: CONNECT tunnels and absolute-URI requests with keep-alive (§1.3)."""
+"""HTTP proxy listener: CONNECT tunnels and absolute-URI requests with keep-alive.
+
+A refusal is a 403 with the reason; a refused CONNECT that could have been intercepted is
+told inside the tunnel instead (proxy/mitm/refusal.py, docs/clients.md)."""
 
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
         return None, None
     try:
         user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except ValueError:  # bad base64, non-ASCII text, not UTF-8: no usable credentials (D28: 407)
+    except ValueError:  # bad base64, non-ASCII text, not UTF-8: no usable credentials (a 407)
         return None, None
     return user, password
 
@@ -74,7 +77,7 @@ class HttpProxyHandler:
                         return
                     if not self._forward(conn, head, address, upstreams):
                         return
-                except challenge.ChallengeSent as sent:  # D28: the retry with credentials may come here
+                except challenge.ChallengeSent as sent:  # after a 407 the retry with credentials may come here
                     if not sent.keep:
                         return
         except DeadlineExceeded:
@@ -105,7 +108,7 @@ class HttpProxyHandler:
 
     def _admit(self, conn: BufferedSocket, head: Head, address: tuple, host: str, port: int, method: str) -> Admission:
         username, password = proxy_credentials(head)
-        if username is None and self.gate.challenges(address[0]):  # D28: ask who this is
+        if username is None and self.gate.challenges(address[0]):  # ask who this is (407, docs/configuration.md)
             answer, keep = challenge.response(head, conn.sock.getsockname(), bool(conn.buf))
             conn.sock.sendall(answer)
             log.debug("http proxy %s: no proxy credentials for %s:%s, answered 407", address[0], host, port)
