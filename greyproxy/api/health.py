@@ -14,9 +14,11 @@ from typing import Any
 from flask import Blueprint
 
 from greyproxy.api.context import runtime
+from greyproxy.store.executor import OffHubMixin
 
 log = logging.getLogger("greyproxy.api")
 bp = Blueprint("health", __name__)
+BUSY_AFTER = 0.25  # seconds health waits for the database connection before saying it is busy
 
 
 @bp.get("/api/health")
@@ -36,15 +38,22 @@ def health() -> Any:
             "dns-proxy-tcp": ports.get("dns"),
         },
     }
+    busy: list[str] = []
     try:
-        rt.db.execute_sql("SELECT 1").fetchone()
+        # Health answers at once even while the database is held (a long write, or a lock
+        # taken by another process that statements wait up to their busy timeout on).
+        if isinstance(rt.db, OffHubMixin) and not rt.db.owns_connection(BUSY_AFTER):
+            busy = [f"database busy: a statement has held it for over {BUSY_AFTER:g} s (a long write, "
+                    "or the file locked by another process)"]
+        else:
+            rt.db.execute_sql("SELECT 1").fetchone()
     except Exception as exc:  # any database failure means "unhealthy", never a 500
         log.warning("health check: database ping failed: %s", exc)
         if rt.fleet_link is not None:  # fleet mode: the node still decides from memory (docs/fleet.md)
             return {**body, "status": "degraded", "reasons": [f"database unreachable: {exc}".strip()],
                     "fleet": rt.fleet_link.status()}
         return {**body, "status": "unhealthy", "reasons": [f"database ping failed: {exc}"]}, 503
-    reasons = rt.writer.health()
+    reasons = [*busy, *rt.writer.health()]
     if rt.fleet_link is not None:
         body["fleet"] = rt.fleet_link.status()
         if not rt.fleet_link.connected:
