@@ -27,6 +27,7 @@ export async function api(method, path, body) {
   try {
     res = await fetch(path, init);
   } catch (err) {
+    connection.lost();
     throw new ApiError(0, "greyproxy is not reachable");
   }
   const text = await res.text();
@@ -252,6 +253,7 @@ export function toast(message, kind = "info") {
 
 export function reportError(err) {
   if (err instanceof ApiError && err.status === 401) return; // the banner already says it
+  if (err instanceof ApiError && err.status === 0) return; // the offline banner says it, once
   toast(err.message || String(err), "error");
 }
 
@@ -269,6 +271,50 @@ export function renderPager(nav, { total, limit, offset }, onPage) {
   );
   nav.hidden = total <= limit && offset === 0;
 }
+
+// ---- offline ----------------------------------------------------------------------------------
+
+// When greyproxy cannot be reached: one banner, and every control of the page disabled (inert),
+// instead of a toast per failed call and cards that look live but cannot be acted on. The page
+// re-reads everything when /ws is back (Live's resync).
+export const connection = {
+  offline: false,
+  timer: null,
+  disabled: [],
+
+  // A failed call or a closed /ws: offline unless /ws is back within a moment.
+  lost() {
+    if (this.offline || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (live.state !== "live") this.set(true);
+    }, 1500);
+  },
+
+  back() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.set(false);
+  },
+
+  set(offline) {
+    if (offline === this.offline) return;
+    this.offline = offline;
+    const banner = $("#offline-banner");
+    const main = $("#main");
+    if (banner) banner.hidden = !offline;
+    document.body.classList.toggle("is-offline", offline);
+    if (main) main.inert = offline;
+    if (offline) {
+      this.disabled = $$("main button:not(:disabled), main input:not(:disabled), main select:not(:disabled)");
+      this.disabled.forEach((el) => { el.disabled = true; });
+      for (const t of $$("#toasts .toast-error")) t.remove();
+    } else {
+      this.disabled.forEach((el) => { el.disabled = false; });
+      this.disabled = [];
+    }
+  },
+};
 
 // ---- live updates over /ws --------------------------------------------------------------------
 
@@ -299,6 +345,7 @@ class Live {
     socket.onopen = () => {
       this.delay = 1000;
       this.setState("live");
+      connection.back();
       if (this.everConnected) this.resyncs.forEach((fn) => fn());
       this.everConnected = true;
     };
@@ -310,9 +357,10 @@ class Live {
     socket.onclose = () => {
       if (this.socket !== socket) return;
       this.setState("offline");
+      connection.lost();
       // Back off so a stopped greyproxy is not hammered; the page keeps working over REST.
       setTimeout(() => this.connect(), this.delay);
-      this.delay = Math.min(this.delay * 2, 30000);
+      this.delay = Math.min(this.delay * 2, 10000);
     };
   }
 
@@ -325,6 +373,7 @@ class Live {
   }
 
   setState(state) {
+    this.state = state;
     const el = $("#live-status");
     if (!el) return;
     el.dataset.state = state;

@@ -6,7 +6,7 @@
 // another tab or by the API) first turns into a same-height note, removed only once the pointer
 // has left the list, so the card under the cursor never changes between two clicks.
 import {
-  $, $$, api, debounce, destExtras, destText, get, h, hostNodes, HOLD_SECONDS, live, relative, reportError,
+  $, $$, api, connection, debounce, destExtras, destText, get, h, hostNodes, HOLD_SECONDS, live, relative, reportError,
   startPage, timeEl, toast,
 } from "./core.js";
 
@@ -772,6 +772,7 @@ startPage(async () => {
   live.on(["pending_request.*", "rule.*", "allowall.changed"], refreshSoon);
   live.onResync(refresh);
   setInterval(() => {
+    if (connection.offline) return; // no countdown that looks live while greyproxy is gone
     for (const [key, card] of cards) {
       const item = items.get(key);
       if (item) updateCountdown(card, item);
