@@ -75,14 +75,14 @@ def list_conversations() -> Any:
     return {"items": [conversation_to_json(r) for r in rows], "total": total}
 
 
-@bp.get("/api/conversations/<conversation_id>")
+@bp.get("/api/conversations/<path:conversation_id>")
 def get_conversation(conversation_id: str) -> Any:
     row = _get(conversation_id)
     turns = list(Turn.select().where(Turn.conversation_id == row.id).order_by(Turn.turn_number))
     return conversation_to_json(row, turns)
 
 
-@bp.get("/api/conversations/<conversation_id>/subagents")
+@bp.get("/api/conversations/<path:conversation_id>/subagents")
 def get_subagents(conversation_id: str) -> Any:
     row = _get(conversation_id)
     children = Conversation.select().where(Conversation.parent_conversation_id == row.id).order_by(Conversation.id)

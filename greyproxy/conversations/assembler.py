@@ -19,8 +19,15 @@ the server sends back on the same socket is its answer (deltas are skipped). A c
 carries what is new (`previous_response_id`) makes the conversation's history the concatenation
 of its calls rather than the longest one.
 
-What this version does not do yet (§10.3): client adapters beyond the dissectors' hints and
-splitting sessions into subagent threads.
+A session (calls sharing a session id) is split into threads by first prompt. The main thread
+is the one whose tool calls started others (a `prompt` input, e.g. Claude Code's Task tool, that
+the other thread's first prompt holds), else the busiest; the others are stored as
+conversations of their own, `<session>/subagent_<n>` when the main thread started them (its tool
+call gets `linked_conversation_id`) and `<session>/thread_<n>` otherwise (title generation and
+other side calls), with `parent_conversation_id`; the parent lists them in `linked_subagents`.
+Nothing of a session is dropped: each thread keeps its own turns.
+
+What this version does not do yet (§10.3): client adapters beyond the dissectors' hints.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.conversations")
 
-ASSEMBLER_VERSION = "3"  # a stored version that differs rebuilds everything at start
+ASSEMBLER_VERSION = "4"  # a stored version that differs rebuilds everything at start
 # Decoders whose every request repeats the conversation so far: their first prompt names the thread.
 FULL_HISTORY = frozenset({"anthropic", "openai-chat", "google-ai"})
 DEBOUNCE_SECONDS = 0.5
@@ -107,9 +114,10 @@ def _prompt_text(message: Message) -> str | None:
     return "\n".join(texts) if texts else None
 
 
-def build_turns(messages: list[Message]) -> list[dict[str, Any]]:
+def build_turns(messages: list[Message], linked: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Turns from one message history: a prompt opens a turn; the assistant's texts, thinking
-    and tool calls (with their results' previews) until the next prompt are its steps."""
+    and tool calls (with their results' previews) until the next prompt are its steps. A tool
+    call whose `prompt` started a subagent thread gets `linked_conversation_id` (from `linked`)."""
     turns: list[dict[str, Any]] = []
     calls: dict[str, dict[str, Any]] = {}
     for message in messages:
@@ -132,6 +140,8 @@ def build_turns(messages: list[Message]) -> list[dict[str, Any]]:
                 steps.append({"type": block.type, "text": block.text})
             elif block.type == "tool_use":
                 step = {"type": "tool_call", "tool_name": block.name, "summary": block.summary}
+                if linked and block.prompt and block.prompt.strip() in linked:
+                    step["linked_conversation_id"] = linked[block.prompt.strip()]
                 steps.append(step)
                 if block.tool_id:
                     calls[block.tool_id] = step
@@ -148,6 +158,55 @@ def thread_key(d: Dissected) -> str | None:
         if prompt is not None:
             return hashlib.sha256(prompt.encode("utf-8", "replace")).hexdigest()[:24]
     return None
+
+
+def first_prompt(d: Dissected) -> str | None:
+    return next((p for m in d.messages if (p := _prompt_text(m)) is not None), None)
+
+
+def _task_prompts(calls: list[Call]) -> list[str]:
+    """The `prompt` inputs of the tool calls in these calls' histories and answers."""
+    out: dict[str, None] = {}
+    for c in calls:
+        for m in [*c.dissected.messages, *([c.dissected.response] if c.dissected.response else [])]:
+            for b in m.blocks:
+                if b.type == "tool_use" and b.prompt and b.prompt.strip():
+                    out[b.prompt.strip()] = None
+    return list(out)
+
+
+def split_threads(calls: list[Call]) -> tuple[list[Call], list[tuple[str, list[Call]]], dict[str, int]]:
+    """(main thread, [(kind, thread)], task prompt -> index of the thread it started).
+
+    Threads are runs of calls with the same first prompt, in order of first appearance; calls
+    without one stay with the thread before them."""
+    groups: dict[str | None, list[Call]] = {}
+    current: str | None = None
+    for c in calls:
+        key = thread_key(c.dissected)
+        if key is None:
+            key = current
+        current = key
+        groups.setdefault(key, []).append(c)
+    threads = list(groups.values())
+    if len(threads) == 1:
+        return threads[0], [], {}
+    firsts = [first_prompt(t[0].dissected) or "" for t in threads]
+
+    def started(i: int) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for task in _task_prompts(threads[i]):
+            j = next((j for j, text in enumerate(firsts) if j != i and task in text), None)
+            if j is not None:
+                found[task] = j
+        return found
+
+    links = [started(i) for i in range(len(threads))]
+    main = max(range(len(threads)), key=lambda i: (len(set(links[i].values())), len(threads[i]), -i))
+    linked = set(links[main].values())
+    others = [("subagent" if i in linked else "thread", t) for i, t in enumerate(threads) if i != main]
+    order = [i for i in range(len(threads)) if i != main]
+    return threads[main], others, {task: order.index(j) for task, j in links[main].items()}
 
 
 class ConversationAssembler:
@@ -357,6 +416,29 @@ class ConversationAssembler:
         calls = self._calls(cid)
         if not calls:
             return
+        main, others = calls, []
+        links: dict[str, int] = {}
+        if not cid.startswith("heuristic_"):  # a heuristic conversation is one thread already
+            main, others, links = split_threads(calls)
+        counts: dict[str, int] = {}
+        child_ids = []
+        for kind, _ in others:
+            counts[kind] = counts.get(kind, 0) + 1
+            child_ids.append(f"{cid}/{kind}_{counts[kind]}")
+        linked = {task: child_ids[i] for task, i in links.items()}
+        with self.db.atomic():
+            old = [c.id for c in Conversation.select(Conversation.id).where(Conversation.parent_conversation_id == cid)]
+            if old:
+                Turn.delete().where(Turn.conversation_id.in_(old)).execute()
+                Conversation.delete().where(Conversation.id.in_(old)).execute()
+            turns = self._store(cid, main, None, linked, child_ids)
+            for child_id, (kind, thread) in zip(child_ids, others, strict=True):
+                self._store(child_id, thread, cid, {}, [], kind)
+        self.bus.publish("conversation.updated", {"conversation_id": cid, "turn_count": turns})
+
+    def _store(self, cid: str, calls: list[Call], parent: str | None, linked: dict[str, str],
+               children: list[str], kind: str = "main") -> int:
+        """Write one conversation (and its turns) from its calls; returns its turn count."""
         # The fullest history (ties: the latest) tells the whole story; its answer ends it.
         best = max(reversed(calls), key=lambda c: len(c.dissected.messages))
         history = list(best.dissected.messages)
@@ -371,7 +453,7 @@ class ConversationAssembler:
                 history.extend(c.dissected.messages)
                 if c.dissected.response is not None:
                     history.append(c.dissected.response)
-        turns = build_turns(history)
+        turns = build_turns(history, linked)
         last = calls[-1]
         for turn in turns:
             mine = [c for c in calls if c.prompts == turn["turn_number"]]
@@ -391,10 +473,17 @@ class ConversationAssembler:
             incomplete_reason = f"the last API call answered {last.row.status_code or 'nothing'}"
         elif last.dissected.response is None:
             incomplete_reason = "the last answer could not be read"
+        metadata: dict[str, Any] = {"api_calls": len(calls), "decoder": best.dissected.decoder,
+                                    "thread": thread_key(calls[0].dissected)}
+        if parent is not None:
+            metadata["thread_kind"] = kind
+        if children:
+            metadata["linked_subagents"] = children
         with self.db.atomic():
             Conversation.delete().where(Conversation.id == cid).execute()
             Turn.delete().where(Turn.conversation_id == cid).execute()
             Conversation.create(
+                parent_conversation_id=parent,
                 id=cid, model=last.dissected.model, container_name=calls[0].row.container_name,
                 provider=best.dissected.provider, client_name=best.dissected.client_hint,
                 started_at=calls[0].row.timestamp, ended_at=last.row.timestamp, turn_count=len(turns),
@@ -402,8 +491,7 @@ class ConversationAssembler:
                 first_prompt=_cut(turns[0]["user_prompt"], PROMPT_TITLE) if turns else None,
                 last_turn_has_response=last.dissected.response is not None,
                 request_ids_json=json.dumps([c.dissected.response_id for c in calls if c.dissected.response_id]),
-                metadata_json=json.dumps({"api_calls": len(calls), "decoder": best.dissected.decoder,
-                                          "thread": thread_key(calls[0].dissected)}),
+                metadata_json=json.dumps(metadata),
                 incomplete=incomplete_reason is not None, incomplete_reason=incomplete_reason, updated_at=utcnow(),
             )
             for turn in turns:
@@ -414,4 +502,4 @@ class ConversationAssembler:
                     timestamp_end=turn.get("timestamp_end"), duration_ms=turn.get("duration_ms"),
                     model=turn.get("model"),
                 )
-        self.bus.publish("conversation.updated", {"conversation_id": cid, "turn_count": len(turns)})
+        return len(turns)

@@ -50,6 +50,7 @@ class Block:
     name: str | None = None  # tool name for tool_use (Gemini: also the function name of a tool_result)
     summary: str | None = None  # short human summary of a tool call (≤ SUMMARY_LIMIT chars)
     tool_id: str | None = None  # tool_use id / tool_result's tool_use_id (call_id for OpenAI)
+    prompt: str | None = None  # a tool_use's `prompt` input (a subagent's task), ≤ PREVIEW_LIMIT chars
 
 
 @dataclass
@@ -216,7 +217,9 @@ def _parse_args(arguments: Any) -> Any:
 
 def _tool_use(name: Any, tool_input: Any, tool_id: Any) -> Block:
     name_s = _s(name)
-    return Block("tool_use", name=name_s, summary=tool_summary(name_s, tool_input), tool_id=_s(tool_id))
+    task = _s(tool_input.get("prompt")) if isinstance(tool_input, dict) else None
+    return Block("tool_use", name=name_s, summary=tool_summary(name_s, tool_input), tool_id=_s(tool_id),
+                 prompt=task[:PREVIEW_LIMIT] if task else None)
 
 
 # --------------------------------------------------------------------------- SSE

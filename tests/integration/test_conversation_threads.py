@@ -175,3 +175,49 @@ def test_openai_responses_over_websocket_become_a_conversation(gp, ws_llm):
     assert [[s["text"] for s in t["steps"]] for t in detail["turns"]] == [["answer 1"], ["answer 2"]]
     assert [t["request_ids"] for t in detail["turns"]] == [["resp_1"], ["resp_2"]]
     assert detail["request_ids"] == ["resp_1", "resp_2"]
+
+
+# -- subagent threads -----------------------------------------------------------------------------
+def test_a_session_is_split_into_main_subagent_and_side_threads(gp, messages_server):
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": HOST}
+                  ).status_code == 201
+    user = json.dumps({"device_id": "d", "session_id": "sess-main"})
+    task = "Explore the repository and list its files"
+    main = [{"role": "user", "content": "build the feature"}]
+    ask(gp, messages_server, main, user)
+    ask(gp, messages_server, [{"role": "user", "content": "Write a 5-word title for: build the feature"}], user)
+    # the main thread calls its Task tool; the subagent's first prompt is that task
+    main[-1] = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Task",
+                                                  "input": {"description": "explore", "prompt": task}}]}
+    sub = [{"role": "user", "content": [{"type": "text", "text": "<system-reminder>be careful</system-reminder>"},
+                                        {"type": "text", "text": task}]}]
+    ask(gp, messages_server, sub, user)
+    sub.append({"role": "user", "content": "and count them"})
+    ask(gp, messages_server, sub, user)
+    main.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "3 files"}]})
+    ask(gp, messages_server, main, user)
+
+    def ready():
+        items = conversations(gp)
+        if len(items) != 1 or len(items[0]["metadata"].get("linked_subagents", [])) != 2:
+            return None
+        return items[0] if items[0]["metadata"]["api_calls"] == 2 else None
+
+    parent = wait_until(ready, 15)
+    assert parent, conversations(gp)
+    assert parent["id"] == "sess-main" and parent["first_prompt"] == "build the feature"
+    assert parent["metadata"]["linked_subagents"] == ["sess-main/thread_1", "sess-main/subagent_1"]
+    detail = gp.api("GET", "/api/conversations/sess-main").json()
+    step = detail["turns"][0]["steps"][0]
+    assert step["tool_name"] == "Task" and step["linked_conversation_id"] == "sess-main/subagent_1"
+    assert step["result_preview"] == "3 files"
+
+    children = gp.api("GET", "/api/conversations/sess-main/subagents").json()["items"]
+    assert [c["id"] for c in children] == ["sess-main/subagent_1", "sess-main/thread_1"]
+    assert all(c["parent_conversation_id"] == "sess-main" for c in children)
+    subagent = gp.api("GET", "/api/conversations/sess-main/subagent_1").json()
+    assert subagent["metadata"]["thread_kind"] == "subagent" and subagent["metadata"]["api_calls"] == 2
+    assert [t["user_prompt"].splitlines()[-1] for t in subagent["turns"]] == [task, "and count them"]
+    title = gp.api("GET", "/api/conversations/sess-main/thread_1").json()
+    assert title["metadata"]["thread_kind"] == "thread" and title["turn_count"] == 1
+    assert gp.api("GET", "/api/conversations/sess-main/thread_9").status_code == 404
