@@ -27,7 +27,7 @@ call gets `linked_conversation_id`) and `<session>/thread_<n>` otherwise (title 
 other side calls), with `parent_conversation_id`; the parent lists them in `linked_subagents`.
 Nothing of a session is dropped: each thread keeps its own turns.
 
-What this version does not do yet (§10.3): client adapters beyond the dissectors' hints.
+`client_name` says which agent made the calls (conversations/adapters.py).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import peewee
 from peewee import Case, fn
 
 from greyproxy.capture.har import ws_key
+from greyproxy.conversations.adapters import detect_client
 from greyproxy.conversations.dissect import Dissected, Message, dissect, ws_response
 from greyproxy.conversations.endpoints import BUILTIN_RULES, EndpointRule, auto_rule, pick
 from greyproxy.events import Bus
@@ -61,7 +62,7 @@ from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.conversations")
 
-ASSEMBLER_VERSION = "4"  # a stored version that differs rebuilds everything at start
+ASSEMBLER_VERSION = "5"  # a stored version that differs rebuilds everything at start
 # Decoders whose every request repeats the conversation so far: their first prompt names the thread.
 FULL_HISTORY = frozenset({"anthropic", "openai-chat", "google-ai"})
 DEBOUNCE_SECONDS = 0.5
@@ -485,7 +486,9 @@ class ConversationAssembler:
             Conversation.create(
                 parent_conversation_id=parent,
                 id=cid, model=last.dissected.model, container_name=calls[0].row.container_name,
-                provider=best.dissected.provider, client_name=best.dissected.client_hint,
+                provider=best.dissected.provider,
+                client_name=detect_client((c.row.request_headers for c in calls[:5]), best.dissected.client_hint,
+                                          [system] if system else [], best.dissected.tools, best.dissected.provider),
                 started_at=calls[0].row.timestamp, ended_at=last.row.timestamp, turn_count=len(turns),
                 system_prompt=system, system_prompt_summary=_cut(system.strip().splitlines()[0], 100) if system else None,
                 first_prompt=_cut(turns[0]["user_prompt"], PROMPT_TITLE) if turns else None,

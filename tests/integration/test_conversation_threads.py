@@ -93,6 +93,7 @@ def test_two_conversations_a_second_apart_stay_two_and_anthropic_is_detected(gp,
         assert conv["provider"] == "anthropic" and conv["metadata"]["decoder"] == "anthropic"
         assert conv["incomplete"] is False and conv["last_turn_has_response"] is True
         assert conv["metadata"]["api_calls"] == 2 and conv["system_prompt"] == "You are a coding agent."
+        assert conv["client_name"] == "claude-code"  # nothing else tells: Anthropic's usual client
     detail = gp.api("GET", f"/api/conversations/{by_prompt['fix the tests']['id']}").json()
     assert [t["user_prompt"] for t in detail["turns"]] == ["fix the tests", "and run them"]
     assert detail["turns"][1]["steps"][0]["text"] == "re: and run them"
@@ -170,6 +171,7 @@ def test_openai_responses_over_websocket_become_a_conversation(gp, ws_llm):
     assert conv["id"] == "ws-session-1" and conv["provider"] == "openai"
     assert conv["metadata"]["decoder"] == "openai-ws" and conv["metadata"]["api_calls"] == 2
     assert conv["incomplete"] is False and conv["model"] == "gpt-ws" and conv["system_prompt"] == "You are Codex."
+    assert conv["client_name"] == "codex"  # told by its instructions
     detail = gp.api("GET", "/api/conversations/ws-session-1").json()
     assert [t["user_prompt"] for t in detail["turns"]] == ["first", "second"]
     assert [[s["text"] for s in t["steps"]] for t in detail["turns"]] == [["answer 1"], ["answer 2"]]

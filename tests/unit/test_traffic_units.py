@@ -10,6 +10,7 @@ import pytest
 from greyproxy.capture.diff import MAX_JSON_CHANGES, body_diff, header_diff
 from greyproxy.capture.har_import import MAX_ROWS, HarInvalid, parse_har
 from greyproxy.capture.recordings import ActiveRecordings, Running
+from greyproxy.conversations.adapters import detect_client
 from greyproxy.conversations.endpoints import auto_rule, detect_decoder
 
 
@@ -92,3 +93,22 @@ def test_running_recordings_prefer_the_specific_then_the_newest():
     assert active.recording_for("other") == 3
     active.set([])
     assert active.recording_for("agent-1") is None
+
+
+@pytest.mark.parametrize(("headers", "hint", "system", "tools", "provider", "client"), [
+    ({"User-Agent": ["claude-cli/1.0.98 (external, cli)"]}, None, [], [], "anthropic", "claude-code"),
+    ({"user-agent": "GeminiCLI/0.1.5 (linux; x64)"}, None, [], [], "google", "gemini-cli"),
+    ({"Originator": ["codex_exec"]}, None, [], [], "openai", "codex"),
+    ({"X-Title": ["opencode"]}, None, [], [], "openai", "opencode"),
+    ({"HTTP-Referer": ["https://aider.chat"]}, None, [], [], "openai", "aider"),
+    ({"User-Agent": ["python-requests/2"]}, "codex", [], [], "openai", "codex"),
+    (None, None, ["You are Claude Code, Anthropic's official CLI"], [], "anthropic", "claude-code"),
+    (None, None, [], ["Task", "Bash", "Read", "Other"], "openai", "claude-code"),
+    (None, None, [], ["apply_patch", "shell"], "openai", "codex"),
+    (None, None, [], [], "anthropic", "claude-code"),
+    (None, None, [], [], "openai", "opencode"),
+    (None, None, [], [], "google", "generic"),
+])
+def test_client_adapters(headers, hint, system, tools, provider, client):
+    column = json.dumps(headers) if headers is not None else None
+    assert detect_client([None, column, "not json"], hint, system, tools, provider) == client
