@@ -8,17 +8,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import peewee
 from flask import Blueprint
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.logs import check_buckets
-from greyproxy.api.parse import choice_arg, int_arg, str_arg, time_arg
+from greyproxy.api.parse import bool_arg, choice_arg, int_arg, str_arg, time_arg
 from greyproxy.policy.durations import DurationError, rule_duration
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES, patterns_for_scope, registrable_domain
 from greyproxy.services.logs import GROUPS, LogFilter, auto_group, dashboard_stats, today_start
-from greyproxy.services.rules import NewRule, validated
+from greyproxy.services.rules import ACTIONS, NewRule, rule_to_json, validated
+from greyproxy.store.models import RequestLog, Rule
 from greyproxy.timeutil import utcnow
 
 bp = Blueprint("dashboard", __name__)
@@ -82,3 +84,51 @@ def check_duration() -> Any:
     except DurationError as exc:
         raise ApiError(400, str(exc)) from None
     return {"value": text, "seconds": seconds}
+
+
+# The Rules page's list: /api/rules plus a free-text search, a sort on any column and, per rule,
+# `hits` (connections the log says it decided). Hits come from one GROUP BY over the log, joined
+# to the page of rules, so sorting by hits costs one pass over the log, not one per rule.
+RULE_SORTS = ("id", "created_at", "action", "container_pattern", "destination_pattern", "port_pattern", "expires_at",
+              "last_used_at", "created_by", "hits")
+MAX_SEARCH = 1000
+
+
+@bp.get("/api/dashboard/rules")
+def rules_with_hits() -> Any:
+    limit = int_arg("limit", 50, minimum=1, maximum=1000)
+    offset = int_arg("offset", 0)
+    sort = choice_arg("sort", RULE_SORTS, default="created_at")
+    descending = choice_arg("dir", ("asc", "desc"), default="desc") == "desc"
+    hits_q = (RequestLog.select(RequestLog.rule_id, peewee.fn.COUNT(RequestLog.id).alias("n"))
+              .where(RequestLog.rule_id.is_null(False)).group_by(RequestLog.rule_id))
+    runtime().writer.flush()  # count connections logged a moment ago
+    hits = hits_q.alias("hits")
+    n = peewee.fn.COALESCE(hits.c.n, 0)
+    query = (Rule.select(Rule, n.alias("hits"))
+             .join(hits, peewee.JOIN.LEFT_OUTER, on=(hits.c.rule_id == Rule.id)))
+    for name, field in (("container", Rule.container_pattern), ("destination", Rule.destination_pattern)):
+        if text := str_arg(name):
+            query = query.where(field.contains(text))
+    if action := choice_arg("action", ACTIONS):
+        query = query.where(Rule.action == action)
+    if not bool_arg("include_expired"):
+        query = query.where(Rule.expires_at.is_null() | (Rule.expires_at > utcnow()))
+    if search := str_arg("search"):
+        if len(search) > MAX_SEARCH:
+            raise ApiError(400, f"'search' must be at most {MAX_SEARCH} characters")
+        text = search.strip()
+        where = (Rule.container_pattern.contains(text) | Rule.destination_pattern.contains(text)
+                 | Rule.port_pattern.contains(text) | Rule.notes.contains(text) | Rule.created_by.contains(text)
+                 | Rule.path_pattern.contains(text))
+        if text.lstrip("#").isdigit():
+            where = where | (Rule.id == int(text.lstrip("#")))
+        query = query.where(where)
+    total = query.count()
+    key = n if sort == "hits" else getattr(Rule, sort)
+    # Never-expiring and never-used rules sort after the dated ones in both directions.
+    nulls = [key.is_null()] if sort in ("expires_at", "last_used_at") else []
+    order = [*nulls, key.desc() if descending else key.asc(), Rule.id.desc() if descending else Rule.id.asc()]
+    now = utcnow()
+    items = [{**rule_to_json(r, now), "hits": r.hits} for r in query.order_by(*order).limit(limit).offset(offset)]
+    return {"items": items, "total": total}

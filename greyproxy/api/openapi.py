@@ -360,6 +360,15 @@ def build_spec() -> dict[str, Any]:
             "Pending requests as /api/pending, each with registrable_domain and scope_rules (the exact rule "
             "each scope would create, or the error it would get)", "pending", ANY_OBJECT, errors=(400,),
             params=[query("container", STR), query("destination", STR), *PAGING])},
+        "/api/dashboard/rules": {"get": op(
+            "Rules as /api/rules, with a free-text search, a sort on any column and per rule its hits (connections "
+            "the log says it decided)", "rules", ANY_OBJECT, errors=(400,),
+            params=[query("container", STR), query("destination", STR), query("action", s("string", enum=["allow", "deny"])),
+                    query("include_expired", BOOL), query("search", STR),
+                    query("sort", s("string", enum=["id", "created_at", "action", "container_pattern",
+                                                    "destination_pattern", "port_pattern", "expires_at", "last_used_at",
+                                                    "created_by", "hits"])),
+                    query("dir", s("string", enum=["asc", "desc"])), *PAGING])},
         "/api/dashboard/duration": {"get": op(
             "Seconds a rule duration stands for (null = permanent); 400 says what is wrong", "rules", ANY_OBJECT,
             errors=(400,), params=[query("value", STR)])},

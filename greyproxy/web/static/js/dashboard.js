@@ -44,8 +44,9 @@ async function refreshStats() {
     const group = s.timeline.length > 1 && Date.parse(s.timeline[1].timestamp) - Date.parse(s.timeline[0].timestamp) > 3600e3 ? "day" : "hour";
     timeline(s.timeline, group);
     listOrEmpty($("#top-blocked"), s.top_blocked.map((b) => {
+      // Never "every container": with several blocked containers the user names the one to allow.
       const q = new URLSearchParams({ new: "1", destination: b.resolved_hostname || b.host, port: String(b.port ?? "*"),
-        container: b.containers?.length === 1 ? b.containers[0] : "*" });
+        container: b.containers?.length === 1 ? b.containers[0] : "", blocked_for: (b.containers || []).join(", ") });
       return h("li", { class: "split-line" },
         h("span", {}, h("strong", {}, b.resolved_hostname || b.host), `:${b.port ?? "*"}`,
           h("span", { class: "muted small" }, ` ${(b.containers || []).join(", ")}`)),

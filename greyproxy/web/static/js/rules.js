@@ -46,6 +46,8 @@ function row(rule) {
     cell("Destination", h("code", {}, rule.destination_pattern), ...destExtras(rule)),
     cell("Port", h("code", {}, rule.port_pattern)),
     cell("Expires", expiryCell(rule)),
+    cell("Hits", h("span", { class: "count", title: "Connections the log says this rule decided" },
+      rule.hits === undefined ? "—" : rule.hits.toLocaleString())),
     cell("Last used", timeEl(rule.last_used_at)),
     cell("Source", sourceCell(rule)),
     cell("Notes", rule.notes || ""),
@@ -57,14 +59,55 @@ function row(rule) {
   );
 }
 
-async function refresh() {
+let sortKey = "created_at";
+let sortDir = "desc";
+
+function listParams() {
   const f = formValues(filters);
-  const params = {
-    container: f.container, destination: f.destination, action: f.action,
-    include_expired: f.include_expired, limit: PAGE_SIZE, offset,
-  };
+  return { search: f.search, container: f.container, destination: f.destination, action: f.action,
+    include_expired: f.include_expired };
+}
+
+// The view (filters, sort, page) is in the address bar, so a link or a reload shows the same rules.
+function writeUrl() {
+  const params = new URLSearchParams(location.search);
+  const f = listParams();
+  for (const key of ["search", "container", "destination", "action", "include_expired"]) {
+    if (f[key]) params.set(key, String(f[key])); else params.delete(key);
+  }
+  if (sortKey !== "created_at" || sortDir !== "desc") { params.set("sort", sortKey); params.set("dir", sortDir); } else { params.delete("sort"); params.delete("dir"); }
+  if (offset) params.set("offset", String(offset)); else params.delete("offset");
+  history.replaceState(null, "", `${location.pathname}${params.size ? `?${params}` : ""}`);
+}
+
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const key of ["search", "container", "destination", "action"]) if (params.has(key)) filters.elements[key].value = params.get(key);
+  if (params.get("include_expired") === "true") filters.elements.include_expired.checked = true;
+  if (params.get("sort")) sortKey = params.get("sort");
+  if (params.get("dir") === "asc") sortDir = "asc";
+  offset = Number(params.get("offset")) || 0;
+}
+
+function setSort(key, dir) {
+  sortKey = key;
+  sortDir = dir;
+  const select = $("#rules-sort");
+  if ([...select.options].some((o) => o.value === `${key}:${dir}`)) select.value = `${key}:${dir}`;
+  offset = 0;
+  refresh();
+}
+
+async function refresh() {
+  const params = { ...listParams(), sort: sortKey, dir: sortDir, limit: PAGE_SIZE, offset };
+  for (const th of table.querySelectorAll("thead th")) {
+    const key = th.querySelector("button.sort")?.dataset.sort;
+    if (key === sortKey) th.setAttribute("aria-sort", sortDir === "asc" ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
+  writeUrl();
   try {
-    const data = await get("/api/rules", params);
+    const data = await get("/api/dashboard/rules", params);
     if (!data.items.length && offset > 0) { // the last rule of a page went away
       offset = Math.max(0, offset - PAGE_SIZE);
       return refresh();
@@ -101,6 +144,7 @@ async function create(event) {
     action: f.action,
     notes: f.notes || null,
   };
+  body.created_by = "dashboard"; // the same name the audit log gives this browser (provenance = audit actor)
   if (f.lifetime) {
     body.rule_type = "temporary";
     body.expires_in_seconds = Number(f.lifetime);
@@ -125,7 +169,108 @@ function prefillFromUrl() {
     const short = name.replace("_pattern", "");
     if (params.has(short)) createForm.elements[name].value = params.get(short);
   }
+  if (params.get("container") === "*") createForm.elements.container_pattern.value = ""; // never pre-fill "everyone"
+  const hint = $("#prefill-hint");
+  if (params.get("blocked_for")) {
+    hint.textContent = `Blocked for: ${params.get("blocked_for")}. Name the container this rule is for` +
+      " (a pattern such as agent* or * is your explicit choice).";
+    hint.hidden = false;
+  }
   showCreate(true);
+}
+
+// ---- export / import ------------------------------------------------------------------------------
+
+// Export: every rule the filters select (all pages), in the shape POST /api/rules/ingest takes
+// back. Built-in and session rules are left out: they are not the user's to move.
+async function exportRules(event) {
+  event.preventDefault();
+  const out = [];
+  try {
+    for (let from = 0; ; from += 1000) {
+      const data = await get("/api/rules", { container: listParams().container, destination: listParams().destination,
+        action: listParams().action, limit: 1000, offset: from });
+      for (const r of data.items) {
+        if (r.source === "builtin" || r.source === "session") continue;
+        const rule = { container_pattern: r.container_pattern, destination_pattern: r.destination_pattern,
+          port_pattern: r.port_pattern, action: r.action, created_by: r.created_by };
+        if (r.notes) rule.notes = r.notes;
+        if (r.expires_at) rule.expires_at = r.expires_at;
+        if (r.method_pattern) rule.method_pattern = r.method_pattern;
+        if (r.path_pattern) rule.path_pattern = r.path_pattern;
+        out.push(rule);
+      }
+      if (from + 1000 >= data.total || !data.items.length) break;
+    }
+  } catch (err) {
+    reportError(err);
+    return;
+  }
+  const blob = new Blob([JSON.stringify(out, null, 2)], { type: "application/json" });
+  const link = h("a", { href: URL.createObjectURL(blob), download: "greyproxy-rules.json" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  toast(`Exported ${out.length} rule${out.length === 1 ? "" : "s"}`, "ok");
+}
+
+async function importRules(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  const box = $("#import-result");
+  box.hidden = false;
+  let items;
+  try {
+    items = JSON.parse(await file.text());
+  } catch {
+    box.textContent = `${file.name} is not JSON: nothing was imported.`;
+    return;
+  }
+  if (!Array.isArray(items)) items = items && Array.isArray(items.rules) ? items.rules : null;
+  if (!items) {
+    box.textContent = `${file.name} holds no list of rules: nothing was imported.`;
+    return;
+  }
+  try {
+    const res = await api("POST", "/api/rules/ingest", items);
+    box.textContent = `Imported ${res.imported} rule${res.imported === 1 ? "" : "s"} from ${file.name}` +
+      (res.skipped ? ` (${res.skipped} already there)` : "") + ".";
+    refresh();
+  } catch (err) {
+    // All or nothing: the API names the item that is wrong.
+    box.textContent = `Nothing was imported from ${file.name}: ${err.message}`;
+  }
+}
+
+// ---- tester ---------------------------------------------------------------------------------------
+
+async function testConnection(event) {
+  event.preventDefault();
+  const form = event.target;
+  const f = formValues(form);
+  const out = $("#tester-result");
+  showFormError(form, "");
+  const body = { container: f.container, destination: f.destination, port: Number(f.port || 443) };
+  if (f.method) body.method = f.method;
+  if (f.path) body.path = f.path;
+  try {
+    const res = await api("POST", "/api/rules/test", body);
+    const verdict = { allow: "allowed", deny: "denied", hold: "held for a decision" }[res.decision] || res.decision;
+    const rule = res.rule;
+    out.replaceChildren(
+      h("p", {}, h("span", { class: `badge badge-${res.decision === "allow" ? "ok" : res.decision === "deny" ? "bad" : "warn"}` }, res.decision),
+        " ", h("strong", {}, `${f.container} → ${f.destination}:${body.port} is ${verdict}`)),
+      rule ? h("p", {}, "Decided by ", h("a", { href: `/rules?rule=${rule.id}` }, `rule #${rule.id}`), " ",
+        h("code", {}, `${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`))
+        : h("p", { class: "muted" }, "No rule matches."),
+      h("p", { class: "muted" }, `Why: ${String(res.reason || "").replaceAll("_", " ")}`));
+    out.hidden = false;
+  } catch (err) {
+    out.hidden = true;
+    showFormError(form, err.message);
+  }
 }
 
 // /rules?rule=N (a link from a transaction or the audit log): filter down to that rule and mark it.
@@ -278,9 +423,24 @@ startPage(async () => {
     if (edit) openEdit(rules.get(edit.dataset.edit));
     if (del) remove(rules.get(del.dataset.delete));
   });
+  readUrl();
+  const tester = $("#rule-tester");
+  $("#tester-toggle").addEventListener("click", () => {
+    tester.hidden = !tester.hidden;
+    $("#tester-toggle").setAttribute("aria-expanded", String(!tester.hidden));
+    if (!tester.hidden) $("#tester-form").elements.container.focus();
+  });
+  $("#tester-form").addEventListener("submit", testConnection);
+  $("#rules-export").addEventListener("click", exportRules);
+  $("#rules-import").addEventListener("change", importRules);
+  $("thead", table).addEventListener("click", (e) => {
+    const button = e.target.closest("button.sort");
+    if (button) setSort(button.dataset.sort, button.dataset.sort === sortKey && sortDir === "desc" ? "asc" : "desc");
+  });
+  $("#rules-sort").addEventListener("change", (e) => { e.stopPropagation(); setSort(...e.target.value.split(":")); });
   const refilter = debounce(() => { offset = 0; refresh(); }, 250);
   filters.addEventListener("input", refilter);
-  filters.addEventListener("change", refilter);
+  filters.addEventListener("change", (e) => { if (e.target.name !== "sort") refilter(); });
   filters.addEventListener("submit", (e) => e.preventDefault());
   live.on("rule.*", refreshSoon);
   live.onResync(refresh);
