@@ -335,3 +335,28 @@ def test_log_filters_and_stats_over_long_ranges(gp, origin):
     daily = gp.api("GET", "/api/logs/stats", params={"group_by": "day"}).json()
     assert daily["group_by"] == "day" and len(daily["timeline"]) == 1
     assert_error(gp.api("GET", "/api/logs/stats", params={"group_by": "minute"}), 400, "group_by")
+
+
+def test_a_user_endpoint_rule_decides_the_decoder(gp, origin):
+    """A Gemini-shaped call to an unknown host is no conversation (its body has no model and
+    messages to guess from) until an endpoint rule names the decoder; then it is one."""
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1",
+                                              "destination_pattern": origin.host}).status_code == 201
+    session = requests.Session()
+    session.trust_env = False
+    proxies = {"http": f"http://agent1:x@127.0.0.1:{gp.ports['http']}"}
+    url = f"http://{origin.host}:{origin.port}/v1beta/models/gemini-test:generateContent"
+
+    def ask(text: str) -> None:
+        body = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+        assert session.post(url, json=body, proxies=proxies, timeout=10).status_code == 200
+
+    ask("before the rule")
+    assert gp.wait_for(lambda: gp.api("GET", "/api/transactions").json()["total"] >= 1)
+    time.sleep(1.5)  # the assembler runs half a second after new traffic
+    assert gp.api("GET", "/api/conversations").json()["items"] == []
+    rule = {"host_pattern": origin.host, "path_pattern": "/v1beta/models/*", "decoder_name": "google-ai"}
+    assert gp.api("POST", "/api/endpoint-rules", json=rule).status_code == 201
+    ask("after the rule")
+    found = gp.wait_for(lambda: gp.api("GET", "/api/conversations").json()["items"], timeout=10)
+    assert [c["first_prompt"] for c in found] == ["after the rule"], found
