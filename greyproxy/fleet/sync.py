@@ -15,7 +15,6 @@ announcement lives WAITERS_TTL seconds and is repeated while it holds.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ import gevent
 
 from greyproxy.credentials.crypto import DecryptError, decrypt
 from greyproxy.credentials.vault import Secret
-from greyproxy.events import Event
+from greyproxy.events import Event, from_other_node
 from greyproxy.services.policy_state import RuleChange
 from greyproxy.services.rules import rule_to_json, rule_to_spec
 from greyproxy.store.models import GlobalCredential, PendingRequest, Rule, Session
@@ -38,8 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("greyproxy.fleet")
 
-# Set while this greenlet applies another node's change: what it publishes is not sent back.
-applying_remote: contextvars.ContextVar[bool] = contextvars.ContextVar("greyproxy_fleet_remote", default=False)
+# Set while this greenlet applies another node's change: what it publishes is neither sent back
+# nor recorded again (the bus skips its recorders, e.g. the audit log, meanwhile).
+applying_remote = from_other_node
 
 WAITERS_TTL = 30.0
 WAITERS_REPEAT = 10.0

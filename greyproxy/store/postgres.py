@@ -1,10 +1,12 @@
 """PostgreSQL for fleet mode (docs/fleet.md): several nodes share one database.
 
 The driver is psycopg2 (the `psycopg2-binary` wheel), used blocking and without psycogreen:
-statements are short and bounded by server-side timeouts, and every statement runs on one
-connection per node, like SQLite's, so greenlets never interleave inside a transaction. The
-change notifications that cross nodes use a second connection of their own, waited on
-cooperatively (greyproxy/fleet/listener.py).
+like SQLite's, every statement (and the connect) runs in the store's own OS thread
+(store/executor.py), on one connection per node, so the gevent hub never waits on the
+database and a transaction belongs to the greenlet that opened it. psycogreen would instead
+make libpq yield to the hub, which the executor makes unnecessary, and would put every
+statement back on the hub's thread. The change notifications that cross nodes use a second
+connection of their own, waited on cooperatively (greyproxy/fleet/link.py).
 
 Every call that can wait on the network has a bound: the connect timeout, a statement timeout,
 an idle-in-transaction timeout and TCP keepalives (a silent peer is noticed in ~25 s).
@@ -17,6 +19,8 @@ from typing import Any
 import peewee
 import psycopg2
 import psycopg2.extensions
+
+from greyproxy.store.executor import OffHubMixin
 
 CONNECT_TIMEOUT = 5  # seconds
 STATEMENT_TIMEOUT_MS = 15_000
@@ -66,7 +70,7 @@ BYTEA_AS_BYTES = psycopg2.extensions.new_type(psycopg2.BINARY.values, "GREYPROXY
 BROKEN = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
-class PostgresDatabase(peewee.PostgresqlDatabase):
+class PostgresDatabase(OffHubMixin, peewee.PostgresqlDatabase):
     """peewee's PostgreSQL database with a reconnect: a statement that finds the connection
     broken (the server restarted, a failover) outside a transaction is retried once on a new
     connection; inside a transaction the error reaches the caller (the transaction is lost, and
@@ -76,12 +80,16 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         params = connect_params(url)
         self.display = safe_url(url)  # what error messages name (never the password)
         super().__init__(params.pop("dbname", "postgres"), thread_safe=False, **params)
+        self._init_off_hub()
 
     def _connect(self) -> Any:
-        conn = psycopg2.connect(dbname=self.database, **self.connect_params)
-        psycopg2.extensions.register_type(BYTEA_AS_BYTES, conn)
-        conn.autocommit = True  # peewee issues BEGIN/COMMIT itself
-        return conn
+        def connect() -> Any:
+            conn = psycopg2.connect(dbname=self.database, **self.connect_params)
+            psycopg2.extensions.register_type(BYTEA_AS_BYTES, conn)
+            conn.autocommit = True  # peewee issues BEGIN/COMMIT itself
+            return conn
+
+        return self.run_in_db(connect)
 
     def _broken(self) -> bool:
         conn = self._state.conn
