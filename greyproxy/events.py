@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,6 +11,11 @@ from typing import Any
 from gevent.queue import Empty, Full, Queue
 
 Event = dict[str, Any]  # {"type": str, "data": Any}
+
+# Set while this node applies another fleet node's change (greyproxy/fleet/sync.py): that node
+# has recorded it (its audit entry), so what is published meanwhile runs no recorder here.
+from_other_node: contextvars.ContextVar[bool] = contextvars.ContextVar("greyproxy_from_other_node",
+                                                                      default=False)
 
 
 @dataclass(eq=False)
@@ -84,7 +90,7 @@ class Bus:
 
     def publish(self, type_: str, data: Any, *, recorded: bool = False) -> None:
         event: Event = {"type": type_, "data": data}
-        if not recorded:
+        if not recorded and not from_other_node.get():
             for recorder in list(self._recorders):
                 recorder([event])
         for hook in list(self._hooks):
