@@ -30,6 +30,8 @@ from greyproxy.capture.redact import REDACTED
 from greyproxy.capture.serialize import transaction_to_json
 from greyproxy.policy.canonical import PatternError, canonical_destination
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
+from greyproxy.policy.request_decide import decide_request
+from greyproxy.policy.request_rules import RequestQuery, canonical_path
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
 from greyproxy.proxy.tunnel import DialError, dial
 from greyproxy.store.models import HttpTransaction
@@ -312,10 +314,14 @@ def replay(rt: Runtime, row: HttpTransaction, mods: Modifications | None = None)
     wire, sent_headers, body = _wire(req), req.headers, req.body
     host, port = req.host, req.port
     started = time.monotonic()
-    decision = rt.policy.decide(
+    connection = rt.policy.decide(
         ConnectionRequest(container=row.container_name, host=host, port=port,
                           control_plane=rt.guard.is_control_plane(host, port))
     )
+    # Then the request-level rules (method, path), as for a live request on that connection.
+    target = urlsplit(req.url).path or "/"
+    decision = decide_request(connection, RequestQuery(row.container_name, host, port, req.method,
+                                                       canonical_path(target)), rt.policy.state)
     allowed = decision.verdict is Verdict.ALLOW
     rt.writer.log(
         container_name=row.container_name, destination_host=host, destination_port=port, method=req.method,
@@ -330,7 +336,7 @@ def replay(rt: Runtime, row: HttpTransaction, mods: Modifications | None = None)
     sock = None
     try:
         with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
-            sock = _open(rt, req, decision)
+            sock = _open(rt, req, connection)  # the connection's rule opens a private range, as live
             status, response_headers, tap = _exchange(sock, wire, req.method)
     finally:
         if sock is not None:

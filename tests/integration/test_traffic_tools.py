@@ -227,6 +227,18 @@ def test_replay_with_modifications_goes_through_the_rules(gp, echo):
         assert other.seen == []
     finally:
         other.close()
+    # the request-level rules (method, path) apply to a replay as to a live request
+    for action, path in (("deny", "/status/*/secret"), ("hold", "/status/*/held")):
+        rule = gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": echo.host,
+                                                  "port_pattern": str(echo.port), "action": action,
+                                                  "method_pattern": "DELETE", "path_pattern": path})
+        assert rule.status_code == 201, rule.text
+        refused = gp.api("POST", f"/api/transactions/{item['id']}/replay",
+                         json={"method": "DELETE", "url": echo.base + path.replace("*", "200"),
+                               "headers": {"Authorization": None}})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["reason"] == f"{'denied' if action == 'deny' else 'held'}_by_request_rule"
+    assert len(echo.seen) == sent
     api = gp.api("POST", f"/api/transactions/{item['id']}/replay",
                  json={"url": f"http://127.0.0.1:{gp.ports['api']}/api/rules", "headers": {"Authorization": None}})
     assert api.status_code in (403, 502) and api.status_code != 201, api.text
