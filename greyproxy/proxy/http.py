@@ -136,7 +136,7 @@ class HttpProxyHandler:
             return
         conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n")
         told = refusal.answer(conn.sock, conn.take_buffered(), mitm.leaves, admission.host,
-                              self.gate.blocked_text(admission, reason), reason)
+                              self.gate.blocked_text(admission, reason), reason, admission.container)
         log.debug("refused CONNECT %s:%s (%s), answered in the tunnel: %s", admission.host, admission.port,
                   reason, told)
 

@@ -197,7 +197,8 @@ class Socks5Handler:
             _answer(client, progress, REP_NOT_ALLOWED)
             return
         _answer(client, progress, REP_SUCCEEDED)
-        told = refusal.answer(client, b"", leaves, admission.host, self.gate.blocked_text(admission, reason), reason)
+        told = refusal.answer(client, b"", leaves, admission.host, self.gate.blocked_text(admission, reason), reason,
+                              admission.container)
         log.debug("socks5: refused %s:%s (%s), answered in the tunnel: %s", admission.host, admission.port,
                   reason, told)
 

@@ -12,7 +12,8 @@ instead and the client's first bytes decide what it is told:
 - anything else, or nothing within FIRST_BYTES_SECONDS: closed (nothing it would show).
 
 No upstream connection exists: nothing reaches the destination. The whole answer is bounded
-by REFUSAL_SECONDS, every read by the socket timeout, and what is read by MAX_READ.
+by REFUSAL_SECONDS, every read by the socket timeout, and what is read by MAX_READ; new leaves
+signed for refusals by a budget per container and in total (over it: the tunnel's own answer).
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def in_band(mitm: MitmState, host: str, reason: str, container: str) -> bool:
     leaves = mitm.leaves
     if reason in NOT_TOLD_IN_BAND or not mitm.enabled or leaves is None or mitm.is_bypassed(host):
         return False
-    if leaves.cached(host):
-        return True
+    return leaves.cached(host) or _spend(container)
+
+
+def _spend(container: str) -> bool:
     return _per_container.take(container) == 0.0 and _total.take("*") == 0.0
 
 
@@ -105,7 +108,7 @@ class _Client:
 
 
 def answer(client: socket.socket, early: bytes, leaves: LeafCache | None, host: str, text: str,
-           reason: str) -> str:
+           reason: str, container: str = "") -> str:
     """Answer one refused tunnel whose client was told the tunnel is up; `early`: bytes already
     read behind the request. Returns what was answered ('tls', 'h2', 'http', 'other',
     'silent', 'failed'), for the log. Always closes the client."""
@@ -119,12 +122,12 @@ def answer(client: socket.socket, early: bytes, leaves: LeafCache | None, host: 
                 _read_head(first, peer.recv)
                 client.sendall(_response(text, reason))
             elif outcome == "tls" and leaves is not None:
-                outcome = _answer_tls(peer, first, leaves, host, text, reason)
+                outcome = _answer_tls(peer, first, leaves, host, text, reason, container)
             elif outcome == "tls":
                 outcome = "other"  # TLS without a CA to answer it (SOCKS5 on port 80)
             if outcome in ("http", "tls", "h2"):
                 _close_gently(client)
-    except (gevent.Timeout, _Done, OSError, ssl.SSLError, ValueError, h2.exceptions.ProtocolError) as exc:
+    except (gevent.Timeout, _Done, OSError, ssl.SSLError, ValueError, h2.exceptions.H2Error) as exc:
         log.debug("refusal answer to %s ended: %s", host, exc or type(exc).__name__)
         if outcome not in ("other", "silent"):
             outcome = "failed"
@@ -159,13 +162,20 @@ def _read_head(data: bytes, more: Callable[[], bytes]) -> None:
         data += more()
 
 
-def _answer_tls(peer: _Client, first: bytes, leaves: LeafCache, host: str, text: str, reason: str) -> str:
+def _answer_tls(peer: _Client, first: bytes, leaves: LeafCache, host: str, text: str, reason: str,
+                container: str) -> str:
     """A TLS server over memory buffers (the first bytes were already read off the socket)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        tls_obj.context = leaves.context_for(leaf_name(host, server_name))
+        name = leaf_name(host, server_name)
+        if name != host and not leaves.cached(name) and not _spend(container):
+            name = host  # a name the client picked costs from the same budget
+        try:
+            tls_obj.context = leaves.context_for(name)
+        except ValueError:  # a name no certificate can carry: the requested host's leaf
+            tls_obj.context = leaves.context_for(host)
 
     ctx.sni_callback = pick_leaf
     ctx.sslobject_class = _TLSObject
