@@ -7,6 +7,8 @@ intercepted TLS. Whatever the path, a request goes through the same steps, so a 
   re-framed → interim responses relayed as they come → middleware → relay, re-framed → record.
 
 The caller has read and parsed the request head (proxy/httpwire.py); the pipeline answers it.
+HTTP/2 streams take part through sockets that translate at the edges (proxy/mitm/h2wire.py),
+so this is also every HTTP/2 exchange (docs/design.md, "HTTP/2").
 """
 
 from __future__ import annotations
