@@ -17,6 +17,7 @@ from greyproxy import __version__
 from greyproxy.api.context import runtime, settings_store
 from greyproxy.api.endpoint_rules import METHODS as ENDPOINT_METHODS
 from greyproxy.api.pages import PAGES, WEB_DIR, _secured
+from greyproxy.api.parse import KEY_PATTERN
 from greyproxy.api.pending import MAX_BULK_IDS
 from greyproxy.api.rules import READ_ONLY_KEYS
 from greyproxy.conversations.endpoints import DECODERS
@@ -66,6 +67,8 @@ UNICODE = s(["string", "null"], "Unicode form of an internationalised destinatio
             "plain ASCII)")
 MIXED = s("boolean", "a label mixes letters of different scripts (e.g. Latin and Cyrillic): a possible look-alike")
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
+# A string id: sessions (chosen by the client) and credentials.
+KEY = s("string", "1-128 letters, digits, '.', '_', '-'", pattern=f"^{KEY_PATTERN.pattern}$")
 # Fields of the Rule JSON a client may send back unchanged (ignored on write).
 READ_ONLY_RULE_FIELDS = {k: {} for k in READ_ONLY_KEYS}
 
@@ -179,7 +182,8 @@ SCHEMAS: dict[str, Any] = {
         "last_heartbeat": NTIME, "substitution_count": INT, "allow_all": BOOL, "identity_bound": BOOL,
     }, ("session_id", "container_name")),
     "NewSession": obj({
-        "session_id": STR, "container_name": STR, "mappings": ANY_OBJECT, "metadata": ANY_OBJECT,
+        "session_id": KEY, "container_name": s("string", maxLength=256), "mappings": ANY_OBJECT,
+        "metadata": ANY_OBJECT,
         "ttl_seconds": INT, "global_credentials": arr(STR),
         "network_rules": arr(obj({"destination_pattern": STR, "port_pattern": STR,
                                   "action": s("string", enum=["allow", "deny"]), "notes": STR})),
@@ -288,7 +292,7 @@ ERROR_TEXT = {400: "Bad input (the message says which field)", 401: "Missing or 
 
 def build_spec() -> dict[str, Any]:
     rid, pid, tid = path_param("rule_id"), path_param("pending_id"), path_param("txn_id")
-    sid = path_param("session_id", s("string"))
+    sid = path_param("session_id", KEY)
     log_filters = [query("container", STR), query("destination", STR),
                    query("result", s("string", enum=["allowed", "blocked"])),
                    query("search", s("string", maxLength=256), "substring of container, destination, resolved "
@@ -369,6 +373,9 @@ def build_spec() -> dict[str, Any]:
                                                     "destination_pattern", "port_pattern", "expires_at", "last_used_at",
                                                     "created_by", "hits"])),
                     query("dir", s("string", enum=["asc", "desc"])), *PAGING])},
+        "/api/dashboard/audit-verify": {"post": op(
+            "Walk the audit log's hash chain (as greyproxy audit verify): {intact, checked, problem}", "audit",
+            ANY_OBJECT)},
         "/api/dashboard/duration": {"get": op(
             "Seconds a rule duration stands for (null = permanent); 400 says what is wrong", "rules", ANY_OBJECT,
             errors=(400,), params=[query("value", STR)])},
@@ -553,10 +560,10 @@ def build_spec() -> dict[str, Any]:
         },
         "/api/sessions/{session_id}/heartbeat": {"post": op(
             "Extend a session by its TTL", "sessions", obj({"session_id": STR, "expires_at": TIME}), params=[sid],
-            errors=(404,))},
+            errors=(400, 404))},
         "/api/sessions/{session_id}": {"delete": op("End a session (its rules and connections go too)", "sessions",
                                                     obj({"session_id": STR, "deleted": BOOL}), params=[sid],
-                                                    errors=(404,))},
+                                                    errors=(400, 404))},
         "/api/credentials": {
             "get": op("Global credentials (values never shown)", "sessions", arr(ref("Credential"))),
             "post": op("Store a global credential", "sessions", ref("Credential"), errors=(400, 409, 415, 503),
@@ -565,7 +572,7 @@ def build_spec() -> dict[str, Any]:
         },
         "/api/credentials/{credential_id}": {"delete": op(
             "Delete a global credential", "sessions", obj({"id": STR, "deleted": BOOL}),
-            params=[path_param("credential_id", s("string"))], errors=(404,))},
+            params=[path_param("credential_id", KEY)], errors=(400, 404))},
         "/api/conversations": {"get": op(
             "LLM conversations assembled from captured traffic (top-level ones, newest first)", "conversations",
             page_of("Conversation"), errors=(400,),

@@ -105,3 +105,15 @@ def test_no_route_answers_5xx(server, schema, method, path, mode):
         # A route without parameters or body has no invalid input to generate.
         assert mode == GenerationMode.NEGATIVE, f"no valid request could be generated for {method} {path}"
     assert server.proc is not None and server.proc.poll() is None, "the server died"
+
+
+def test_the_stream_routes_take_bad_input_too(server):
+    """The two routes the generator skips (they never end): a plain GET of /ws and odd /api/events
+    filters answer without a 5xx, and a stream opens and can be closed."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    plain = server.session.get(server.api_url + "/ws", headers=headers, timeout=10)
+    assert plain.status_code < 500, plain.text
+    for types in ("", ",,,", "x" * 4000, "\u00e9v\u00e9nement", "%00"):
+        with server.session.get(server.api_url + "/api/events", params={"types": types}, headers=headers,
+                                timeout=10, stream=True) as resp:
+            assert resp.status_code < 500, (types[:20], resp.status_code)

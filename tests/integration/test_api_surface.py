@@ -360,3 +360,23 @@ def test_a_user_endpoint_rule_decides_the_decoder(gp, origin):
     ask("after the rule")
     found = gp.wait_for(lambda: gp.api("GET", "/api/conversations").json()["items"], timeout=10)
     assert [c["first_prompt"] for c in found] == ["after the rule"], found
+
+
+def test_maintenance_status_follows_the_progress_events(gp):
+    events = gp.session.get(gp.api_url + "/api/events", params={"types": "maintenance.progress"}, timeout=10,
+                            stream=True, headers={"Authorization": f"Bearer {gp.token}"})
+    try:
+        assert gp.api("POST", "/api/maintenance/redact-headers").status_code == 200
+        lines = events.iter_lines(decode_unicode=True)
+        data = None
+        for line in lines:  # bounded by the read timeout of the stream
+            if line.startswith("data:"):
+                data = json.loads(line[5:])
+                if data.get("done"):
+                    break
+        assert data is not None and data["task"] == "redact_headers" and data["done"] is True
+    finally:
+        events.close()
+    task = gp.wait_for(lambda: (lambda t: t if t["done"] else None)(
+        gp.api("GET", "/api/maintenance/status").json()["tasks"]["redact_headers"]))
+    assert task and task["processed"] == data["processed"] and task["total"] == data["total"]
