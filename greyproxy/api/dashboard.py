@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import gevent
 import peewee
 from flask import Blueprint
 
@@ -18,9 +19,10 @@ from greyproxy.api.parse import bool_arg, choice_arg, int_arg, str_arg, time_arg
 from greyproxy.policy.durations import DurationError, rule_duration
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES, patterns_for_scope, registrable_domain
+from greyproxy.services.audit import verify
 from greyproxy.services.logs import GROUPS, LogFilter, auto_group, dashboard_stats, today_start
 from greyproxy.services.rules import ACTIONS, NewRule, rule_to_json, validated
-from greyproxy.store.models import RequestLog, Rule
+from greyproxy.store.models import AuditEntry, RequestLog, Rule
 from greyproxy.timeutil import utcnow
 
 bp = Blueprint("dashboard", __name__)
@@ -132,3 +134,29 @@ def rules_with_hits() -> Any:
     now = utcnow()
     items = [{**rule_to_json(r, now), "hits": r.hits} for r in query.order_by(*order).limit(limit).offset(offset)]
     return {"items": items, "total": total}
+
+
+# The Audit page's "Verify" button: the same walk of the hash chain as `greyproxy audit verify`,
+# over the stored text (what was hashed), read in slices with a pause between them so a long log
+# does not hold up the proxy or the rest of the API.
+AUDIT_SLICE = 2000
+
+
+def _audit_rows() -> Any:
+    # Every column is text or an integer in the model, so these are the stored values as hashed.
+    e = AuditEntry
+    columns = (e.id, e.timestamp, e.actor, e.kind, e.target, e.before, e.after, e.prev_hash, e.hash)
+    last = 0
+    while True:
+        rows = list(e.select(*columns).where(e.id > last).order_by(e.id).limit(AUDIT_SLICE).tuples())
+        yield from rows
+        if len(rows) < AUDIT_SLICE:
+            return
+        last = rows[-1][0]
+        gevent.sleep(0.001)
+
+
+@bp.post("/api/dashboard/audit-verify")
+def audit_verify() -> Any:
+    count, problem = verify(_audit_rows())
+    return {"intact": problem is None, "checked": count, "problem": problem}
