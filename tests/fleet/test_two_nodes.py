@@ -144,3 +144,47 @@ def test_session_created_on_a_substitutes_credentials_on_b(two_nodes, origin):
     count = len(origin.requests)
     assert through_b(timeout=1.5) != 200
     assert len(origin.requests) == count, "B still lets the ended session's container through"
+
+
+def test_the_same_request_held_on_both_nodes_is_one_pending_row_with_both_waiters(two_nodes, origin):
+    a, b = two_nodes
+    url = f"http://{origin.host}:{origin.port}/both"
+    clients = [curl("-x", f"http://agent9:x@127.0.0.1:{node.ports['http']}", url) for node in (a, b, a, b)]
+
+    def row(node) -> dict | None:
+        items = [i for i in pending(node) if i["container_name"] == "agent9"]
+        return items[0] if len(items) == 1 else None
+
+    for node in (a, b):  # one row (not one per node), counting the four held connections
+        assert wait_until(lambda n=node: (row(n) or {}).get("waiter_count") == 4, 5), pending(node)
+    assert wait_until(lambda: (row(a) or {}).get("attempt_count") == 4, 5), pending(a)
+    assert a.api("POST", f"/api/pending/{row(a)['id']}/allow", json={"scope": "exact"}).status_code == 200
+    for client in clients:
+        out, err = client.communicate(timeout=10)
+        assert client.returncode == 0 and out == origin.body, err
+    assert len(origin.requests) == 4
+    for node in (a, b):
+        assert node.api("GET", "/api/health").json()["status"] == "ok"  # no writer failed on the race
+
+
+def test_nodes_racing_on_new_pending_rows_make_one_row_each_and_lose_no_count(two_nodes, origin):
+    a, b = two_nodes
+    url = f"http://{origin.host}:{origin.port}/race"
+    names = [f"racer{i}" for i in range(8)]
+    clients = [curl("-x", f"http://{name}:x@127.0.0.1:{node.ports['http']}", url, timeout=15)
+               for name in names for node in (a, b, a, b)]
+    try:
+        def rows() -> dict[str, list[dict]]:
+            out: dict[str, list[dict]] = {}
+            for item in pending(a):
+                out.setdefault(item["container_name"], []).append(item)
+            return out
+
+        assert wait_until(lambda: all(len(rows().get(n, [])) == 1 and rows()[n][0]["attempt_count"] == 4
+                                      for n in names), 8), rows()
+        for node in (a, b):
+            assert node.api("GET", "/api/health").json()["status"] == "ok", node.logs()[-3000:]
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait(timeout=5)
