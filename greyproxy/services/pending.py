@@ -99,15 +99,29 @@ class PendingService:
 
     # -- written by the store writer, off the connection path ----------------------------
     def record_attempt(self, a: Attempt) -> None:
+        try:
+            self._record_attempt(a)
+        except peewee.IntegrityError:
+            # Fleet mode (docs/fleet.md): another node inserted this very row a moment ago (the
+            # unique index refused ours, and the transaction rolled back): bump it instead.
+            self._record_attempt(a)
+
+    def _existing(self, where: Any) -> PendingRequest | None:
+        query = PendingRequest.select().where(where)
+        if self.db.for_update:  # PostgreSQL: nodes bumping one row at once queue, no count is lost
+            query = query.for_update()
+        return query.first()
+
+    def _record_attempt(self, a: Attempt) -> None:
         with self.db.atomic():
-            row = PendingRequest.get_or_none(
+            row = self._existing(
                 (PendingRequest.container_name == a.container_name)
                 & (PendingRequest.destination_host == a.destination_host)
                 & (PendingRequest.destination_port == a.destination_port)
             )
             if row is None and a.resolved_hostname:
                 # A different IP of a host that is already pending: bump that row (§4.2).
-                row = PendingRequest.get_or_none(
+                row = self._existing(
                     (PendingRequest.container_name == a.container_name)
                     & (PendingRequest.resolved_hostname == a.resolved_hostname)
                     & (PendingRequest.destination_port == a.destination_port)
