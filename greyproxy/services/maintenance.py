@@ -33,6 +33,7 @@ from greyproxy.store.models import (
     HttpTransaction,
     MiddlewareEvent,
     PendingRequest,
+    Recording,
     RequestLog,
     Turn,
 )
@@ -514,7 +515,12 @@ class Retention:
             result["deleted_request_logs"] = _delete_where(RequestLog, RequestLog.timestamp < cutoff)
         if p.transactions_days:
             cutoff = now - dt.timedelta(days=p.transactions_days)
-            result["deleted_transactions"] = _delete_where(HttpTransaction, HttpTransaction.timestamp < cutoff)
+            # An imported HAR keeps its own (old) times: its rows count from the import instead.
+            fresh_imports = Recording.select(Recording.id).where((Recording.source == "har")
+                                                                 & (Recording.started_at >= cutoff))
+            result["deleted_transactions"] = _delete_where(
+                HttpTransaction, (HttpTransaction.timestamp < cutoff)
+                & (HttpTransaction.recording_id.is_null() | HttpTransaction.recording_id.not_in(fresh_imports)))
         if p.pending_ttl:
             result["deleted_pending"] = self._prune_pending(now - dt.timedelta(seconds=p.pending_ttl))
         if p.max_db_mb:

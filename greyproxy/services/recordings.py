@@ -148,15 +148,18 @@ class RecordingService:
             raise RecordingInvalid("'container' of an import is a name, not a pattern")
         rows = []
         with self.rt.db.atomic():
-            stamps = [e.timestamp for e in entries] or [utcnow()]
-            rec = Recording.create(name=name, container_pattern=container, source="har",
-                                   started_at=min(stamps), stopped_at=max(stamps))
+            # A HAR recording is made (and its retention counted from) the moment it is imported;
+            # its transactions keep the times the file gives them.
+            now = utcnow()
+            rec = Recording.create(name=name, container_pattern=container, source="har", started_at=now,
+                                   stopped_at=now)
             for entry in entries:
                 rows.extend(self._rows(entry, container, rec.id))
             for start in range(0, len(rows), INSERT_CHUNK):
                 HttpTransaction.insert_many(rows[start : start + INSERT_CHUNK]).execute()
         data = recording_json(rec, len(rows))
         self.rt.bus.publish("recording.imported", data)
+        self.rt.assembler.wake()  # imported LLM calls become conversations like captured ones
         return {"recording": data, "imported": len(entries), "transactions": len(rows)}
 
     def _rows(self, e: ImportedEntry, container: str, rec_id: int) -> list[dict[str, Any]]:

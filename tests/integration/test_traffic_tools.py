@@ -4,6 +4,7 @@ HAR import and the full HAR export."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -374,6 +375,12 @@ def test_har_import_becomes_replayable_transactions(gp, echo):
                   json={"headers": {"Authorization": "Bearer fresh"}, "url": echo.base + "/status/200/imported"})
     assert resp.status_code == 201, resp.text
     assert echo.seen[-1]["body"] == b'{"hello": "world"}' and echo.seen[-1]["headers"]["Authorization"] == "Bearer fresh"
+
+    # retention counts an import from when it was imported, not from the (old) times in the file
+    seed(gp, HttpTransaction, [txn_row(timestamp=dt.datetime(2020, 1, 1), url="https://seed.example/old")])
+    pruned = gp.api("POST", "/api/maintenance/prune")
+    assert pruned.status_code == 200 and pruned.json()["deleted_transactions"] == 1, pruned.text
+    assert transactions(gp, recording_id=rec_id)["total"] == 4
 
 
 def _entry(url: str = "http://a.example/", **over: Any) -> dict:
