@@ -78,6 +78,7 @@ class StreamSocket:
         self.reader = Http1Reader(is_request=False, method=method)
         self.head_sent = False
         self.ended = False
+        self.client_done = False  # the client ended its side (END_STREAM)
 
     def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -123,18 +124,19 @@ class StreamSocket:
 
     def finish(self) -> None:
         """The exchange is over: end the stream (a body that ran until the exchange ended),
-        or reset it if its response is incomplete."""
-        if self.ended:
-            return
-        if self.head_sent and self.reader.until_close:
+        or reset it if its response is incomplete. A request body nobody will read (a refusal
+        answered before it) is stopped with NO_ERROR, so the client sends no more of it."""
+        if not self.ended and self.head_sent and self.reader.until_close:
             try:
                 self.endpoint.send_data(self.stream_id, b"", end=True)
                 self.ended = True
-                return
             except OSError:
                 pass
-        self.endpoint.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
-        self.ended = True
+        if not self.ended:
+            self.endpoint.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+            self.ended = True
+        elif not self.client_done:
+            self.endpoint.reset(self.stream_id, ErrorCodes.NO_ERROR)
 
 
 class H2Server:
@@ -207,13 +209,15 @@ class H2Server:
                 self._start(event)
             elif isinstance(event, DataReceived):
                 stream = self.streams.get(event.stream_id)
-                if stream is not None:
+                if stream is not None and event.data:
                     stream.inbox.put((event.data, event.flow_controlled_length))
-                else:  # a stream we refused or finished: its bytes are dropped, windows restored
+                else:  # padding only, or a stream we refused or finished: dropped, windows restored
+                    # (an empty frame is never queued: a flood of them cannot grow the inbox)
                     self.endpoint.consumed(event.stream_id, event.flow_controlled_length)
             elif isinstance(event, StreamEnded):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
+                    stream.client_done = True
                     stream.inbox.put(None)
             elif isinstance(event, StreamReset):
                 self._stop(event.stream_id)

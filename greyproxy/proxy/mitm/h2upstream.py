@@ -44,6 +44,7 @@ from greyproxy.proxy.mitm.h2conn import (
     CONNECTION_WINDOW,
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST,
+    SEND_TIMEOUT,
     STREAM_WINDOW,
     H2Endpoint,
     StreamGone,
@@ -219,7 +220,7 @@ class H2Upstream:
             conn.initiate_connection()
             conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
             self.endpoint.flush()
-        sock.settimeout(None)  # the reader waits as long as the connection lives
+        sock.settimeout(SEND_TIMEOUT)  # bounds a send to an origin that stopped reading
         self.reader = gevent.spawn(self._read)
 
     def lease(self) -> BufferedSocket:
@@ -263,7 +264,10 @@ class H2Upstream:
         ep = self.endpoint
         try:
             while not ep.closed:
-                events = ep.receive()
+                try:
+                    events = ep.receive()
+                except TimeoutError:
+                    continue  # a quiet origin is fine: each exchange has its own deadline
                 if events is None:
                     break
                 for event in events:
@@ -284,7 +288,7 @@ class H2Upstream:
         elif isinstance(event, InformationalResponseReceived) and stream is not None:
             stream.inbox.put(("interim", event.headers))
         elif isinstance(event, DataReceived):
-            if stream is not None:
+            if stream is not None and event.data:
                 stream.inbox.put((event.data, event.flow_controlled_length))
             else:
                 self.endpoint.consumed(event.stream_id, event.flow_controlled_length)
