@@ -19,10 +19,14 @@ NEW_CHECK = "CHECK (action IN ('allow', 'deny', 'hold'))"
 
 
 def _sqlite_rebuild(db: peewee.Database) -> None:
+    """One rebuild that adds the columns, widens the CHECK and makes the new unique index (peewee's
+    SQLite migrator would rebuild the table again for each NOT NULL column, losing the counter)."""
     (create,) = db.execute_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'rules'").fetchone()
     if OLD_CHECK not in create:
         raise RuntimeError("migration 0010: the rules table is not in the form this migration knows")
-    new_sql = create.replace(OLD_CHECK, NEW_CHECK).replace('CREATE TABLE "rules"', 'CREATE TABLE "rules__new"', 1)
+    new_columns = "\"method_pattern\" TEXT NOT NULL DEFAULT '', \"path_pattern\" TEXT NOT NULL DEFAULT '', "
+    new_sql = (create.replace(OLD_CHECK, NEW_CHECK).replace("CHECK (rule_type", new_columns + "CHECK (rule_type", 1)
+               .replace('CREATE TABLE "rules"', 'CREATE TABLE "rules__new"', 1))
     columns = [row[1] for row in db.execute_sql('PRAGMA table_info("rules")').fetchall()]
     names = ", ".join(f'"{c}"' for c in columns)
     db.execute_sql(new_sql)
@@ -36,16 +40,17 @@ def _sqlite_rebuild(db: peewee.Database) -> None:
         db.execute_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('rules', ?)", (seq[0],))
     db.execute_sql('CREATE INDEX "rules_expires_at" ON "rules" ("expires_at")')
     db.execute_sql('CREATE INDEX "rules_session_id" ON "rules" ("session_id")')
+    cols = ", ".join(f'"{c}"' for c in UNIQUE_COLUMNS)
+    db.execute_sql(f'CREATE UNIQUE INDEX "rules_patterns_action" ON "rules" ({cols})')
 
 
 def up(db: peewee.Database) -> None:
-    sqlite = isinstance(db, peewee.SqliteDatabase)
-    if sqlite:
-        _sqlite_rebuild(db)  # drops the old unique index with the old table
-    else:
-        db.execute_sql("ALTER TABLE rules DROP CONSTRAINT IF EXISTS rules_action_check")
-        db.execute_sql(f"ALTER TABLE rules ADD CONSTRAINT rules_action_check {NEW_CHECK}")
-        db.execute_sql(f'DROP INDEX IF EXISTS "{OLD_UNIQUE}"')
+    if isinstance(db, peewee.SqliteDatabase):
+        _sqlite_rebuild(db)
+        return
+    db.execute_sql("ALTER TABLE rules DROP CONSTRAINT IF EXISTS rules_action_check")
+    db.execute_sql(f"ALTER TABLE rules ADD CONSTRAINT rules_action_check {NEW_CHECK}")
+    db.execute_sql(f'DROP INDEX IF EXISTS "{OLD_UNIQUE}"')
     migrator = SchemaMigrator.from_database(db)
     migrate(
         migrator.add_column("rules", "method_pattern", peewee.TextField(default="")),
