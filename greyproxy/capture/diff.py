@@ -18,6 +18,7 @@ from greyproxy.store.models import HttpTransaction
 MAX_DIFF_BYTES = 256 * 1024  # of each body, for the text diff
 MAX_DIFF_LINES = 5_000  # lines of each side given to the text diff
 MAX_OUTPUT_LINES = 2_000  # lines of unified diff returned
+MAX_OUTPUT_CHARS = 256 * 1024  # characters of unified diff returned
 MAX_JSON_CHANGES = 500
 MAX_JSON_DEPTH = 64
 
@@ -100,7 +101,10 @@ def body_diff(a: bytes | memoryview | None, b: bytes | memoryview | None) -> dic
     lines = list(difflib.unified_diff(la[:MAX_DIFF_LINES], lb[:MAX_DIFF_LINES], "a", "b", lineterm="", n=2))
     if len(lines) > MAX_OUTPUT_LINES:
         lines, cut = lines[:MAX_OUTPUT_LINES], True
-    result["text_diff"] = "\n".join(lines)
+    text = "\n".join(lines)
+    if len(text) > MAX_OUTPUT_CHARS:  # a few very long lines (minified JSON)
+        text, cut = text[:MAX_OUTPUT_CHARS], True
+    result["text_diff"] = text
     ok_a, ja = _json(body_text(ra))
     ok_b, jb = _json(body_text(rb))
     if ok_a and ok_b:
