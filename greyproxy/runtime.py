@@ -22,7 +22,6 @@ from greyproxy import __version__, sdnotify
 from greyproxy.ca.state import MitmState
 from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.recordings import ActiveRecordings
-from greyproxy.capture.recordings import ActiveRecordings
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
 from greyproxy.config import Config, ListenAddress, load_config
@@ -64,8 +63,7 @@ from greyproxy.services.credentials import CredentialService
 from greyproxy.services.maintenance import RedactionJob, Retention, RetentionPolicy, ScrubJob
 from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
-from greyproxy.services.policy_state import PolicyHolder, RuleChange
-from greyproxy.services.recordings import RecordingService
+from greyproxy.services.policy_state import Extras, PolicyHolder, RuleChange
 from greyproxy.services.recordings import RecordingService
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
@@ -73,6 +71,7 @@ from greyproxy.services.settings import SettingsStore
 from greyproxy.services.silent import SilentMode
 from greyproxy.store.db import open_database
 from greyproxy.store.dnscache import load_dns_cache
+from greyproxy.store.executor import run_in_db
 from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
@@ -170,9 +169,6 @@ class Runtime:
         self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
         self.recording_service = RecordingService(self)
         self.recording_service.load()
-        self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
-        self.recording_service = RecordingService(self)
-        self.recording_service.load()
         self.assembler = ConversationAssembler(self.db, self.bus,
                                                lambda: bool(self.settings.values()["conversationsEnabled"]))
         self.writer.on_transactions = self.assembler.wake
@@ -239,15 +235,15 @@ class Runtime:
         the very next decision sees it), or rebuild it from the store when asked to (start,
         ingest) or when nothing says what changed; then re-decide held connections, once a tick."""
         if change is None or change.full:
-            sessions = getattr(self, "sessions", None)  # None while the runtime is being built
-            self.policy.rebuild(
-                self.rules.all_specs(), self.silent.mode, self.modes.entries(),
-                current_sessions=sessions.current_sessions() if sessions else None,
-                allow_all=sessions.allow_all_containers() if sessions else frozenset(),
-            )
+            self.policy.rebuild(lambda: run_in_db(self.db, self.rules.all_specs), self._policy_extras)
         else:
             self.policy.apply(change)
         self._reevaluate_soon()
+
+    def _policy_extras(self) -> Extras:
+        sessions = getattr(self, "sessions", None)  # None while the runtime is being built
+        return (self.silent.mode, self.modes.entries(), sessions.current_sessions() if sessions else None,
+                sessions.allow_all_containers() if sessions else frozenset())
 
     def policy_refresh(self, modes: bool = False) -> None:
         """Silent mode, sessions (supersession, allow-all) or container modes changed: the rules

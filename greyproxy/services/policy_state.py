@@ -11,9 +11,11 @@ that cannot say what changed; `counters()` shows how many of each were made (in 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import gevent
 
 from greyproxy.policy.decide import ConnectionRequest, Decision, ModeEntry, PolicyState, decide
 from greyproxy.policy.index import RuleIndex, RuleSpec
@@ -33,44 +35,58 @@ class RuleChange:
         return not (self.added or self.removed or self.extend_session or self.full)
 
 
+# (silent mode, container modes, current sessions, allow-all containers): the policy's small parts
+Extras = tuple[str | None, tuple[ModeEntry, ...], Mapping[str, str] | None, frozenset[str]]
+
+
+def _patch(index: RuleIndex, change: RuleChange) -> None:
+    for rule_id in change.removed:
+        index.remove(rule_id)
+    for spec in change.added:
+        index.add(spec)
+    if change.extend_session is not None:
+        index.extend_session(*change.extend_session)
+
+
 class PolicyHolder:
     def __init__(self) -> None:
         self.state = PolicyState(index=RuleIndex([]))
+        self._journals: list[list[RuleChange]] = []  # one per rebuild under way
         self.rebuilds = 0
         self.patches = 0
         self.session_extensions = 0
         self.refreshes = 0
         self.last_rebuild_seconds = 0.0
 
-    def rebuild(
-        self,
-        rules: list[RuleSpec],
-        silent_mode: str | None,
-        modes: tuple[ModeEntry, ...],
-        current_sessions: Mapping[str, str] | None = None,
-        allow_all: frozenset[str] = frozenset(),
-    ) -> None:
+    def rebuild(self, load: Callable[[], list[RuleSpec]], extras: Callable[[], Extras]) -> None:
+        """A new index from the store. Reading the rules (`load`, in the database thread) and
+        building the index (in a worker thread) both leave the hub serving connections, so a
+        patch can be applied meanwhile: each is journaled and replayed onto the new index before
+        it replaces the old one, and nothing committed is lost. `extras` (silent mode, container
+        modes, current sessions, allow-all containers) is read at the swap, so it is current."""
         started = time.perf_counter()
-        self.state = PolicyState(
-            index=RuleIndex(rules, current_sessions or {}),
-            silent_mode=silent_mode,
-            allow_all_containers=allow_all,
-            modes=modes,
-        )
+        journal: list[RuleChange] = []
+        self._journals.append(journal)
+        try:
+            index = gevent.get_hub().threadpool.apply(RuleIndex, (load(),))
+        finally:
+            self._journals.remove(journal)
+        for change in journal:
+            _patch(index, change)
+        silent_mode, modes, current_sessions, allow_all = extras()
+        index.set_sessions(current_sessions or {})
+        self.state = PolicyState(index=index, silent_mode=silent_mode, allow_all_containers=allow_all, modes=modes)
         self.rebuilds += 1
         self.last_rebuild_seconds = time.perf_counter() - started
 
     def apply(self, change: RuleChange) -> None:
         """Patch the index in place (the hub runs no lookup meanwhile: nothing here yields)."""
-        index = self.state.index
-        for rule_id in change.removed:
-            index.remove(rule_id)
-        for spec in change.added:
-            index.add(spec)
+        _patch(self.state.index, change)
+        for journal in self._journals:  # a rebuild under way replays it onto its new index
+            journal.append(change)
         if change.added or change.removed:
             self.patches += 1
         if change.extend_session is not None:
-            index.extend_session(*change.extend_session)
             self.session_extensions += 1
 
     def refresh(

@@ -172,8 +172,10 @@ class RuleService:
     def on_change(self, change: RuleChange | None = None) -> None:
         """After a commit: hand the runtime what changed. The rules `_insert` wrote since the last
         call are read back by id (a handful of rows), so a rolled-back insert is simply absent
-        (and removed from the index if it was ever there). Nothing known: a full rebuild."""
+        (and removed from the index if it was ever there)."""
         touched, self._touched = self._touched, set()
+        if change is None and not touched:
+            return  # what this caller wrote was already handed over by a concurrent caller's call
         if touched:
             ids = sorted(touched)
             present: dict[int, RuleSpec] = {}

@@ -26,7 +26,7 @@ def service(db) -> tuple[RuleService, list[RuleChange], PolicyHolder]:
     def apply(change: RuleChange) -> None:
         seen.append(change)
         if change.full:
-            holder.rebuild(rules.all_specs(), None, ())
+            holder.rebuild(rules.all_specs, lambda: (None, (), None, frozenset()))
         else:
             holder.apply(change)
 
@@ -70,3 +70,25 @@ def test_heartbeat_extension_and_ingest(db):
     assert [r.expires_at for r in holder.state.index.rules()] == [epoch(later)]
     rules.ingest([new(f"i{i}.example") for i in range(5)])
     assert seen[-1].full and holder.rebuilds == 1 and len(holder.state.index) == len(rules.all_specs())
+
+
+def test_a_patch_applied_while_a_rebuild_reads_the_store_is_not_lost():
+    """The rebuild's read and index build yield (they run off the hub): a rule patched in
+    meanwhile is replayed onto the new index instead of vanishing with the old one."""
+    import gevent
+
+    from greyproxy.policy.index import RuleSpec
+
+    holder = PolicyHolder()
+    old = RuleSpec(id=1, container_pattern="*", destination_pattern="old.example", port_pattern="443", action="allow")
+    late = RuleSpec(id=2, container_pattern="*", destination_pattern="late.example", port_pattern="443",
+                    action="allow")
+
+    def load() -> list[RuleSpec]:
+        gevent.sleep(0.05)  # the store read yields; the patch below lands meanwhile
+        return [old]
+
+    patcher = gevent.spawn_later(0.01, holder.apply, RuleChange(added=(late,)))
+    holder.rebuild(load, lambda: (None, (), None, frozenset()))
+    patcher.join()
+    assert holder.rule(1) == old and holder.rule(2) == late
