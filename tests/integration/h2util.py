@@ -3,6 +3,7 @@
 It offers only `h2` in ALPN, so a proxy that cannot speak HTTP/2 upstream fails the handshake.
 It records what it received (method, path, authority, headers, body) and answers:
   /echo  → the request's Authorization in an `echo-authorization` header and in the body;
+  /big   → 2 MiB (sent as the proxy's flow-control windows allow);
   other  → `hello over h2` (POST: the body back)."""
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class H2Origin:
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         requests: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, bytes] = {}
         try:
             for _ in range(10_000):  # bounded: a test connection carries a handful of frames
                 data = sock.recv(65536)
@@ -84,6 +86,7 @@ class H2Origin:
                         requests.pop(event.stream_id, None)
                     elif isinstance(event, ConnectionTerminated):
                         return
+                self._pump(conn)
                 sock.sendall(conn.data_to_send())
         except (OSError, ssl.SSLError):
             pass
@@ -101,6 +104,24 @@ class H2Origin:
             body = request["body"]
         else:
             body = b"hello over h2\n"
+        if request["path"].startswith("/big"):
+            body = bytes(range(256)) * 8192  # 2 MiB
         conn.send_headers(stream_id, [(":status", "200"), ("content-type", "text/plain"),
                                       ("content-length", str(len(body))), *extra])
-        conn.send_data(stream_id, body, end_stream=True)
+        self._pending[stream_id] = body
+
+    def _pump(self, conn: H2Connection) -> None:
+        """Send what the peer's windows allow of every pending body."""
+        for stream_id in list(self._pending):
+            body = self._pending[stream_id]
+            while True:
+                window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+                if window <= 0 and body:
+                    break
+                piece, body = body[:window], body[window:]
+                conn.send_data(stream_id, piece, end_stream=not body)
+                if not body:
+                    del self._pending[stream_id]
+                    break
+            if body:
+                self._pending[stream_id] = body

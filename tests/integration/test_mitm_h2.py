@@ -313,3 +313,30 @@ def test_rapid_reset_does_not_pile_up_work(mgp, tls_origin):
     sock.close()
     assert status == "200" and body == b"hello over tls\n"
     assert len(tls_origin.seen) <= 301
+
+
+def test_large_bodies_both_ways_through_flow_control(mgp, tls_origin):
+    """3 MiB up and back over HTTP/2 to an HTTP/1.1 origin: many times the windows."""
+    allow(mgp, "h2large", "localhost", tls_origin.port)
+    payload = bytes(range(256)) * (3 * 4096)
+    with h2_client(mgp, "h2large", mgp.ca_path) as client:
+        resp = client.post(f"https://localhost:{tls_origin.port}/echo", content=payload,
+                           headers={"content-type": "application/octet-stream"})
+    assert resp.http_version == "HTTP/2" and resp.status_code == 200
+    assert resp.content == payload
+    assert tls_origin.seen[-1]["body"] == payload
+
+
+@pytest.mark.parametrize("client_protocol", ["h2", "http/1.1"])
+def test_h2_origin_large_bodies(h2gp, h2_origin, client_protocol):
+    allow(h2gp, "h2olarge", "localhost", h2_origin.port)
+    h2 = client_protocol == "h2"
+    payload = bytes(range(256)) * 8192
+    with httpx.Client(http1=not h2, http2=h2, proxy=f"http://h2olarge:x@127.0.0.1:{h2gp.ports['http']}",
+                      verify=ssl.create_default_context(cafile=str(h2gp.ca_path)), trust_env=False,
+                      timeout=30) as client:
+        down = client.get(f"https://localhost:{h2_origin.port}/big")
+        up = client.post(f"https://localhost:{h2_origin.port}/upload", content=payload)
+    assert down.status_code == 200 and down.content == payload
+    assert up.status_code == 200 and up.content == payload
+    assert h2_origin.seen[-1]["body"] == payload
