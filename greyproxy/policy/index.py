@@ -246,7 +246,11 @@ class RuleIndex:
         # version -> prefix length -> network bits -> bucket
         self._cidr: dict[int, dict[int, dict[int, _Bucket]]] = {4: {}, 6: {}}
         self._any = _Bucket()
-        self._request: dict[int, RequestEntry] = {}  # request-level rules, by id
+        # Request-level rules by id, and where each is filed: under its exact destination (a
+        # canonical host), or with the others (wildcards, CIDRs), so a lookup scans few of them.
+        self._request: dict[int, RequestEntry] = {}
+        self._request_exact: dict[str, dict[int, RequestEntry]] = {}
+        self._request_other: dict[int, RequestEntry] = {}
         for rule in rules:
             if rule.id in self._rules:
                 self._forget(rule.id)
@@ -264,7 +268,7 @@ class RuleIndex:
         # not stop the proxy (patterns are validated on write, D3).
         if is_request_rule(rule.method_pattern, rule.path_pattern):
             if rule.container_pattern:
-                self._request[rule.id] = RequestEntry(rule)
+                self._file_request(RequestEntry(rule))
             return
         if rule.action not in _ACTION_RANK or not rule.container_pattern:
             return
@@ -307,7 +311,12 @@ class RuleIndex:
 
     def _unlink(self, rule_id: int) -> None:
         """Take a rule out of its bucket (an emptied list or bucket stays: it matches nothing)."""
-        self._request.pop(rule_id, None)
+        request = self._request.pop(rule_id, None)
+        if request is not None:
+            exact = self._request_exact.get(request.exact_host or "")
+            (exact if exact is not None else self._request_other).pop(rule_id, None)
+            if exact is not None and not exact:
+                del self._request_exact[request.exact_host or ""]
         where = self._where.pop(rule_id, None)
         if where is None:
             return
@@ -468,13 +477,24 @@ class RuleIndex:
                 best = bucket.best(q, best)
         return best.spec if best is not None else None
 
+    def _file_request(self, entry: RequestEntry) -> None:
+        self._request[entry.spec.id] = entry
+        if entry.exact_host is not None:
+            self._request_exact.setdefault(entry.exact_host, {})[entry.spec.id] = entry
+        else:
+            self._request_other[entry.spec.id] = entry
+
     def match_request(self, q: RequestQuery, now: float | None = None) -> RuleSpec | None:
         """The winning request-level rule for one HTTP request (policy/request_rules.py), or None.
-        A linear pass: request rules are few (they name single API calls)."""
+        Only the rules filed under the request's host (and its resolved name) and the wildcard
+        ones are looked at."""
         if not self._request:
             return None
-        return best_request_rule(self._request.values(), q, time.time() if now is None else now,
-                                 self._sessions.get(q.container))
+        candidates: list[RequestEntry] = list(self._request_other.values())
+        for host in {try_canonical_host(q.host), try_canonical_host(q.resolved_hostname or "")}:
+            if host and host in self._request_exact:
+                candidates += self._request_exact[host].values()
+        return best_request_rule(candidates, q, time.time() if now is None else now, self._sessions.get(q.container))
 
     @property
     def has_request_rules(self) -> bool:

@@ -25,8 +25,10 @@ from urllib.parse import unquote_to_bytes
 
 from .canonical import PatternError, printable
 from .patterns import (
+    DestinationKind,
     container_matcher,
     destination_matcher,
+    parse_destination,
     port_matcher,
     specificity,
     try_canonical_host,
@@ -187,7 +189,7 @@ class RequestEntry:
     """A compiled request rule."""
 
     __slots__ = ("spec", "key", "container_match", "destination_match", "port_match", "method_match",
-                 "path_match")
+                 "path_match", "exact_host")
 
     def __init__(self, spec) -> None:  # spec: index.RuleSpec (not imported: index imports us)
         self.spec = spec
@@ -200,6 +202,11 @@ class RequestEntry:
         self.port_match = port_matcher(spec.port_pattern)
         self.method_match = method_matcher(spec.method_pattern)
         self.path_match = path_matcher(spec.path_pattern)
+        try:  # an exact destination: the index files the rule under that host
+            parsed = parse_destination(spec.destination_pattern)
+            self.exact_host: str | None = parsed.value if parsed.kind == DestinationKind.EXACT else None
+        except PatternError:
+            self.exact_host = None
 
     def matches(self, q: RequestQuery, hosts: Iterable[str], now: float, session: str | None) -> bool:
         spec = self.spec

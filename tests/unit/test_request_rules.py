@@ -148,3 +148,15 @@ def test_rules_yaml_round_trips_request_rules():
         parse_rules("- {container: a, destination: b.example, action: hold}\n")
     with pytest.raises(RulesFileError, match="path_pattern"):
         parse_rules("- {container: a, destination: b.example, path: nope}\n")
+
+
+def test_wildcard_and_exact_request_rules_are_both_found_and_removed():
+    st = state(spec(1, "allow"), spec(2, "hold", method="POST", dest="*.example"),
+               spec(3, "deny", method="POST", path="/x", dest="api.example"))
+    assert request_decision(st, "POST", "/y").rule.id == 2
+    assert request_decision(st, "POST", "/x").rule.id == 3
+    st.index.remove(3)
+    assert request_decision(st, "POST", "/x").rule.id == 2
+    st.index.remove(2)
+    assert request_decision(st, "POST", "/x").verdict is Verdict.ALLOW
+    assert not st.index.has_request_rules
