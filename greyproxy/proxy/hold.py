@@ -40,6 +40,8 @@ GAVE_UP_SECONDS = 5.0
 class HeldConnection:
     request: ConnectionRequest
     result: AsyncResult = field(default_factory=AsyncResult)
+    client: socket.socket | None = None
+    since: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> WaiterKey:
@@ -103,10 +105,12 @@ class HoldManager:
              unanswered_seconds: float = 0.0) -> Decision:
         """Wait for a decision; `unanswered_seconds` > 0: a timeout with nobody deciding makes
         further attempts on this key fail fast for that long (see the module docstring)."""
-        waiter = HeldConnection(request)
+        waiter = HeldConnection(request, client=client)
         key = waiter.key
-        if unanswered_seconds > 0 and self.unanswered(key):
-            return Decision(Verdict.DENY, "pending_unanswered")
+        if unanswered_seconds > 0:
+            self._notice_gave_up(key, min(timeout, GAVE_UP_SECONDS), unanswered_seconds)
+            if self.unanswered(key):
+                return Decision(Verdict.DENY, "pending_unanswered")
         previous = self.count(*key)
         self._waiters.setdefault(key, set()).add(waiter)
         container = request.container
@@ -149,6 +153,16 @@ class HoldManager:
             # nobody deciding: its retries are unanswered too.
             self._remember_unanswered(key, unanswered_seconds)
         return decision
+
+    def _notice_gave_up(self, key: WaiterKey, patience: float, unanswered_seconds: float) -> None:
+        """A retry often arrives the moment its previous attempt gave up, before the hang-up
+        watcher looked (HANGUP_POLL_SECONDS): look now, so the retry already fails fast."""
+        now = time.monotonic()
+        for other in list(self._waiters.get(key, ())):
+            if (other.client is not None and not other.result.ready() and now - other.since >= patience
+                    and client_hung_up(other.client)):
+                other.result.set(Decision(Verdict.DENY, "client_gone"))
+                self._remember_unanswered(key, unanswered_seconds)
 
     def _watch_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:
         while not waiter.result.ready():
