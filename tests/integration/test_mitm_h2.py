@@ -340,3 +340,18 @@ def test_h2_origin_large_bodies(h2gp, h2_origin, client_protocol):
     assert down.status_code == 200 and down.content == payload
     assert up.status_code == 200 and up.content == payload
     assert h2_origin.seen[-1]["body"] == payload
+
+
+def test_each_stream_is_decided_by_the_rules_as_they_are_now(mgp, tls_origin):
+    """A deny rule added while an HTTP/2 connection is open refuses its next stream (the same
+    re-decision as for each HTTP/1 request inside a tunnel); the origin sees only the first."""
+    allow(mgp, "h2redecide", "localhost", tls_origin.port)
+    with h2_client(mgp, "h2redecide", mgp.ca_path) as client:
+        assert client.get(f"https://localhost:{tls_origin.port}/first").status_code == 200
+        resp = mgp.api("POST", "/api/rules", json={"container_pattern": "h2redecide", "destination_pattern": "localhost",
+                                                   "port_pattern": str(tls_origin.port), "action": "deny"})
+        assert resp.status_code in (200, 201), resp.text
+        second = client.get(f"https://localhost:{tls_origin.port}/second")
+    assert second.status_code == 403 and second.headers["x-greyproxy-reason"] == "denied_by_rule"
+    assert "h2redecide" in second.text  # the same text an HTTP/1 client is told
+    assert [s["path"] for s in tls_origin.seen] == ["/first"]
