@@ -71,8 +71,19 @@ def _render(page: Page) -> Response:
         theme=settings_store().values()["theme"],
         hold_seconds=rt.config.hold_seconds,
         version=rt.version,
+        # The empty Pending page says how to point an agent here: the ports actually bound.
+        proxy_ports={name: rt.ports.get(name) for name in ("http", "socks5")},
+        proxy_host=_proxy_host(rt.config.listen),
     )
     return _secured(make_response(html))
+
+
+def _proxy_host(listen: dict) -> str:
+    """The address an agent on this machine dials: loopback when the proxy listens on all."""
+    host = getattr(listen.get("http"), "host", "") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _view(page: Page) -> Callable[[], Response]:

@@ -368,10 +368,27 @@ function showEmpty() {
     return;
   }
   if (empty) return;
-  list.append(h("div", { class: "empty" },
-    h("h2", {}, "Nothing is waiting"),
-    h("p", {}, "When an agent asks for a destination no rule covers, it appears here at once.")));
+  list.append($("#pending-empty").content.cloneNode(true));
 }
+
+// At the first held request, offer browser notifications (once per browser, only if undecided).
+const OFFER_KEY = "greyproxy.notifyOffer";
+function offerNotifications() {
+  const box = $("#notify-offer");
+  if (!cards.size || !("Notification" in window) || Notification.permission !== "default") return;
+  if (localStorage.getItem(OFFER_KEY)) return;
+  box.hidden = false;
+}
+$("#notify-offer-yes").addEventListener("click", async () => {
+  localStorage.setItem(OFFER_KEY, "asked");
+  $("#notify-offer").hidden = true;
+  const answer = await Notification.requestPermission();
+  toast(answer === "granted" ? "Browser notifications are on" : "Browser notifications stay off", answer === "granted" ? "ok" : "info");
+});
+$("#notify-offer-no").addEventListener("click", () => {
+  localStorage.setItem(OFFER_KEY, "declined");
+  $("#notify-offer").hidden = true;
+});
 
 function render(newItems, filterChanged) {
   const fresh = new Map(newItems.map((i) => [keyOf(i), i]));
@@ -406,6 +423,7 @@ function render(newItems, filterChanged) {
 
 function afterChange() {
   showEmpty();
+  offerNotifications();
   updateGroups();
   updateBulk();
   if (current && !current.isConnected) current = null;

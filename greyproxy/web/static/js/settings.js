@@ -19,6 +19,8 @@ function showSettings(s) {
   mitmBox.checked = Boolean(s.mitm?.enabled);
   const backend = s.notifications?.backend;
   if (backend && backend !== "none") $("#notify-backend").textContent = `Desktop notifications via ${backend}.`;
+  $("#notify-hint").hidden = Boolean(s.notifications?.available) || (backend && backend !== "none");
+  $("#conv-enabled").checked = s.conversations?.enabled !== false;
   showClaims(s.notifications?.activeClaims || 0);
   showMitmDetails(s.mitm || {});
   showRedaction(s.redactedHeaders);
@@ -32,7 +34,10 @@ function showMitmDetails(mitm) {
     cert.replaceChildren(...(mitm.certGenerated
       ? ["CA certificate", mitm.certExpiry ? ` valid until ${mitm.certExpiry}` : "", mitm.installed ? ", trusted by this system. " : ", not trusted by this system yet. ",
         h("a", { href: "/api/cert/download", download: "greyproxy-ca.pem" }, "Download it")]
-      : ["No CA certificate yet: run ", h("code", {}, "greyproxy cert generate"), "."]));
+      : ["No CA certificate yet: generate it here (or run ", h("code", {}, "greyproxy cert generate"), ")."]));
+    $("#cert-actions").hidden = false;
+    $("#cert-generate").hidden = Boolean(mitm.certGenerated);
+    $("#cert-replace").hidden = !mitm.certGenerated;
   }
   if (Array.isArray(mitm.bypass)) {
     bypassForm.hidden = false;
@@ -58,6 +63,26 @@ async function saveList(form, body, what) {
   } catch (err) {
     showFormError(form, err.message);
   }
+}
+
+async function generateCa(force) {
+  if (force && !window.confirm("Replace the CA? Agents that trust the current one must trust the new one before " +
+    "intercepted HTTPS works for them again.")) return;
+  try {
+    const res = await api("POST", `/api/cert/generate${force ? "?force=true" : ""}`);
+    toast(res.message, "ok");
+    showSettings(await get("/api/settings"));
+  } catch (err) {
+    reportError(err);
+  }
+}
+
+// The bypass list, checked line by line before it is sent: every bad line named at once (the
+// server checks again and has the last word).
+const HOST_LINE = /^[a-z0-9*._\-:[\]]+$/; // the same characters the server accepts
+function bypassProblems(entries) {
+  return entries.map((line, i) => [line, i + 1]).filter(([line]) => line.length > 253 || !HOST_LINE.test(line.toLowerCase()))
+    .map(([line, n]) => `line ${n}: ${JSON.stringify(line)} is not a host name, IP address or * pattern`);
 }
 
 function showClaims(n) {
@@ -148,8 +173,17 @@ startPage(async () => {
   $("#silent-off").addEventListener("click", () => silent("DELETE"));
   bypassForm.addEventListener("submit", (e) => {
     e.preventDefault();
-    saveList(bypassForm, { mitm: { bypass: lines(bypassForm.elements.bypass.value) } }, "Bypass list");
+    const entries = lines(bypassForm.elements.bypass.value);
+    const problems = bypassProblems(entries);
+    if (problems.length) {
+      showFormError(bypassForm, `${problems.length} line${problems.length === 1 ? "" : "s"} to fix, nothing saved:\n${problems.join("\n")}`);
+      return;
+    }
+    saveList(bypassForm, { mitm: { bypass: entries } }, "Bypass list");
   });
+  $("#cert-generate").addEventListener("click", () => generateCa(false));
+  $("#cert-replace").addEventListener("click", () => generateCa(true));
+  $("#conv-enabled").addEventListener("change", (e) => put({ conversations: { enabled: e.target.checked } }, "Conversations"));
   redactForm.addEventListener("submit", (e) => {
     e.preventDefault();
     saveList(redactForm, { redactedHeaders: lines(redactForm.elements.patterns.value) }, "Redaction patterns");
