@@ -496,6 +496,29 @@ class RuleIndex:
                 candidates += self._request_exact[host].values()
         return best_request_rule(candidates, q, time.time() if now is None else now, self._sessions.get(q.container))
 
+    def restricting_request_rule(self, container: str, host: str, port: int, resolved_hostname: str | None = None,
+                                 now: float | None = None) -> RuleSpec | None:
+        """A request-level deny or hold rule that could apply to some request on this connection
+        (any method, any path), or None: such a connection must not be piped uninspected."""
+        if not self._request:
+            return None
+        now = time.time() if now is None else now
+        hosts = [h for h in {try_canonical_host(host), try_canonical_host(resolved_hostname or "")} if h]
+        candidates = list(self._request_other.values())
+        for h in hosts:
+            candidates += self._request_exact.get(h, {}).values()
+        session = self._sessions.get(container)
+        for entry in sorted(candidates, key=lambda e: e.key):
+            spec = entry.spec
+            if spec.action == "allow" or (spec.expires_at is not None and spec.expires_at <= now):
+                continue
+            if spec.session_id is not None and spec.session_id != session:
+                continue
+            if entry.port_match(port) and entry.container_match(container) and any(
+                    entry.destination_match(h) for h in hosts):
+                return spec
+        return None
+
     @property
     def has_request_rules(self) -> bool:
         return bool(self._request)

@@ -199,6 +199,17 @@ def request_decision(rt: Runtime, container: str, host: str, port: int, resolved
     return decide_request(connection, q, rt.policy.state)
 
 
+def uninspectable_refusal(rt: Runtime, container: str, host: str, port: int, resolved: str | None) -> str | None:
+    """Why a tunnel that would be piped without inspection (interception off or bypassed for
+    it, no CA) must be refused instead, or None: a request-level deny or hold rule could apply
+    to it, and a piped tunnel would carry every request past that rule unseen."""
+    rule = rt.policy.state.index.restricting_request_rule(container, host, port, resolved)
+    if rule is None:
+        return None
+    return (f"request-level {rule.action} rule #{rule.id} applies to {host}:{port}, and this tunnel would not be "
+            "inspected (interception is off, bypassed for this host, or has no CA)")
+
+
 def _refusal(rt: Runtime, dest: Destination, reason: str, method: str, url: str, detail: str | None,
              keep: bool) -> bytes:
     from greyproxy.proxy.exchange import simple_response  # the pipeline imports us

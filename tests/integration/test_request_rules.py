@@ -310,3 +310,29 @@ def test_events_stream_carries_held_requests(held_gp, origin):
             if len(seen) == 2:
                 break
     assert seen == ["pending_http.created", "pending_http.allowed"]
+
+
+def test_a_tunnel_that_would_not_be_inspected_is_refused_when_request_rules_apply(gp_factory, tls_origin):
+    import subprocess
+
+    gp = gp_factory(config_yaml="mitm: {enabled: false}\n")
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": "localhost",
+                                           "port_pattern": str(tls_origin.port)})
+
+    def fetch():
+        return subprocess.run(["curl", "-sS", "--noproxy", "", "--max-time", "20", "--cacert", str(tls_origin.ca_path),
+                               "-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}",
+                               f"https://localhost:{tls_origin.port}/piped"], capture_output=True, timeout=30)
+
+    assert fetch().stdout == b"hello over tls\n"  # piped: no request rule to enforce
+    rule = api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": "localhost",
+                                                  "port_pattern": str(tls_origin.port), "action": "deny",
+                                                  "path_pattern": "/admin"})
+    done = fetch()
+    assert done.returncode != 0 and b"access denied" in done.stderr, done.stderr
+    assert [s["path"] for s in tls_origin.seen] == ["/piped"]
+    rows = wait_until(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
+                               if r["reason"] == "request_rules_uninspected"])
+    assert rows, "the refusal is logged with its reason"
+    gp.api("DELETE", f"/api/rules/{rule['id']}")
+    assert fetch().stdout == b"hello over tls\n"

@@ -26,6 +26,7 @@ from greyproxy.proxy.limits import HEAD_DEADLINE, REFUSE_SECONDS, DeadlineExceed
 from greyproxy.proxy.mitm.h2server import H2Server
 from greyproxy.proxy.mitm.h2upstream import H1Pool, H2Upstream, Single, Upstreams
 from greyproxy.proxy.mitm.upstream import upstream_ssl_context
+from greyproxy.proxy.request_hold import uninspectable_refusal
 from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
 from greyproxy.proxy.tunnel import dial, relay
 
@@ -180,6 +181,12 @@ class Interceptor:
         if mismatch:
             self._refuse_hello(admission, client, upstream, hello, "sni_mismatch", mismatch)
             return
+        # A request-level deny/hold rule cannot be enforced on a piped tunnel (docs/request-rules.md).
+        unseen = uninspectable_refusal(self.rt, admission.container, admission.host, admission.port,
+                                       admission.resolved_hostname)
+        if unseen:
+            self._refuse_hello(admission, client, upstream, hello, "request_rules_uninspected", unseen)
+            return
         self._skipped(admission, reason)
         if early:
             upstream.sendall(early)
@@ -195,7 +202,7 @@ class Interceptor:
         log.info("refused TLS from %s to %s:%s: %s", a.container, a.host, a.port, detail)
         self.rt.gate.refused(a, reason)
         self.rt.metrics.mitm(reason)
-        if reason == "sni_mismatch":
+        if reason in ("sni_mismatch", "request_rules_uninspected"):
             alert = alert_record(ssl.ALERT_DESCRIPTION_ACCESS_DENIED)
         else:
             alert = hello.alert or alert_record(ssl.ALERT_DESCRIPTION_DECODE_ERROR)
