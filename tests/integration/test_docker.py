@@ -17,6 +17,10 @@ import pytest
 
 from tests.integration.netutil import EchoServer, socks_connect
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 CONTAINER_IP = "127.0.0.7"
 CONTAINER = {
     "Id": "4f2a9c1be07d5e3f00112233", "Names": ["/my-app-1"], "Image": "python:3.11",
