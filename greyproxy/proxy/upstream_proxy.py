@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gevent import socket as gsocket
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.sync import Proxy
@@ -118,7 +119,8 @@ class UpstreamProxy:
     def _connect_upstream(self, timeout: float) -> socket.socket:
         cfg = self.cfg
         try:
-            return gsocket.create_connection((cfg.host, cfg.port), timeout=timeout)
+            with gevent.Timeout(timeout, TimeoutError("no connection in time")):  # the name lookup too
+                return gsocket.create_connection((cfg.host, cfg.port), timeout=timeout)
         except OSError as exc:
             self.failures += 1
             self._mark("down", f"cannot connect to {authority(cfg.host, cfg.port)}: {exc}")
@@ -157,7 +159,9 @@ class UpstreamProxy:
         proxy = Proxy(ProxyType.SOCKS5, cfg.host, cfg.port, username=cfg.username, password=cfg.password,
                       rdns=True)  # a name given here is meant for the upstream (resolve: upstream)
         try:
-            sock = proxy.connect(host, port, timeout=timeout)
+            # One deadline over the name lookup, the connect and the handshake.
+            with gevent.Timeout(timeout * 2, ProxyTimeoutError("the SOCKS5 handshake took too long")):
+                sock = proxy.connect(host, port, timeout=timeout)
         except ProxyConnectionError as exc:
             self.failures += 1
             self._mark("down", str(exc))
