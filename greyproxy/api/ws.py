@@ -3,7 +3,8 @@
 Server → client: `{"type": "connected", ...}` once, then every bus event envelope
 `{"type", "data"}` (all types until the first `subscribe`, then only subscribed ones).
 Client → server: JSON commands (`ping`, `allow`, `deny`, `dismiss`, `subscribe`,
-`unsubscribe`, `claim_notifications`); every reply carries a `timestamp`.
+`unsubscribe`, `claim_notifications`, and `allow_request` / `deny_request` for held HTTP
+requests, docs/request-rules.md); every reply carries a `timestamp`.
 
 Each connection runs two greenlets, one reading commands and one pumping bus events; when
 either ends (socket closed, send failed) the other is killed, the bus subscription is closed
