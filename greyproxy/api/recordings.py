@@ -5,14 +5,14 @@ transactions). Named apart from the launcher's `/api/sessions`, which are creden
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import gevent
 from flask import Blueprint, Response, request
 
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
-from greyproxy.api.parse import bool_arg, int_arg, json_object, no_unknown_keys, path_id, str_arg
+from greyproxy.api.parse import bool_arg, int_arg, json_body, json_object, no_unknown_keys, path_id, str_arg
 from greyproxy.api.transactions import har_response
 from greyproxy.capture.har_import import HarInvalid, parse_har
 from greyproxy.services.recordings import RecordingConflict, RecordingInvalid, RecordingService
@@ -75,15 +75,12 @@ def import_har() -> Any:
     """The body is the HAR document itself (JSON, at most the API's body limit); `name` and
     `container` (whose traffic it becomes: what rules a replay of it is decided by) are query
     parameters."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
+    if not request.get_data(cache=True).strip():
         raise ApiError(400, "request body is required (a HAR document)")
+    document = json_body()  # read and checked once (depth, surrogates) by the request guard
     try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError includes UnicodeDecodeError
-        raise ApiError(400, f"invalid JSON body: {str(exc)[:200]}") from None
-    try:
-        entries = parse_har(document)
+        # A big file: a pause on a timer now and then, so the proxy's sockets are served meanwhile.
+        entries = parse_har(document, pause=lambda: gevent.sleep(0.001))
     except HarInvalid as exc:
         raise ApiError(400, f"not an importable HAR: {exc}") from None
     name = str_arg("name") or "HAR import"

@@ -16,6 +16,7 @@ import base64
 import binascii
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ MAX_ROWS = 5_000  # entries plus WebSocket messages in one import
 MAX_HEADERS = 200  # per message, as the live parser's default
 MAX_URL = 8192
 MAX_TEXT = 64 * 1024  # a header name or value
+PAUSE_EVERY = 50  # entries checked between two pauses
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -224,8 +226,9 @@ def _entry(value: Any, where: str) -> ImportedEntry:
     )
 
 
-def parse_har(document: Any) -> list[ImportedEntry]:
-    """The entries of a HAR document, checked; HarInvalid names the first bad field."""
+def parse_har(document: Any, pause: Callable[[], None] | None = None) -> list[ImportedEntry]:
+    """The entries of a HAR document, checked; HarInvalid names the first bad field. `pause`
+    is called every PAUSE_EVERY entries (the caller lets other work run there)."""
     log = _obj(_obj(document, "document").get("log"), "log")
     entries = log.get("entries")
     if not isinstance(entries, list):
@@ -235,6 +238,8 @@ def parse_har(document: Any) -> list[ImportedEntry]:
     out = []
     rows = 0
     for i, value in enumerate(entries):
+        if pause is not None and i and i % PAUSE_EVERY == 0:
+            pause()
         entry = _entry(value, f"log.entries[{i}]")
         rows += 1 + len(entry.frames)
         if rows > MAX_ROWS:

@@ -13,6 +13,8 @@ import json
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from greyproxy.capture.bodies import MAX_CAPTURE
 from greyproxy.capture.har_import import ImportedEntry
 from greyproxy.capture.recordings import Running
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 MAX_NAME = 200
 MAX_RUNNING = 50  # recordings running at once (each is checked for every captured exchange)
-INSERT_CHUNK = 200
+INSERT_CHUNK = 100  # rows per database transaction of an import
 
 
 class RecordingInvalid(ValueError):
@@ -146,23 +148,38 @@ class RecordingService:
         container = normalize_container_pattern(container)
         if any(c in container for c in "*?["):
             raise RecordingInvalid("'container' of an import is a name, not a pattern")
+        # Rows are made first, pausing between entries (redaction and scrubbing take a while for
+        # thousands), then written in one database transaction: all or nothing.
         rows = []
-        with self.rt.db.atomic():
-            # A HAR recording is made (and its retention counted from) the moment it is imported;
-            # its transactions keep the times the file gives them.
-            now = utcnow()
-            rec = Recording.create(name=name, container_pattern=container, source="har", started_at=now,
-                                   stopped_at=now)
-            for entry in entries:
-                rows.extend(self._rows(entry, container, rec.id))
+        for i, entry in enumerate(entries):
+            rows.extend(self._rows(entry, container))
+            if i % 50 == 49:
+                gevent.sleep(0.001)  # a timer, not sleep(0): the hub polls sockets in between
+        # A HAR recording is made (and its retention counted from) the moment it is imported; its
+        # transactions keep the times the file gives them. Written a chunk per database
+        # transaction with a pause between them (one transaction of thousands of rows would stop
+        # the proxy for a second or more); stopped_at stays null until the last chunk is in, and
+        # a failure takes back what was written: all or nothing.
+        rec = Recording.create(name=name, container_pattern=container, source="har", started_at=utcnow())
+        try:
+            for row in rows:
+                row["recording_id"] = rec.id
             for start in range(0, len(rows), INSERT_CHUNK):
-                HttpTransaction.insert_many(rows[start : start + INSERT_CHUNK]).execute()
+                with self.rt.db.atomic():
+                    HttpTransaction.insert_many(rows[start : start + INSERT_CHUNK]).execute()
+                gevent.sleep(0.001)
+        except BaseException:
+            HttpTransaction.delete().where(HttpTransaction.recording_id == rec.id).execute()
+            rec.delete_instance()
+            raise
+        rec.stopped_at = utcnow()
+        rec.save()
         data = recording_json(rec, len(rows))
         self.rt.bus.publish("recording.imported", data)
         self.rt.assembler.wake()  # imported LLM calls become conversations like captured ones
         return {"recording": data, "imported": len(entries), "transactions": len(rows)}
 
-    def _rows(self, e: ImportedEntry, container: str, rec_id: int) -> list[dict[str, Any]]:
+    def _rows(self, e: ImportedEntry, container: str) -> list[dict[str, Any]]:
         """An entry as stored rows, redacted and scrubbed like a capture (an imported file may
         hold live secrets: they are not kept)."""
         redactor = self.rt.redactor
@@ -175,7 +192,7 @@ class RecordingService:
             url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
             req_body, resp_body = scrub.data(req_body, req_cut), scrub.data(resp_body, resp_cut)
         common = {"container_name": container, "destination_host": e.host, "destination_port": e.port,
-                  "recording_id": rec_id, "result": "imported"}
+                  "result": "imported"}
         rows = [{
             **common,
             "timestamp": e.timestamp, "method": e.method, "url": url,
