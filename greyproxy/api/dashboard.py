@@ -15,13 +15,13 @@ from flask import Blueprint
 from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.logs import check_buckets
-from greyproxy.api.parse import bool_arg, choice_arg, int_arg, str_arg, time_arg
+from greyproxy.api.parse import bool_arg, choice_arg, int_arg, json_object, str_arg, str_field, time_arg
 from greyproxy.policy.durations import DurationError, rule_duration
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES, patterns_for_scope, registrable_domain
 from greyproxy.services.audit import verify
 from greyproxy.services.logs import GROUPS, LogFilter, auto_group, dashboard_stats, today_start
-from greyproxy.services.rules import ACTIONS, NewRule, rule_to_json, validated
+from greyproxy.services.rules import ACTIONS, PATTERN_NORMALIZERS, NewRule, rule_to_json, validated
 from greyproxy.store.models import AuditEntry, RequestLog, Rule
 from greyproxy.timeutil import utcnow
 
@@ -160,3 +160,27 @@ def _audit_rows() -> Any:
 def audit_verify() -> Any:
     count, problem = verify(_audit_rows())
     return {"intact": problem is None, "checked": count, "problem": problem}
+
+
+# The rule forms check every field before saving and show every problem at once; the messages
+# are the ones POST /api/rules would give, field by field (it stops at the first).
+FIELD_LIMITS = {"container_pattern": 1024, "destination_pattern": 1024, "port_pattern": 1024, "method_pattern": 256,
+                "path_pattern": 4096}
+OPTIONAL = ("port_pattern", "method_pattern", "path_pattern")
+
+
+@bp.post("/api/dashboard/check-rule")
+def check_rule() -> Any:
+    body = json_object()
+    errors: dict[str, str] = {}
+    for name, normalize in PATTERN_NORMALIZERS.items():
+        if name in OPTIONAL and name not in body:
+            continue
+        try:
+            value = str_field(body, name, max_length=FIELD_LIMITS[name])
+            normalize(value if value is not None or name not in OPTIONAL else "")
+        except PatternError as exc:
+            errors[name] = str(exc)
+        except ApiError as exc:
+            errors[name] = exc.message
+    return {"errors": errors}

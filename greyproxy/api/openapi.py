@@ -376,6 +376,9 @@ def build_spec() -> dict[str, Any]:
         "/api/dashboard/audit-verify": {"post": op(
             "Walk the audit log's hash chain (as greyproxy audit verify): {intact, checked, problem}", "audit",
             ANY_OBJECT)},
+        "/api/dashboard/check-rule": {"post": op(
+            "Check every field of a rule at once: {errors: {field: message}} (the messages POST /api/rules gives)",
+            "rules", ANY_OBJECT, request=body(ANY_OBJECT), errors=(400, 415))},
         "/api/dashboard/duration": {"get": op(
             "Seconds a rule duration stands for (null = permanent); 400 says what is wrong", "rules", ANY_OBJECT,
             errors=(400,), params=[query("value", STR)])},

@@ -2,18 +2,36 @@
 import { $, $$, badge, debounce, destExtras, destText, get, h, hostNodes, live, reportError, startPage, timeEl } from "./core.js";
 
 const REFRESH_MS = 10000;
+const PREVIEW = 5; // pending requests listed under "Waiting for you"
 let period = "today";
 
 function setText(id, value) {
   $(id).textContent = value;
 }
 
+// Axis labels that say where the bars are: five ticks, the hour alone within one day, the day
+// as well once the range spans days (never "12:00 AM … 12:00 AM"), the last one the bucket's end.
+const BUCKET_MS = { hour: 3600e3, day: 86400e3 };
+
+function tickLabel(date, group, withDay) {
+  if (group === "day") return date.toLocaleDateString([], { month: "short", day: "numeric" });
+  const time = date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" });
+  return withDay ? `${date.toLocaleDateString([], { weekday: "short", day: "numeric" })} ${time}` : time;
+}
+
 function timeline(points, group) {
   const chart = $("#timeline");
   const max = Math.max(1, ...points.map((p) => p.allowed + p.blocked));
+  // The bucket is what the API used (hours, days or weeks): the gap between two points.
+  const bucket = points.length > 1 ? Date.parse(points[1].timestamp) - Date.parse(points[0].timestamp) : BUCKET_MS[group];
+  const start = points.length ? new Date(points[0].timestamp) : null;
+  const end = points.length ? new Date(Date.parse(points[points.length - 1].timestamp) + bucket) : null;
+  const withDay = Boolean(start && end && start.toDateString() !== new Date(end - 1).toDateString());
   chart.replaceChildren(...points.map((p) => {
-    const label = new Date(p.timestamp).toLocaleString([], group === "hour"
-      ? { hour: "2-digit", minute: "2-digit" } : { month: "short", day: "numeric" });
+    const from = new Date(p.timestamp);
+    const label = group === "hour"
+      ? `${tickLabel(from, group, withDay)}–${tickLabel(new Date(from.getTime() + bucket), group, false)}`
+      : tickLabel(from, group, false);
     const bar = h("div", { class: "bar", title: `${label}: ${p.allowed} allowed, ${p.blocked} blocked` },
       h("span", { class: "bar-bad" }), h("span", { class: "bar-ok" }));
     // Heights through the CSSOM: the page's CSP forbids inline style attributes, not this.
@@ -22,11 +40,25 @@ function timeline(points, group) {
     return bar;
   }));
   const axis = $("#timeline-axis");
-  const first = points[0];
-  const last = points[points.length - 1];
-  const fmt = (p) => new Date(p.timestamp).toLocaleString([], group === "hour"
-    ? { hour: "2-digit", minute: "2-digit" } : { month: "short", day: "numeric" });
-  axis.replaceChildren(h("span", {}, first ? fmt(first) : ""), h("span", {}, last ? fmt(last) : ""));
+  if (!points.length) {
+    axis.replaceChildren();
+    return;
+  }
+  // Ticks on bucket boundaries (round hours or days); the last is the end, "now" if still open.
+  const ticks = [];
+  const count = Math.min(5, points.length + 1);
+  for (let i = 0; i < count; i++) {
+    const index = Math.round((i * points.length) / (count - 1));
+    const at = new Date(start.getTime() + index * bucket);
+    const last = i === count - 1;
+    const text = last && at.getTime() > Date.now() ? "now" : tickLabel(at, group, withDay);
+    ticks.push(h("span", { class: "tick" }, text));
+  }
+  axis.replaceChildren(...ticks);
+  const allowed = points.reduce((n, p) => n + p.allowed, 0);
+  const blocked = points.reduce((n, p) => n + p.blocked, 0);
+  chart.setAttribute("aria-label", `Requests from ${start.toLocaleString()} to ${end.toLocaleString()}: ` +
+    `${allowed} allowed, ${blocked} blocked`);
 }
 
 function listOrEmpty(el, items, text) {
@@ -67,13 +99,17 @@ async function refreshStats() {
 
 async function refreshPending() {
   try {
-    const data = await get("/api/pending", { limit: 5 });
+    const data = await get("/api/pending", { limit: PREVIEW });
     setText("#stat-pending", String(data.total));
     $(".stat-pending").classList.toggle("has-pending", data.total > 0);
-    listOrEmpty($("#pending-preview"), data.items.map((p) => h("li", { class: "split-line" },
+    const rows = data.items.map((p) => h("li", { class: "split-line" },
       h("a", { href: `/pending?highlight=${p.id}` }, h("strong", {}, p.container_name), " → ", hostNodes(destText(p), p.destination_port), ...destExtras(p)),
-      p.waiter_count ? h("span", { class: "badge badge-warn" }, `${p.waiter_count} waiting`) : timeEl(p.last_seen))),
-    "Nothing is waiting.");
+      p.waiter_count ? h("span", { class: "badge badge-warn" }, `${p.waiter_count} waiting`) : timeEl(p.last_seen)));
+    // The preview shows a few; the rest are counted, not silently left out.
+    if (data.total > data.items.length) {
+      rows.push(h("li", { class: "more-waiting" }, h("a", { href: "/pending" }, `+${data.total - data.items.length} more waiting →`)));
+    }
+    listOrEmpty($("#pending-preview"), rows, "Nothing is waiting.");
   } catch (err) {
     reportError(err);
   }

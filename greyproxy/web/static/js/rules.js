@@ -150,6 +150,7 @@ async function create(event) {
     body.expires_in_seconds = Number(f.lifetime);
   }
   showFormError(createForm, "");
+  if (!(await checkAll(createForm, body))) return;
   try {
     const rule = await api("POST", "/api/rules", body);
     toast(`Rule #${rule.id} saved: ${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`, "ok");
@@ -159,6 +160,26 @@ async function create(event) {
   } catch (err) {
     showFormError(createForm, err.message);
   }
+}
+
+// Every field's problem at once, in the API's own words, each field marked; true when all is well.
+async function checkAll(form, body) {
+  const fields = ["container_pattern", "destination_pattern", "port_pattern"];
+  for (const name of fields) form.elements[name].removeAttribute("aria-invalid");
+  let errors = {};
+  try {
+    ({ errors } = await api("POST", "/api/dashboard/check-rule",
+      Object.fromEntries(fields.filter((n) => body[n] !== undefined).map((n) => [n, body[n]]))));
+  } catch (err) {
+    if (err.status !== 404) { showFormError(form, err.message); return false; }
+    return true; // an older greyproxy: the save itself reports the first problem
+  }
+  const names = fields.filter((n) => errors[n]);
+  for (const name of names) form.elements[name].setAttribute("aria-invalid", "true");
+  if (!names.length) return true;
+  showFormError(form, names.map((n) => errors[n]).join("\n"));
+  form.elements[names[0]].focus();
+  return false;
 }
 
 // Links such as "Rule…" on the dashboard open the form pre-filled: /rules?new=1&destination=…
@@ -315,6 +336,10 @@ async function saveEdit(event) {
   }
   if ((f.notes || null) !== (editing.notes || null)) changes.notes = f.notes;
   if (f.expires_at !== isoToLocal(editing.expires_at)) changes.expires_at = localToIso(f.expires_at); // "" = never
+  showFormError(editForm, "");
+  const fields = {};
+  for (const name of ["container_pattern", "destination_pattern", "port_pattern"]) fields[name] = f[name];
+  if (!(await checkAll(editForm, fields))) return;
   try {
     if (Object.keys(changes).length) await api("PUT", `/api/rules/${editing.id}`, changes);
     dialog.close();
