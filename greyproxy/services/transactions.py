@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import peewee
 from peewee import Case, fn
 
@@ -20,6 +22,9 @@ MAX_EXPORT = 10_000  # rows in one HAR export
 MAX_FRAMES = 10_000  # WebSocket frames attached to one upgrade entry
 MAX_WS_BYTES = 32 * 1024 * 1024  # frame payload attached to one upgrade entry
 FRAME_CHUNK = 200
+LOAD_BYTES = 8 * 1024 * 1024  # bodies loaded at once by a full export
+LOAD_ROWS = 100
+PACE_SECONDS = 0.01
 EXPORT_CHUNK = 500  # rows listed per query of a full export
 
 
@@ -155,10 +160,12 @@ def export_entries(f: TxnFilter, limit: int = 1000, offset: int = 0) -> Iterator
     metas = list(query.order_by(HttpTransaction.timestamp.desc(), HttpTransaction.id.desc()).limit(limit).offset(offset))
     metas.reverse()
     order, frames = pair_frames(metas)
+    pace = _Pacer()
     for row_id in order:
         row = HttpTransaction.get_or_none(HttpTransaction.id == row_id)
         if row is not None:  # deleted by retention since the listing: skip it
             yield entry_with_frames(row, frames.get(row_id))
+            pace()
 
 
 def _frames_of(row: HttpTransaction, f: TxnFilter | None = None) -> list[int]:
@@ -194,22 +201,53 @@ def count_matching(f: TxnFilter) -> int:
     return _where(HttpTransaction.select(HttpTransaction.id), f).count()
 
 
+class _Pacer:
+    """A 1 ms timer pause after every PACE_SECONDS of work: a long export shares the hub with the
+    proxy's connections (sleep(0) would not let the hub poll their sockets)."""
+
+    def __init__(self) -> None:
+        self.mark = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.mark >= PACE_SECONDS:
+            gevent.sleep(0.001)
+            self.mark = time.monotonic()
+
+
+def _full_rows(metas: list[Any]) -> Iterator[HttpTransaction]:
+    """The rows of `metas` (with `bytes`, their bodies' size) in order, loaded a group at a time:
+    at most LOAD_ROWS rows and LOAD_BYTES of bodies (or one row, if larger) held at once."""
+    group: list[int] = []
+    size = 0
+    for meta in [*metas, None]:
+        if meta is not None and (not group or (size + meta.bytes <= LOAD_BYTES and len(group) < LOAD_ROWS)):
+            group.append(meta.id)
+            size += meta.bytes
+            continue
+        if group:
+            by_id = {r.id: r for r in HttpTransaction.select().where(HttpTransaction.id.in_(group))}
+            yield from (by_id[i] for i in group if i in by_id)  # one deleted meanwhile is skipped
+        if meta is not None:
+            group, size = [meta.id], meta.bytes
+
+
 def export_all(f: TxnFilter) -> Iterator[dict[str, Any]]:
-    """HAR entries for every matching row, oldest first, read EXPORT_CHUNK rows at a time (keyset
-    on timestamp and id), so an export of any size streams in bounded memory. Frames ride on
-    their upgrade's entry (those matching the filter), not as entries of their own."""
+    """HAR entries for every matching row, oldest first, listed EXPORT_CHUNK rows at a time (keyset
+    on timestamp and id) and loaded in groups of bounded size, so an export of any size streams in
+    bounded memory. Frames ride on their upgrade's entry (those matching the filter), not as
+    entries of their own."""
     t = HttpTransaction
+    size = (fn.COALESCE(fn.LENGTH(t.request_body), 0) + fn.COALESCE(fn.LENGTH(t.response_body), 0)).alias("bytes")
     last: tuple[dt.datetime, int] | None = None
+    pace = _Pacer()
     while True:
-        query = _where(t.select(t.id, t.timestamp).where(t.method.not_in(WS_METHODS)), f)
+        query = _where(t.select(t.id, t.timestamp, size).where(t.method.not_in(WS_METHODS)), f)
         if last is not None:
             query = query.where((t.timestamp > last[0]) | ((t.timestamp == last[0]) & (t.id > last[1])))
         chunk = list(query.order_by(t.timestamp, t.id).limit(EXPORT_CHUNK))
-        for meta in chunk:
-            row = t.get_or_none(t.id == meta.id)
-            if row is None:  # deleted by retention since the listing: skip it
-                continue
+        for row in _full_rows(chunk):
             yield entry_with_frames(row, _frames_of(row, f)) if is_upgrade(row) else to_entry(row)
+            pace()
         if len(chunk) < EXPORT_CHUNK:
             return
         last = (chunk[-1].timestamp, chunk[-1].id)
