@@ -11,6 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.netutil import EchoServer, recv_exact, socks_connect
 
+# This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
+# through the API or CLI, or assert what a proxy that cannot intercept answers.
+pytestmark = pytest.mark.no_ca
+
 ALLOWED, BLOCKED = 7, 4
 PAYLOAD = b"x" * 5000
 
