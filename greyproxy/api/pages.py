@@ -120,6 +120,6 @@ def login_page(reason: str) -> Response:
     """The 401 page a browser sees without a valid token: how to log in, and nothing else."""
     rt = runtime()
     # The guard has already checked Host against our own names, so it is safe to echo back.
-    origin = request.host_url.rstrip("/")
+    origin = request.host_url.rstrip("/") + request.script_root  # with api.path_prefix, if any
     html = render_template("login.html", reason=reason, data_dir=str(rt.config.data_dir), origin=origin, pages=())
     return _secured(make_response(html, 401))

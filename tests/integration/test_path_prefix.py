@@ -39,6 +39,10 @@ def test_everything_is_under_the_prefix(gp_factory):
     assert get(gp, f"{PREFIX}/api/version").json()["path_prefix"] == PREFIX
     assert "/api/rules" in get(gp, f"{PREFIX}/api/openapi.json").json()["paths"]
 
+    # A browser without the token gets the login page, which names the prefixed URL.
+    stranger = get(gp, f"{PREFIX}/rules", token=False)
+    assert stranger.status_code == 401 and f"{gp.api_url}{PREFIX}/dashboard?token=" in stranger.text
+    assert not re.search(r'(href|src|action)="/(?!gp/v1/)', stranger.text)
     # The login URL: the token becomes a cookie and the redirect stays under the prefix.
     login = get(gp, f"{PREFIX}/dashboard", token=False, params={"token": gp.token})
     assert login.status_code == 302 and login.headers["Location"] == f"{PREFIX}/dashboard"
