@@ -199,3 +199,10 @@ def test_fresh_serve_intercepts_with_its_generated_ca(gp_factory, tls_origin):
     gp.restart()
     assert (gp.data_dir / "ca-cert.pem").read_bytes() == before
     assert "(in use;" in gp.logs()
+    # The API's generate still works: a conflict without force, a new CA with it, used at once.
+    conflict = gp.api("POST", "/api/cert/generate")
+    assert conflict.status_code == 409 and "force" in conflict.json()["error"]
+    assert gp.api("POST", "/api/cert/generate", params={"force": "true"}).status_code == 200
+    assert (gp.data_dir / "ca-cert.pem").read_bytes() != before
+    status, _, body, _ = curl(gp, "http", f"https://localhost:{tls_origin.port}/again")
+    assert (status, body) == (200, "hello over tls\n")
