@@ -133,6 +133,13 @@ def rules_with_hits() -> Any:
     order = [*nulls, key.desc() if descending else key.asc(), Rule.id.desc() if descending else Rule.id.asc()]
     now = utcnow()
     items = [{**rule_to_json(r, now), "hits": r.hits} for r in query.order_by(*order).limit(limit).offset(offset)]
+    # Provenance as the audit log has it (who created the rule: dashboard, token, cli, ws:…),
+    # whatever `created_by` the creating call chose to write.
+    targets = [f"rule:{item['id']}" for item in items]
+    actors = {t: a for t, a in AuditEntry.select(AuditEntry.target, AuditEntry.actor)
+              .where((AuditEntry.kind == "rule.create") & AuditEntry.target.in_(targets)).tuples()} if targets else {}
+    for item in items:
+        item["audit_actor"] = actors.get(f"rule:{item['id']}")
     return {"items": items, "total": total}
 
 

@@ -135,4 +135,10 @@ def test_export_import_prefill_and_provenance(ruled_gp, dashboards, tmp_path, vi
     audit = gp.api("GET", "/api/audit", params={"limit": 50}).json()["items"]
     actors = {e["actor"] for e in audit if e["kind"] == "rule.create" and str(rule_id) in str(e["target"])}
     assert actors == {"dashboard"}
+    # One made over the API with the token says "token", as its audit entry does (not created_by "admin").
+    quiet = gp.api("GET", "/api/audit", params={"limit": 200}).json()["items"]
+    quiet_actor = next(e["actor"] for e in quiet if e["kind"] == "rule.create" and e["target"] == f"rule:{made['quiet']['id']}")
+    page.locator("#rule-filters [name=search]").fill("quiet.example")
+    expect(row_of(page, made["quiet"]["id"]).locator("td[data-label=Source]")).to_have_text(quiet_actor)
+    assert quiet_actor == "token"
     assert dash.errors == []

@@ -32,7 +32,11 @@ function expiryCell(rule) {
 function sourceCell(rule) {
   if (rule.source === "builtin") return badge("built-in", "muted");
   if (rule.source === "session") return h("span", { title: rule.session_id || "" }, badge("session", "info"));
-  return h("span", { class: "muted" }, rule.created_by || "");
+  // Who made it, as the audit log says (the same name the Audit page shows).
+  const who = rule.audit_actor || rule.created_by || "";
+  const title = rule.audit_actor && rule.created_by && rule.created_by !== rule.audit_actor
+    ? `audit actor ${rule.audit_actor}; created_by ${rule.created_by}` : `created by ${who}`;
+  return h("span", { class: "muted", title }, who);
 }
 
 function row(rule) {
@@ -71,6 +75,7 @@ function listParams() {
 // The view (filters, sort, page) is in the address bar, so a link or a reload shows the same rules.
 function writeUrl() {
   const params = new URLSearchParams(location.search);
+  for (const key of ["new", "port", "blocked_for"]) params.delete(key); // the form's pre-fill, read once
   const f = listParams();
   for (const key of ["search", "container", "destination", "action", "include_expired"]) {
     if (f[key]) params.set(key, String(f[key])); else params.delete(key);
@@ -82,7 +87,9 @@ function writeUrl() {
 
 function readUrl() {
   const params = new URLSearchParams(location.search);
-  for (const key of ["search", "container", "destination", "action"]) if (params.has(key)) filters.elements[key].value = params.get(key);
+  // With ?new=1 the container/destination/action parameters pre-fill the form, not the filters.
+  const keys = params.has("new") ? ["search"] : ["search", "container", "destination", "action"];
+  for (const key of keys) if (params.has(key)) filters.elements[key].value = params.get(key);
   if (params.get("include_expired") === "true") filters.elements.include_expired.checked = true;
   if (params.get("sort")) sortKey = params.get("sort");
   if (params.get("dir") === "asc") sortDir = "asc";
