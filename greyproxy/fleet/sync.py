@@ -212,6 +212,22 @@ class FleetSync:
         rt.vault.remove([s.placeholder for s in rt.vault.secrets()
                          if s.session_id is None and s.placeholder not in fresh])
 
+    def _rebuild_index(self, attempts: int = 5) -> None:
+        """Rules and modes from the store, in one rebuild. Reading them yields to the hub, and a
+        rule written meanwhile patches the index we are about to replace: so the rebuild is
+        kept only when no patch came in during the read (else read again)."""
+        rt = self.rt
+        for _ in range(attempts):  # bounded
+            seen = (rt.policy.patches, rt.policy.rebuilds, rt.policy.session_extensions)
+            specs = rt.rules.all_specs()
+            modes = rt.modes.entries()
+            if seen == (rt.policy.patches, rt.policy.rebuilds, rt.policy.session_extensions):
+                rt.policy.rebuild(specs, rt.silent.mode, modes, current_sessions=rt.sessions.current_sessions(),
+                                  allow_all=rt.sessions.allow_all_containers())
+                rt.policy_refresh(modes=False)  # re-decides held connections
+                return
+        rt.policy_changed(None)  # still changing after every attempt: the plain way
+
     def resync(self) -> None:
         """After a reconnect (or a change too big to describe): read everything again."""
         token = applying_remote.set(True)
@@ -220,8 +236,7 @@ class FleetSync:
             self.resyncs += 1
             rt.sessions.follow_all()
             self.reload_credentials()
-            rt.policy_changed(None)  # rules, modes and sessions from the store, in one rebuild
-            rt.policy_refresh(modes=True)
+            self._rebuild_index()
             rt.bus.publish("fleet.resynced", {"node": self.link.node if self.link else None}, recorded=True)
         finally:
             applying_remote.reset(token)

@@ -15,6 +15,8 @@ import requests
 from haralyzer import HarParser
 
 from greyproxy.store.models import HttpTransaction
+from greyproxy.store.postgres import PostgresDatabase
+from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.netutil import wait_until
 from tests.integration.tlsutil import TLSOrigin
 
@@ -53,8 +55,11 @@ def wait_total(gp, count: int, **params) -> list[dict]:
 
 
 def seed(gp, model: type[peewee.Model], rows: list[dict]) -> None:
-    """Rows written straight into the running server's SQLite file (WAL lets two processes in)."""
-    db = peewee.SqliteDatabase(str(gp.data_dir / "greyproxy.db"), pragmas={"busy_timeout": 10000})
+    """Rows written straight into the running server's database: its SQLite file (WAL lets two
+    processes in), or its PostgreSQL database."""
+    url = gp.extra_args[gp.extra_args.index("--database-url") + 1] if "--database-url" in gp.extra_args else None
+    db = PostgresDatabase(url) if url else peewee.SqliteDatabase(str(gp.data_dir / "greyproxy.db"),
+                                                                 pragmas={"busy_timeout": 10000})
     with db.bind_ctx([model]), db.atomic():
         for row in rows:
             model.create(**row)
