@@ -77,6 +77,8 @@ class H2Origin:
                         requests[event.stream_id] = {
                             "method": headers.get(":method"), "path": headers.get(":path"),
                             "authority": headers.get(":authority"), "headers": headers, "body": b""}
+                        if headers.get("expect", "").lower() == "100-continue" and not event.stream_ended:
+                            conn.send_headers(event.stream_id, [(":status", "100")])  # as real servers do
                     elif isinstance(event, DataReceived):
                         requests[event.stream_id]["body"] += event.data
                         conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

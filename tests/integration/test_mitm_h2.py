@@ -16,6 +16,7 @@ from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 
 from tests.integration.h2util import H2Origin
 from tests.integration.netutil import http_connect, wait_until
+from tests.integration.tlsutil import TLSOrigin
 
 CURL = ["curl", "-sS", "--noproxy", "", "--max-time", "20"]
 SESSION_ID = "gw-h2echo0123456789"
@@ -355,3 +356,32 @@ def test_each_stream_is_decided_by_the_rules_as_they_are_now(mgp, tls_origin):
     assert second.status_code == 403 and second.headers["x-greyproxy-reason"] == "denied_by_rule"
     assert "h2redecide" in second.text  # the same text an HTTP/1 client is told
     assert [s["path"] for s in tls_origin.seen] == ["/first"]
+
+
+@pytest.mark.parametrize("http", ["--http2", "--http1.1"])
+@pytest.mark.parametrize("origin_kind", ["h1", "h2"])
+def test_expect_100_continue_does_not_wait_for_the_client_timeout(gp_factory, tmp_path, origin_kind, http):
+    """The origin's 100 Continue reaches the client as it comes (an informational HEADERS frame
+    for an HTTP/2 client, a 100 head for an HTTP/1.1 one), whichever protocol each side speaks."""
+    folder = tmp_path / "origin"
+    folder.mkdir()
+    origin = TLSOrigin(folder) if origin_kind == "h1" else H2Origin(folder)
+    try:
+        gp = gp_factory(config_yaml=f"mitm: {{extra_ca_bundle: '{origin.ca_path}', generate_ca: false}}\n")
+        assert gp.api("POST", "/api/cert/generate").status_code == 200
+        allow(gp, "expecter", "localhost", origin.port)
+        upload = tmp_path / "up.bin"
+        upload.write_bytes(b"u" * 300_000)
+        started = time.monotonic()
+        out = subprocess.run(CURL + [http, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect: 100-continue",
+                                     "--expect100-timeout", "10", "--cacert", str(gp.data_dir / "ca-cert.pem"),
+                                     "-x", f"http://expecter:x@127.0.0.1:{gp.ports['http']}",
+                                     "--data-binary", f"@{upload}", f"https://localhost:{origin.port}/up"],
+                             capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        elapsed = time.monotonic() - started
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"200"
+        assert elapsed < 5, f"waited {elapsed:.1f} s: the 100 Continue was held back"
+        assert origin.seen[-1]["body"] == b"u" * 300_000
+    finally:
+        origin.close()
