@@ -15,6 +15,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 
 from tests.integration.h2util import H2Origin
+from tests.integration.mwutil import middleware_yaml, seen_messages
 from tests.integration.netutil import http_connect, wait_until
 from tests.integration.tlsutil import TLSOrigin
 
@@ -385,3 +386,27 @@ def test_expect_100_continue_does_not_wait_for_the_client_timeout(gp_factory, tm
         assert origin.seen[-1]["body"] == b"u" * 300_000
     finally:
         origin.close()
+
+
+def test_middlewares_see_h2_streams_like_http1_requests(gp_factory, tls_origin, tmp_path):
+    """A middleware sees an HTTP/2 stream as it sees an HTTP/1 request (placeholders, never the
+    secret), its deny answers that stream, and substitution happens after it."""
+    seen = tmp_path / "seen.jsonl"
+    gp = gp_factory(config_yaml=middleware_yaml(seen)
+                    + f"mitm: {{extra_ca_bundle: '{tls_origin.ca_path}', generate_ca: false}}\n")
+    assert gp.api("POST", "/api/cert/generate").status_code == 200
+    gp.ca_path = gp.data_dir / "ca-cert.pem"
+    allow(gp, "h2mw", "localhost", tls_origin.port)
+    cred = gp.api("POST", "/api/credentials", json={"label": "h2key", "value": "real-h2-secret"}).json()
+    url = f"https://localhost:{tls_origin.port}"
+    with h2_client(gp, "h2mw", gp.ca_path) as client:
+        ok = client.post(f"{url}/mw/pass", content=b"{}", headers={"x-api-key": cred["placeholder"]})
+        denied = client.get(f"{url}/mw/deny")
+    assert ok.http_version == "HTTP/2" and ok.status_code == 200
+    assert tls_origin.seen[-1]["headers"]["X-Api-Key"] == "real-h2-secret"
+    request_msg = [m for m in seen_messages(seen) if m["type"] == "http-request"][-2]
+    assert request_msg["tls"] is True and request_msg["headers"]["X-Api-Key"] == [cred["placeholder"]]
+    assert "real-h2-secret" not in seen.read_text()
+    assert denied.status_code == 451 and denied.text == "denied by the test middleware\n"
+    assert denied.headers["x-greyproxy-reason"] == "middleware_denied"
+    assert [s["path"] for s in tls_origin.seen] == ["/mw/pass"]
