@@ -4,9 +4,11 @@ scrubbed like an HTTP/1 request; an h2-only origin serves HTTP/1.1 and HTTP/2 cl
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -410,3 +412,35 @@ def test_middlewares_see_h2_streams_like_http1_requests(gp_factory, tls_origin, 
     assert denied.status_code == 451 and denied.text == "denied by the test middleware\n"
     assert denied.headers["x-greyproxy-reason"] == "middleware_denied"
     assert [s["path"] for s in tls_origin.seen] == ["/mw/pass"]
+
+
+def test_headless_chromium_speaks_http2_through_interception(mgp, tls_origin):
+    """A real browser through the HTTP proxy: it negotiates h2 with the interception leaf, gets
+    the page, and the exchange is stored."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests: install Debian's chromium (.ci/run does)")
+        pytest.skip("no /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    allow(mgp, "h2chrome", "localhost", tls_origin.port)
+    url = f"https://localhost:{tls_origin.port}/browser"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--proxy-bypass-list=<-loopback>"],
+            proxy={"server": f"http://127.0.0.1:{mgp.ports['http']}", "username": "h2chrome", "password": "x"})
+        try:
+            # The page is trusted through our CA only; the browser has its own store, so this
+            # context skips verification (what is tested is the protocol, not the trust store).
+            context = browser.new_context(ignore_https_errors=True)
+            page = context.new_page()
+            response = page.goto(url, timeout=15_000)
+            assert response is not None and response.status == 200
+            assert page.evaluate("document.body.innerText").strip() == "hello over tls"
+            assert page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+        finally:
+            browser.close()
+    items = transactions(mgp, container="h2chrome")
+    assert any(i["url"] == url and i["status_code"] == 200 for i in items)
