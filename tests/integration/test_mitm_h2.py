@@ -91,10 +91,12 @@ def test_concurrent_streams_over_one_connection(mgp, tls_origin):
     assert len(transactions(mgp, 16, container="h2many")) == 16
 
 
-def test_curl_http2_through_interception(mgp, tls_origin):
+@pytest.mark.parametrize("via", ["http", "socks5"])
+def test_curl_http2_through_interception(mgp, tls_origin, via):
     allow(mgp, "curlh2", "localhost", tls_origin.port)
-    out = subprocess.run(CURL + ["--http2", "-w", "\n%{http_version}", "--cacert", str(mgp.ca_path),
-                                 "-x", f"http://curlh2:x@127.0.0.1:{mgp.ports['http']}",
+    proxy = (["-x", f"http://curlh2:x@127.0.0.1:{mgp.ports['http']}"] if via == "http"
+             else ["--socks5-hostname", f"curlh2:x@127.0.0.1:{mgp.ports['socks5']}"])
+    out = subprocess.run(CURL + ["--http2", "-w", "\n%{http_version}", "--cacert", str(mgp.ca_path), *proxy,
                                  f"https://localhost:{tls_origin.port}/curl"],
                          capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
