@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.netutil import EchoServer, curl, http_connect, socks_connect, wait_until
 
 # This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA

@@ -9,6 +9,8 @@ import time
 import pytest
 import websocket
 
+from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
+
 
 def connect(gp, token: bool = True, **kw) -> websocket.WebSocket:
     headers = [f"Authorization: Bearer {gp.token}"] if token else []
