@@ -16,13 +16,16 @@ from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.logs import check_buckets
 from greyproxy.api.parse import bool_arg, choice_arg, int_arg, json_object, str_arg, str_field, time_arg
+from greyproxy.api.transactions import txn_filter
+from greyproxy.capture.serialize import transaction_to_json
 from greyproxy.policy.durations import DurationError, rule_duration
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES, patterns_for_scope, registrable_domain
 from greyproxy.services.audit import verify
 from greyproxy.services.logs import GROUPS, LogFilter, auto_group, dashboard_stats, today_start
 from greyproxy.services.rules import ACTIONS, PATTERN_NORMALIZERS, NewRule, rule_to_json, validated
-from greyproxy.store.models import AuditEntry, RequestLog, Rule
+from greyproxy.services.transactions import _listing_columns, _where, list_transactions
+from greyproxy.store.models import AuditEntry, HttpTransaction, RequestLog, Rule
 from greyproxy.timeutil import utcnow
 
 bp = Blueprint("dashboard", __name__)
@@ -191,3 +194,34 @@ def check_rule() -> Any:
         except ApiError as exc:
             errors[name] = exc.message
     return {"errors": errors}
+
+
+# The Activity page's traffic list: /api/transactions plus `body`, a substring of the stored
+# request or response body (text-like bodies, at most 2 MiB each, as captured). The other filters
+# narrow the rows first; the bodies are searched by the database, never loaded here.
+MAX_BODY_SEARCH = 1000
+
+
+def _body_contains(column: peewee.Field, needle: str) -> peewee.Node:
+    if isinstance(getattr(HttpTransaction._meta.database, "obj", None), peewee.PostgresqlDatabase):
+        return peewee.fn.STRPOS(peewee.fn.CONVERT_FROM(column, "UTF8"), needle) > 0
+    return peewee.fn.INSTR(column, needle.encode()) > 0
+
+
+@bp.get("/api/dashboard/transactions")
+def transactions_with_body_search() -> Any:
+    f = txn_filter()
+    limit = int_arg("limit", 50, minimum=1, maximum=1000)
+    offset = int_arg("offset", 0)
+    needle = str_arg("body")
+    if not needle:
+        return list_transactions(f, limit, offset)
+    if len(needle) > MAX_BODY_SEARCH or "\x00" in needle:
+        raise ApiError(400, f"'body' must be at most {MAX_BODY_SEARCH} characters, without NUL")
+    t = HttpTransaction
+    query = _where(t.select(*_listing_columns()), f).where(
+        _body_contains(t.request_body, needle) | _body_contains(t.response_body, needle))
+    total = query.count()
+    rows = query.order_by(t.timestamp.desc(), t.id.desc()).limit(limit).offset(offset)
+    return {"items": [transaction_to_json(r) for r in rows], "total": total, "page": offset // limit + 1,
+            "pages": -(-total // limit) if total else 0}

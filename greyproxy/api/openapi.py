@@ -379,6 +379,12 @@ def build_spec() -> dict[str, Any]:
         "/api/dashboard/check-rule": {"post": op(
             "Check every field of a rule at once: {errors: {field: message}} (the messages POST /api/rules gives)",
             "rules", ANY_OBJECT, request=body(ANY_OBJECT), errors=(400, 415))},
+        "/api/dashboard/transactions": {"get": op(
+            "Transactions as /api/transactions (same filters) plus body: a substring of the stored request or "
+            "response body", "transactions", ANY_OBJECT, errors=(400,),
+            params=[query("body", STR), query("search", STR), query("container", STR), query("destination", STR),
+                    query("method", STR), query("status_min", INT), query("status_max", INT),
+                    query("has_error", BOOL), *PAGING])},
         "/api/dashboard/duration": {"get": op(
             "Seconds a rule duration stands for (null = permanent); 400 says what is wrong", "rules", ANY_OBJECT,
             errors=(400,), params=[query("value", STR)])},

@@ -23,6 +23,10 @@ def traffic_gp(gp, origin):
         proc = curl("-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}", "-o", "/dev/null",
                     f"http://{origin.host}:{origin.port}{path}", timeout=10)
         proc.communicate(timeout=15)
+    for text in ("payload with needle-one inside", "another payload"):
+        proc = curl("-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}", "-o", "/dev/null", "--data", text,
+                    f"http://{origin.host}:{origin.port}/upload", timeout=10)
+        proc.communicate(timeout=15)
     if gp.api("GET", "/api/transactions").status_code == 404:
         pytest.skip("no transactions API in this build")
     gp.rule = rule
@@ -36,7 +40,15 @@ def test_search_sort_deep_link_and_har_of_the_filter(traffic_gp, origin, dashboa
     page = dash.page
     rows = page.locator("#traffic-table tbody tr[data-id]")
     expect(rows).to_have_count(50)
-    expect(page.locator("#traffic-summary")).to_contain_text("60 matching")
+    expect(page.locator("#traffic-summary")).to_contain_text("62 matching")
+
+    # Search inside bodies: only the POST that carried the word.
+    page.locator("#traffic-filters [name=body]").fill("needle-one")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td[data-label=Method]")).to_have_text("POST")
+    expect(page.locator("#har-export")).to_have_text("Export HAR (clear the body search)")
+    page.locator("#traffic-filters [name=body]").fill("")
+    expect(rows).to_have_count(50)
 
     # Search by URL: the filter goes to the address bar.
     page.locator("#traffic-filters [name=search]").fill("alpha")

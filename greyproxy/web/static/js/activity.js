@@ -46,7 +46,7 @@ function middlewareBadges(t) {
 }
 
 // The traffic view lives in the address bar (t_* filters, sort, txn): a link reopens it as is.
-const TRAFFIC_KEYS = ["search", "container", "destination", "method", "status"];
+const TRAFFIC_KEYS = ["search", "body", "container", "destination", "method", "status"];
 const STATUS_RANGES = { "2xx": [200, 299], "3xx": [300, 399], "4xx": [400, 499], "5xx": [500, 599] };
 let sortKey = "timestamp";
 let sortDir = "desc";
@@ -56,7 +56,7 @@ function trafficParams() {
   const f = formValues(trafficFilters);
   const [min, max] = STATUS_RANGES[f.status] || [];
   return {
-    search: f.search, container: f.container, destination: f.destination, method: f.method,
+    search: f.search, body: f.body, container: f.container, destination: f.destination, method: f.method,
     status_min: min, status_max: max, has_error: f.status === "error" ? "true" : undefined,
   };
 }
@@ -141,7 +141,7 @@ let trafficTotal = 0;
 async function refreshTraffic() {
   if (!trafficAvailable) return;
   try {
-    const data = await get("/api/transactions", { ...trafficParams(), limit: PAGE_SIZE, offset: trafficOffset });
+    const data = await get("/api/dashboard/transactions", { ...trafficParams(), limit: PAGE_SIZE, offset: trafficOffset });
     trafficItems = data.items;
     trafficTotal = data.total;
     renderTraffic();
@@ -281,13 +281,19 @@ async function replayTransaction(id) {
 let exportLink = null;
 function updateExport() {
   if (!exportLink) return;
-  exportLink.href = `/api/transactions/export/har?${query(trafficParams())}`;
-  exportLink.textContent = `Export HAR (all ${trafficTotal} matching)`;
+  const { body, ...params } = trafficParams();
+  exportLink.href = `/api/transactions/export/har?${query(params)}`;
+  // The export route takes every filter but the body search: say so rather than export more.
+  exportLink.toggleAttribute("aria-disabled", Boolean(body));
+  exportLink.classList.toggle("is-disabled", Boolean(body));
+  exportLink.title = body ? "HAR export does not take the body search: clear it to export what the other filters select" : "";
+  exportLink.textContent = body ? "Export HAR (clear the body search)" : `Export HAR (all ${trafficTotal} matching)`;
 }
 
 async function setUpExport() {
   if (!trafficAvailable || !(await routeExists("/api/transactions/export/har?limit=1"))) return;
-  exportLink = h("a", { class: "btn btn-small", id: "har-export", download: "greyproxy.har" }, "Export HAR");
+  exportLink = h("a", { class: "btn btn-small", id: "har-export", download: "greyproxy.har",
+    onclick: (e) => { if (exportLink.classList.contains("is-disabled")) e.preventDefault(); } }, "Export HAR");
   updateExport();
   trafficFilters.append(exportLink);
 }
