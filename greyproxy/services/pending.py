@@ -205,12 +205,19 @@ class PendingService:
         whatever the number of rows. Returns the removed rows by (container, port, host)."""
         keys = list(dict.fromkeys(_key(r) for r in rows))
         P = PendingRequest
-        shown = peewee.Tuple(P.container_name, P.destination_port,
-                             peewee.fn.COALESCE(peewee.fn.NULLIF(P.resolved_hostname, ""), P.destination_host))
+        # A row is shown by its resolved name, or its address when it has none: two lookups,
+        # each along an index (the unique one, and migration 0013's), filtered here.
+        by_address = peewee.Tuple(P.container_name, P.destination_host, P.destination_port)
+        by_name = peewee.Tuple(P.container_name, P.resolved_hostname, P.destination_port)
         removed: dict[Key, list[PendingRequest]] = {key: [] for key in keys}
+        seen: set[int] = set()
         for start in range(0, len(keys), 300):
-            for sibling in P.select().where(shown.in_(peewee.ValuesList(keys[start : start + 300]))):
-                removed[_key(sibling)].append(sibling)
+            wanted = peewee.ValuesList([(c, host, port) for c, port, host in keys[start : start + 300]])
+            for column in (by_address, by_name):
+                for sibling in P.select().where(column.in_(wanted)):
+                    if _key(sibling) in removed and sibling.id not in seen:
+                        seen.add(sibling.id)
+                        removed[_key(sibling)].append(sibling)
         ids = [r.id for group in removed.values() for r in group]
         for start in range(0, len(ids), 500):
             P.delete().where(P.id.in_(ids[start : start + 500])).execute()

@@ -46,7 +46,9 @@ class PendingRequest(BaseModel):
 
     class Meta:
         table_name = "pending_requests"
-        indexes = ((("container_name", "destination_host", "destination_port"), True),)
+        # The second (migration 0013): a decision finds the rows of one resolved name quickly.
+        indexes = ((("container_name", "destination_host", "destination_port"), True),
+                   (("container_name", "resolved_hostname", "destination_port"), False))
 
 
 class RequestLog(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 import gevent
 import peewee
 from gevent.event import Event
+from gevent.lock import RLock
 
 from greyproxy.store.bulk import insert_rows
 from greyproxy.store.db import db_path, describe
@@ -53,6 +54,9 @@ class StoreWriter:
         self._dns_pruned_at = 0.0
         self.dns_dropped = 0
         self._wake = Event()
+        # One flush at a time: statements yield (they run in the database thread), and an API
+        # call may flush (to read its own writes) while the writer greenlet does.
+        self._flushing = RLock()
         self._greenlet: gevent.Greenlet | None = None
         self.rows_written = 0
         # Honest health (issue 13): why the last flush failed and since when (time.time()),
@@ -163,51 +167,61 @@ class StoreWriter:
         return [f"store writes failing since {since}: {self.failure}; {queued} rows waiting"]
 
     def _flush_attempts(self) -> None:
-        while self._attempts:
-            attempt = self._attempts[0]
-            self.record_attempt(attempt)
-            self._attempts.popleft()
+        with self._flushing:
+            while self._attempts:
+                # Taken off before the write (which yields: the deque may move meanwhile), put
+                # back in front when it fails, to be tried again.
+                attempt = self._attempts.popleft()
+                try:
+                    self.record_attempt(attempt)
+                except BaseException:
+                    self._attempts.appendleft(attempt)
+                    raise
 
     def _flush_transactions(self) -> None:
-        while self._transactions:
-            batch = [self._transactions.popleft() for _ in range(min(BATCH_ROWS, len(self._transactions)))]
-            started = time.monotonic()
-            ids = insert_rows(self.db, HttpTransaction, [row for row, _ in batch])
-            self.observe_batch("http_transactions", time.monotonic() - started, len(batch))
-            for (row, callback), txn_id in zip(batch, ids, strict=True):
-                if callback is not None:
-                    callback(HttpTransaction(id=txn_id, **row))
-            self.on_transactions()
+        with self._flushing:
+            while self._transactions:
+                batch = [self._transactions.popleft() for _ in range(min(BATCH_ROWS, len(self._transactions)))]
+                started = time.monotonic()
+                ids = insert_rows(self.db, HttpTransaction, [row for row, _ in batch])
+                self.observe_batch("http_transactions", time.monotonic() - started, len(batch))
+                for (row, callback), txn_id in zip(batch, ids, strict=True):
+                    if callback is not None:
+                        callback(HttpTransaction(id=txn_id, **row))
+                self.on_transactions()
 
     def flush(self) -> None:
-        self._flush_attempts()
-        self._flush_transactions()
-        if self._used:
-            used, self._used = self._used, set()
-            self.touch_used(used, utcnow())
-        while self._logs:
-            batch = [self.scrub_row(self._logs[i]) for i in range(min(BATCH_ROWS, len(self._logs)))]
-            started = time.monotonic()
-            insert_rows(self.db, RequestLog, batch)
-            self.observe_batch("request_logs", time.monotonic() - started, len(batch))
-            for _ in batch:
-                self._logs.popleft()
-            self.rows_written += len(batch)
-        while self._middleware_events:
-            batch = [self.scrub_row(self._middleware_events.popleft())
-                     for _ in range(min(BATCH_ROWS, len(self._middleware_events)))]
-            insert_rows(self.db, MiddlewareEvent, batch)
-        while self._skips:
-            container, host, port, reason = self._skips.popleft()
-            latest = (
-                RequestLog.select(RequestLog.id)
-                .where((RequestLog.container_name == container) & (RequestLog.destination_host == host)
-                       & (RequestLog.destination_port == port))
-                .order_by(RequestLog.id.desc())
-                .limit(1)
-            )
-            RequestLog.update(mitm_skip_reason=reason).where(RequestLog.id.in_(latest)).execute()
-        self._flush_dns()
+        with self._flushing:
+            self._flush_attempts()
+            self._flush_transactions()
+            if self._used:
+                used, self._used = self._used, set()
+                self.touch_used(used, utcnow())
+            while self._logs:
+                batch = [self._logs.popleft() for _ in range(min(BATCH_ROWS, len(self._logs)))]
+                started = time.monotonic()
+                try:
+                    insert_rows(self.db, RequestLog, [self.scrub_row(row) for row in batch])
+                except BaseException:
+                    self._logs.extendleft(reversed(batch))  # queued again, in order, for the next try
+                    raise
+                self.observe_batch("request_logs", time.monotonic() - started, len(batch))
+                self.rows_written += len(batch)
+            while self._middleware_events:
+                batch = [self.scrub_row(self._middleware_events.popleft())
+                         for _ in range(min(BATCH_ROWS, len(self._middleware_events)))]
+                insert_rows(self.db, MiddlewareEvent, batch)
+            while self._skips:
+                container, host, port, reason = self._skips.popleft()
+                latest = (
+                    RequestLog.select(RequestLog.id)
+                    .where((RequestLog.container_name == container) & (RequestLog.destination_host == host)
+                           & (RequestLog.destination_port == port))
+                    .order_by(RequestLog.id.desc())
+                    .limit(1)
+                )
+                RequestLog.update(mitm_skip_reason=reason).where(RequestLog.id.in_(latest)).execute()
+            self._flush_dns()
 
     def _flush_dns(self) -> None:
         while self._dns:
