@@ -74,11 +74,20 @@ WS_METHODS = ("WS_REQ", "WS_RESP")
 WS_MARK = '"response.'  # in every Responses API WebSocket event worth reading (`"type": "response.…"`)
 HEAD_COLUMNS = (HttpTransaction.id, HttpTransaction.timestamp, HttpTransaction.container_name,
                 HttpTransaction.destination_host, HttpTransaction.destination_port, HttpTransaction.method,
-                HttpTransaction.url, HttpTransaction.request_content_type,
-                # Computed by SQLite for frames only: whether the payload may be a Responses event,
-                # without loading the payloads of every WebSocket frame captured.
-                Case(None, [(HttpTransaction.method.in_(WS_METHODS),
-                             fn.INSTR(HttpTransaction.request_body, WS_MARK))], 0).alias("ws_hint"))
+                HttpTransaction.url, HttpTransaction.request_content_type)
+
+
+def _head_columns() -> tuple[Any, ...]:
+    """The heads read for every new transaction, and for frames only whether the payload may be
+    a Responses event (computed by the database, so the payloads of all the WebSocket frames
+    captured are not loaded to look at them)."""
+    body = HttpTransaction.request_body
+    db = HttpTransaction._meta.database
+    if isinstance(getattr(db, "obj", db), peewee.PostgresqlDatabase):  # bound, or through the proxy
+        found = fn.STRPOS(fn.ENCODE(body, "escape"), WS_MARK)  # bytea: as text first
+    else:
+        found = fn.INSTR(body, WS_MARK)
+    return (*HEAD_COLUMNS, Case(None, [(HttpTransaction.method.in_(WS_METHODS), found)], 0).alias("ws_hint"))
 
 
 def _text(body: bytes | str | None) -> str | None:
@@ -331,7 +340,7 @@ class ConversationAssembler:
         """Assemble the next batch of transactions; returns how many were read."""
         cursor = int(self._state("last_processed_id") or 0)
         # Heads first: most traffic is not LLM calls, and its bodies need not be read at all.
-        rows = list(HttpTransaction.select(*HEAD_COLUMNS).where(HttpTransaction.id > cursor)
+        rows = list(HttpTransaction.select(*_head_columns()).where(HttpTransaction.id > cursor)
                     .order_by(HttpTransaction.id).limit(BATCH))
         touched: dict[str, None] = {}
         recent: dict[tuple[str, str, str | None], tuple[str, dt.datetime]] = {}

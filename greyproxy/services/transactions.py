@@ -45,16 +45,24 @@ class TxnFilter:
     recording_id: int | None = None
 
 
+def _position(haystack: peewee.Node, needle: str | peewee.Node) -> peewee.Node:
+    """1-based position of `needle` in a text column (0 when absent), on SQLite or PostgreSQL."""
+    db = HttpTransaction._meta.database
+    on_postgres = isinstance(getattr(db, "obj", db), peewee.PostgresqlDatabase)  # bound, or through the proxy
+    return fn.STRPOS(haystack, needle) if on_postgres else fn.INSTR(haystack, needle)
+
+
 def _path(url: peewee.Field) -> peewee.Node:
     """SQL for the path of a stored absolute URL: after the authority, before `?` or `#`.
 
-    Computed in SQLite so a filter never loads rows to look at them; a URL without a path has
+    Computed by the database so a filter never loads rows to look at them; a URL without a path has
     an empty one (the host must not match a path filter)."""
-    rest = fn.SUBSTR(url, fn.INSTR(url, "://") + 3)
-    tail = Case(None, [(fn.INSTR(rest, "/") > 0, fn.SUBSTR(rest, fn.INSTR(rest, "/")))], "")
+    rest = fn.SUBSTR(url, _position(url, "://") + 3)
+    tail = Case(None, [(_position(rest, "/") > 0, fn.SUBSTR(rest, _position(rest, "/")))], "")
     # Cut at the first `?`, then at the first `#`.
-    no_query = Case(None, [(fn.INSTR(tail, "?") > 0, fn.SUBSTR(tail, 1, fn.INSTR(tail, "?") - 1))], tail)
-    return Case(None, [(fn.INSTR(no_query, "#") > 0, fn.SUBSTR(no_query, 1, fn.INSTR(no_query, "#") - 1))], no_query)
+    no_query = Case(None, [(_position(tail, "?") > 0, fn.SUBSTR(tail, 1, _position(tail, "?") - 1))], tail)
+    return Case(None, [(_position(no_query, "#") > 0, fn.SUBSTR(no_query, 1, _position(no_query, "#") - 1))],
+                no_query)
 
 
 def _where(query: peewee.ModelSelect, f: TxnFilter) -> peewee.ModelSelect:
