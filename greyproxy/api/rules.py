@@ -156,10 +156,16 @@ def _allowed_now(row: PendingRequest) -> bool:
     return spec is not None and spec.action == "allow"
 
 
+MAX_INGEST = 10_000
+
+
 @bp.post("/api/rules/ingest")
 def ingest_rules() -> Any:
     # Every item is validated before the first write, so a bad item changes nothing.
-    items = [_ingest_item(i, item) for i, item in enumerate(json_array())]
+    body = json_array()
+    if len(body) > MAX_INGEST:  # issue 13: one call is bounded work; a bigger set goes in several
+        raise ApiError(400, f"{len(body)} rules in one call: at most {MAX_INGEST} per call, send several calls")
+    items = [_ingest_item(i, item) for i, item in enumerate(body)]
     rt = runtime()
     imported, skipped = rt.rules.ingest(items)
     cleaned = rt.pending.prune_matching(_allowed_now) if imported else 0

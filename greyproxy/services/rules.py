@@ -22,6 +22,7 @@ from greyproxy.policy.patterns import (
 from greyproxy.policy.request_rules import is_request_rule, normalize_method_pattern, normalize_path_pattern
 from greyproxy.services.policy_state import RuleChange
 from greyproxy.store.bulk import insert_rows
+from greyproxy.store.executor import run_in_db
 from greyproxy.store.models import Rule
 from greyproxy.timeutil import epoch, iso, utcnow
 
@@ -290,6 +291,14 @@ class RuleService:
         well under a second; one `rule.ingested` event replaces thousands of `rule.created`.
         Every item is validated before anything is written (PatternError: nothing changes)."""
         items = [validated(new) for new in items]
+        # The whole of it (reading every rule, thousands of inserts) in the database thread.
+        rows, skipped = run_in_db(self.db, lambda: self._ingest(items))
+        if rows:
+            self.on_change(RuleChange(full=True))  # thousands at once: one rebuild
+            self.bus.publish("rule.ingested", {"imported": rows, "skipped": skipped})
+        return rows, skipped
+
+    def _ingest(self, items: list[NewRule]) -> tuple[int, int]:
         now = utcnow()
         existing = {
             rule_key(r): r
@@ -314,9 +323,6 @@ class RuleService:
             batch = list(rows.values())
             for start in range(0, len(batch), 500):
                 Rule.insert_many(batch[start : start + 500]).execute()
-        if rows:
-            self.on_change(RuleChange(full=True))  # thousands at once: one rebuild
-            self.bus.publish("rule.ingested", {"imported": len(rows), "skipped": skipped})
         return len(rows), skipped
 
     def update(self, rule_id: int, changes: dict[str, Any]) -> Rule:

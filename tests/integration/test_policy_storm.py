@@ -54,6 +54,13 @@ def test_bulk_routes_refuse_more_than_the_bound(gp):
         assert "10000" in resp.json()["error"]
     resp = gp.api("POST", "/api/pending/bulk-dismiss", json={"pending_ids": list(range(1, 10_001))})
     assert resp.status_code == 200 and resp.json()["removed"] == 0
+    rules = [{"container_pattern": "bound", "destination_pattern": f"h{i}.bound.example", "port_pattern": "443",
+              "action": "allow"} for i in range(10_001)]
+    resp = gp.api("POST", "/api/rules/ingest", json=rules)
+    assert resp.status_code == 400 and "10000" in resp.json()["error"]
+    assert gp.api("GET", "/api/rules", params={"container": "bound"}).json()["total"] == 0
+    resp = gp.api("POST", "/api/rules/ingest", json=rules[:10_000])
+    assert resp.status_code == 200 and resp.json()["imported"] == 10_000
 
 
 def test_bulk_allow_of_the_maximum_keeps_the_proxy_serving(gp, origin):
