@@ -341,7 +341,7 @@ class Interceptor:
             rule = admission.decision.rule
             pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
             raw = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver,
-                       rule_pattern=pattern)
+                       rule_pattern=pattern, upstream=self.rt.upstream.get())
             tls = upstream_ssl_context(extra, ("http/1.1",)).wrap_socket(
                 raw, server_hostname=server_name, do_handshake_on_connect=False)
             try:
