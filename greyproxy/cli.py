@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _dashboard_line(runtime: Runtime) -> str:
-    """The login URL carries the API token (D9): print it to a terminal, never into a log file
+    """The login URL carries the API token: print it to a terminal, never into a log file
     or the journal, where whoever reads the logs would get control of the proxy."""
     url = runtime.dashboard_url
     if "?token=" not in url or sys.stdout.isatty():

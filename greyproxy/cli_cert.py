@@ -1,4 +1,4 @@
-"""`greyproxy cert generate|install|uninstall|reload` (§18).
+"""`greyproxy cert generate|install|uninstall|reload` (how each client trusts the CA: docs/clients.md).
 
 install / uninstall change what every program on the machine trusts, so they print exactly
 what they will run and ask first (`-f` skips the question); sudo is used only when not root.

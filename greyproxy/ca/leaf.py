@@ -1,5 +1,5 @@
-"""Leaf certificates per server name, signed by the CA, with their own key (D15), kept in a
-bounded LRU of ready-to-use server SSLContexts."""
+"""Leaf certificates per server name, signed by the CA, with their own key (never the CA's;
+docs/decisions.md), kept in a bounded LRU of ready-to-use server SSLContexts."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class LeafCache:
     def __init__(self, ca: CertificateAuthority, max_entries: int = 1024) -> None:
         self.ca = ca
         self.max_entries = max_entries
-        # One leaf key for this CA generation: never the CA's own key (D15).
+        # One leaf key for this CA generation: never the CA's own key.
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._key_pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
