@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.llmutil import HOST, agent_session, chat, chat_server
 from tests.integration.netutil import wait_until
 
