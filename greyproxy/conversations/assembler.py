@@ -51,6 +51,7 @@ from greyproxy.conversations.adapters import detect_client
 from greyproxy.conversations.dissect import Dissected, Message, dissect, ws_response
 from greyproxy.conversations.endpoints import BUILTIN_RULES, EndpointRule, auto_rule, pick
 from greyproxy.events import Bus
+from greyproxy.store.locks import CONVERSATIONS, try_lock, xact_lock
 from greyproxy.store.models import (
     Conversation,
     ConversationProcessingState,
@@ -259,8 +260,13 @@ class ConversationAssembler:
             gevent.sleep(DEBOUNCE_SECONDS)  # a burst of transactions is one pass
             self._wake.clear()
             try:
-                while self.enabled() and self.run_once() == BATCH:
-                    pass
+                # Fleet mode (docs/fleet.md): one node assembles at a time; the others look again later.
+                with try_lock(self.db, CONVERSATIONS) as mine:
+                    while mine and self.enabled() and self.run_once() == BATCH:
+                        pass
+                if not mine:
+                    gevent.sleep(2)
+                    self._wake.set()
             except Exception:  # keep assembling later transactions; this batch is retried
                 log.exception("conversation assembly failed")
                 gevent.sleep(5)
@@ -279,6 +285,7 @@ class ConversationAssembler:
     def seed_rules(self) -> None:
         """Built-in rules are re-written at every start (they cannot be edited)."""
         with self.db.atomic():
+            xact_lock(self.db, CONVERSATIONS)  # fleet nodes starting together take turns
             EndpointRuleRow.delete().where(EndpointRuleRow.user_defined == False).execute()  # noqa: E712
             for r in BUILTIN_RULES:
                 EndpointRuleRow.create(host_pattern=r.host, path_pattern=r.path, method=r.method,
