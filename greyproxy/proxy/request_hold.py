@@ -192,11 +192,18 @@ class RequestHolds:
 # -- the pipeline step -----------------------------------------------------------------------
 def request_decision(rt: Runtime, container: str, host: str, port: int, resolved: str | None,
                      q: RequestQuery) -> Decision:
-    """The connection as it stands now, then the request-level rules (policy/request_decide.py)."""
+    """The connection as it stands now, then the request-level rules (policy/request_decide.py);
+    the connection's own decision (the same object) when no request rule has a say."""
     connection = rt.policy.decide(ConnectionRequest(container=container, host=host, port=port,
                                                     resolved_hostname=resolved,
                                                     control_plane=rt.guard.is_control_plane(host, port)))
     return decide_request(connection, q, rt.policy.state)
+
+
+def _by_request_rule(decision: Decision) -> bool:
+    """The decision came from a request-level rule (not the connection's own, which the pipeline's
+    `check` already applied: a connection that is no longer allowed is its business)."""
+    return decision.rule is not None and bool(decision.rule.method_pattern or decision.rule.path_pattern)
 
 
 def uninspectable_refusal(rt: Runtime, container: str, host: str, port: int, resolved: str | None) -> str | None:
@@ -231,7 +238,7 @@ def screen(rt: Runtime, client: BufferedSocket, request: Head, dest: Destination
     method, target = request.start[0], request.start[1]
     q = RequestQuery(a.container, a.host, a.port, method, canonical_path(target), a.resolved_hostname)
     decision = request_decision(rt, a.container, a.host, a.port, a.resolved_hostname, q)
-    if decision.verdict is Verdict.ALLOW:
+    if decision.verdict is Verdict.ALLOW or not _by_request_rule(decision):
         return None
     shown = rt.redactor.url(url)
     if decision.verdict is Verdict.DENY:

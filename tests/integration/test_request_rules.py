@@ -246,7 +246,7 @@ def _hold_on_tls_origin(gp, container, port):
 def test_intercepted_https_request_is_held_and_released_byte_identical(intercepting_gp, tls_origin, tmp_path):
     import subprocess
 
-    gp = intercepting_gp()
+    gp = intercepting_gp(hold_seconds=30)
     _hold_on_tls_origin(gp, "tlsagent", tls_origin.port)
     payload = tmp_path / "payload.bin"
     payload.write_bytes(BODY)
@@ -273,7 +273,7 @@ def test_http2_stream_is_held_too(intercepting_gp, tls_origin):
 
     import httpx
 
-    gp = intercepting_gp()
+    gp = intercepting_gp(hold_seconds=30)
     _hold_on_tls_origin(gp, "h2agent", tls_origin.port)
     url = f"https://localhost:{tls_origin.port}"
     results: dict[str, object] = {}
@@ -284,12 +284,14 @@ def test_http2_stream_is_held_too(intercepting_gp, tls_origin):
                                                                                         content=BODY)))
         worker.start()
         item = held_item(gp, method="POST", container_name="h2agent")
-        assert client.get(f"{url}/meanwhile").status_code == 200  # another stream flows
+        assert item["body_size"] == len(BODY)
         api_ok(gp, "POST", f"/api/pending-http/{item['id']}/deny", json={"reason": "no uploads"})
         worker.join(30)
-    post = results["post"]
-    assert post.status_code == 403 and b"no uploads" in post.content  # type: ignore[attr-defined]
-    assert [s["path"] for s in tls_origin.seen] == ["/meanwhile"]
+        post = results["post"]
+        assert post.http_version == "HTTP/2"  # type: ignore[attr-defined]
+        assert post.status_code == 403 and b"no uploads" in post.content  # type: ignore[attr-defined]
+        assert client.get(f"{url}/after").status_code == 200  # the connection carries on
+    assert [s["path"] for s in tls_origin.seen] == ["/after"]
 
 
 def test_events_stream_carries_held_requests(held_gp, origin):
