@@ -338,3 +338,64 @@ def test_a_tunnel_that_would_not_be_inspected_is_refused_when_request_rules_appl
     assert rows, "the refusal is logged with its reason"
     gp.api("DELETE", f"/api/rules/{rule['id']}")
     assert fetch().stdout == b"hello over tls\n"
+
+
+def test_http2_other_streams_flow_while_one_is_held(intercepting_gp, tls_origin):
+    import ssl
+
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
+
+    from tests.integration.netutil import http_connect
+
+    gp = intercepting_gp(hold_seconds=30)
+    _hold_on_tls_origin(gp, "h2raw", tls_origin.port)
+    code, _, raw = http_connect(gp.ports["http"], "localhost", tls_origin.port, user="h2raw")
+    assert code == 200
+    ctx = ssl.create_default_context(cafile=str(gp.ca_path))
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    authority = f"localhost:{tls_origin.port}"
+
+    def headers(method: str, path: str, length: int | None = None) -> list[tuple[str, str]]:
+        out = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
+        return out + ([("content-length", str(length))] if length is not None else [])
+
+    conn.send_headers(1, headers("POST", "/upload", 5))
+    conn.send_data(1, b"hello", end_stream=True)
+    sock.sendall(conn.data_to_send())
+    held = held_item(gp, method="POST", container_name="h2raw")
+    conn.send_headers(3, headers("GET", "/meanwhile"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status: dict[int, int] = {}
+    bodies: dict[int, bytes] = {1: b"", 3: b""}
+    ended: set[int] = set()
+    sock.settimeout(15)
+
+    def pump(until) -> None:  # noqa: ANN001
+        for _ in range(200):  # bounded
+            if until():
+                return
+            data = sock.recv(65536)
+            assert data, "the connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, ResponseReceived):
+                    status[event.stream_id] = int(dict(event.headers)[":status"])
+                elif isinstance(event, DataReceived):
+                    bodies[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded | StreamReset):
+                    ended.add(event.stream_id)
+            sock.sendall(conn.data_to_send())
+
+    pump(lambda: 3 in ended)
+    assert status[3] == 200 and bodies[3] == b"hello over tls\n" and 1 not in status  # GET done, POST held
+    api_ok(gp, "POST", f"/api/pending-http/{held['id']}/allow", json={})
+    pump(lambda: 1 in ended)
+    assert status[1] == 200 and bodies[1] == b"hello"
+    assert [s["path"] for s in tls_origin.seen] == ["/meanwhile", "/upload"]
+    sock.close()
