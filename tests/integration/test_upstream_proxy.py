@@ -264,3 +264,69 @@ def test_intercepted_https_goes_through_the_upstream(gp_factory, tinyproxy, tls_
     assert any(f"CONNECT 127.0.0.1:{tls_origin.port} " in line for line in tinyproxy.connects()), tinyproxy.connects()
     items = wait_until(lambda: gp.api("GET", "/api/transactions").json()["items"])
     assert items and items[0]["url"] == f"https://localhost:{tls_origin.port}/secure"
+
+
+def test_resolve_upstream_sends_the_name(gp_factory, tinyproxy, origin):
+    gp = gp_factory(config_yaml=upstream_yaml(tinyproxy.url) + "  resolve: upstream\n")
+    allow(gp, "localhost", origin.port)
+    allow(gp, origin.host, origin.port)
+    # the name goes to the upstream as written (tinyproxy resolves it); the origin listens on
+    # 127.0.0.2, so use its IP for the fetch and check the name on a CONNECT of its own
+    code, out, err = fetch(gp, f"http://{origin.host}:{origin.port}/ip")
+    assert code == 0 and out.endswith(origin.body), err
+    code, out, _ = fetch(gp, f"http://localhost:{origin.port}/name")  # 127.0.0.1: nothing listens there
+    assert any(f"CONNECT localhost:{origin.port} " in line for line in tinyproxy.connects()), tinyproxy.connects()
+    rows = wait_until(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"]
+                               if r["destination_host"] == "localhost"])
+    assert rows and rows[0]["dialed_ip"] is None  # the upstream resolved it: no dialled IP is claimed
+
+
+class CountingUpstream:
+    """A TCP listener that only counts who connects (and closes them)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", free_port("127.0.0.1")))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+
+def test_the_guard_runs_before_the_upstream_is_asked():
+    """In-process: the real dial with the real guard; the upstream is a counting listener."""
+    from greyproxy.config import ListenAddress
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.tunnel import DialError, dial
+    from greyproxy.proxy.upstream_proxy import UpstreamProxy
+    from greyproxy.upstream_config import parse_upstream
+
+    counting = CountingUpstream()
+    try:
+        via = UpstreamProxy(parse_upstream({"proxy_url": f"http://127.0.0.1:{counting.port}"}))
+        guard = ControlPlaneGuard([ListenAddress("127.0.0.1", 43999)], deny_private=True)
+        for host, port, reason in (("10.1.2.3", 443, "private_range"), ("169.254.169.254", 80, "private_range"),
+                                   ("127.0.0.1", 43999, "control_plane"), ("[::ffff:127.0.0.1]", 43999, "control_plane"),
+                                   ("0x7f000001", 43999, "control_plane")):
+            with pytest.raises(DialError) as exc:
+                dial(host.strip("[]"), port, guard, timeout=2, upstream=via)
+            assert exc.value.reason == reason, (host, exc.value.reason)
+        assert counting.accepted == 0
+        # a rule naming the private address opens it, and only then is the upstream asked
+        with pytest.raises(DialError):
+            dial("10.1.2.3", 443, guard, timeout=2, upstream=via, rule_pattern="10.1.2.3")
+        assert counting.accepted == 1
+    finally:
+        counting.sock.close()
