@@ -14,7 +14,7 @@ import httpx
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
+from h2.events import ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded, StreamReset
 
 from tests.integration.h2util import H2Origin
 from tests.integration.mwutil import middleware_yaml, seen_messages
@@ -446,3 +446,48 @@ def test_headless_chromium_speaks_http2_through_interception(mgp, tls_origin):
             browser.close()
     items = transactions(mgp, container="h2chrome")
     assert any(i["url"] == url and i["status_code"] == 200 for i in items)
+
+
+def test_after_a_refused_stream_the_connection_takes_no_new_streams(mgp, tls_origin):
+    """As an HTTP/1 connection ends after a refusal, an HTTP/2 one refuses new streams and says
+    GOAWAY: a client cannot try name after name on one connection."""
+    allow(mgp, "h2drain", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2drain", tls_origin.port, mgp.ca_path)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "evil.example"),
+                          (":path", "/one")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(10)
+    statuses: dict[int, str] = {}
+    goaway = False
+    for _ in range(1000):  # bounded
+        try:
+            data = sock.recv(65536)
+        except (OSError, ssl.SSLError):
+            break
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, ResponseReceived):
+                statuses[event.stream_id] = dict(event.headers)[":status"]
+            elif isinstance(event, ConnectionTerminated):
+                goaway = True
+        if 1 in statuses and not goaway:
+            try:  # a second name on the same connection
+                conn.send_headers(3, [(":method", "GET"), (":scheme", "https"),
+                                      (":authority", f"localhost:{tls_origin.port}"), (":path", "/two")],
+                                  end_stream=True)
+            except Exception:  # noqa: BLE001 - h2 may already refuse to open it after GOAWAY
+                pass
+        try:
+            sock.sendall(conn.data_to_send())
+        except (OSError, ssl.SSLError):
+            break
+        if goaway:
+            break
+    sock.close()
+    assert statuses.get(1) == "403"
+    assert goaway
+    assert 3 not in statuses or statuses[3] != "200"
+    assert tls_origin.seen == []

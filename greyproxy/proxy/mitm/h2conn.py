@@ -114,7 +114,7 @@ class H2Endpoint:
         """One read from the socket as h2 events; None on EOF. A protocol error raises after
         the GOAWAY h2 queued for it is sent."""
         data = self.sock.recv(READ_SIZE)
-        if not data:
+        if not data or self.closed:  # after our GOAWAY nothing more is read
             return None
         with self.lock:
             try:

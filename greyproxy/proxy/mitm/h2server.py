@@ -159,6 +159,10 @@ class H2Server:
         self.endpoint = H2Endpoint(sock, conn)
         self.streams: dict[int, StreamSocket] = {}
         self.workers: dict[int, gevent.Greenlet] = {}
+        # After a refused stream the connection takes no new ones (as an HTTP/1 connection
+        # closes after a refusal): streams in flight finish, then GOAWAY. So every refusal
+        # costs the client a new CONNECT and handshake, whatever the protocol.
+        self.draining = False
 
     # -- the connection -------------------------------------------------------------------
     def serve(self) -> None:
@@ -229,7 +233,7 @@ class H2Server:
 
     def _start(self, event: RequestReceived) -> None:
         sid = event.stream_id
-        if len(self.workers) >= MAX_CONCURRENT_STREAMS:
+        if self.draining or len(self.workers) >= MAX_CONCURRENT_STREAMS:
             # h2 counts open streams; exchanges of streams the client reset may still be
             # finishing: a new stream waits for neither, it is refused (the client may retry).
             self.endpoint.reset(sid, ErrorCodes.REFUSED_STREAM)
@@ -266,10 +270,12 @@ class H2Server:
                 self.endpoint.shutdown()  # GOAWAY: the connection serves nothing else
                 return
             if isinstance(head, WireError):
+                self.draining = True
                 pipeline.refuse(stream, self.admission, "malformed_request", str(head))  # type: ignore[arg-type]
                 return
             problem = pipeline.check(head, self.dest)
             if problem is not None:
+                self.draining = True
                 pipeline.refuse(stream, self.admission, *problem)  # type: ignore[arg-type]
                 return
             assert self.upstreams is not None
@@ -290,3 +296,5 @@ class H2Server:
             stream.finish()
             self.streams.pop(stream.stream_id, None)
             self.workers.pop(stream.stream_id, None)
+            if self.draining and not self.workers:
+                self.endpoint.shutdown()  # GOAWAY; the reader stops at its next read
