@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from .canonical import PatternError, printable
@@ -33,6 +34,9 @@ from .patterns import (
     specificity,
     try_canonical_host,
 )
+
+if TYPE_CHECKING:
+    from .index import RuleSpec
 
 REQUEST_ACTIONS = ("allow", "deny", "hold")
 _ACTION_RANK = {"deny": 0, "allow": 1, "hold": 2}
@@ -191,7 +195,7 @@ class RequestEntry:
     __slots__ = ("spec", "key", "container_match", "destination_match", "port_match", "method_match",
                  "path_match", "exact_host")
 
-    def __init__(self, spec) -> None:  # spec: index.RuleSpec (not imported: index imports us)
+    def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
         path_rank, path_len = path_specificity(spec.path_pattern)
         self.key = (-spec.layer, -specificity(spec.container_pattern, spec.destination_pattern, spec.port_pattern),
@@ -218,7 +222,8 @@ class RequestEntry:
                 and self.path_match(q.path) and any(self.destination_match(h) for h in hosts))
 
 
-def best_request_rule(entries: Iterable[RequestEntry], q: RequestQuery, now: float, session: str | None):
+def best_request_rule(entries: Iterable[RequestEntry], q: RequestQuery, now: float,
+                      session: str | None) -> RuleSpec | None:
     """The winning request rule for `q` (see the module docstring), or None."""
     first = try_canonical_host(q.host)
     if first is None:

@@ -28,7 +28,15 @@ from greyproxy.hangup import client_hung_up
 from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.policy.request_decide import decide_request
 from greyproxy.policy.request_rules import RequestQuery, canonical_path
-from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, read_whole_body, unread, wants_close
+from greyproxy.proxy.httpwire import (
+    BufferedSocket,
+    Head,
+    WholeBody,
+    WireError,
+    read_whole_body,
+    unread,
+    wants_close,
+)
 
 if TYPE_CHECKING:
     from greyproxy.proxy.exchange import Destination
@@ -278,7 +286,7 @@ def screen(rt: Runtime, client: BufferedSocket, request: Head, dest: Destination
     return keep
 
 
-def _buffer_body(client: BufferedSocket, request: Head):
+def _buffer_body(client: BufferedSocket, request: Head) -> WholeBody | None:
     """The request body, read whole (bounded in size and time) so a human sees a preview and it
     can go on unchanged after an approval; None when it is not read (a client waiting for
     `100 Continue`, or a body over MAX_HELD_BODY, whose start is put back unread)."""
