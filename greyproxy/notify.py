@@ -19,15 +19,12 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent import subprocess
 
 from greyproxy.events import Bus, Event, Subscription
-
-if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
 
 log = logging.getLogger("greyproxy.notify")
 
@@ -60,6 +57,17 @@ def _markup_safe(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def pending_link(dashboard_url: Callable[[], str]) -> Callable[[int], str]:
+    """The pending page's URL for one request, from the dashboard URL of the moment (its port is
+    known once the API listens)."""
+    def link(pending_id: int) -> str:
+        # The URL without the token: a process list is readable by every local user.
+        base = dashboard_url().split("?", 1)[0].rsplit("/dashboard", 1)[0]
+        return f"{base}/pending?highlight={pending_id}"
+
+    return link
+
+
 def _supports_actions(version_output: str) -> bool:
     """`notify-send 0.8.3` → True: actions and --wait arrived in libnotify 0.8."""
     found = re.search(r"(\d+)\.(\d+)", version_output)
@@ -86,15 +94,6 @@ class DesktopNotifier:
         self._helpers: dict[int, Any] = {}  # pending id -> helper process waiting for a click
         self._sub: Subscription | None = None
         self._greenlet: gevent.Greenlet | None = None
-
-    @classmethod
-    def for_runtime(cls, rt: Runtime) -> DesktopNotifier:
-        def link(pending_id: int) -> str:
-            # The URL without the token: a process list is readable by every local user.
-            base = rt.dashboard_url.split("?", 1)[0].rsplit("/dashboard", 1)[0]
-            return f"{base}/pending?highlight={pending_id}"
-
-        return cls(rt.bus, lambda: bool(rt.settings.values()["notificationsEnabled"]), link)
 
     def status(self) -> dict[str, Any]:
         """The `notifications` backend fields of GET /api/settings (§16)."""

@@ -36,7 +36,7 @@ from greyproxy.fleet.node import node_id
 from greyproxy.fleet.sync import FleetSync
 from greyproxy.metrics import Metrics
 from greyproxy.middleware import MiddlewareEngine
-from greyproxy.notify import DesktopNotifier
+from greyproxy.notify import DesktopNotifier, pending_link
 from greyproxy.policy.durations import parse_go_duration
 from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, without_own_address
 from greyproxy.proxy.dnscache import CacheRow, HostnameCache
@@ -65,6 +65,7 @@ from greyproxy.services.modes import ModeService
 from greyproxy.services.pending import PendingService
 from greyproxy.services.policy_state import Extras, PolicyHolder, RuleChange
 from greyproxy.services.recordings import RecordingService
+from greyproxy.services.replay import Replayer
 from greyproxy.services.rules import RuleService
 from greyproxy.services.sessions import SessionService
 from greyproxy.services.settings import SettingsStore
@@ -165,12 +166,17 @@ class Runtime:
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
         self.scrub_job = ScrubJob(self.db, self.bus, lambda: self.redactor, self.scrubber, self.vault, self.audit)
-        self.recorder = TransactionRecorder(self)
         self.recordings = ActiveRecordings()  # which running capture recording takes an exchange
-        self.recording_service = RecordingService(self)
-        self.recording_service.load()
+        self.recorder = TransactionRecorder(self.bus, lambda: self.redactor, self.scrubber, self.recordings,
+                                            self.writer, self.metrics)
         self.assembler = ConversationAssembler(self.db, self.bus,
                                                lambda: bool(self.settings.values()["conversationsEnabled"]))
+        self.recording_service = RecordingService(self.db, self.bus, self.writer, self.recordings,
+                                                  lambda: self.redactor, self.scrubber, self.assembler.wake)
+        self.recording_service.load()
+        self.replayer = Replayer(self.policy, self.guard, self.resolver, self.upstream,
+                                 lambda: self.config.raw["mitm"]["extra_ca_bundle"], self.writer,
+                                 lambda: self.redactor, self.scrubber, self.recordings, self.bus)
         self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
         self.exchanges = ExchangePipeline(self)
@@ -193,7 +199,8 @@ class Runtime:
         self.ports: dict[str, int | None] = {}
         self._servers: list[Any] = []
         self._stopped = Event()
-        self.notifier = DesktopNotifier.for_runtime(self)
+        self.notifier = DesktopNotifier(self.bus, lambda: bool(self.settings.values()["notificationsEnabled"]),
+                                        pending_link(lambda: self.dashboard_url))
         self.settings.notifier_info = self.notifier.status
         self.metrics.bind(version=self.version, held=lambda: self.holds.total, pending=self.pending.count,
                           tunnels=lambda: len(self.tracker))

@@ -59,7 +59,8 @@ def answer_fields(body: dict[str, Any]) -> dict[str, Any]:
 def _answer(request_id: str, allow: bool) -> Any:
     rid = path_id(request_id)
     fields = answer_fields(json_object(optional=True))
-    return answer_request(runtime(), rid, allow, actor=API_ACTOR, **fields)
+    rt = runtime()
+    return answer_request(rt.request_holds, rt.rules, rid, allow, actor=API_ACTOR, **fields)
 
 
 @bp.post("/api/pending-http/<request_id>/allow")

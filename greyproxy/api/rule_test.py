@@ -30,4 +30,5 @@ def rules_test() -> Any:
     path = str_field(body, "path", max_length=8192)
     if not container.strip() or not destination.strip():
         raise ApiError(400, "'container' and 'destination' must not be empty")
-    return explain(runtime(), container, destination.strip(), port, method, path)
+    rt = runtime()
+    return explain(rt.policy, rt.guard, container, destination.strip(), port, method, path)

@@ -14,7 +14,7 @@ from greyproxy.capture.curl import to_curl
 from greyproxy.capture.diff import diff_transactions
 from greyproxy.capture.har import har_document, har_stream
 from greyproxy.capture.serialize import transaction_to_json
-from greyproxy.services.replay import ReplayDenied, ReplayFailed, ReplayInvalid, parse_modifications, replay
+from greyproxy.services.replay import ReplayDenied, ReplayFailed, ReplayInvalid, parse_modifications
 from greyproxy.services.transactions import (
     MAX_EXPORT,
     TxnFilter,
@@ -155,7 +155,7 @@ def replay_one(txn_id: str) -> Any:
     runtime().writer.flush()
     row = get_transaction(path_id(txn_id))
     try:
-        new = replay(runtime(), row, parse_modifications(json_body(None)))
+        new = runtime().replayer.replay(row, parse_modifications(json_body(None)))
     except ReplayInvalid as exc:
         raise ApiError(400, str(exc)) from None
     except ReplayDenied as exc:

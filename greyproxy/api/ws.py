@@ -194,7 +194,7 @@ class ControlConnection:
         value = cmd.get("request_id")
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
             raise CommandError("request_id must be a positive integer")
-        out = answer_request(self.rt, value, allow, actor=f"ws:{self.client_id}", **answer_fields(cmd))
+        out = answer_request(self.rt.request_holds, self.rt.rules, value, allow, actor=f"ws:{self.client_id}", **answer_fields(cmd))
         return {"type": "command_success", "command": cmd["command"], "request_id": value,
                 "rule_id": out["rule"]["id"] if out["rule"] else None}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,12 @@ from greyproxy.store.models import HttpTransaction
 from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.capture.recordings import ActiveRecordings
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.capture.scrub import Scrubber
+    from greyproxy.events import Bus
+    from greyproxy.metrics import Metrics
+    from greyproxy.store.writer import StoreWriter
 
 
 @dataclass(slots=True)
@@ -56,29 +62,35 @@ def _head_size(head: Head | None) -> int:
 
 
 class TransactionRecorder:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, bus: Bus, redactor: Callable[[], Redactor], scrubber: Scrubber,
+                 recordings: ActiveRecordings, writer: StoreWriter, metrics: Metrics) -> None:
+        self.bus = bus
+        self.redactor = redactor  # read at each exchange: a settings change replaces the Redactor
+        self.scrubber = scrubber
+        self.recordings = recordings
+        self.writer = writer
+        self.metrics = metrics
 
     def _publish(self, txn: HttpTransaction) -> None:
-        if self.rt.bus.wants("transaction.new"):  # serializing for nobody is wasted hub time
-            self.rt.bus.publish("transaction.new", transaction_to_json(txn))
+        if self.bus.wants("transaction.new"):  # serializing for nobody is wasted hub time
+            self.bus.publish("transaction.new", transaction_to_json(txn))
 
     def _headers(self, head: Head | None, scrub: Scrub | None) -> str | None:
         if head is None:
             return None
-        stored = self.rt.redactor.headers(head.headers)
+        stored = self.redactor().headers(head.headers)
         return json.dumps(stored if scrub is None else scrub.headers(stored))
 
     def _scrub(self, ex: Exchange) -> Scrub | None:
         """What this exchange's rows must not hold (D31): every vault value, the secrets
         substituted into its request and the raw values redacted from it."""
-        return self.rt.scrubber.for_exchange(ex.reverse, ex.redacted_values)
+        return self.scrubber.for_exchange(ex.reverse, ex.redacted_values)
 
     def record(self, ex: Exchange) -> None:
         req_body, req_size, req_cut = ex.request_tap.result() if ex.request_tap else (None, 0, False)
         resp_body, resp_size, resp_cut = ex.response_tap.result() if ex.response_tap else (None, 0, False)
         scrub = self._scrub(ex)
-        url = self.rt.redactor.url(ex.url)
+        url = self.redactor().url(ex.url)
         if scrub is not None:
             url = scrub(url)
             req_body = scrub.data(req_body, req_cut)
@@ -106,17 +118,17 @@ class TransactionRecorder:
             "session_id": ex.session_id,
             "substituted_credentials": json.dumps(ex.substituted) if ex.substituted else None,
             "middleware_actions": json.dumps(ex.middleware_actions) if ex.middleware_actions else None,
-            "recording_id": self.rt.recordings.recording_for(ex.container),
+            "recording_id": self.recordings.recording_for(ex.container),
         }
-        self.rt.writer.transaction(row, self._publish)
+        self.writer.transaction(row, self._publish)
         # Parsed traffic (intercepted or plain HTTP) is not piped by relay(): count heads + bodies.
-        self.rt.metrics.relayed(_head_size(ex.request) + req_size, _head_size(ex.response) + resp_size)
+        self.metrics.relayed(_head_size(ex.request) + req_size, _head_size(ex.response) + resp_size)
 
     def frame(self, ex: Exchange, frame: Frame, from_client: bool) -> None:
-        self.rt.metrics.relayed(frame.size if from_client else 0, 0 if from_client else frame.size)
+        self.metrics.relayed(frame.size if from_client else 0, 0 if from_client else frame.size)
         if not frame.payload:
             return
-        url = self.rt.redactor.url(ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1))
+        url = self.redactor().url(ex.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1))
         payload = frame.payload
         truncated = len(frame.payload) < frame.size and not frame.inflated
         scrub = self._scrub(ex)
@@ -137,6 +149,6 @@ class TransactionRecorder:
             "status_code": 101,
             "rule_id": ex.rule_id,
             "session_id": ex.session_id,
-            "recording_id": self.rt.recordings.recording_for(ex.container),
+            "recording_id": self.recordings.recording_for(ex.container),
         }
-        self.rt.writer.transaction(row, self._publish)
+        self.writer.transaction(row, self._publish)

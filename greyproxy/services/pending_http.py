@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from greyproxy.policy.durations import rule_duration
 from greyproxy.policy.scopes import patterns_for_scope
-from greyproxy.services.rules import Conflict, NewRule, NotFound, rule_to_json, validated
+from greyproxy.services.rules import Conflict, NewRule, NotFound, RuleService, rule_to_json, validated
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.proxy.request_hold import RequestHolds
 
 ONCE = "once"
 MAX_REASON = 1000
@@ -29,11 +29,11 @@ def clean_reason(text: str | None) -> str | None:
     return text or None
 
 
-def answer_request(rt: Runtime, request_id: int, allow: bool, duration: str | None = None,
+def answer_request(holds: RequestHolds, rules: RuleService, request_id: int, allow: bool, duration: str | None = None,
                    reason: str | None = None, method_pattern: str | None = None, path_pattern: str | None = None,
                    actor: str = "api") -> dict[str, Any]:
     """{request, rule}; NotFound for an unknown id, Conflict when it is no longer waiting."""
-    held = rt.request_holds.get(request_id)
+    held = holds.get(request_id)
     if held is None:
         raise NotFound(f"held request {request_id} not found")
     if held.status != "pending":
@@ -49,9 +49,9 @@ def answer_request(rt: Runtime, request_id: int, allow: bool, duration: str | No
             expires_in_seconds=seconds, notes=f"held request {held.method} {held.url}"[:500], created_by=actor,
             method_pattern=method_pattern or held.method, path_pattern=path_pattern or held.path,
         ))
-        rule, _ = rt.rules.create(new)
+        rule, _ = rules.create(new)
         rule_json = rule_to_json(rule)
-    answered = rt.request_holds.answer(request_id, allow, actor, clean_reason(reason))
+    answered = holds.answer(request_id, allow, actor, clean_reason(reason))
     if answered is None and rule_json is None:
         raise Conflict(f"held request {request_id} is no longer waiting")
     return {"request": held.to_json(), "rule": rule_json}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -24,7 +25,13 @@ from greyproxy.store.models import HttpTransaction, Recording
 from greyproxy.timeutil import iso, utcnow
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from peewee import Database
+
+    from greyproxy.capture.recordings import ActiveRecordings
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.capture.scrub import Scrubber
+    from greyproxy.events import Bus
+    from greyproxy.store.writer import StoreWriter
 
 MAX_NAME = 200
 MAX_RUNNING = 50  # recordings running at once (each is checked for every captured exchange)
@@ -66,8 +73,15 @@ def recording_json(rec: Recording, count: int | None = None) -> dict[str, Any]:
 
 
 class RecordingService:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, db: Database, bus: Bus, writer: StoreWriter, recordings: ActiveRecordings,
+                 redactor: Callable[[], Redactor], scrubber: Scrubber, on_imported: Callable[[], None]) -> None:
+        self.db = db
+        self.bus = bus
+        self.writer = writer
+        self.recordings = recordings  # the proxy's view of the running recordings
+        self.redactor = redactor  # read at each import: a settings change replaces the Redactor
+        self.scrubber = scrubber
+        self.on_imported = on_imported  # imported LLM calls become conversations like captured ones
 
     def load(self) -> None:
         """At start: the running recordings become the proxy's view."""
@@ -75,7 +89,7 @@ class RecordingService:
 
     def _publish_running(self) -> None:
         running = Recording.select().where(Recording.stopped_at.is_null() & (Recording.source == "live"))
-        self.rt.recordings.set(Running(r.id, r.container_pattern) for r in running)
+        self.recordings.set(Running(r.id, r.container_pattern) for r in running)
 
     def _count(self, rec_id: int) -> int:
         return HttpTransaction.select().where(HttpTransaction.recording_id == rec_id).count()
@@ -111,7 +125,7 @@ class RecordingService:
         rec = Recording.create(name=name, container_pattern=pattern, source="live", started_at=utcnow())
         self._publish_running()
         data = recording_json(rec, 0)
-        self.rt.bus.publish("recording.started", data)
+        self.bus.publish("recording.started", data)
         return data
 
     def stop(self, rec_id: int) -> dict[str, Any]:
@@ -119,17 +133,17 @@ class RecordingService:
         if rec.source != "live" or rec.stopped_at is not None:
             raise RecordingConflict(f"recording {rec_id} is not running")
         # Exchanges captured until now may still be queued: they belong to it.
-        self.rt.writer.flush()
+        self.writer.flush()
         rec.stopped_at = utcnow()
         rec.save()
         self._publish_running()
         data = recording_json(rec, self._count(rec.id))
-        self.rt.bus.publish("recording.stopped", data)
+        self.bus.publish("recording.stopped", data)
         return data
 
     def delete(self, rec_id: int, with_transactions: bool) -> dict[str, Any]:
         rec = self.get(rec_id)
-        self.rt.writer.flush()
+        self.writer.flush()
         t = HttpTransaction
         if with_transactions:
             deleted = t.delete().where(t.recording_id == rec.id).execute()
@@ -165,7 +179,7 @@ class RecordingService:
             for row in rows:
                 row["recording_id"] = rec.id
             for start in range(0, len(rows), INSERT_CHUNK):
-                with self.rt.db.atomic():
+                with self.db.atomic():
                     HttpTransaction.insert_many(rows[start : start + INSERT_CHUNK]).execute()
                 gevent.sleep(0.001)
         except BaseException:
@@ -175,15 +189,15 @@ class RecordingService:
         rec.stopped_at = utcnow()
         rec.save()
         data = recording_json(rec, len(rows))
-        self.rt.bus.publish("recording.imported", data)
-        self.rt.assembler.wake()  # imported LLM calls become conversations like captured ones
+        self.bus.publish("recording.imported", data)
+        self.on_imported()
         return {"recording": data, "imported": len(entries), "transactions": len(rows)}
 
     def _rows(self, e: ImportedEntry, container: str) -> list[dict[str, Any]]:
         """An entry as stored rows, redacted and scrubbed like a capture (an imported file may
         hold live secrets: they are not kept)."""
-        redactor = self.rt.redactor
-        scrub = self.rt.scrubber.for_exchange(redactor.redacted_values(e.request_headers, e.url))
+        redactor = self.redactor()
+        scrub = self.scrubber.for_exchange(redactor.redacted_values(e.request_headers, e.url))
         url = redactor.url(e.url)
         req_headers, resp_headers = redactor.headers(e.request_headers), redactor.headers(e.response_headers)
         req_body, req_size, req_cut = e.request_body

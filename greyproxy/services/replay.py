@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -40,7 +41,15 @@ from greyproxy.timeutil import utcnow
 if TYPE_CHECKING:
     import socket
 
-    from greyproxy.runtime import Runtime
+    from greyproxy.capture.recordings import ActiveRecordings
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.capture.scrub import Scrubber
+    from greyproxy.events import Bus
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.resolver import Resolver
+    from greyproxy.proxy.upstream_proxy import UpstreamHolder
+    from greyproxy.services.policy_state import PolicyHolder
+    from greyproxy.store.writer import StoreWriter
 
 REPLAY_TIMEOUT = 30.0  # the whole exchange: dial, TLS, request, response
 MAX_RESPONSE_READ = 64 * 1024 * 1024  # read (and count) at most this much of the answer
@@ -264,27 +273,6 @@ def _parse_body(body: dict) -> dict[str, object]:
     return {}
 
 
-def _open(rt: Runtime, req: _Request, decision: Decision) -> socket.socket:
-    # The same dial as live traffic: our resolver, the control-plane guard and the private-range
-    # guard, which only the allowing rule itself can open.
-    rule = decision.rule
-    pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
-    try:
-        sock = dial(req.host, req.port, rt.guard, resolver=rt.resolver, rule_pattern=pattern, upstream=rt.upstream.get())
-    except DialError as exc:
-        raise ReplayFailed(f"{exc.reason}: {exc}") from None
-    except (UnicodeError, ValueError) as exc:  # a stored name that is not a valid host name
-        raise ReplayFailed(f"cannot dial {req.host!r}: {exc}") from None
-    if urlsplit(req.url).scheme == "https":
-        try:
-            ctx = upstream_ssl_context(rt.config.raw["mitm"]["extra_ca_bundle"])
-            sock = ctx.wrap_socket(sock, server_hostname=urlsplit(req.url).hostname)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            sock.close()
-            raise ReplayFailed(f"TLS handshake with {req.host} failed: {exc}") from None
-    return sock
-
-
 def _exchange(sock: socket.socket, wire: bytes, method: str) -> tuple[int, list[tuple[str, str]], BodyTap]:
     import http.client
 
@@ -307,78 +295,116 @@ def _exchange(sock: socket.socket, wire: bytes, method: str) -> tuple[int, list[
     return response.status, headers, tap
 
 
-def replay(rt: Runtime, row: HttpTransaction, mods: Modifications | None = None) -> HttpTransaction:
-    if row.method in WS_METHODS:
-        raise ReplayInvalid("a WebSocket frame cannot be replayed")
-    req = _resolve(row, mods or Modifications())
-    wire, sent_headers, body = _wire(req), req.headers, req.body
-    host, port = req.host, req.port
-    started = time.monotonic()
-    connection = rt.policy.decide(
-        ConnectionRequest(container=row.container_name, host=host, port=port,
-                          control_plane=rt.guard.is_control_plane(host, port))
-    )
-    # Then the request-level rules (method, path), as for a live request on that connection.
-    target = urlsplit(req.url).path or "/"
-    decision = decide_request(connection, RequestQuery(row.container_name, host, port, req.method,
-                                                       canonical_path(target)), rt.policy.state)
-    allowed = decision.verdict is Verdict.ALLOW
-    rt.writer.log(
-        container_name=row.container_name, destination_host=host, destination_port=port, method=req.method,
-        result="allowed" if allowed else "blocked", rule_id=decision.rule_id, response_time_ms=0,
-        reason=decision.reason, would=decision.would,
-    )
-    if not allowed:
-        raise ReplayDenied(decision)
-    if decision.rule_id is not None:
-        rt.writer.used(decision.rule_id)
+class Replayer:
+    """Sends a stored request again, decided and dialled like live traffic, and stores the answer."""
 
-    sock = None
-    try:
-        with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
-            sock = _open(rt, req, connection)  # the connection's rule opens a private range, as live
-            status, response_headers, tap = _exchange(sock, wire, req.method)
-    finally:
-        if sock is not None:
-            sock.close()
+    def __init__(self, policy: PolicyHolder, guard: ControlPlaneGuard, resolver: Resolver, upstream: UpstreamHolder,
+                 extra_ca_bundle: Callable[[], str | None], writer: StoreWriter, redactor: Callable[[], Redactor],
+                 scrubber: Scrubber, recordings: ActiveRecordings, bus: Bus) -> None:
+        self.policy = policy
+        self.guard = guard
+        self.resolver = resolver
+        self.upstream = upstream
+        self.extra_ca_bundle = extra_ca_bundle  # read at each replay: a reload may change it
+        self.writer = writer
+        self.redactor = redactor  # read at each replay: a settings change replaces the Redactor
+        self.scrubber = scrubber
+        self.recordings = recordings
+        self.bus = bus
 
-    request_type = next((v for n, v in sent_headers if n.lower() == "content-type"), None)
-    request_tap = BodyTap(request_type, None)
-    if body:
-        request_tap.feed(body)
-    req_body, req_size, req_cut = request_tap.result()
-    resp_body, resp_size, resp_cut = tap.result()
-    redactor = rt.redactor
-    content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
-    # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
-    scrub = rt.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url))
-    url, req_headers, resp_headers = redactor.url(req.url), redactor.headers(sent_headers), redactor.headers(response_headers)
-    if scrub is not None:
-        url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
-        req_body, resp_body = scrub.data(req_body, req_cut), scrub.data(resp_body, resp_cut)
-    new = HttpTransaction.create(
-        timestamp=utcnow(),
-        container_name=row.container_name,
-        destination_host=host,
-        destination_port=port,
-        method=req.method,
-        url=url,
-        request_headers=json.dumps(req_headers),
-        request_body=req_body,
-        request_body_size=req_size,
-        request_body_truncated=req_cut,
-        request_content_type=request_type,
-        status_code=status,
-        response_headers=json.dumps(resp_headers),
-        response_body=resp_body,
-        response_body_size=resp_size,
-        response_body_truncated=resp_cut,
-        response_content_type=content_type,
-        duration_ms=int((time.monotonic() - started) * 1000),
-        rule_id=decision.rule_id,
-        result="auto",
-        replay_of=row.id,
-        recording_id=rt.recordings.recording_for(row.container_name),
-    )
-    rt.bus.publish("transaction.new", transaction_to_json(new))
-    return new
+    def replay(self, row: HttpTransaction, mods: Modifications | None = None) -> HttpTransaction:
+        if row.method in WS_METHODS:
+            raise ReplayInvalid("a WebSocket frame cannot be replayed")
+        req = _resolve(row, mods or Modifications())
+        wire, sent_headers, body = _wire(req), req.headers, req.body
+        host, port = req.host, req.port
+        started = time.monotonic()
+        connection = self.policy.decide(
+            ConnectionRequest(container=row.container_name, host=host, port=port,
+                              control_plane=self.guard.is_control_plane(host, port))
+        )
+        # Then the request-level rules (method, path), as for a live request on that connection.
+        target = urlsplit(req.url).path or "/"
+        decision = decide_request(connection, RequestQuery(row.container_name, host, port, req.method,
+                                                           canonical_path(target)), self.policy.state)
+        allowed = decision.verdict is Verdict.ALLOW
+        self.writer.log(
+            container_name=row.container_name, destination_host=host, destination_port=port, method=req.method,
+            result="allowed" if allowed else "blocked", rule_id=decision.rule_id, response_time_ms=0,
+            reason=decision.reason, would=decision.would,
+        )
+        if not allowed:
+            raise ReplayDenied(decision)
+        if decision.rule_id is not None:
+            self.writer.used(decision.rule_id)
+
+        sock = None
+        try:
+            with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
+                sock = self._open(req, connection)  # the connection's rule opens a private range, as live
+                status, response_headers, tap = _exchange(sock, wire, req.method)
+        finally:
+            if sock is not None:
+                sock.close()
+
+        request_type = next((v for n, v in sent_headers if n.lower() == "content-type"), None)
+        request_tap = BodyTap(request_type, None)
+        if body:
+            request_tap.feed(body)
+        req_body, req_size, req_cut = request_tap.result()
+        resp_body, resp_size, resp_cut = tap.result()
+        redactor = self.redactor()
+        content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
+        # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
+        scrub = self.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url))
+        url, req_headers, resp_headers = redactor.url(req.url), redactor.headers(sent_headers), redactor.headers(response_headers)
+        if scrub is not None:
+            url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
+            req_body, resp_body = scrub.data(req_body, req_cut), scrub.data(resp_body, resp_cut)
+        new = HttpTransaction.create(
+            timestamp=utcnow(),
+            container_name=row.container_name,
+            destination_host=host,
+            destination_port=port,
+            method=req.method,
+            url=url,
+            request_headers=json.dumps(req_headers),
+            request_body=req_body,
+            request_body_size=req_size,
+            request_body_truncated=req_cut,
+            request_content_type=request_type,
+            status_code=status,
+            response_headers=json.dumps(resp_headers),
+            response_body=resp_body,
+            response_body_size=resp_size,
+            response_body_truncated=resp_cut,
+            response_content_type=content_type,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            rule_id=decision.rule_id,
+            result="auto",
+            replay_of=row.id,
+            recording_id=self.recordings.recording_for(row.container_name),
+        )
+        self.bus.publish("transaction.new", transaction_to_json(new))
+        return new
+
+    def _open(self, req: _Request, decision: Decision) -> socket.socket:
+        # The same dial as live traffic: our resolver, the control-plane guard and the private-range
+        # guard, which only the allowing rule itself can open.
+        rule = decision.rule
+        pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
+        try:
+            sock = dial(req.host, req.port, self.guard, resolver=self.resolver, rule_pattern=pattern,
+                        upstream=self.upstream.get())
+        except DialError as exc:
+            raise ReplayFailed(f"{exc.reason}: {exc}") from None
+        except (UnicodeError, ValueError) as exc:  # a stored name that is not a valid host name
+            raise ReplayFailed(f"cannot dial {req.host!r}: {exc}") from None
+        if urlsplit(req.url).scheme == "https":
+            try:
+                ctx = upstream_ssl_context(self.extra_ca_bundle())
+                sock = ctx.wrap_socket(sock, server_hostname=urlsplit(req.url).hostname)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                sock.close()
+                raise ReplayFailed(f"TLS handshake with {req.host} failed: {exc}") from None
+        return sock

@@ -15,7 +15,8 @@ from greyproxy.services.rules import rule_to_json
 from greyproxy.store.models import Rule
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.services.policy_state import PolicyHolder
 
 
 def _rule_json(decision: Decision) -> dict[str, Any] | None:
@@ -31,20 +32,20 @@ def _rule_json(decision: Decision) -> dict[str, Any] | None:
             "path_pattern": spec.path_pattern or None}
 
 
-def explain(rt: Runtime, container: str, destination: str, port: int, method: str | None = None,
-               path: str | None = None) -> dict[str, Any]:
+def explain(policy: PolicyHolder, guard: ControlPlaneGuard, container: str, destination: str, port: int,
+            method: str | None = None, path: str | None = None) -> dict[str, Any]:
     """{decision: allow|deny|hold, rule, reason, level: connection|request, would?, connection?}."""
     host = try_canonical_host(destination)
     if host is None:
         raise PatternError(f"destination: {destination!r} is not a host name or IP address")
-    connection = rt.policy.decide(ConnectionRequest(
-        container=container, host=host, port=port, control_plane=rt.guard.is_control_plane(host, port)))
+    connection = policy.decide(ConnectionRequest(
+        container=container, host=host, port=port, control_plane=guard.is_control_plane(host, port)))
     decision, level = connection, "connection"
     if method is not None or path is not None:
         if path is not None and not path.startswith("/"):
             raise PatternError(f"path: {path!r} must start with '/'")
         query = RequestQuery(container, host, port, (method or "GET").upper(), canonical_path(path or "/"))
-        decision = decide_request(connection, query, rt.policy.state)
+        decision = decide_request(connection, query, policy.state)
         level = "request" if decision is not connection else "connection"
     out: dict[str, Any] = {"decision": decision.verdict.value, "rule": _rule_json(decision),
                            "reason": decision.reason, "level": level}
