@@ -62,6 +62,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REPLAY_SKIPPED = SKIPPED_HEADERS | {"expect", "content-encoding"}
 # Set by the replay itself from what it sends; a modification may not name them.
 _NOT_SETTABLE = _REPLAY_SKIPPED | {"host"}
+_ENCODED_MARK = b"%5bredacted%5d"  # the marker inside a form body or a URL, percent-encoded
 
 
 class ReplayInvalid(ValueError):
@@ -171,7 +172,7 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
             raise ReplayInvalid("the request body was not captured in full (binary or over 2 MiB), so it cannot be "
                                 "replayed as stored: give one in 'body'")
         body = bytes(row.request_body) if row.request_body is not None else None
-        if body is not None and REDACTED.encode() in body:
+        if body is not None and (REDACTED.encode() in body or _ENCODED_MARK in body.lower()):
             redacted.append("the request body (give the body to send in 'body')")
 
     changed = {name.lower() for name in mods.headers}
