@@ -106,14 +106,19 @@ class StreamSocket:
 
     def sendall(self, data: bytes) -> None:
         ep, sid = self.endpoint, self.stream_id
-        for kind, value in self.reader.feed(data):
+        events = self.reader.feed(data)
+        for i, (kind, value) in enumerate(events):
             if kind == "interim":
                 assert isinstance(value, Head)
                 ep.act(ep.conn.send_headers, sid, _fields(response_fields(value)))
             elif kind == "head":
                 assert isinstance(value, Head)
-                ep.act(ep.conn.send_headers, sid, _fields(response_fields(value)))
+                bodyless = events[i + 1:i + 2] == [("end", None)]  # END_STREAM on the HEADERS frame
+                ep.act(ep.conn.send_headers, sid, _fields(response_fields(value)), end_stream=bodyless)
                 self.head_sent = True
+                self.ended = bodyless
+            elif kind == "end" and self.ended:
+                continue
             elif kind == "data":
                 assert isinstance(value, bytes)
                 if value:

@@ -153,11 +153,16 @@ class UpstreamStream:
     # -- the request, from the pipeline ---------------------------------------------------
     def sendall(self, data: bytes) -> None:
         ep = self.owner.endpoint
-        for kind, value in self.writer.feed(data):
+        events = self.writer.feed(data)
+        for i, (kind, value) in enumerate(events):
             if kind == "head":
                 assert isinstance(value, Head)
                 self.method = value.start[0]
-                self.stream_id = self.owner.open_stream(self, upstream_fields(value))
+                bodyless = events[i + 1:i + 2] == [("end", None)]  # END_STREAM on the HEADERS frame
+                self.stream_id = self.owner.open_stream(self, upstream_fields(value), end=bodyless)
+                self.sent_all = bodyless
+            elif kind == "end" and self.sent_all:
+                continue
             elif kind == "data":
                 assert isinstance(value, bytes) and self.stream_id is not None
                 if value:
@@ -236,7 +241,7 @@ class H2Upstream:
         self.reader.kill(block=False)
         _close(self.endpoint.sock)
 
-    def open_stream(self, stream: UpstreamStream, fields: list[tuple[str, str]]) -> int:
+    def open_stream(self, stream: UpstreamStream, fields: list[tuple[str, str]], end: bool = False) -> int:
         """A new stream carrying this request head, once the origin's concurrency allows."""
         ep = self.endpoint
         deadline = time.monotonic() + WAIT_TIMEOUT
@@ -249,7 +254,7 @@ class H2Upstream:
                     sid = ep.conn.get_next_available_stream_id()
                     self.streams[sid] = stream
                     try:
-                        ep.conn.send_headers(sid, encoded)
+                        ep.conn.send_headers(sid, encoded, end_stream=end)
                         ep.flush()
                     except H2Error as exc:
                         self.streams.pop(sid, None)
