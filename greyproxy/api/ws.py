@@ -16,15 +16,16 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from flask import Blueprint, current_app
+from flask import Blueprint
 from flask_sock import Sock
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 
-from greyproxy.api.context import CLAIMS_KEY, RUNTIME_KEY
+from greyproxy.api.context import claims, runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.notifications import NO_BACKEND, NotificationClaims
 from greyproxy.api.parse import decode_json
@@ -40,7 +41,9 @@ from greyproxy.services.pending_http import answer_request
 from greyproxy.services.rules import Conflict, NotFound
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.events import Bus
+    from greyproxy.services.pending import PendingService
+    from greyproxy.services.settings import SettingsStore
 
 log = logging.getLogger("greyproxy.api.ws")
 bp = Blueprint("ws", __name__)
@@ -93,13 +96,16 @@ class WholeSends:
 
 
 class ControlConnection:
-    def __init__(self, ws: Any, rt: Runtime, claims: NotificationClaims) -> None:
+    def __init__(self, ws: Any, bus: Bus, pending: PendingService, answer: Callable[..., dict[str, Any]],
+                 settings: SettingsStore, claims: NotificationClaims) -> None:
         ws.sock = WholeSends(ws.sock)
         self.ws = ws
-        self.rt = rt
+        self.pending = pending
+        self.answer = answer  # services/pending_http.py answer_request, bound to the held requests and rules
+        self.settings = settings  # its notifier_info says whether a desktop notifier runs
         self.claims = claims
         self.client_id = secrets.token_hex(8)
-        self.sub: Subscription = rt.bus.subscribe(SUBSCRIBER_QUEUE)
+        self.sub: Subscription = bus.subscribe(SUBSCRIBER_QUEUE)
         self.claimed = False
         # Replies and events are sent from two greenlets; framing (compression state) and
         # writing must happen in the same order, so one lock covers both.
@@ -186,7 +192,7 @@ class ControlConnection:
     def _decide(self, cmd: dict[str, Any], action: str) -> Reply:
         pid = _pending_id(cmd)
         scope, duration, notes = decision_fields(cmd)
-        rule = self.rt.pending.resolve(pid, action, scope, duration, notes, actor=f"ws:{self.client_id}")
+        rule = self.pending.resolve(pid, action, scope, duration, notes, actor=f"ws:{self.client_id}")
         return {"type": "command_success", "command": action, "pending_id": pid, "rule_id": rule["id"]}
 
     def _answer_request(self, cmd: dict[str, Any], allow: bool) -> Reply:
@@ -194,13 +200,13 @@ class ControlConnection:
         value = cmd.get("request_id")
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
             raise CommandError("request_id must be a positive integer")
-        out = answer_request(self.rt.request_holds, self.rt.rules, value, allow, actor=f"ws:{self.client_id}", **answer_fields(cmd))
+        out = self.answer(value, allow, actor=f"ws:{self.client_id}", **answer_fields(cmd))
         return {"type": "command_success", "command": cmd["command"], "request_id": value,
                 "rule_id": out["rule"]["id"] if out["rule"] else None}
 
     def _dismiss(self, cmd: dict[str, Any]) -> Reply:
         pid = _pending_id(cmd)
-        if not self.rt.pending.dismiss(pid):
+        if not self.pending.dismiss(pid):
             raise CommandError("pending request not found")
         return {"type": "command_success", "command": "dismiss", "pending_id": pid}
 
@@ -224,7 +230,7 @@ class ControlConnection:
         return {"type": "unsubscribed", "event_type": event_type}
 
     def desktop_backend(self) -> dict[str, Any]:
-        info = self.rt.settings.notifier_info
+        info = self.settings.notifier_info
         return info() if info is not None else {"available": False}
 
     def _claim(self, _cmd: dict[str, Any]) -> Reply:
@@ -241,4 +247,6 @@ class ControlConnection:
 @sock.route("/ws", bp=bp)
 def control_socket(ws: Any) -> None:
     # The request guard (token, Host, Origin) has already run: flask-sock upgrades inside the view.
-    ControlConnection(ws, current_app.extensions[RUNTIME_KEY], current_app.extensions[CLAIMS_KEY]).run()
+    rt = runtime()
+    answer = partial(answer_request, rt.request_holds, rt.rules)
+    ControlConnection(ws, rt.bus, rt.pending, answer, rt.settings, claims()).run()
