@@ -176,7 +176,8 @@ class Runtime:
         self.recording_service.load()
         self.replayer = Replayer(self.policy, self.guard, self.resolver, self.upstream,
                                  lambda: self.config.raw["mitm"]["extra_ca_bundle"], self.writer,
-                                 lambda: self.redactor, self.scrubber, self.recordings, self.bus)
+                                 lambda: self.redactor, self.scrubber, self.recordings, self.bus,
+                                 vault=self.vault, on_substituted=self.sessions.count_substitutions)
         self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
         self.exchanges = ExchangePipeline(self)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from greyproxy.capture.recordings import ActiveRecordings
     from greyproxy.capture.redact import Redactor
     from greyproxy.capture.scrub import Scrubber
+    from greyproxy.credentials.vault import Vault
     from greyproxy.events import Bus
     from greyproxy.proxy.guard import ControlPlaneGuard
     from greyproxy.proxy.resolver import Resolver
@@ -199,11 +200,14 @@ def _resolve(row: HttpTransaction, mods: Modifications) -> _Request:
     return _Request(method, url, host, port, headers, body)
 
 
-def _wire(req: _Request) -> bytes:
-    parts = urlsplit(req.url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    head = f"{req.method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in req.headers) + "\r\n"
-    return head.encode("latin-1", errors="replace") + (req.body or b"")
+def _target(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _wire(method: str, target: str, headers: list[tuple[str, str]], body: bytes | None) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    return head.encode("latin-1", errors="replace") + (body or b"")
 
 
 def parse_modifications(body: object) -> Modifications:
@@ -301,7 +305,8 @@ class Replayer:
 
     def __init__(self, policy: PolicyHolder, guard: ControlPlaneGuard, resolver: Resolver, upstream: UpstreamHolder,
                  extra_ca_bundle: Callable[[], str | None], writer: StoreWriter, redactor: Callable[[], Redactor],
-                 scrubber: Scrubber, recordings: ActiveRecordings, bus: Bus) -> None:
+                 scrubber: Scrubber, recordings: ActiveRecordings, bus: Bus, vault: Vault | None = None,
+                 on_substituted: Callable[[dict[str, int]], None] | None = None) -> None:
         self.policy = policy
         self.guard = guard
         self.resolver = resolver
@@ -312,12 +317,14 @@ class Replayer:
         self.scrubber = scrubber
         self.recordings = recordings
         self.bus = bus
+        self.vault = vault  # credential placeholders given in a replay are swapped as live (D15, D31)
+        self.on_substituted = on_substituted  # per-session substitution counts
 
     def replay(self, row: HttpTransaction, mods: Modifications | None = None) -> HttpTransaction:
         if row.method in WS_METHODS:
             raise ReplayInvalid("a WebSocket frame cannot be replayed")
         req = _resolve(row, mods or Modifications())
-        wire, sent_headers, body = _wire(req), req.headers, req.body
+        sent_headers, body = req.headers, req.body
         host, port = req.host, req.port
         started = time.monotonic()
         connection = self.policy.decide(
@@ -339,6 +346,16 @@ class Replayer:
         if decision.rule_id is not None:
             self.writer.used(decision.rule_id)
 
+        # Placeholders (given for a redacted value, say) become their secrets where they belong,
+        # exactly as on the live path: this container's own, for a destination they are bound to.
+        wire_headers, wire_target, sub = sent_headers, _target(req.url), None
+        if self.vault is not None:
+            wire_headers, wire_target, sub = self.vault.substitute_request(sent_headers, wire_target, host,
+                                                                          container=row.container_name)
+            if sub.changed and self.on_substituted is not None:
+                self.on_substituted(sub.per_session)
+        wire = _wire(req.method, wire_target, wire_headers, body)
+
         sock = None
         try:
             with gevent.Timeout(REPLAY_TIMEOUT, ReplayFailed(f"no complete answer within {REPLAY_TIMEOUT:.0f} s")):
@@ -357,7 +374,8 @@ class Replayer:
         redactor = self.redactor()
         content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
         # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
-        scrub = self.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url))
+        scrub = self.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url),
+                                           sub.reverse if sub is not None else ())
         url, req_headers, resp_headers = redactor.url(req.url), redactor.headers(sent_headers), redactor.headers(response_headers)
         if scrub is not None:
             url, req_headers, resp_headers = scrub(url), scrub.headers(req_headers), scrub.headers(resp_headers)
@@ -384,6 +402,8 @@ class Replayer:
             rule_id=decision.rule_id,
             result="auto",
             replay_of=row.id,
+            substituted_credentials=json.dumps(sub.labels) if sub is not None and sub.labels else None,
+            session_id=sub.session_id if sub is not None else None,
             recording_id=self.recordings.recording_for(row.container_name),
         )
         self.bus.publish("transaction.new", transaction_to_json(new))

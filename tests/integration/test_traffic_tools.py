@@ -274,6 +274,33 @@ def test_replay_refuses_a_stored_redacted_body(gp, echo):
     assert echo.seen[-1]["body"] == b'{"key": "real"}'
 
 
+def test_replay_swaps_a_credential_placeholder_where_it_belongs(gp, echo):
+    allow(gp, echo.host, echo.port)
+    secret = "sk-replay-secret-0123456789"
+    cred = gp.api("POST", "/api/credentials", json={"label": "echo-key", "value": secret, "hosts": [echo.host]})
+    if cred.status_code == 503:
+        pytest.skip(cred.json()["error"])  # credential support is off on this node
+    assert cred.status_code in (200, 201), cred.text
+    placeholder = cred.json()["placeholder"]
+    elsewhere = gp.api("POST", "/api/credentials", json={"label": "other-key", "value": "sk-other-secret-0123456",
+                                                         "hosts": ["other.example"]}).json()["placeholder"]
+    via_proxy(gp).get(echo.base + "/status/200/keyed", headers={"Authorization": "Bearer x"}, timeout=10)
+    item = wait_count(gp, 1)[0]
+
+    resp = gp.api("POST", f"/api/transactions/{item['id']}/replay",
+                  json={"headers": {"Authorization": f"Bearer {placeholder}", "X-Other": elsewhere},
+                        "url": f"{echo.base}/status/200/keyed?key={placeholder}"})
+    assert resp.status_code == 201, resp.text
+    seen = echo.seen[-1]
+    # swapped where it belongs (header and query value), and not for a host it is not bound to
+    assert seen["headers"]["Authorization"] == f"Bearer {secret}" and seen["path"].endswith(f"?key={secret}")
+    assert seen["headers"]["X-Other"] == elsewhere
+    new = resp.json()
+    assert new["substituted_credentials"] == ["echo-key"]
+    stored = gp.api("GET", f"/api/transactions/{new['id']}").text
+    assert secret not in stored and "sk-other-secret" not in stored
+
+
 # -- capture recordings ---------------------------------------------------------------------------
 def test_recording_groups_traffic_and_exports_one_har(gp, echo):
     allow(gp, echo.host, echo.port)
