@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from greyproxy import sdnotify
 from greyproxy.config import Config, ConfigError, build_config
@@ -32,10 +32,22 @@ from greyproxy.proxy.dns import without_own_address
 from greyproxy.proxy.dnsupstream import system_servers
 from greyproxy.rulesyaml import RuleEntry, RulesFileError, parse_rules
 from greyproxy.services.maintenance import RetentionPolicy
-from greyproxy.services.rules import NewRule
+from greyproxy.services.policy_state import RuleChange
+from greyproxy.services.rules import NewRule, RuleService
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.ca.state import MitmState
+    from greyproxy.events import Bus
+    from greyproxy.metrics import Metrics
+    from greyproxy.middleware import MiddlewareEngine
+    from greyproxy.proxy.dns import DnsService
+    from greyproxy.proxy.dnsupstream import Upstream
+    from greyproxy.proxy.docker import DockerResolver
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.tracker import ConnectionTracker
+    from greyproxy.services.maintenance import Retention
+    from greyproxy.services.modes import ModeService
+    from greyproxy.services.settings import SettingsStore
 
 log = logging.getLogger("greyproxy")
 
@@ -103,7 +115,7 @@ def read_rules_files(paths: tuple[Path, ...]) -> tuple[list[RuleEntry], int]:
     return list(entries.values()), expired
 
 
-def sync_rules_files(rt: Runtime, paths: tuple[Path, ...]) -> dict[str, int]:
+def sync_rules_files(rules: RuleService, paths: tuple[Path, ...]) -> dict[str, int]:
     """Make the rules created from files equal to what the files say now: new entries are
     added (an identical rule made by hand counts as present), entries gone from the files are
     deleted (which also ends the connections they allowed, §3.8). All files are read and checked
@@ -121,7 +133,7 @@ def sync_rules_files(rt: Runtime, paths: tuple[Path, ...]) -> dict[str, int]:
     }
     removed = 0
     for key, rule_id in current.items():
-        if key not in wanted and rt.rules.delete(rule_id):
+        if key not in wanted and rules.delete(rule_id):
             removed += 1
     new = [
         NewRule(e.container_pattern, e.destination_pattern, e.port_pattern, e.action,
@@ -130,16 +142,52 @@ def sync_rules_files(rt: Runtime, paths: tuple[Path, ...]) -> dict[str, int]:
         for e in entries if e.key not in current
         for item in (e.ingest_item(),)
     ]
-    added, present = rt.rules.ingest(new) if new else (0, 0)
+    added, present = rules.ingest(new) if new else (0, 0)
     return {"files": len(paths), "rules": len(entries), "added": added, "removed": removed,
             "already_present": present + (len(entries) - len(new)), "expired_skipped": expired}
 
 
 # -- the reloader ----------------------------------------------------------------------------
+class ReloadHost(Protocol):
+    """What a reload changes on the composition root itself: the configuration the components
+    read at each use, the API token (and the handshake file naming it), and the parts the root
+    builds from the configuration (the Docker resolver) or after binding (the DNS service)."""
+
+    config: Config
+    api_token: str | None
+    docker: DockerResolver | None
+    dns: DnsService | None
+    ports: dict[str, int | None]
+
+    def write_handshake(self) -> None: ...
+
+    def status_line(self) -> str: ...
+
+    def build_docker_resolver(self, config: Config) -> DockerResolver | None: ...
+
+    def apply_settings(self, values: dict[str, Any]) -> None: ...
+
+    def policy_changed(self, change: RuleChange | None = None) -> None: ...
+
+
 class Reloader:
-    def __init__(self, rt: Runtime, load: Callable[[], Config]) -> None:
-        self.rt = rt
+    def __init__(self, host: ReloadHost, load: Callable[[], Config], *, metrics: Metrics, bus: Bus, mitm: MitmState,
+                 rules: RuleService, dns_upstream: Upstream, tracker: ConnectionTracker, guard: ControlPlaneGuard,
+                 retention: Retention, modes: ModeService, settings: SettingsStore,
+                 middlewares: MiddlewareEngine) -> None:
+        self.host = host
         self.load = load
+        self.metrics = metrics
+        self.bus = bus
+        self.mitm = mitm
+        self.rules = rules
+        self.dns_upstream = dns_upstream
+        self.tracker = tracker
+        self.guard = guard
+        self.retention = retention
+        self.modes = modes
+        self.settings = settings
+        self.middlewares = middlewares
         self.last: ReloadReport | None = None
 
     def reload(self) -> ReloadReport:
@@ -152,9 +200,9 @@ class Reloader:
             report.errors.append(f"reload failed: {exc}")
         self.last = report
         self._log(report)
-        self.rt.metrics.reloads.labels("ok" if report.ok else "error").inc()
-        self.rt.bus.publish("config.reloaded", report.to_json())
-        sdnotify.notify("READY=1\nSTATUS=" + self.rt.status_line())
+        self.metrics.reloads.labels("ok" if report.ok else "error").inc()
+        self.bus.publish("config.reloaded", report.to_json())
+        sdnotify.notify("READY=1\nSTATUS=" + self.host.status_line())
         return report
 
     def _log(self, report: ReloadReport) -> None:
@@ -167,15 +215,15 @@ class Reloader:
             log.error("reload: %s", error)
 
     def _reload(self, report: ReloadReport) -> None:
-        rt = self.rt
+        host = self.host
         self._reload_token(report)
-        rt.mitm.reload()  # the CA files, as a SIGHUP always did
+        self.mitm.reload()  # the CA files, as a SIGHUP always did
         try:
             new = self.load()
         except ConfigError as exc:
             report.errors.append(f"configuration not reloaded: {exc}")
             return
-        old = rt.config
+        old = host.config
         old_flat, new_flat = dict(flatten(old.raw)), dict(flatten(new.raw))
         changed = sorted(k for k in new_flat if new_flat[k] != old_flat.get(k))
         effective = copy.deepcopy(new.raw)
@@ -190,13 +238,13 @@ class Reloader:
             return
         # Rules files first: a bad file stops the reload before any other key changes.
         try:
-            report.rules = sync_rules_files(rt, config.rules_files)
+            report.rules = sync_rules_files(self.rules, config.rules_files)
             if config.rules_files or old.rules_files:
                 report.applied.append("rules_files")
         except RulesFileError as exc:
             report.errors.append(str(exc))
             return
-        rt.config = config
+        host.config = config
         live = [k for k in changed if not _needs_restart(k)]
         for section, apply in self._appliers().items():
             keys = [k for k in live if k == section or k.startswith(section + ".")]
@@ -206,17 +254,17 @@ class Reloader:
                 report.applied.extend(keys)
             else:
                 report.unsupported.extend(keys)
-        # Keys read from rt.config at each use (hold_seconds, blocked_message, ...) apply as is.
+        # Keys read from the config at each use (hold_seconds, blocked_message, ...) apply as is.
         handled = tuple(self._appliers())
         report.applied.extend(
             k for k in live if not any(k == s or k.startswith(s + ".") for s in handled) and k != "rules_files"
         )
 
     def _reload_token(self, report: ReloadReport) -> None:
-        rt = self.rt
-        if rt.api_token is None:
+        host = self.host
+        if host.api_token is None:
             return
-        path = rt.config.data_dir / "api-token"
+        path = host.config.data_dir / "api-token"
         try:
             token = path.read_text().strip()
         except OSError as exc:
@@ -225,9 +273,9 @@ class Reloader:
         if len(token) < 16:
             report.errors.append(f"{path} holds no usable token (at least 16 characters); unchanged")
             return
-        if token != rt.api_token:
-            rt.api_token = token
-            rt.write_handshake()
+        if token != host.api_token:
+            host.api_token = token
+            host.write_handshake()
             report.applied.append("api_token")
 
     # -- one function per section; True = applied ----------------------------------------
@@ -251,51 +299,51 @@ class Reloader:
         return True
 
     def _dns(self, _old: Config, new: Config) -> bool:
-        rt = self.rt
+        host = self.host
         servers = list(new.dns_upstream or system_servers())
         dns_addr = new.listen["dns"]
-        rt.dns_upstream.servers = without_own_address(servers, dns_addr, rt.ports.get("dns") or dns_addr.port)
-        if rt.dns is not None:
-            rt.dns.answerer.mode = new.dns_policy
+        self.dns_upstream.servers = without_own_address(servers, dns_addr, host.ports.get("dns") or dns_addr.port)
+        if host.dns is not None:
+            host.dns.answerer.mode = new.dns_policy
         return True
 
     def _docker(self, _old: Config, new: Config) -> bool:
-        self.rt.docker = self.rt.build_docker_resolver(new)
+        self.host.docker = self.host.build_docker_resolver(new)
         return True
 
     def _expiry(self, _old: Config, new: Config) -> bool:
-        self.rt.tracker.enforce_expiry = new.enforce_expiry_on_open
+        self.tracker.enforce_expiry = new.enforce_expiry_on_open
         return True
 
     def _guard(self, _old: Config, new: Config) -> bool:
-        self.rt.guard.deny_private = new.guard_private_ranges == "deny"
+        self.guard.deny_private = new.guard_private_ranges == "deny"
         return True
 
     def _retention(self, _old: Config, new: Config) -> bool:
         try:
-            self.rt.retention.policy = RetentionPolicy.from_config(new.raw["retention"])
+            self.retention.policy = RetentionPolicy.from_config(new.raw["retention"])
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return True
 
     def _modes(self, _old: Config, new: Config) -> bool:
         modes = new.container_modes
-        self.rt.modes.from_config = tuple(
+        self.modes.from_config = tuple(
             ModeEntry(id=i - len(modes), container_pattern=c, mode=m) for i, (c, m) in enumerate(modes)
         )
-        self.rt.policy_changed()
+        self.host.policy_changed()
         return True
 
     def _settings_defaults(self, _old: Config, new: Config) -> bool:
         """The YAML gives settings their defaults; a value saved in settings.json still wins."""
-        store = self.rt.settings
+        store = self.settings
         store.defaults["notificationsEnabled"] = bool(new.raw["notifications"]["enabled"])
         store.defaults["mitmEnabled"] = new.mitm_enabled
         store.defaults["mitmBypass"] = [str(p) for p in (new.raw["mitm"].get("bypass") or [])]
-        self.rt.apply_settings(store.values())
+        self.host.apply_settings(store.values())
         return True
 
     def _middlewares(self, _old: Config, new: Config) -> bool:
-        self.rt.middlewares.reload(list(new.middlewares))  # unchanged ones keep their connection
+        self.middlewares.reload(list(new.middlewares))  # unchanged ones keep their connection
         return True
 

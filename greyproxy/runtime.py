@@ -192,9 +192,13 @@ class Runtime:
             self.silent.mode = "allow"
         self.policy_changed()
         if config.rules_files:  # a bad rules file stops the start, like a bad config key (D27)
-            log.info("rules files: %s", sync_rules_files(self, config.rules_files))
+            log.info("rules files: %s", sync_rules_files(self.rules, config.rules_files))
         # SIGHUP; the CLI replaces `load` with one that also re-applies its command-line flags.
-        self.reloader = Reloader(self, lambda: load_config(config.source))
+        # The reloader swaps the config, token and Docker resolver held here (reload.ReloadHost).
+        self.reloader = Reloader(self, lambda: load_config(config.source), metrics=self.metrics, bus=self.bus,
+                                 mitm=self.mitm, rules=self.rules, dns_upstream=self.dns_upstream,
+                                 tracker=self.tracker, guard=self.guard, retention=self.retention,
+                                 modes=self.modes, settings=self.settings, middlewares=self.middlewares)
 
         self.api_token: str | None = load_or_create_token(config.data_dir) if config.api_auth == "token" else None
         self.ports: dict[str, int | None] = {}
