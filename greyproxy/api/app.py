@@ -45,7 +45,7 @@ from greyproxy.api.context import CLAIMS_KEY, RUNTIME_KEY, SETTINGS_KEY
 from greyproxy.api.errors import register_error_handlers
 
 if TYPE_CHECKING:
-    from greyproxy.runtime import Runtime
+    from greyproxy.api.context import Runtime  # the API's one reference to the composition root
 
 BLUEPRINTS = (
     health.bp,
