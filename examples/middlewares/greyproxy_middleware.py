@@ -14,7 +14,12 @@ function per hook. Standard library only: copy this file beside your middleware.
 
 Run it with `greyproxy serve --middleware-cmd 'python3 my_middleware.py'` (stdio transport: one
 JSON object per line on stdin and stdout; anything printed to stderr, such as `mw.log(...)`,
-goes to greyproxy's log).
+goes to greyproxy's log). Started any other way (greyproxy sets GREYPROXY_TRANSPORT=stdio for the
+programs it starts), `mw.run()` serves the WebSocket transport instead, for
+`greyproxy serve --middleware ws://127.0.0.1:9000/`: on GREYPROXY_WS_HOST (default 127.0.0.1)
+and GREYPROXY_WS_PORT (default 9000); with GREYPROXY_WS_TOKEN set, only a connection that sends
+`Authorization: Bearer <token>` (the middleware's `auth_header` in greyproxy's YAML) is served.
+This one needs the `websockets` package; stdio needs nothing beyond the standard library.
 
 A handler gets a `Request` (or a `Response`) and returns one of its decisions, or None for
 "let it through" (`allow` / `passthrough`). Bodies are bytes (None when greyproxy did not send
@@ -26,7 +31,9 @@ response with 502, as greyproxy does when a middleware is gone) or "allow".
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import os
 import sys
 import threading
 import traceback
@@ -222,7 +229,11 @@ class Middleware:
             out.flush()
 
     def run(self, lines: Iterable[str] | None = None, out: TextIO | None = None) -> None:
-        """Serve greyproxy on stdin/stdout until it closes stdin."""
+        """Serve greyproxy: on stdin/stdout until it closes stdin when it started this program
+        (or when given `lines`), else as a WebSocket server (see the module's docstring)."""
+        if lines is None and out is None and os.environ.get("GREYPROXY_TRANSPORT") != "stdio":
+            self.serve_websocket()
+            return
         out = out or sys.stdout
         for line in lines if lines is not None else sys.stdin:
             try:
@@ -234,3 +245,41 @@ class Middleware:
             answer = self.handle(message)
             if answer is not None:
                 self._send(out, answer)
+
+    def serve_websocket(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve greyproxy's WebSocket transport until interrupted: each connection is a session
+        of its own (hello, then one answer per message)."""
+        try:
+            from websockets.datastructures import Headers as WsHeaders
+            from websockets.http11 import Response as WsResponse
+            from websockets.sync.server import serve
+        except ImportError:
+            raise SystemExit("the WebSocket transport needs the `websockets` package (pip install websockets); "
+                             "greyproxy's stdio transport needs nothing") from None
+        host = host or os.environ.get("GREYPROXY_WS_HOST", "127.0.0.1")
+        port = port or int(os.environ.get("GREYPROXY_WS_PORT", "9000"))
+        token = os.environ.get("GREYPROXY_WS_TOKEN")
+
+        def check(connection: Any, request: Any) -> Any:
+            if token is None:
+                return None
+            given = request.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return None
+            body = b"missing or wrong Authorization\n"
+            return WsResponse(401, "Unauthorized", WsHeaders([("Content-Length", str(len(body)))]), body)
+
+        def session(ws: Any) -> None:
+            for raw in ws:
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    answer = self.handle(message)
+                    if answer is not None:
+                        ws.send(json.dumps(answer))
+
+        with serve(session, host, port, process_request=check) as server:
+            self.log(f"{self.name}: serving the WebSocket transport on ws://{host}:{port}/")
+            server.serve_forever()

@@ -117,3 +117,48 @@ def test_a_middleware_in_a_few_lines_with_the_helper(gp_factory, origin, tmp_pat
         assert exploded.status_code == 200 and exploded.text == "HELLO FROM ORIGIN\n"
     assert agent.get(f"{base}/api/y", timeout=10).text == "HELLO FROM ORIGIN\n"
     assert "handler for http-request failed" in gp.logs() and "RuntimeError: boom" in gp.logs()
+
+
+def test_the_helper_serves_the_websocket_transport(gp_factory, origin, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from tests.ports import free_port
+
+    script = tmp_path / "shouty_ws.py"
+    script.write_text(HELPER_MIDDLEWARE.format(examples=str(EXAMPLES), on_error="deny"))
+    port = free_port("127.0.0.1")
+    env = {k: v for k, v in os.environ.items() if k != "GREYPROXY_TRANSPORT"}
+    env.update(GREYPROXY_WS_PORT=str(port), GREYPROXY_WS_TOKEN="s3cret-token")
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        assert wait_until(listening, 10), "the helper did not listen"
+        url = f"ws://127.0.0.1:{port}/"
+        yaml = f"middlewares:\n  - url: {url}\n    auth_header: 'Authorization: Bearer s3cret-token'\n"
+        gp = gp_factory(config_yaml=yaml)
+        assert gp.api("POST", "/api/rules", json={"container_pattern": "*", "destination_pattern": "127.0.0.2"}
+                      ).status_code == 201
+        status = wait_until(lambda: (lambda items: items if items and items[0]["connected"] else None)(
+            gp.api("GET", "/api/middlewares").json()["items"]), 10)
+        assert status and status[0]["name"] == "shouty" and status[0]["transport"] in ("websocket", "ws")
+        shouted = through(gp).get(f"http://{origin.host}:{origin.port}/api/x", timeout=10)
+        assert shouted.status_code == 200 and shouted.text == "HELLO FROM ORIGIN\n"
+
+        # without the token the helper refuses the upgrade, and greyproxy fails closed
+        wrong = gp_factory(config_yaml=f"middlewares:\n  - url: {url}\n", name="wrong")
+        assert wrong.api("POST", "/api/rules", json={"container_pattern": "*", "destination_pattern": "127.0.0.2"}
+                         ).status_code == 201
+        refused = through(wrong).get(f"http://{origin.host}:{origin.port}/api/x", timeout=10)
+        assert refused.status_code == 403
+        assert not wrong.api("GET", "/api/middlewares").json()["items"][0]["connected"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
