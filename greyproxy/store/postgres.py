@@ -108,11 +108,10 @@ class PostgresDatabase(OffHubMixin, peewee.PostgresqlDatabase):
         try:
             return super().execute_sql(sql, params)
         except (peewee.OperationalError, peewee.InterfaceError):
-            if not self._broken():
-                raise
-            in_txn = self.in_transaction()
+            if not self._broken() or self.in_transaction():
+                raise  # inside a transaction the rollback drops the dead connection (below)
             self._drop()
-            if in_txn or sql.strip().upper() in ("COMMIT", "ROLLBACK"):
+            if sql.strip().upper() in ("COMMIT", "ROLLBACK"):
                 raise
             return super().execute_sql(sql, params)
 
@@ -122,7 +121,9 @@ class PostgresDatabase(OffHubMixin, peewee.PostgresqlDatabase):
             return
         try:
             super().rollback()
-        except BROKEN:
+        except (*BROKEN, peewee.OperationalError, peewee.InterfaceError):  # raw, or as the store thread hands it back
+            if not self._broken():
+                raise
             self._drop()
 
     def begin(self, *args: Any, **kwargs: Any) -> None:
