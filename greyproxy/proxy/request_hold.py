@@ -246,7 +246,12 @@ def screen(rt: Runtime, client: BufferedSocket, request: Head, dest: Destination
     method, target = request.start[0], request.start[1]
     q = RequestQuery(a.container, a.host, a.port, method, canonical_path(target), a.resolved_hostname)
     decision = request_decision(rt, a.container, a.host, a.port, a.resolved_hostname, q)
-    if decision.verdict is Verdict.ALLOW or not _by_request_rule(decision):
+    if not _by_request_rule(decision):
+        return None
+    if decision.verdict is Verdict.ALLOW:
+        if decision.would:  # report mode: what the rule would have done is logged, the request goes on
+            rt.gate.record(a.container, a.host, a.port, method, decision, 0, resolved_hostname=a.resolved_hostname,
+                           container_id=a.container_id)
         return None
     shown = rt.redactor.url(url)
     if decision.verdict is Verdict.DENY:

@@ -399,3 +399,16 @@ def test_http2_other_streams_flow_while_one_is_held(intercepting_gp, tls_origin)
     assert status[1] == 200 and bodies[1] == b"hello"
     assert [s["path"] for s in tls_origin.seen] == ["/meanwhile", "/upload"]
     sock.close()
+
+
+def test_report_mode_lets_the_request_through_and_logs_what_would_have_happened(gp_factory, origin):
+    gp = gp_factory(config_yaml="container_modes: [{container: agent1, mode: report}]\n")
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host})
+    api_ok(gp, "POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                           "action": "hold", "method_pattern": "POST"})
+    conn = ProxyConn(gp, origin)
+    conn.send("POST", "/v1/report", b"data")
+    assert conn.response()[0] == 200 and origin.requests[-1]["body"] == b"data"
+    rows = wait_until(lambda: [r for r in gp.api("GET", "/api/logs").json()["items"] if r.get("would") == "would_hold"])
+    assert rows and rows[0]["method"] == "POST" and rows[0]["reason"] == "report_mode"
+    assert gp.api("GET", "/api/pending-http").json()["total"] == 0
