@@ -164,6 +164,10 @@ class AuditLog:
             if data.get("rule"):  # a deny decision creates a deny rule
                 return "pending.deny", target, None, data
             return ("pending.expire" if data.get("reason") == "expired" else "pending.dismiss"), target, None, data
+        if family == "pending_http" and verb in ("allowed", "denied") and isinstance(data, dict) \
+                and data.get("decided_by"):  # a human's answer to a held request (docs/request-rules.md)
+            kind_ = "pending_http.allow" if verb == "allowed" else "pending_http.deny"
+            return kind_, _target("pending_http", data.get("id")), None, data
         if kind == "settings.changed":
             return "settings.update", None, self._swap("settings", data), data
         if kind == "allowall.changed":

@@ -115,6 +115,12 @@ def test_post_is_held_while_get_passes_and_rest_approval_releases_it(held_gp, or
     assert conn.response()[0] == 403
     done = gp.api("GET", "/api/pending-http?status=allowed").json()["items"]
     assert [d["id"] for d in done] == [item["id"]]
+    audit = gp.api("GET", "/api/audit", params={"kind": "pending_http"}).json()["items"]
+    kinds = sorted((a["kind"], a["target"]) for a in audit)
+    assert kinds == sorted([("pending_http.allow", f"pending_http:{item['id']}"),
+                            ("pending_http.deny", f"pending_http:{again['id']}")]), audit
+    assert all(a["actor"] == "api" or a["actor"] == "token" for a in audit), audit
+    assert "sk-very-secret-token" not in json.dumps(audit)
 
 
 def test_ws_approval_releases_and_writes_a_rule(held_gp, origin):
