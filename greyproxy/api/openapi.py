@@ -82,6 +82,7 @@ SCHEMAS: dict[str, Any] = {
         "created_at": TIME, "expires_at": NTIME, "last_used_at": NTIME, "created_by": STR, "notes": NSTR,
         "session_id": NSTR, "is_active": BOOL, "source": s("string", enum=["builtin", "session", "global"]),
         "destination_unicode": UNICODE, "mixed_script": MIXED,
+        "enabled": s("boolean", "false: kept and listed, but it decides nothing (PUT enabled to switch)"),
     }, ("id", "container_pattern", "destination_pattern", "port_pattern", "action")),
     "NewRule": obj({
         "container_pattern": STR, "destination_pattern": STR, "port_pattern": s("string", default="*"),

@@ -15,6 +15,7 @@ from greyproxy.api.context import runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import (
     bool_arg,
+    bool_field,
     choice,
     choice_arg,
     int_arg,
@@ -48,7 +49,7 @@ MAX_NOTES = 1024 * 1024  # free text, but not unbounded
 RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "rule_type",
              "expires_in_seconds", "expires_at", "notes", "created_by", "method_pattern", "path_pattern"]
 READ_ONLY_KEYS = ("id", "created_at", "last_used_at", "is_active", "source", "session_id",
-                  "destination_unicode", "mixed_script")
+                  "destination_unicode", "mixed_script", "enabled")
 # Reserved `created_by` values mark layers (§3.1): a client must not forge a built-in or session rule.
 RESERVED_CREATOR = "builtin"
 SESSION_CREATOR_PREFIX = "session:"
@@ -99,6 +100,8 @@ def new_rule(body: Any) -> NewRule:
     if not isinstance(body, dict):
         raise ApiError(400, "a rule must be a JSON object")
     no_unknown_keys(body, (*RULE_KEYS, *READ_ONLY_KEYS))
+    if bool_field(body, "enabled") is False:  # read back from GET, a disabled rule must not come back on
+        raise ApiError(400, "'enabled': a rule is created enabled; switch it off with PUT /api/rules/{id}")
     expires = _expiry_seconds(body)
     rule_type = choice(str_field(body, "rule_type"), "rule_type", RULE_TYPES)
     if rule_type in (None, "glob"):
@@ -173,7 +176,7 @@ def ingest_rules() -> Any:
 
 
 UPDATE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "notes", "expires_at",
-               "method_pattern", "path_pattern"]
+               "method_pattern", "path_pattern", "enabled"]
 
 
 def _changes(body: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +191,9 @@ def _changes(body: dict[str, Any]) -> dict[str, Any]:
             changes[name] = str_field(body, name, default="", max_length=longest)
     if "notes" in body:
         changes["notes"] = str_field(body, "notes", max_length=MAX_NOTES)
+    enabled = bool_field(body, "enabled")  # off: kept and listed, but it decides nothing
+    if enabled is not None:
+        changes["enabled"] = enabled
     if "expires_at" in body:
         text = str_field(body, "expires_at", max_length=64)
         if not text:

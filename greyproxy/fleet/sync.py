@@ -152,8 +152,9 @@ class FleetSync:
 
     def _rules(self, kind: str, ids: list[int], data: Any) -> None:
         rows = {r.id: r for r in Rule.select().where(Rule.id.in_(ids))} if ids else {}
-        self.rt.policy_changed(RuleChange(added=tuple(rule_to_spec(r) for r in rows.values()),
-                                          removed=tuple(i for i in ids if i not in rows)))
+        # A disabled rule leaves the index like a deleted one (it stays in the store and the lists).
+        self.rt.policy_changed(RuleChange(added=tuple(rule_to_spec(r) for r in rows.values() if r.enabled),
+                                          removed=tuple(i for i in ids if i not in rows or not rows[i].enabled)))
         for rule_id in ids:
             row = rows.get(rule_id)
             if kind == "rule.deleted" or row is None:

@@ -121,6 +121,7 @@ def rule_to_json(rule: Rule, now: dt.datetime | None = None) -> dict[str, Any]:
         "method_pattern": rule.method_pattern or None,  # null: a connection rule
         "path_pattern": rule.path_pattern or None,
         "is_active": rule.expires_at is None or rule.expires_at > now,
+        "enabled": bool(rule.enabled),
         "source": rule_source(rule),
         **display_fields(rule.destination_pattern),  # D30: Unicode form and mixed scripts, display only
     }
@@ -182,7 +183,8 @@ class RuleService:
             present: dict[int, RuleSpec] = {}
             for start in range(0, len(ids), 500):
                 for row in Rule.select().where(Rule.id.in_(ids[start : start + 500])):
-                    present[row.id] = rule_to_spec(row)
+                    if row.enabled:  # a disabled rule leaves the index like a deleted one
+                        present[row.id] = rule_to_spec(row)
             base = change or RuleChange()
             change = RuleChange(
                 added=(*base.added, *present.values()),
@@ -194,7 +196,7 @@ class RuleService:
 
     # -- reads ---------------------------------------------------------------------------
     def all_specs(self) -> list[RuleSpec]:
-        return [rule_to_spec(r) for r in Rule.select()]
+        return [rule_to_spec(r) for r in Rule.select().where(Rule.enabled == True)]  # noqa: E712 - SQL
 
     def get(self, rule_id: int) -> Rule:
         rule = Rule.get_or_none(Rule.id == rule_id)
@@ -327,7 +329,7 @@ class RuleService:
 
     def update(self, rule_id: int, changes: dict[str, Any]) -> Rule:
         """changes: any of container_pattern, destination_pattern, port_pattern, action, notes,
-        expires_at (naive UTC datetime or None); patterns are validated again here."""
+        expires_at (naive UTC datetime or None), enabled; patterns are validated again here."""
         changes = validated_changes(changes)
         with self.db.atomic():
             rule = self.get(rule_id)

@@ -27,6 +27,7 @@ class Rule(BaseModel):
     session_id = peewee.TextField(null=True, index=True)
     method_pattern = peewee.TextField(default="")  # request-level rules (migration 0010); '' = any
     path_pattern = peewee.TextField(default="")
+    enabled = peewee.BooleanField(default=True)  # off: listed, but not in the policy index (migration 0014)
 
     class Meta:
         table_name = "rules"

@@ -5,6 +5,7 @@ shown for a rule made in the browser matching the audit log's actor."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -141,4 +142,33 @@ def test_export_import_prefill_and_provenance(ruled_gp, dashboards, tmp_path, vi
     page.locator("#rule-filters [name=search]").fill("quiet.example")
     expect(row_of(page, made["quiet"]["id"]).locator("td[data-label=Source]")).to_have_text(quiet_actor)
     assert quiet_actor == "token"
+    assert dash.errors == []
+
+
+@pytest.mark.parametrize("viewport_name", ["desktop", "phone"])
+def test_switch_a_rule_off_and_on(gp_factory, origin, dashboards, viewport_name):
+    gp = gp_factory(hold_seconds=2)
+    rule = gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                              "port_pattern": str(origin.port)}).json()
+    assert rule["enabled"] is True
+    assert through(gp, "agent1", f"http://{origin.host}:{origin.port}/on") == "200"
+    dash = dashboards(gp, viewport=VIEWPORTS[viewport_name]).login("/rules")
+    page = dash.page
+    toggle = row_of(page, rule["id"]).locator(".enabled-toggle")
+    expect(toggle).to_be_checked()
+
+    toggle.uncheck()
+    expect(row_of(page, rule["id"])).to_have_class(re.compile(r"\bis-disabled\b"))
+    assert gp.api("GET", f"/api/rules/{rule['id']}").json()["enabled"] is False
+    # Off: the rule decides nothing, so the request is held (then refused): the origin sees nothing.
+    assert through(gp, "agent1", f"http://{origin.host}:{origin.port}/off") == "403"
+    assert [r["path"] for r in origin.requests] == ["/on"]
+    dash.shot(f"rules-disabled-{viewport_name}")
+
+    row_of(page, rule["id"]).locator(".enabled-toggle").check()
+    expect(row_of(page, rule["id"])).not_to_have_class(re.compile(r"\bis-disabled\b"))
+    assert through(gp, "agent1", f"http://{origin.host}:{origin.port}/again") == "200"
+    assert [r["path"] for r in origin.requests] == ["/on", "/again"]
+    audit = gp.api("GET", "/api/audit", params={"limit": 20}).json()["items"]
+    assert [e["actor"] for e in audit if e["kind"] == "rule.update"] == ["dashboard", "dashboard"]
     assert dash.errors == []

@@ -42,10 +42,11 @@ function sourceCell(rule) {
 function row(rule) {
   const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   const what = `rule #${rule.id} ${rule.action} ${rule.container_pattern} → ${rule.destination_pattern}:${rule.port_pattern}`;
-  return h("tr", { dataset: { id: rule.id }, class: rule.is_active ? "" : "is-expired" },
+  const off = rule.enabled === false;
+  return h("tr", { dataset: { id: rule.id }, class: [rule.is_active ? "" : "is-expired", off ? "is-disabled" : ""].join(" ").trim() },
     h("td", { class: "select-cell" }, rule.source === "builtin" ? null : h("input", {
       type: "checkbox", class: "select", checked: selected.has(String(rule.id)), "aria-label": `Select ${what}` })),
-    cell("Action", badge(rule.action)),
+    cell("Action", badge(rule.action), off ? [" ", badge("off", "muted")] : null),
     cell("Container", h("code", {}, rule.container_pattern)),
     cell("Destination", h("code", {}, rule.destination_pattern), ...destExtras(rule)),
     cell("Port", h("code", {}, rule.port_pattern)),
@@ -56,6 +57,10 @@ function row(rule) {
     cell("Source", sourceCell(rule)),
     cell("Notes", rule.notes || ""),
     h("td", { class: "row-actions" },
+      rule.enabled === undefined || rule.source === "builtin" ? null : h("label", { class: "check rule-enabled",
+        title: off ? "Off: kept and listed, decides nothing" : "On: this rule decides connections" },
+      h("input", { type: "checkbox", class: "enabled-toggle", checked: !off, dataset: { toggle: rule.id },
+        "aria-label": `Rule ${rule.id} enabled` }), h("span", {}, "On")),
       h("button", { type: "button", class: "btn btn-small", dataset: { edit: rule.id },
         "aria-label": `Edit rule ${rule.id}` }, "Edit"),
       h("button", { type: "button", class: "btn btn-small btn-bad", dataset: { delete: rule.id },
@@ -427,7 +432,22 @@ async function bulkDelete() {
 }
 
 startPage(async () => {
-  table.addEventListener("change", (event) => {
+  table.addEventListener("change", async (event) => {
+    const toggle = event.target.closest(".enabled-toggle");
+    if (toggle) {
+      const id = toggle.dataset.toggle;
+      toggle.disabled = true;
+      try {
+        await api("PUT", `/api/rules/${id}`, { enabled: toggle.checked });
+        toast(`Rule #${id} ${toggle.checked ? "on: it decides connections again" : "off: kept, decides nothing"}`, "ok");
+      } catch (err) {
+        toggle.checked = !toggle.checked;
+        reportError(err);
+      }
+      toggle.disabled = false;
+      refresh();
+      return;
+    }
     const box = event.target.closest(".select");
     if (!box) return;
     const id = box.closest("tr").dataset.id;
