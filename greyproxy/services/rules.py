@@ -253,10 +253,13 @@ class RuleService:
                                 peewee.fn.COALESCE(Rule.method_pattern, ""), peewee.fn.COALESCE(Rule.path_pattern, ""))
             for rule in Rule.select().where(same.in_(peewee.ValuesList(keys[start : start + 500]))):
                 existing[rule_key(rule)] = rule
-        expired = [r.id for r in existing.values() if r.expires_at is not None and r.expires_at <= now]
+        # An expired duplicate makes way, and so does a switched-off one: allowing or creating the
+        # same rule again means it should decide now (returning the disabled row would not).
+        expired = [r.id for r in existing.values()
+                   if (r.expires_at is not None and r.expires_at <= now) or not r.enabled]
         if expired:
             self._touched.update(expired)
-            Rule.delete().where(Rule.id.in_(expired)).execute()  # an expired duplicate makes way
+            Rule.delete().where(Rule.id.in_(expired)).execute()
             existing = {k: r for k, r in existing.items() if r.id not in expired}
         fresh: dict[tuple[str, ...], dict[str, Any]] = {}
         for new in news:
@@ -305,7 +308,7 @@ class RuleService:
         existing = {
             rule_key(r): r
             for r in Rule.select(Rule.id, Rule.container_pattern, Rule.destination_pattern, Rule.port_pattern,
-                                 Rule.action, Rule.expires_at, Rule.method_pattern, Rule.path_pattern)
+                                 Rule.action, Rule.expires_at, Rule.method_pattern, Rule.path_pattern, Rule.enabled)
         }
         rows: dict[tuple[str, ...], dict[str, Any]] = {}
         expired_ids: list[int] = []
@@ -313,11 +316,11 @@ class RuleService:
         for new in items:
             key = rule_key(new)
             old = existing.get(key)
-            if key in rows or (old is not None and (old.expires_at is None or old.expires_at > now)):
+            if key in rows or (old is not None and old.enabled and (old.expires_at is None or old.expires_at > now)):
                 skipped += 1
                 continue
             if old is not None:
-                expired_ids.append(old.id)  # an expired duplicate makes way (§3.1)
+                expired_ids.append(old.id)  # an expired (or switched-off) duplicate makes way (§3.1)
             rows[key] = rule_row(new, now)
         with self.db.atomic():
             if expired_ids:

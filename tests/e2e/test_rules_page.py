@@ -171,4 +171,15 @@ def test_switch_a_rule_off_and_on(gp_factory, origin, dashboards, viewport_name)
     assert [r["path"] for r in origin.requests] == ["/on", "/again"]
     audit = gp.api("GET", "/api/audit", params={"limit": 20}).json()["items"]
     assert [e["actor"] for e in audit if e["kind"] == "rule.update"] == ["dashboard", "dashboard"]
+
+    # Making the same rule again while it is off (a pending Allow, a POST, an import) makes an
+    # active one in its place, rather than handing back the switched-off row.
+    row_of(page, rule["id"]).locator(".enabled-toggle").uncheck()
+    expect(row_of(page, rule["id"])).to_have_class(re.compile(r"\bis-disabled\b"))
+    again = gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                               "port_pattern": str(origin.port)}).json()
+    assert again["enabled"] is True and again["id"] != rule["id"]
+    assert gp.api("GET", f"/api/rules/{rule['id']}").status_code == 404
+    expect(row_of(page, again["id"]).locator(".enabled-toggle")).to_be_checked()
+    assert through(gp, "agent1", f"http://{origin.host}:{origin.port}/third") == "200"
     assert dash.errors == []
