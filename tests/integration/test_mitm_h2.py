@@ -14,7 +14,14 @@ import httpx
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded, StreamReset
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
 
 from tests.integration.h2util import H2Origin
 from tests.integration.mwutil import middleware_yaml, seen_messages
@@ -491,3 +498,42 @@ def test_after_a_refused_stream_the_connection_takes_no_new_streams(mgp, tls_ori
     assert goaway
     assert 3 not in statuses or statuses[3] != "200"
     assert tls_origin.seen == []
+
+
+def test_more_streams_than_advertised_end_the_connection(mgp, tls_origin):
+    """The proxy advertises 100 concurrent streams; a client that opens more is cut off (GOAWAY)
+    and the refusal is logged, while the origin never sees more than the proxy's few
+    connections' worth of those requests."""
+    allow(mgp, "h2many2", "localhost", tls_origin.port)
+    sock = _h2_tls(mgp, "h2many2", tls_origin.port, mgp.ca_path)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(10)
+    for _ in range(20):  # bounded: until the proxy's SETTINGS are in
+        if any(isinstance(e, RemoteSettingsChanged) for e in conn.receive_data(sock.recv(65536))):
+            break
+    conn.remote_settings.max_concurrent_streams = 1000  # act as if the proxy allowed more
+    conn.remote_settings.acknowledge()  # (a settings change applies once acknowledged)
+    authority = f"localhost:{tls_origin.port}"
+    for n in range(101):  # request bodies never sent: every stream stays open
+        conn.send_headers(conn.get_next_available_stream_id(),
+                          [(":method", "POST"), (":scheme", "https"), (":authority", authority),
+                           (":path", f"/open{n}"), ("content-length", "10")])
+    sock.sendall(conn.data_to_send())
+    terminated = None
+    for _ in range(1000):  # bounded
+        try:
+            data = sock.recv(65536)
+        except (OSError, ssl.SSLError):
+            break
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, ConnectionTerminated):
+                terminated = event
+        if terminated is not None:
+            break
+    sock.close()
+    assert terminated is not None and terminated.error_code != 0
+    assert wait_until(lambda: "malformed_request" in _reasons(mgp, "h2many2"), 5)
