@@ -188,3 +188,24 @@ def test_nodes_racing_on_new_pending_rows_make_one_row_each_and_lose_no_count(tw
         for client in clients:
             client.kill()
             client.wait(timeout=5)
+
+
+def test_a_session_replaced_on_a_leaves_no_old_secret_on_b(two_nodes, origin):
+    a, b = two_nodes
+    old_ph, new_ph = "greyproxy:credential:v1:gw-swap:" + "d" * 32, "greyproxy:credential:v1:gw-swap:" + "e" * 32
+    rule = [{"destination_pattern": origin.host, "port_pattern": str(origin.port)}]
+    session = requests.Session()
+    session.trust_env = False
+    proxy = {"http": f"http://swap:x@127.0.0.1:{b.ports['http']}"}
+
+    def sent_through_b(placeholder: str) -> str:
+        session.get(f"http://{origin.host}:{origin.port}/", headers={"Authorization": placeholder}, proxies=proxy,
+                    timeout=5)
+        return origin.requests[-1]["headers"]["Authorization"]
+
+    body = {"session_id": "gw-swap", "container_name": "swap", "ttl_seconds": 300, "network_rules": rule}
+    assert a.api("POST", "/api/sessions", json={**body, "mappings": {old_ph: "old-secret-value-1"}}).status_code == 200
+    assert wait_until(lambda: sent_through_b(old_ph) == "old-secret-value-1", 2)
+    assert a.api("POST", "/api/sessions", json={**body, "mappings": {new_ph: "new-secret-value-2"}}).status_code == 200
+    assert wait_until(lambda: sent_through_b(new_ph) == "new-secret-value-2", 2)
+    assert sent_through_b(old_ph) == old_ph  # the replaced mapping is gone on B too
