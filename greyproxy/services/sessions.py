@@ -212,6 +212,9 @@ class SessionService:
                 self.vault.remove_session(session_id)
                 self.on_change()
             return
+        # Replaced mappings must not linger: drop the old ones and load the stored ones at once
+        # (nothing in between yields, so no connection sees the session without its secrets).
+        self.vault.remove_session(session_id)
         self._load_mappings(row)
         self._set_live(self._info(row), session_id)
         self.on_change()
