@@ -6,7 +6,9 @@
 - anything else, or a server that speaks first → a blind pipe.
 
 In the request loop every request is re-checked (§3.8), its Host must name the server the
-tunnel was allowed for (D13), and each exchange is recorded as a transaction."""
+tunnel was allowed for (D13), and each exchange is recorded as a transaction. A client that
+chooses h2 in ALPN is served by h2server.py instead, one exchange per stream; the origin side
+is whatever the origin chose (h2upstream.py)."""
 
 from __future__ import annotations
 
