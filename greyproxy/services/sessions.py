@@ -21,6 +21,7 @@ from greyproxy.credentials.crypto import DecryptError, decrypt, encrypt
 from greyproxy.credentials.vault import Secret, Vault
 from greyproxy.events import Bus
 from greyproxy.services.credentials import CredentialService, UnknownCredentials
+from greyproxy.services.policy_state import RuleChange
 from greyproxy.services.rules import NewRule, NotFound, RuleService
 from greyproxy.store.models import Session
 from greyproxy.timeutil import epoch, iso, utcnow
@@ -217,6 +218,8 @@ class SessionService:
         self.vault.remove_session(session_id)
         self._load_mappings(row)
         self._set_live(self._info(row), session_id)
+        # Its rules live as long as it does (a heartbeat taken elsewhere): the index moves their expiry.
+        self.rules.on_change(RuleChange(extend_session=(session_id, epoch(row.expires_at))))
         self.on_change()
 
     def follow_all(self) -> None:
@@ -332,8 +335,23 @@ class SessionService:
         """Every second: a session past its expiry ends now (D25), not at the next DB sweep."""
         now = time.time()
         for sid in [s for s, info in self._live.items() if info.expires_at <= now]:
+            if self._beaten_elsewhere(sid):
+                continue
             self._end(sid)
             self.bus.publish("session.expired", sid)
+
+    def _beaten_elsewhere(self, session_id: str) -> bool:
+        """Fleet mode (docs/fleet.md): another node may have taken the heartbeat while this one
+        did not hear of it; the stored row says. Then memory follows it and nothing ends. The
+        database unreachable: the expiry known here holds."""
+        try:
+            row = Session.get_or_none(Session.session_id == session_id)
+        except peewee.DatabaseError:
+            return False
+        if row is None or row.expires_at <= utcnow():
+            return False
+        self.follow(session_id, row)
+        return True
 
     def sweep(self) -> None:
         self.flush_substitutions()
