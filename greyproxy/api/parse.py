@@ -17,6 +17,7 @@ from typing import Any
 from flask import g, request
 
 from greyproxy.api.errors import ApiError
+from greyproxy.offhub import in_worker
 from greyproxy.timeutil import parse_iso
 
 _MISSING: Any = object()
@@ -45,13 +46,67 @@ def decode_json(raw: str | bytes) -> Any:
     Beyond json.loads: nesting deeper than MAX_JSON_DEPTH, lone UTF-16 surrogates (they cannot be
     encoded as UTF-8, so SQLite, logs and responses would fail on them later) and NaN/Infinity
     are refused here, once, so no route or service ever sees them. Every step runs in C (regex,
-    translate, accumulate, the json codec): a wide 4 MB body must not hold the hub for seconds.
+    translate, accumulate, the json codec).
+
+    A body over OFF_HUB_BYTES is read in a worker thread, differently: one long C call holds the
+    GIL (the string-stripping regex alone takes seconds on 8 MB), which would stop every
+    connection however it is threaded. There the codec calls back into Python for each object
+    (where the hub gets its turn), and the depth is measured by walking the result.
     """
     if isinstance(raw, str):
         try:
             raw = raw.encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(400, f"invalid JSON body: {_LONE}") from None
+    if len(raw) > OFF_HUB_BYTES:
+        return in_worker(_decode_big_json, raw)
+    return _decode_json(raw)
+
+
+OFF_HUB_BYTES = 256 * 1024
+
+
+def _decode_big_json(raw: bytes) -> Any:
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_object)
+    except RecursionError:
+        raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # includes UnicodeDecodeError and over-long integers
+        raise ApiError(400, f"invalid JSON body: {exc}") from None
+    if _nesting(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+    _refuse_lone_surrogates(raw, value)
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return dict(pairs)  # Python code on purpose: the hub takes the GIL here (see decode_json)
+
+
+def _nesting(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed value (stops counting past the limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _refuse_lone_surrogates(raw: bytes, value: Any) -> None:
+    if _SURROGATE_ESCAPE.search(raw):  # only a \uD800-\uDFFF escape makes one; pairs are fine
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, f"invalid JSON body: {_LONE}") from None
+
+
+def _decode_json(raw: bytes) -> Any:
     if _depth(raw) > MAX_JSON_DEPTH:
         raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -60,11 +115,7 @@ def decode_json(raw: str | bytes) -> Any:
         raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # includes UnicodeDecodeError and over-long integers
         raise ApiError(400, f"invalid JSON body: {exc}") from None
-    if _SURROGATE_ESCAPE.search(raw):  # only a \uD800-\uDFFF escape makes one; pairs are fine
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, f"invalid JSON body: {_LONE}") from None
+    _refuse_lone_surrogates(raw, value)
     return value
 
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
-
+from greyproxy.offhub import in_worker
 from greyproxy.policy.decide import ConnectionRequest, Decision, ModeEntry, PolicyState, decide
 from greyproxy.policy.index import RuleIndex, RuleSpec
 
@@ -68,7 +67,7 @@ class PolicyHolder:
         journal: list[RuleChange] = []
         self._journals.append(journal)
         try:
-            index = gevent.get_hub().threadpool.apply(RuleIndex, (load(),))
+            index = in_worker(RuleIndex, load())
         finally:
             self._journals.remove(journal)
         for change in journal:

@@ -4,6 +4,7 @@ bounded and yield to the proxy while they work."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import threading
 import time
@@ -100,3 +101,30 @@ def test_bulk_allow_of_the_maximum_keeps_the_proxy_serving(gp, origin):
     assert after["rules"] >= n + 1
     # the new rules are live: a bulk-allowed destination is decided allow
     assert gp.api("GET", "/api/pending/count").json()["count"] == 0
+
+
+def test_a_big_json_body_does_not_stop_the_proxy(gp, origin):
+    """Parsing a body of several MB takes a second or more: it happens off the hub, so the
+    proxy and /api/health keep answering while it does."""
+    allow_origin(gp, origin)
+    body = json.dumps([{"container_pattern": "wide", "destination_pattern": f"h{i}.wide.example",
+                        "port_pattern": "443", "action": "allow", "notes": "n" * 8} for i in range(45_000)])
+    assert 5_000_000 < len(body) < 8 * 1024 * 1024
+    result: dict = {}
+
+    def post() -> None:
+        result["resp"] = requests.post(gp.api_url + "/api/rules/ingest", data=body, timeout=120,
+                                       headers={"Authorization": f"Bearer {gp.token}",
+                                                "Content-Type": "application/json"})
+
+    thread = threading.Thread(target=post)
+    waits: list[float] = []
+    thread.start()
+    while thread.is_alive() and len(waits) < 500:
+        started = time.monotonic()
+        assert proxied_get(gp, origin).status_code == 200
+        waits.append(time.monotonic() - started)
+        time.sleep(0.01)
+    thread.join()
+    assert result["resp"].status_code == 400  # 45,000 rules: over the bound, after the parse
+    assert waits and max(waits) < 1.0, (len(waits), max(waits))

@@ -88,3 +88,28 @@ def test_rebase():
     assert rebase(js, "/p", "text/javascript") == (
         'get("/p/api/rules"); h("a", {href: `/p/pending?highlight=${id}`}); '
         'new WebSocket(`ws://${location.host}/p/ws`); const re = "/regexp/"; x = "/apis";')
+
+
+PAD = ' ' * (300 * 1024)  # over OFF_HUB_BYTES: the body is read the other way (in a worker)
+
+
+@pytest.mark.parametrize("raw", [
+    '[' * (MAX_JSON_DEPTH + 1) + ']' * (MAX_JSON_DEPTH + 1) + PAD,
+    '[' * 100_000 + ']' * 100_000 + PAD,
+    '["]]]]", ' + '[' * MAX_JSON_DEPTH + ']' * MAX_JSON_DEPTH + ']' + PAD,  # brackets in a string hide nothing
+    '{"a": "\\ud800"}' + PAD,
+    '[NaN]' + PAD,
+    '[1, 2' + PAD,
+])
+def test_big_bodies_are_refused_like_small_ones(raw):
+    with pytest.raises(ApiError) as caught:
+        decode_json(raw.encode())
+    assert caught.value.status == 400
+
+
+def test_big_bodies_read_back():
+    value = [{"k": i, "s": "x" * 10, "nested": [[{"deep": [1]}]]} for i in range(20_000)]
+    raw = json.dumps(value).encode()
+    assert len(raw) > 300 * 1024
+    assert decode_json(raw) == value
+    assert decode_json(b'{"pair": "\\ud83d\\ude00"}' + PAD.encode()) == {"pair": "\U0001F600"}
