@@ -117,7 +117,7 @@ class Runtime:
         apply_migrations(self.db)
         # Fleet mode (docs/fleet.md): this node's id, and what follows the other nodes' changes.
         self.node_id = node_id(config.raw["fleet"]["node_id"], config.data_dir)
-        self.fleet: FleetSync | None = FleetSync(self) if config.database_url else None
+        self.fleet: FleetSync | None = None  # built below, once what it follows exists
         self.fleet_link: FleetLink | None = None
 
         self.bus = Bus()
@@ -185,7 +185,12 @@ class Runtime:
         self.gate = Gatekeeper(self)
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
-        if self.fleet is not None:  # changes go out; waiter counts and dismissals span the nodes
+        if config.database_url:  # changes go out; waiter counts and dismissals span the nodes
+            self.fleet = FleetSync(bus=self.bus, policy=self.policy, policy_changed=self.policy_changed,
+                                   policy_refresh=self.policy_refresh, rules=self.rules, modes=self.modes,
+                                   holds=self.holds, pending=self.pending, sessions=self.sessions,
+                                   credentials=self.credentials, vault=self.vault, silent=self.silent,
+                                   settings=self.settings)
             self.bus.add_hook(self.fleet.outbound)
             self.pending.waiters, self.pending.dismiss_waiters = self.fleet.waiters, self.fleet.dismissed_here
         if config.silent_allow:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -26,14 +26,25 @@ import gevent
 from greyproxy.credentials.crypto import DecryptError, decrypt
 from greyproxy.credentials.vault import Secret
 from greyproxy.events import Event, from_other_node
-from greyproxy.services.policy_state import RuleChange
+from greyproxy.services.policy_state import Extras, RuleChange
 from greyproxy.services.rules import rule_to_json, rule_to_spec
 from greyproxy.store.models import GlobalCredential, PendingRequest, Rule, Session
 from greyproxy.timeutil import epoch
 
 if TYPE_CHECKING:
+    from greyproxy.credentials.vault import Vault
+    from greyproxy.events import Bus
     from greyproxy.fleet.link import FleetLink, Message
-    from greyproxy.runtime import Runtime
+    from greyproxy.policy.decide import ModeEntry
+    from greyproxy.proxy.hold import HoldManager
+    from greyproxy.services.credentials import CredentialService
+    from greyproxy.services.modes import ModeService
+    from greyproxy.services.pending import PendingService
+    from greyproxy.services.policy_state import PolicyHolder
+    from greyproxy.services.rules import RuleService
+    from greyproxy.services.sessions import SessionService
+    from greyproxy.services.settings import SettingsStore
+    from greyproxy.services.silent import SilentMode
 
 log = logging.getLogger("greyproxy.fleet")
 
@@ -54,8 +65,23 @@ WaiterKey = tuple[str, str, int]
 
 
 class FleetSync:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, *, bus: Bus, policy: PolicyHolder, policy_changed: Callable[[RuleChange | None], None],
+                 policy_refresh: Callable[..., None], rules: RuleService, modes: ModeService, holds: HoldManager,
+                 pending: PendingService, sessions: SessionService, credentials: CredentialService, vault: Vault,
+                 silent: SilentMode, settings: SettingsStore) -> None:
+        self.bus = bus
+        self.policy = policy
+        self.policy_changed = policy_changed  # patch (or rebuild) the index, then re-decide held connections
+        self.policy_refresh = policy_refresh  # modes / silent / sessions changed: swap those, keep the index
+        self.rules = rules
+        self.modes = modes
+        self.holds = holds
+        self.pending = pending
+        self.sessions = sessions
+        self.credentials = credentials
+        self.vault = vault
+        self.silent = silent
+        self.settings = settings
         self.link: FleetLink | None = None
         self._remote_waiters: dict[str, dict[WaiterKey, tuple[int, float]]] = {}
         self._announcer: gevent.Greenlet | None = None
@@ -67,10 +93,10 @@ class FleetSync:
             return
         kind = event["type"]
         if kind == "allowall.changed":  # silent mode lives in memory: its state goes along
-            message: dict[str, Any] | None = {"t": kind, "mode": self.rt.silent.mode,
-                                              "until": self.rt.silent.expires_at}
+            message: dict[str, Any] | None = {"t": kind, "mode": self.silent.mode,
+                                              "until": self.silent.expires_at}
         elif kind == "settings.changed":  # settings live in each node's data dir: the values go along
-            message = {"t": kind, "stored": self.rt.settings.stored}
+            message = {"t": kind, "stored": self.settings.stored}
         else:
             message = to_message(kind, event["data"])
         if message is not None:
@@ -79,7 +105,7 @@ class FleetSync:
     def dismissed_here(self, container: str, hosts: Iterable[str], port: int) -> None:
         """A pending request was dismissed on this node: its waiters on the others are blocked too."""
         hosts = list(hosts)
-        self.rt.holds.dismiss(container, hosts, port)
+        self.holds.dismiss(container, hosts, port)
         if self.link is not None and not applying_remote.get():
             self.link.send({"t": "waiters.dismiss", "c": container, "h": hosts, "p": port})
 
@@ -89,7 +115,7 @@ class FleetSync:
             gevent.sleep(WAITERS_REPEAT)
             if self.link is None:
                 continue
-            for (container, host, port), waiters in list(self.rt.holds._waiters.items()):  # noqa: SLF001
+            for (container, host, port), waiters in list(self.holds._waiters.items()):  # noqa: SLF001
                 if waiters:
                     self.link.send({"t": "waiters", "c": container, "h": host, "p": port, "k": len(waiters)})
 
@@ -103,7 +129,7 @@ class FleetSync:
         return total
 
     def waiters(self, container: str, host: str, port: int) -> int:
-        return self.rt.holds.count(container, host, port) + self.remote_waiters(container, host, port)
+        return self.holds.count(container, host, port) + self.remote_waiters(container, host, port)
 
     # -- inbound -------------------------------------------------------------------------
     def apply(self, message: Message) -> None:
@@ -115,7 +141,6 @@ class FleetSync:
 
     def _apply(self, m: Message) -> None:
         kind = m.get("t")
-        rt = self.rt
         if kind in RULE_EVENTS:
             self._rules(kind, [int(i) for i in m.get("ids", [])], m.get("data"))
         elif kind in ("rule.ingested", "resync"):
@@ -130,70 +155,67 @@ class FleetSync:
                 counts[key] = (int(m["k"]), time.monotonic() + WAITERS_TTL)
             else:
                 counts.pop(key, None)
-            rt.bus.publish("waiters.changed", {"container_name": key[0], "host": key[1], "port": key[2],
+            self.bus.publish("waiters.changed", {"container_name": key[0], "host": key[1], "port": key[2],
                                                "previous_count": previous, "current_count": int(m["k"]),
                                                "node": m["n"]}, recorded=True)
         elif kind == "waiters.dismiss":
-            rt.holds.dismiss(str(m["c"]), [str(h) for h in m["h"]], int(m["p"]))
+            self.holds.dismiss(str(m["c"]), [str(h) for h in m["h"]], int(m["p"]))
         elif kind in SESSION_EVENTS:
             self._session(kind, str(m["id"]))
         elif kind in ("credential.created", "credential.deleted"):
             self.reload_credentials()
-            rt.bus.publish(kind, m.get("data") or {"id": m.get("id")}, recorded=True)
+            self.bus.publish(kind, m.get("data") or {"id": m.get("id")}, recorded=True)
         elif kind in ("container_mode.changed", "container_mode.deleted"):
-            rt.policy_refresh(modes=True)
-            rt.bus.publish(kind, m.get("data") or {}, recorded=True)
+            self.policy_refresh(modes=True)
+            self.bus.publish(kind, m.get("data") or {}, recorded=True)
         elif kind == "allowall.changed":
             self._silent(m)
         elif kind == "settings.changed":
             stored = m.get("stored")
             if isinstance(stored, dict):
-                rt.settings.update({k: v for k, v in stored.items() if k in rt.settings.defaults})
+                self.settings.update({k: v for k, v in stored.items() if k in self.settings.defaults})
 
     def _rules(self, kind: str, ids: list[int], data: Any) -> None:
         rows = {r.id: r for r in Rule.select().where(Rule.id.in_(ids))} if ids else {}
         # A disabled rule leaves the index like a deleted one (it stays in the store and the lists).
-        self.rt.policy_changed(RuleChange(added=tuple(rule_to_spec(r) for r in rows.values() if r.enabled),
+        self.policy_changed(RuleChange(added=tuple(rule_to_spec(r) for r in rows.values() if r.enabled),
                                           removed=tuple(i for i in ids if i not in rows or not rows[i].enabled)))
         for rule_id in ids:
             row = rows.get(rule_id)
             if kind == "rule.deleted" or row is None:
-                self.rt.bus.publish("rule.deleted", data if isinstance(data, dict) else {"id": rule_id},
+                self.bus.publish("rule.deleted", data if isinstance(data, dict) else {"id": rule_id},
                                     recorded=True)
             else:
-                self.rt.bus.publish(kind, rule_to_json(row), recorded=True)
+                self.bus.publish(kind, rule_to_json(row), recorded=True)
 
     def _pending(self, kind: str, m: Message) -> None:
-        rt = self.rt
         if kind in ("pending_request.created", "pending_request.updated"):
             row = PendingRequest.get_or_none(PendingRequest.id == int(m["id"]))
             if row is not None:
-                rt.bus.publish(kind, rt.pending.to_json(row), recorded=True)
+                self.bus.publish(kind, self.pending.to_json(row), recorded=True)
             return
         data = m.get("data")
-        rt.bus.publish(kind, data if isinstance(data, dict) else {"pending_id": m.get("id")}, recorded=True)
+        self.bus.publish(kind, data if isinstance(data, dict) else {"pending_id": m.get("id")}, recorded=True)
 
     def _session(self, kind: str, session_id: str) -> None:
-        rt = self.rt
         row = Session.get_or_none(Session.session_id == session_id)
-        rt.sessions.follow(session_id, row)
+        self.sessions.follow(session_id, row)
         if row is not None and kind == "session.heartbeat":
-            rt.policy_changed(RuleChange(extend_session=(session_id, epoch(row.expires_at))))
-        rt.bus.publish(kind, session_id, recorded=True)
+            self.policy_changed(RuleChange(extend_session=(session_id, epoch(row.expires_at))))
+        self.bus.publish(kind, session_id, recorded=True)
 
     def _silent(self, m: Message) -> None:
         mode, until = m.get("mode"), m.get("until")
         if isinstance(mode, str) and mode and (until is None or float(until) > time.time()):
-            self.rt.silent.enable(mode, None if until is None else max(1, int(float(until) - time.time())))
+            self.silent.enable(mode, None if until is None else max(1, int(float(until) - time.time())))
         else:
-            self.rt.silent.disable()
+            self.silent.disable()
 
     # -- full resync ---------------------------------------------------------------------
     def reload_credentials(self) -> None:
         """The global credentials in the vault become exactly those stored (decrypted with
         this node's key); new ones are put before stale ones go, so nothing is ever missing."""
-        rt = self.rt
-        key = rt.credentials.key
+        key = self.credentials.key
         if key is None:
             return
         fresh: dict[str, Secret] = {}
@@ -208,37 +230,37 @@ class FleetSync:
                                             tuple(json.loads(row.hosts_json or "[]")),
                                             tuple(json.loads(row.containers_json or "[]")))
         for secret in fresh.values():
-            if rt.vault.get(secret.placeholder) != secret:
-                rt.vault.put(secret)
-        rt.vault.remove([s.placeholder for s in rt.vault.secrets()
-                         if s.session_id is None and s.placeholder not in fresh])
+            if self.vault.get(secret.placeholder) != secret:
+                self.vault.put(secret)
+        self.vault.remove([s.placeholder for s in self.vault.secrets()
+                           if s.session_id is None and s.placeholder not in fresh])
 
     def _rebuild_index(self, attempts: int = 5) -> None:
         """Rules and modes from the store, in one rebuild. Reading them yields to the hub, and a
         rule written meanwhile patches the index we are about to replace: so the rebuild is
         kept only when no patch came in during the read (else read again)."""
-        rt = self.rt
         for _ in range(attempts):  # bounded
-            seen = (rt.policy.patches, rt.policy.rebuilds, rt.policy.session_extensions)
-            specs = rt.rules.all_specs()
-            modes = rt.modes.entries()
-            if seen == (rt.policy.patches, rt.policy.rebuilds, rt.policy.session_extensions):
-                rt.policy.rebuild(specs, rt.silent.mode, modes, current_sessions=rt.sessions.current_sessions(),
-                                  allow_all=rt.sessions.allow_all_containers())
-                rt.policy_refresh(modes=False)  # re-decides held connections
+            seen = (self.policy.patches, self.policy.rebuilds, self.policy.session_extensions)
+            specs = self.rules.all_specs()
+            modes = self.modes.entries()
+            if seen == (self.policy.patches, self.policy.rebuilds, self.policy.session_extensions):
+                self.policy.rebuild(lambda specs=specs: specs, self._extras(modes))
+                self.policy_refresh(modes=False)  # re-decides held connections
                 return
-        rt.policy_changed(None)  # still changing after every attempt: the plain way
+        self.policy_changed(None)  # still changing after every attempt: the plain way
+
+    def _extras(self, modes: tuple[ModeEntry, ...]) -> Callable[[], Extras]:
+        return lambda: (self.silent.mode, modes, self.sessions.current_sessions(), self.sessions.allow_all_containers())
 
     def resync(self) -> None:
         """After a reconnect (or a change too big to describe): read everything again."""
         token = applying_remote.set(True)
         try:
-            rt = self.rt
             self.resyncs += 1
-            rt.sessions.follow_all()
+            self.sessions.follow_all()
             self.reload_credentials()
             self._rebuild_index()
-            rt.bus.publish("fleet.resynced", {"node": self.link.node if self.link else None}, recorded=True)
+            self.bus.publish("fleet.resynced", {"node": self.link.node if self.link else None}, recorded=True)
         finally:
             applying_remote.reset(token)
 
