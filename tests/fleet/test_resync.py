@@ -114,6 +114,8 @@ def test_a_node_cut_off_keeps_deciding_then_resyncs(gp_factory, fleet_db, key_fi
         assert deny.status_code == 201
         time.sleep(1.0)
         assert through_b() == 200  # B heard nothing: it keeps deciding from what it had
+        refused = b.api("POST", "/api/rules", json={"container_pattern": "x", "destination_pattern": "x.example"})
+        assert refused.status_code == 503 and set(refused.json()) == {"error"}  # not a 500: try again later
 
         relay.restore()
         assert wait_until(lambda: b.api("GET", "/api/health").json()["status"] == "ok", 15), \
