@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import peewee
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -73,6 +74,14 @@ def register_error_handlers(app: Flask) -> None:
         if allowed:
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
+
+    @app.errorhandler(peewee.OperationalError)
+    @app.errorhandler(peewee.InterfaceError)
+    def _database_away(exc: peewee.DatabaseError) -> Response:
+        # The database cannot be reached or is busy (fleet mode: PostgreSQL restarting, docs/fleet.md;
+        # SQLite: locked by another process): not the caller's fault, and worth retrying.
+        log.warning("API request: database unavailable: %s", str(exc).strip())
+        return error_response(503, "database unavailable; try again shortly", {"Retry-After": "2"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
