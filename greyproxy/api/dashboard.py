@@ -1,4 +1,4 @@
-"""`GET /api/dashboard`: the statistics behind the dashboard's front page (§5), and the read-only
+"""`GET /api/dashboard`: the statistics behind the dashboard's front page, and the read-only
 helpers the Pending page needs to show a decision precisely before it is made: the exact rule each
 scope would create (patterns computed by the same code that creates them, so the preview cannot
 drift from the result), the registrable domain for grouping bursts, and duration validation."""

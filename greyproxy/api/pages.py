@@ -1,4 +1,4 @@
-"""Dashboard pages (§5): server-rendered shells whose lists static/js fills over REST and `/ws`.
+"""Dashboard pages: server-rendered shells whose lists static/js fills over REST and `/ws`.
 
 The request guard (auth.py) has checked the token cookie before any view here runs. A browser
 without it gets `login_page()` instead: a page that says how to log in and carries no data.

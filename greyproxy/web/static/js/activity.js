@@ -36,7 +36,7 @@ function statusBadge(code) {
   return h("span", { class: `badge badge-${kind}` }, String(code));
 }
 
-// What external middlewares did to an exchange (§13): deny/block in red, rewrites and tags in blue.
+// What external middlewares did to an exchange: deny/block in red, rewrites and tags in blue.
 function middlewareBadges(t) {
   return (t.middleware_actions || []).map((a) => {
     const kind = ["deny", "block", "error"].includes(a.action) ? "bad" : "info";

@@ -1,4 +1,4 @@
-// Audit page (D16): the control-plane changes, newest first, with who made them; a row opens
+// Audit page: the control-plane changes, newest first, with who made them; a row opens
 // what the object was before and after.
 import {
   $, $$, api, debounce, emptyRow, formValues, get, h, live, prettyBody, renderPager, reportError, startPage, timeEl,

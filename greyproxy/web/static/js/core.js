@@ -168,7 +168,7 @@ export function destText(item) {
   return item.resolved_hostname || item.destination_host;
 }
 
-// D30: destinations are matched and stored as punycode. Next to that form, show the Unicode one
+// Destinations are matched and stored as punycode. Next to that form, show the Unicode one
 // when the API sent it (destination_unicode) and warn when a label mixes scripts (mixed_script),
 // the usual shape of a look-alike such as g\u0456thub.com (Cyrillic і). Returns nodes to append
 // after the destination text (none for a plain ASCII name).

@@ -1,4 +1,4 @@
-// Credentials page: global credentials (§11.4). The real value goes in once and is never shown
+// Credentials page: global credentials. The real value goes in once and is never shown
 // again; agents get only the placeholder. The API arrives with credential substitution.
 import {
   $, api, formValues, get, h, isMissing, reportError, showFormError, startPage, timeEl, toast,
@@ -64,9 +64,9 @@ async function create(event) {
   event.preventDefault();
   const { label, value, hosts, containers } = formValues(form);
   const body = { label, value };
-  // D15: a credential bound to hosts is substituted only there.
+  // A credential bound to hosts is substituted only there.
   if (hosts) body.hosts = hosts.split(/[\s,]+/).filter(Boolean);
-  // D31: and, bound to containers, only for connections from them.
+  // And, bound to containers, only for connections from them.
   if (containers) body.containers = containers.split(/[\s,]+/).filter(Boolean);
   showFormError(form, "");
   try {

@@ -1,4 +1,4 @@
-// Sessions page: sandboxes registered with POST /api/sessions (credential substitution, §11.3).
+// Sessions page: sandboxes registered with POST /api/sessions (credential substitution).
 // The API arrives with credential substitution; until then the page shows its empty state.
 import { $, api, badge, debounce, get, h, isMissing, live, reportError, startPage, timeEl, toast } from "./core.js";
 

@@ -7,7 +7,7 @@ const notifyBox = $("#notify-enabled");
 const mitmBox = $("#mitm-enabled");
 const bypassForm = $("#bypass-form");
 const redactForm = $("#redact-form");
-// §9: always redacted by greyproxy; listed apart so the textarea holds only the user's own.
+// Always redacted by greyproxy; listed apart so the textarea holds only the user's own.
 const DEFAULT_REDACTED = ["authorization", "proxy-authorization", "cookie", "set-cookie", "*api-key*", "*token*", "*secret*"];
 
 const lines = (text) => text.split("\n").map((l) => l.trim()).filter(Boolean);
