@@ -320,7 +320,7 @@ class RuleService:
                 skipped += 1
                 continue
             if old is not None:
-                expired_ids.append(old.id)  # an expired (or switched-off) duplicate makes way (§3.1)
+                expired_ids.append(old.id)  # an expired (or switched-off) duplicate makes way
             rows[key] = rule_row(new, now)
         with self.db.atomic():
             if expired_ids:
