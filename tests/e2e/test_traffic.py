@@ -107,3 +107,30 @@ def test_search_sort_deep_link_and_har_of_the_filter(traffic_gp, origin, dashboa
     detail.locator("a.link-rule").click()
     expect(page.locator(f'#rules-table tbody tr[data-id="{gp.rule["id"]}"]')).to_have_class(re.compile("is-selected"))
     assert dash.errors == [] and other.errors == []
+
+
+@pytest.mark.parametrize("viewport_name", ["desktop", "phone"])
+def test_conversation_deep_link(gp, dashboards, viewport_name):
+    from tests.integration.llmutil import HOST as LLM_HOST
+    from tests.integration.llmutil import agent_session, chat_server
+
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": LLM_HOST}
+                  ).status_code == 201
+    with chat_server() as llm:
+        agent_session(gp, llm)
+        assert gp.wait_for(lambda: (lambda c: c and c[0]["turn_count"] == 2)(
+            gp.api("GET", "/api/conversations").json()["items"]), timeout=10)
+    dash = dashboards(gp, viewport=VIEWPORTS[viewport_name]).login("/conversations")
+    page = dash.page
+    page.locator("#conv-list .conv-item").click()
+    expect(page.locator("#conv-detail .turn")).to_have_count(2)
+    conv_id = gp.api("GET", "/api/conversations").json()["items"][0]["id"]
+    assert f"id={conv_id}" in page.url.replace("%3A", ":")
+    box = page.locator("#conv-detail").bounding_box()
+    assert 0 <= box["y"] < VIEWPORTS[viewport_name]["height"] * 0.5  # opened where the user is
+
+    other = dashboards(gp, viewport=VIEWPORTS[viewport_name]).login()
+    other.page.goto(page.url)
+    expect(other.page.locator("#conv-detail .turn")).to_have_count(2)
+    expect(other.page.locator("#conv-detail")).to_contain_text("There are two files.")
+    assert dash.errors == [] and other.errors == []
