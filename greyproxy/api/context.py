@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from flask import current_app
 
+from greyproxy.services.audit import current_actor
+
 if TYPE_CHECKING:
     from greyproxy.api.notifications import NotificationClaims
     from greyproxy.api.settings import SettingsStore
@@ -21,6 +23,12 @@ SETTINGS_KEY = "greyproxy.settings"
 
 # Who the audit trail and `created_by` name for changes made through REST with the token (D16).
 API_ACTOR = "api"
+
+
+def rule_creator() -> str:
+    """`created_by` of a rule a decision makes: `dashboard` when the browser session made it (as
+    its audit entry says), else `api`."""
+    return "dashboard" if current_actor.get() == "dashboard" else API_ACTOR
 
 
 def runtime() -> Runtime:

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from greyproxy.api.context import API_ACTOR, runtime
+from greyproxy.api.context import rule_creator, runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import choice, id_list, int_arg, json_object, path_id, str_arg, str_field
 from greyproxy.policy.durations import rule_duration
@@ -53,7 +53,7 @@ def decision_fields(body: dict[str, Any]) -> tuple[str | None, str | None, str |
 def _resolve(pending_id: str, action: str) -> Any:
     pid = path_id(pending_id)
     body = json_object(optional=True)  # an empty body means scope=exact, duration=permanent
-    rule = runtime().pending.resolve(pid, action, *decision_fields(body), actor=API_ACTOR)
+    rule = runtime().pending.resolve(pid, action, *decision_fields(body), actor=rule_creator())
     return {"rule": rule, "pending_removed": True}
 
 
@@ -81,7 +81,7 @@ def bulk_allow() -> Any:
     ids = bulk_ids(body, "pending_ids")
     duration = str_field(body, "duration")
     rule_duration(duration)  # a bad duration fails the whole request before anything changes
-    rules, refused = runtime().pending.resolve_many(ids, "allow", duration, API_ACTOR)
+    rules, refused = runtime().pending.resolve_many(ids, "allow", duration, rule_creator())
     out: dict[str, Any] = {"rules_created": rules, "pending_removed": len(rules)}
     if refused:
         out["refused"] = refused  # only when some row could not become a rule

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from greyproxy.api.context import API_ACTOR, runtime
+from greyproxy.api.context import rule_creator, runtime
 from greyproxy.api.errors import ApiError
 from greyproxy.api.parse import choice_arg, int_arg, json_object, path_id, str_arg, str_field
 from greyproxy.services.pending_http import MAX_REASON, answer_request
@@ -60,7 +60,7 @@ def _answer(request_id: str, allow: bool) -> Any:
     rid = path_id(request_id)
     fields = answer_fields(json_object(optional=True))
     rt = runtime()
-    return answer_request(rt.request_holds, rt.rules, rid, allow, actor=API_ACTOR, **fields)
+    return answer_request(rt.request_holds, rt.rules, rid, allow, actor=rule_creator(), **fields)
 
 
 @bp.post("/api/pending-http/<request_id>/allow")
