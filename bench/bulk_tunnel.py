@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 targets[f"{mode} CONNECT"] = (f"http://{USER}:x@127.0.0.1:{hs['ports']['http']}", proc.pid)
                 targets[f"{mode} SOCKS5"] = (f"socks5://{USER}:x@127.0.0.1:{hs['ports']['socks5']}", proc.pid)
             for i in range(args.rounds):
-                for row in rows:
+                # direct first, then the proxied rows rotated by one each round: no row always
+                # runs right after another (the box's state after a transfer favours the next)
+                order = [rows[0], *(rows[1 + (i + k) % (len(rows) - 1)] for k in range(len(rows) - 1))]
+                for row in order:
                     proxy, pid = targets[row]
                     line = bulk(args, base, work / "certs", proxy, pid)
                     print(f"# round {i + 1} {row}: {json.dumps(line)}", file=sys.stderr, flush=True)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         mbs, cpu = med(row, "mb_s"), med(row, "proxy_cpu_ms_per_gib")
         ratio = f"{mbs / direct:.2f}" if mbs and direct else "–"
         failed = sum(1 for line in results[row] if "error" in line or line.get("errors"))
-        out.append(f"| {row} | {mbs if mbs is not None else '–'} | {ratio} | "
+        out.append(f"| {row} | {round(mbs, 1) if mbs is not None else '–'} | {ratio} | "
                    f"{cpu if cpu is not None else '–'} | {failed} |")
     print("\n".join(out))
     return 0
