@@ -47,7 +47,7 @@ def test_nested_put_persists_and_publishes_settings_changed(gp):
     ({"conversations": {"enabled": "no"}}, "enabled"),
     ({"conversations": True}, "conversations"),
     ({"conversations": {"enabled": True, "extra": 1}}, "extra"),
-    ({"conversationsEnabled": False}, "conversationsEnabled"),
+    ({"conversationsEnabled": "no"}, "conversationsEnabled"),  # the flat key is accepted (issue 16), typed
 ])
 def test_bad_settings_are_400(gp, body, needle):
     resp = gp.api("PUT", "/api/settings", json=body)
