@@ -114,3 +114,33 @@ def test_plain_copy_when_splice_is_off(monkeypatch):
         assert relay.get() == (0, len(data))
     agent.close()
     assert bytes(received) == data
+
+
+def test_many_bulky_tunnels_at_once_each_get_their_own_bytes():
+    """Concurrent spliced tunnels share one event loop: each carries its own bytes, whole, and
+    every pipe is gone after."""
+    count, size = 24, 4 << 20
+    payloads = [os.urandom(size) for _ in range(count)]
+    before = _pipes()
+    relays, agents = [], []
+    for data in payloads:
+        agent, client = _pair()
+        upstream, origin = _pair()
+        relays.append(gevent.spawn(tunnel.relay, client, upstream))
+        gevent.spawn(lambda o=origin, d=data: (o.sendall(d), o.close()))
+        agent.shutdown(gsocket.SHUT_WR)
+        agents.append(agent)
+
+    def drain(agent: gsocket.socket) -> bytes:
+        got = bytearray()
+        while chunk := agent.recv(1 << 20):
+            got += chunk
+        agent.close()
+        return bytes(got)
+
+    with gevent.Timeout(120):
+        readers = [gevent.spawn(drain, a) for a in agents]
+        gevent.joinall(readers, raise_error=True)
+        assert [r.get() for r in relays] == [(0, size)] * count
+    assert [hashlib.sha256(r.value).digest() for r in readers] == [hashlib.sha256(d).digest() for d in payloads]
+    assert _pipes() == before
