@@ -1,4 +1,4 @@
-"""`greyproxy install|uninstall` and `greyproxy service ...` (§18, D22): a user-level install.
+"""`greyproxy install|uninstall` and `greyproxy service ...` (docs/decisions.md#operations): a user-level install.
 
 `install` puts a launcher at ~/.local/bin/greyproxy (a two-line script that runs this Python
 with `-m greyproxy`: a Python package cannot copy itself like a single binary), writes the

@@ -1,7 +1,7 @@
-"""`greyproxy status`, `rules export|import`, `token show|rotate` (issue 8, §18), `audit verify` (D16).
+"""`greyproxy status`, `rules export|import`, `token show|rotate` (issue 8), `audit verify` (docs/decisions.md#audit-observability-traffic-tools).
 
 They talk to the running instance through its API, found with `<data>/api-handshake.json`
-(port + token, D9): a change made here goes through the same services as the dashboard's, so
+(port + token): a change made here goes through the same services as the dashboard's, so
 held connections, events and dashboards follow it.
 """
 
@@ -93,7 +93,7 @@ class Instance:
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        request.add_header("X-Greyproxy-Client", "cli")  # the audit log's actor (D16)
+        request.add_header("X-Greyproxy-Client", "cli")  # the audit log's actor
         if self.info.get("token"):
             request.add_header("Authorization", f"Bearer {self.info['token']}")
         # Never through an environment proxy: this is a call to our own control plane.

@@ -1,6 +1,6 @@
 """Configuration: embedded defaults < YAML file < environment < flags, into one frozen Config.
 
-An unknown key or a bad value stops the start with a message naming the key (D27).
+An unknown key or a bad value stops the start with a message naming the key.
 """
 
 from __future__ import annotations
@@ -139,17 +139,17 @@ class Config:
     blocked_message: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     ignored: tuple[str, ...] = ()
-    dns_upstream: tuple[tuple[str, int], ...] = ()  # () = the system resolver's servers (§12.1)
+    dns_upstream: tuple[tuple[str, int], ...] = ()  # () = the system resolver's servers
     dns_policy: str = "log"  # 'log' | 'enforce'
-    guard_private_ranges: str = "allow"  # 'allow' | 'deny' (D14)
-    identity_anonymous: str = "challenge"  # 'challenge' (407, D28) | 'fallback' (unknown-<ip>)
+    guard_private_ranges: str = "allow"  # 'allow' | 'deny'
+    identity_anonymous: str = "challenge"  # 'challenge' (407) | 'fallback' (unknown-<ip>)
     rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
     # After a hold times out unanswered, further attempts on that key are refused at once for this
     # long (reason pending_unanswered), until someone decides; 0 = every attempt is held.
     unanswered_seconds: float = 300.0
     source: Path | None = None  # the YAML file this came from (relative rules_files are beside it)
-    middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order (§13)
+    middlewares: tuple[MiddlewareConfig, ...] = ()  # in cascade order
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     path_prefix: str = ""  # api.path_prefix: "" (none) or "/a/b", every API route and page under it
     upstream: UpstreamConfig | None = None  # `upstream:`; read at each dial, so a reload applies it
@@ -312,7 +312,7 @@ def load_config(
         merged["silent_allow"] = True
     if flags.get("no_auth"):
         merged["api"]["auth"] = "none"
-    # §13 cascade order: --middleware URLs, then --middleware-cmd commands, then the YAML list.
+    # Cascade order: --middleware URLs, then --middleware-cmd commands, then the YAML list.
     cli_middlewares = [{"url": u} for u in flags.get("middleware") or []]
     cli_middlewares += [{"command": c} for c in flags.get("middleware_cmd") or []]
     if cli_middlewares:

@@ -1,4 +1,4 @@
-"""The in-process event bus (§7): publish never blocks; slow subscribers lose events."""
+"""The in-process event bus: publish never blocks; slow subscribers lose events."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operational metrics (D18), one registry per runtime (no process-global state).
+"""Operational metrics (docs/decisions.md#audit-observability-traffic-tools), one registry per runtime (no process-global state).
 
 The proxy path only increments counters and observes histograms (memory, no I/O); gauges that
 need a look at the store (pending count) are read at scrape time, on the API's greenlet.

@@ -1,4 +1,4 @@
-"""Desktop notifications (§15): tell the person at the machine that a connection is waiting.
+"""Desktop notifications: tell the person at the machine that a connection is waiting.
 
 Runs `notify-send` (when it is on PATH) for `pending_request.created`, and again for
 `pending_request.updated` (the agent tried again) once the last notification for that
@@ -96,7 +96,7 @@ class DesktopNotifier:
         self._greenlet: gevent.Greenlet | None = None
 
     def status(self) -> dict[str, Any]:
-        """The `notifications` backend fields of GET /api/settings (§16)."""
+        """The `notifications` backend fields of GET /api/settings."""
         available = (self.command or shutil.which("notify-send")) is not None
         status: dict[str, Any] = {
             "available": available,

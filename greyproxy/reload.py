@@ -1,4 +1,4 @@
-"""SIGHUP: read the configuration again and apply what can change while running (§17 reload).
+"""SIGHUP: read the configuration again and apply what can change while running.
 
 Nothing is rebound and no connection is touched: listeners, held connections and open tunnels
 carry on. Each changed key is either applied at once or reported as needing a restart (and
@@ -118,7 +118,7 @@ def read_rules_files(paths: tuple[Path, ...]) -> tuple[list[RuleEntry], int]:
 def sync_rules_files(rules: RuleService, paths: tuple[Path, ...]) -> dict[str, int]:
     """Make the rules created from files equal to what the files say now: new entries are
     added (an identical rule made by hand counts as present), entries gone from the files are
-    deleted (which also ends the connections they allowed, §3.8). All files are read and checked
+    deleted (which also ends the connections they allowed). All files are read and checked
     before anything changes."""
     from greyproxy.store.models import Rule
 

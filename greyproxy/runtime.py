@@ -130,7 +130,7 @@ class Runtime:
         self.modes = ModeService(self.db, self.bus, lambda: self.policy_refresh(modes=True), config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
         self.request_holds = make_request_holds(self)  # single HTTP requests held (docs/request-rules.md)
-        # DNS (§12): the upstream servers, also asked for the PTR names shown beside raw IPs (D13).
+        # DNS: the upstream servers, also asked for the PTR names shown beside raw IPs.
         self.dns_upstream = Upstream(config.dns_upstream or system_servers())
         self.reverse = ReverseNames(self.dns_upstream, on_found=lambda ip, _name: self.pending.ptr_found(ip))
         self.pending = PendingService(self.db, self.bus, self.rules, self.holds.count, self.holds.dismiss,
@@ -159,7 +159,7 @@ class Runtime:
         self.redactor = Redactor(saved["redactedHeaders"])
         self.settings.cert_info = lambda: self.mitm.status(is_installed())
         self.settings.on_change(self.apply_settings)
-        # D16: from here on every change published on the bus is an audit entry.
+        # From here on every change published on the bus is an audit entry.
         self.audit = AuditLog(self.db, self.bus, {"settings": lambda: self.settings.to_json(None),
                                                   "silent": self.silent.status})
         self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
@@ -179,7 +179,7 @@ class Runtime:
                                  lambda: self.redactor, self.scrubber, self.recordings, self.bus,
                                  vault=self.vault, on_substituted=self.sessions.count_substitutions)
         self.writer.on_transactions = self.assembler.wake
-        self.middlewares = MiddlewareEngine(list(config.middlewares))  # §13; inactive when empty
+        self.middlewares = MiddlewareEngine(list(config.middlewares))  # inactive when empty
         self.exchanges = ExchangePipeline(self)
         self.interceptor = Interceptor(self)
         self.gate = Gatekeeper(self)
@@ -196,7 +196,7 @@ class Runtime:
         if config.silent_allow:
             self.silent.mode = "allow"
         self.policy_changed()
-        if config.rules_files:  # a bad rules file stops the start, like a bad config key (D27)
+        if config.rules_files:  # a bad rules file stops the start, like a bad config key
             log.info("rules files: %s", sync_rules_files(self.rules, config.rules_files))
         # SIGHUP; the CLI replaces `load` with one that also re-applies its command-line flags.
         # The reloader swaps the config, token and Docker resolver held here (reload.ReloadHost).
@@ -218,7 +218,7 @@ class Runtime:
         self._hurry = Event()
 
     def build_docker_resolver(self, config: Config) -> DockerResolver | None:
-        """§14: only when enabled; the gate asks it for the identity of each source IP."""
+        """Only when enabled; the gate asks it for the identity of each source IP."""
         docker = config.raw["docker"]
         if not docker["enabled"]:
             return None
@@ -226,10 +226,10 @@ class Runtime:
                               on_result=self.metrics.docker)
 
     def _setup_sessions(self) -> None:
-        """Sessions and credentials (§11): a key of the wrong size turns credential support off
+        """Sessions and credentials: a key of the wrong size turns credential support off
         with a clear error instead of silently replacing the key (which would lose every secret)."""
         self.vault = Vault()
-        # D16, D31: nothing stored holds a real value (transactions, frames, logs, audit entries).
+        # Nothing stored holds a real value (transactions, frames, logs, audit entries).
         self.scrubber = Scrubber(self.vault)
         self.audit.scrub = self.scrubber.text
         self.writer.scrub_row = self.scrubber.row
@@ -424,7 +424,7 @@ class Runtime:
         self._stopped.set()
 
     def _on_reload_signal(self) -> None:
-        current_actor.set("signal")  # this greenlet's own context: audit entries say who (D16)
+        current_actor.set("signal")  # this greenlet's own context: audit entries say who
         self.reloader.reload()
 
     def _on_stop_signal(self) -> None:
@@ -439,7 +439,7 @@ class Runtime:
             on_ready()
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
         gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
-        gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)  # config, rules files, token, CA (§17)
+        gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)  # config, rules files, token, CA
         # Every listener is bound and serving: tell systemd (Type=notify), if it is watching.
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self.status_line()}")
         self._stopped.wait()

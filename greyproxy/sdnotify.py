@@ -1,4 +1,4 @@
-"""systemd's readiness protocol (sd_notify), without libsystemd (D22).
+"""systemd's readiness protocol (sd_notify), without libsystemd (docs/decisions.md#operations).
 
 Under `Type=notify` systemd passes `$NOTIFY_SOCKET`, the path of a datagram unix socket (or an
 abstract name when it starts with '@'). A state is one datagram of newline-separated

@@ -1,5 +1,5 @@
 """The operating system's trust store: is the greyproxy CA in it, and the exact commands that
-add or remove it (`greyproxy cert install|uninstall`, §18).
+add or remove it (`greyproxy cert install|uninstall`).
 
 Nothing here runs a command by itself; the CLI prints the plan, asks, then runs it.
 """

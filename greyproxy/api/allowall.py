@@ -1,4 +1,4 @@
-"""Silent mode (§4.6): `GET/POST/DELETE /api/allowall`."""
+"""Silent mode (docs/user-guide.md#rules-pending-requests-and-holds): `GET/POST/DELETE /api/allowall`."""
 
 from __future__ import annotations
 

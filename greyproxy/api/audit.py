@@ -1,4 +1,4 @@
-"""`GET /api/audit`: the audit log (D16), newest first, with time, kind and actor filters."""
+"""`GET /api/audit`: the audit log (docs/decisions.md#audit-observability-traffic-tools), newest first, with time, kind and actor filters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The request guard every API, dashboard and WebSocket request passes first (D9, D10).
+"""The request guard every API, dashboard and WebSocket request passes first (docs/decisions.md#the-control-plane-is-not-the-agents).
 
 Order: Host (stops DNS rebinding), Origin (stops cross-site requests and WebSocket
 hijacking), API token, then Content-Type for JSON bodies (no text/plain "simple" requests
@@ -118,7 +118,7 @@ def _exempt() -> bool:
 
 
 def request_actor() -> str:
-    """Who is making this request, for the audit log (D16). Everyone here holds the token; the
+    """Who is making this request, for the audit log. Everyone here holds the token; the
     CLI says it is the CLI (a label, not a credential)."""
     if request.headers.get("X-Greyproxy-Client") == "cli":
         return "cli"

@@ -1,4 +1,4 @@
-"""The interception CA (§5, §8.1): `/api/cert/status|generate|download|reload`."""
+"""The interception CA: `/api/cert/status|generate|download|reload`."""
 
 from __future__ import annotations
 

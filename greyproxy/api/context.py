@@ -21,7 +21,7 @@ RUNTIME_KEY = "greyproxy.runtime"
 CLAIMS_KEY = "greyproxy.claims"
 SETTINGS_KEY = "greyproxy.settings"
 
-# Who the audit trail and `created_by` name for changes made through REST with the token (D16).
+# Who the audit trail and `created_by` name for changes made through REST with the token.
 API_ACTOR = "api"
 
 

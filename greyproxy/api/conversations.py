@@ -1,4 +1,4 @@
-"""Conversations (§5, §10): `GET /api/conversations` (top-level ones, newest first),
+"""Conversations: `GET /api/conversations` (top-level ones, newest first),
 `GET /api/conversations/<id>` (with turns), `/<id>/subagents`, and
 `POST /api/maintenance/rebuild-conversations`."""
 

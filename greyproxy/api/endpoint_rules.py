@@ -1,4 +1,4 @@
-"""Which decoder reads which LLM endpoint (§10.1, §10.2): `GET /api/dissectors` and
+"""Which decoder reads which LLM endpoint: `GET /api/dissectors` and
 `GET/POST/PUT/DELETE /api/endpoint-rules`.
 
 Built-in rules are re-seeded at every start and cannot be changed here; user rules can. After a
@@ -90,7 +90,7 @@ def _fields(body: dict[str, Any]) -> dict[str, Any]:
 
 def _changed(verb: str, rid: int, before: Any, after: Any) -> None:
     rt = runtime()
-    rt.audit.record(f"endpoint_rule.{verb}", f"endpoint_rule:{rid}", before, after)  # D16
+    rt.audit.record(f"endpoint_rule.{verb}", f"endpoint_rule:{rid}", before, after)  # the audit log
     # The assembler keeps the table in memory; it re-reads it from the database.
     rt.assembler._load_rules()  # noqa: SLF001 - the conversations package offers no public reload yet
 

@@ -1,4 +1,4 @@
-"""`GET /api/events`: the bus as Server-Sent Events (D8), one `event:`/`data:` pair per event.
+"""`GET /api/events`: the bus as Server-Sent Events (docs/decisions.md#audit-observability-traffic-tools), one `event:`/`data:` pair per event.
 
 `?types=a,b` limits the stream to those event types. A comment line goes out every 15 s so
 proxies keep the connection open, and the subscription ends as soon as the client hangs up.

@@ -1,4 +1,4 @@
-"""`GET /api/health`: liveness and ports, the one route that needs no token (D9).
+"""`GET /api/health`: liveness and ports, the one route that needs no token (docs/decisions.md#the-control-plane-is-not-the-agents).
 
 `status` is `ok`, `degraded` or `unhealthy`. `degraded` (HTTP 200: the proxy still decides
 and forwards every connection, so a supervisor must not restart it) comes with `reasons`, e.g.

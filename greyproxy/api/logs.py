@@ -1,4 +1,4 @@
-"""`GET /api/logs` and `GET /api/logs/stats` (§5)."""
+"""`GET /api/logs` and `GET /api/logs/stats`."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def get_logs() -> Any:
     offset = int_arg("offset", 0)
     page = list_logs(log_filter(time_arg("from_date"), time_arg("to_date")), limit, offset)
     reverse = runtime().reverse
-    for item in page["items"]:  # display only (D13); unknown ones are looked up for the next read
+    for item in page["items"]:  # display only; unknown ones are looked up for the next read
         item["ptr_hostname"] = None if item["resolved_hostname"] else reverse.peek(item["destination_host"])
     return page
 
@@ -85,7 +85,7 @@ def get_log_stats() -> Any:
     since = time_arg("from_date") or today_start()
     until = time_arg("to_date") or utcnow()
     f = log_filter(since, until)
-    # §5 `group_by`: auto (the default) picks hours up to 48 h, then days, then weeks, so any
+    # `group_by`: auto (the default) picks hours up to 48 h, then days, then weeks, so any
     # range has a timeline; an explicit grouping too fine for the range is a 400.
     group = choice_arg("group_by", ("auto", *GROUPS), "auto")
     asked = {"from": iso(since), "to": iso(until)}

@@ -1,5 +1,5 @@
-"""Maintenance of stored traffic: retro-active header redaction (§5, §9), retro-active secret
-scrubbing (D31) and retention (D19).
+"""Maintenance of stored traffic: retro-active header redaction, retro-active secret
+scrubbing and retention.
 
 `GET /api/maintenance/redact-headers` (the job's last progress) and `POST
 /api/maintenance/prune` (run retention now instead of at the next 10-minute tick) are ours;
@@ -35,7 +35,7 @@ def redact_headers_status() -> Any:
 
 @bp.post("/api/maintenance/scrub-secrets")
 def scrub_secrets() -> Any:
-    # D31: stored rows from before capture-time scrubbing (echoed secrets, raw redacted values).
+    # Stored rows from before capture-time scrubbing (echoed secrets, raw redacted values).
     runtime().writer.flush()
     runtime().scrub_job.start(current_actor.get())  # Conflict (409) while a run is in progress
     return {"status": "scrubbing started"}

@@ -1,6 +1,6 @@
-"""`GET /metrics` (Prometheus text format) and `GET /api/metrics` (the same figures as JSON), D18.
+"""`GET /metrics` (Prometheus text format) and `GET /api/metrics` (the same figures as JSON).
 
-Both need the API token like every other route (D9): Prometheus sends it with
+Both need the API token like every other route: Prometheus sends it with
 `authorization: {type: Bearer, credentials_file: <data>/api-token}` in its scrape config.
 """
 

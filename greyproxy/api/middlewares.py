@@ -1,4 +1,4 @@
-"""`GET /api/middlewares` (live status of the external middlewares, §13) and
+"""`GET /api/middlewares` (live status of the external middlewares) and
 `GET /api/middlewares/events` (their audit trail: denials, blocks, rewrites, tagged passes)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-container modes (D26): `GET/POST /api/container-modes`, `DELETE /api/container-modes/:id`."""
+"""Per-container modes (docs/decisions.md#decisions-on-the-connection-path): `GET/POST /api/container-modes`, `DELETE /api/container-modes/:id`."""
 
 from __future__ import annotations
 

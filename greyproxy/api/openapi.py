@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the control plane (D23), `GET /api/openapi.json`, and a plain
+"""The OpenAPI 3.1 document of the control plane (docs/decisions.md#audit-observability-traffic-tools), `GET /api/openapi.json`, and a plain
 server-rendered reference page built from it, `GET /docs` (no Swagger UI, nothing fetched).
 
 The document is written here, compactly, with helpers for the shapes that recur; a test walks
@@ -58,11 +58,11 @@ def page_of(item: str) -> dict[str, Any]:
 
 STR, INT, BOOL, NUM = s("string"), s("integer"), s("boolean"), s("number")
 NSTR, NINT = s(["string", "null"]), s(["integer", "null"])
-PTR = s(["string", "null"], "reverse DNS name of a raw-IP destination: shown, never matched by rules (D13)")
+PTR = s(["string", "null"], "reverse DNS name of a raw-IP destination: shown, never matched by rules")
 TIME = s("string", format="date-time")
 NTIME = s(["string", "null"], format="date-time")
 OK = obj({"status": s("string", enum=["ok"])}, extra=True)
-# D30: destinations are stored and matched as punycode; these two are for the humans reading them.
+# Destinations are stored and matched as punycode; these two are for the humans reading them.
 UNICODE = s(["string", "null"], "Unicode form of an internationalised destination (display only; null when it is "
             "plain ASCII)")
 MIXED = s("boolean", "a label mixes letters of different scripts (e.g. Latin and Cyrillic): a possible look-alike")
@@ -143,7 +143,7 @@ SCHEMAS: dict[str, Any] = {
         "response_content_type": NSTR, "duration_ms": NINT, "rule_id": NINT, "result": NSTR,
         "substituted_credentials": {}, "session_id": NSTR, "replay_of": NINT,
         "recording_id": s(["integer", "null"], "the capture recording it belongs to"),
-        "middleware_actions": s("array", "what external middlewares did to this exchange (§13)",
+        "middleware_actions": s("array", "what external middlewares did to this exchange",
                                 items=obj({"middleware": STR, "hook": STR, "action": STR, "tags": {}})),
         "request_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
         "response_body": s(["string", "null"], "only on GET /api/transactions/{id}"),
@@ -188,12 +188,12 @@ SCHEMAS: dict[str, Any] = {
         "ttl_seconds": INT, "global_credentials": arr(STR),
         "network_rules": arr(obj({"destination_pattern": STR, "port_pattern": STR,
                                   "action": s("string", enum=["allow", "deny"]), "notes": STR})),
-        "allow_all": BOOL, "proxy_token": s("string", "required as the proxy password from then on (D12)"),
+        "allow_all": BOOL, "proxy_token": s("string", "required as the proxy password from then on"),
     }, ("session_id", "container_name")),
     "Credential": obj({"id": STR, "label": STR, "placeholder": STR,
-                       "value_preview": s("string", "at most the first 4 characters, nothing under 12 (D31)"),
+                       "value_preview": s("string", "at most the first 4 characters, nothing under 12"),
                        "hosts": arr(STR),
-                       "containers": s("array", "container patterns that may use it; empty = any (D31)", items=STR),
+                       "containers": s("array", "container patterns that may use it; empty = any", items=STR),
                        "created_at": TIME}),
     "ContainerMode": obj({"id": INT, "container_pattern": STR, "mode": s("string", enum=["enforce", "report", "open"]),
                           "created_at": NTIME, "source": s("string", enum=["config", "api"])}),
@@ -319,21 +319,21 @@ def build_spec() -> dict[str, Any]:
         "/metrics": {"get": op("Metrics in the Prometheus text format", "operations", STR,
                                media="text/plain; version=0.0.4")},
         "/api/openapi.json": {"get": op("This document", "operations", ANY_OBJECT)},
-        "/api/audit": {"get": op("The audit log of control-plane changes (D16), newest first", "operations",
+        "/api/audit": {"get": op("The audit log of control-plane changes, newest first", "operations",
                                  page_of("AuditEntry"), errors=(400,), params=[
                                      query("since", TIME), query("until", TIME),
                                      query("kind", s("string", "exact kind, or a family such as 'rule'")),
                                      query("actor", s("string", "token, dashboard, cli, ws:<client>, signal, system")),
                                      *PAGING])},
-        "/api/middlewares": {"get": op("External middlewares (§13): connection, hooks and counters "
+        "/api/middlewares": {"get": op("External middlewares: connection, hooks and counters "
                                        "(`items` repeats `middlewares`)", "middleware",
                                        obj({"middlewares": arr(ref("Middleware")), "items": arr(ref("Middleware")),
                                             "total": INT}, ("middlewares",)))},
-        "/api/dissectors": {"get": op("The conversation decoders (§10.1)", "conversations",
+        "/api/dissectors": {"get": op("The conversation decoders", "conversations",
                                       obj({"dissectors": arr(obj({"name": STR, "description": STR}))},
                                           ("dissectors",)))},
         "/api/endpoint-rules": {
-            "get": op("Which decoder reads which URL (§10.2); enabled rules unless include_disabled=true",
+            "get": op("Which decoder reads which URL; enabled rules unless include_disabled=true",
                       "conversations", obj({"rules": arr(ref("EndpointRule"))}, ("rules",)), errors=(400,),
                       params=[query("include_disabled", BOOL)]),
             "post": op("Add a user rule", "conversations", ref("EndpointRule"), status="201",
@@ -446,7 +446,7 @@ def build_spec() -> dict[str, Any]:
         "/api/pending/bulk-allow": {"post": op(
             f"Allow several (scope exact); at most {MAX_BULK_IDS:,} ids per call (400 beyond)", "pending", obj({
                 "rules_created": arr(ref("Rule")), "pending_removed": INT,
-                "refused": s("array", "present only when some row could not become a rule (D3, D30)",
+                "refused": s("array", "present only when some row could not become a rule",
                              items=obj({"pending_id": INT, "error": STR})),
             }),
             request=body(obj({"pending_ids": arr(INT), "duration": STR}, ("pending_ids",))), errors=(400, 415))},
@@ -479,7 +479,7 @@ def build_spec() -> dict[str, Any]:
                                                         obj({"status": STR, "deleted": BOOL}),
                                                         params=[path_param("mode_id")], errors=(400, 404))},
         "/api/settings": {
-            "get": op("Runtime settings (§16)", "settings", ref("Settings")),
+            "get": op("Runtime settings", "settings", ref("Settings")),
             "put": op("Change settings (nested shape); publishes settings.changed", "settings", ref("Settings"),
                       request=body(ref("SettingsUpdate")), errors=(400, 415)),
         },

@@ -1,4 +1,4 @@
-"""Pending queue routes (§4.4, §5): list, count, allow/deny into a rule, dismiss, bulk."""
+"""Pending queue routes (docs/user-guide.md#rules-pending-requests-and-holds): list, count, allow/deny into a rule, dismiss, bulk."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def decision_fields(body: dict[str, Any]) -> tuple[str | None, str | None, str |
     """(scope, duration, notes) of an allow/deny, validated before anything is looked up."""
     scope = choice(str_field(body, "scope"), "scope", SCOPES)
     duration = str_field(body, "duration")
-    rule_duration(duration)  # D7: an unknown duration is a 400, never silently permanent
+    rule_duration(duration)  # an unknown duration is a 400, never silently permanent
     return scope, duration, str_field(body, "notes")
 
 

@@ -1,6 +1,6 @@
-"""Rule routes (§3, §5): list, create, bulk ingest, partial update, delete.
+"""Rule routes (docs/user-guide.md#rules-pending-requests-and-holds): list, create, bulk ingest, partial update, delete.
 
-Every pattern, port, action and expiry is validated here on write (D3): a bad value is a 400
+Every pattern, port, action and expiry is validated here on write: a bad value is a 400
 naming the field, never a 500 from a database constraint and never a silently dead rule.
 """
 
@@ -50,7 +50,7 @@ RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action
              "expires_in_seconds", "expires_at", "notes", "created_by", "method_pattern", "path_pattern"]
 READ_ONLY_KEYS = ("id", "created_at", "last_used_at", "is_active", "source", "session_id",
                   "destination_unicode", "mixed_script", "enabled")
-# Reserved `created_by` values mark layers (§3.1): a client must not forge a built-in or session rule.
+# Reserved `created_by` values mark layers: a client must not forge a built-in or session rule.
 RESERVED_CREATOR = "builtin"
 SESSION_CREATOR_PREFIX = "session:"
 MAX_EXPIRY_SECONDS = 100 * 365 * 86400  # far enough; beyond this the date arithmetic overflows
@@ -135,7 +135,7 @@ def list_rules() -> Any:
 @bp.post("/api/rules")
 def create_rule() -> Any:
     rule, _ = runtime().rules.create(new_rule(json_object()))
-    return rule_to_json(rule), 201  # a duplicate returns the existing row, also 201 (§3.1)
+    return rule_to_json(rule), 201  # a duplicate returns the existing row, also 201
 
 
 @bp.get("/api/rules/<rule_id>")

@@ -1,4 +1,4 @@
-"""Sessions and global credentials (§5, §11.3, §11.4, D12, D15): the sandbox launcher's protocol."""
+"""Sessions and global credentials (docs/sessions.md): the sandbox launcher's protocol."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _hosts(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _containers(value: Any) -> tuple[str, ...]:
-    """`containers` of a global credential (D31): container patterns, validated like a rule's."""
+    """`containers` of a global credential: container patterns, validated like a rule's."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
@@ -86,7 +86,7 @@ def _mappings(body: dict[str, Any]) -> tuple[Mapping, ...]:
         if not is_placeholder(placeholder):
             raise ApiError(400, f"mapping key {placeholder[:80]!r} is not a placeholder ({PREFIX}v1:<scope>:<32 hex>)")
         hosts: tuple[str, ...] = ()
-        if isinstance(real, dict):  # {"value": ..., "hosts": [...]} binds the secret to destinations (D15)
+        if isinstance(real, dict):  # {"value": ..., "hosts": [...]} binds the secret to destinations
             hosts = _hosts(real.get("hosts"), f"mappings[{placeholder}]")
             real = real.get("value")
         if not isinstance(real, str) or not real:

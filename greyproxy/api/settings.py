@@ -1,4 +1,4 @@
-"""Runtime settings (§16): `GET/PUT /api/settings`.
+"""Runtime settings (docs/configuration.md): `GET/PUT /api/settings`.
 
 The store itself (services/settings.py) belongs to the runtime, which applies changes to the
 proxy at once; this module validates the nested JSON shape and hands the changes over.

@@ -8,7 +8,7 @@ from typing import Any
 
 from greyproxy.timeutil import iso, utcnow
 
-# §7: 128 events per subscriber; a client that cannot keep up loses events, the proxy never waits.
+# 128 events per subscriber; a client that cannot keep up loses events, the proxy never waits.
 SUBSCRIBER_QUEUE = 128
 
 

@@ -1,4 +1,4 @@
-"""Captured traffic (§5, D17): `/api/transactions` list and detail, HAR export, curl, replay."""
+"""Captured traffic (docs/decisions.md#audit-observability-traffic-tools): `/api/transactions` list and detail, HAR export, curl, replay."""
 
 from __future__ import annotations
 

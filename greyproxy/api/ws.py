@@ -1,4 +1,4 @@
-"""The control WebSocket `GET /ws` (§6, D8).
+"""The control WebSocket `GET /ws` (docs/decisions.md#audit-observability-traffic-tools).
 
 Server → client: `{"type": "connected", ...}` once, then every bus event envelope
 `{"type", "data"}` (all types until the first `subscribe`, then only subscribed ones).
@@ -146,7 +146,7 @@ class ControlConnection:
             return False
 
     def _read_commands(self) -> None:
-        current_actor.set(f"ws:{self.client_id}")  # changes made by commands are this client's (D16)
+        current_actor.set(f"ws:{self.client_id}")  # changes made by commands are this client's
         while self.ws.connected:
             try:
                 message = self.ws.receive(timeout=POLL_SECONDS)
@@ -226,7 +226,7 @@ class ControlConnection:
     def _unsubscribe(self, cmd: dict[str, Any]) -> Reply:
         event_type = self._event_type(cmd)
         if self.sub.types is not None:
-            self.sub.types.discard(event_type)  # an empty filter delivers nothing (§6)
+            self.sub.types.discard(event_type)  # an empty filter delivers nothing
         return {"type": "unsubscribed", "event_type": event_type}
 
     def desktop_backend(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The interception CA (§8.1): ECDSA P-256, 10 years, files in the data dir
+"""The interception CA: ECDSA P-256, 10 years, files in the data dir
 (`ca-key.pem` 0600, `ca-cert.pem` 0644)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Body capture (§8.4): only text-like bodies are kept, decompressed, at most 2 MiB; the true
+"""Body capture: only text-like bodies are kept, decompressed, at most 2 MiB; the true
 size is always counted.
 
 `BodyTap.feed` runs on the proxy path for every chunk, so it only counts and copies (into a
@@ -36,7 +36,7 @@ _TEXT_TYPES = frozenset(
 
 
 def is_text_like(content_type: str | None) -> bool:
-    """`text/*`, the application types of §8.4, and any `*+json` / `*+xml` (parameters ignored)."""
+    """`text/*`, the application types greyproxy keeps, and any `*+json` / `*+xml` (parameters ignored)."""
     if not content_type:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
@@ -187,6 +187,6 @@ class BodyTap:
         try:
             body, cut = decode(raw, self.encodings, self.limit)
         except DecodeError:
-            # Not what the header claimed: keep the bytes as they came (§8.4), capped.
+            # Not what the header claimed: keep the bytes as they came, capped.
             return raw[: self.limit], self.size, self._overflow or len(raw) > self.limit
         return body, self.size, cut or self._overflow

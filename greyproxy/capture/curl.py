@@ -1,4 +1,4 @@
-"""A stored transaction as a runnable curl command (D17).
+"""A stored transaction as a runnable curl command (docs/decisions.md#audit-observability-traffic-tools).
 
 The command sends what was stored: redacted headers and query values go out as the literal
 `[REDACTED]` (a real secret never appears), the body is the captured, decompressed text.

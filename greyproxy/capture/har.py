@@ -1,4 +1,4 @@
-"""HAR 1.2 export of stored transactions (D17).
+"""HAR 1.2 export of stored transactions (docs/decisions.md#audit-observability-traffic-tools).
 
 WebSocket frames (rows with method WS_REQ / WS_RESP) do not become entries of their own: they
 are attached to the entry of the 101 upgrade they belong to as `_webSocketMessages` (the format

@@ -42,10 +42,10 @@ class Exchange:
     response_tap: BodyTap | None = None
     session_id: str | None = None
     substituted: list[str] = field(default_factory=list)
-    # real value → placeholder for every secret substituted into this request (D31)
+    # real value → placeholder for every secret substituted into this request
     reverse: dict[str, str] = field(default_factory=dict)
     # raw values the Redactor removes from this request's headers and URL (Authorization,
-    # Cookie, token= …): never stored, wherever they come back (D16, D31)
+    # Cookie, token= …): never stored, wherever they come back
     redacted_values: list[str] = field(default_factory=list)
     middleware_facts: Any = None  # the RequestFacts the middlewares saw (proxy/mwhooks.py)
     middleware_actions: list[dict[str, Any]] = field(default_factory=list)
@@ -82,7 +82,7 @@ class TransactionRecorder:
         return json.dumps(stored if scrub is None else scrub.headers(stored))
 
     def _scrub(self, ex: Exchange) -> Scrub | None:
-        """What this exchange's rows must not hold (D31): every vault value, the secrets
+        """What this exchange's rows must not hold: every vault value, the secrets
         substituted into its request and the raw values redacted from it."""
         return self.scrubber.for_exchange(ex.reverse, ex.redacted_values)
 

@@ -1,4 +1,4 @@
-"""Redaction of captured traffic (§9, D17): sensitive header values and query-string values are
+"""Redaction of captured traffic (docs/decisions.md#audit-observability-traffic-tools): sensitive header values and query-string values are
 replaced before anything reaches the database, so no stored row, API answer, HAR file or curl
 command ever holds them.
 
@@ -83,7 +83,7 @@ class Redactor:
     def redacted_values(self, pairs: Iterable[tuple[str, str]], url: str = "") -> list[str]:
         """The raw values `headers` and `url` would replace with `[REDACTED]` in this request, and
         the usable parts of each (the token after an auth scheme, a Basic password, each cookie's
-        value), so that a response echoing one of them is scrubbed before it is stored (D31)."""
+        value), so that a response echoing one of them is scrubbed before it is stored."""
         out: dict[str, None] = {}
 
         def add(value: str, minimum: int = 1) -> None:

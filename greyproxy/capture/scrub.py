@@ -1,4 +1,4 @@
-"""Storage scrubbing (D16, D31): no stored row holds a real credential value or a value that
+"""Storage scrubbing (docs/decisions.md#audit-observability-traffic-tools): no stored row holds a real credential value or a value that
 was redacted from the request it belongs to, wherever it comes back (an origin that echoes its
 request in a body, in a header whose name is not redacted, in a URL).
 

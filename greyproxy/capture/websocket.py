@@ -1,4 +1,4 @@
-"""WebSocket frames inside an intercepted connection (§8.4): forwarded byte-exact, each
+"""WebSocket frames inside an intercepted connection: forwarded byte-exact, each
 frame's payload captured (unmasked, inflated when permessage-deflate compressed it)."""
 
 from __future__ import annotations

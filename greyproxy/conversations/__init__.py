@@ -1,1 +1,1 @@
-"""LLM conversation dissection and assembly (spec §10)."""
+"""LLM conversation dissection and assembly."""

@@ -1,8 +1,8 @@
-"""Conversations from captured LLM traffic (§10.3), assembled in the background.
+"""Conversations from captured LLM traffic, assembled in the background.
 
 The store writer wakes the assembler after each batch of transactions; half a second later
 (debounce) it reads the transactions past its cursor, picks a decoder for each by the endpoint
-rules (§10.2; an unmatched POST that looks like a chat call gets a rule of its own), dissects
+rules (an unmatched POST that looks like a chat call gets a rule of its own), dissects
 it, and files it under a conversation: the provider's session id when the request carries one,
 else the same container's latest conversation with that provider and the same thread (the
 first prompt, which every call of a conversation repeats, for APIs whose requests carry the

@@ -1,4 +1,4 @@
-"""Dissect recorded LLM API transactions into a provider-neutral shape (spec §10.1).
+"""Dissect recorded LLM API transactions into a provider-neutral shape.
 
 Pure functions: no I/O, no database. :func:`dissect` takes the request URL and the recorded
 request/response bodies and returns a :class:`Dissected` (or ``None`` when the request is not

@@ -1,4 +1,4 @@
-"""Endpoint rules: which decoder handles a recorded request (spec §10.2).
+"""Endpoint rules: which decoder handles a recorded request.
 
 Pure functions only: the database table ``endpoint_rules`` is handled elsewhere; this module
 holds the built-in rows, the glob matcher, rule selection and the auto-detection heuristic.
@@ -152,7 +152,7 @@ def detect_decoder(path: str, body: dict) -> str:
 
 
 def auto_rule(host: str, path: str, method: str, request_body: str | None) -> EndpointRule | None:
-    """§10.2 auto-detection for an otherwise unmatched request.
+    """Auto-detection for an otherwise unmatched request.
 
     A ``POST`` whose JSON object body has a non-empty string ``model`` and a non-empty
     ``messages`` list yields a user rule ``host + path`` (priority 5) for the decoder its body

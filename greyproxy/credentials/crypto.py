@@ -1,4 +1,4 @@
-"""Credential values at rest (§11.5, D16): AES-256-GCM with a 32-byte key in
+"""Credential values at rest (docs/sessions.md): AES-256-GCM with a 32-byte key in
 `<data>/session.key` (0600). Layout: 12-byte random nonce ‖ ciphertext ‖ 16-byte tag."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Placeholder format (§11.1): `greyproxy:credential:v1:<scope>:<32 lowercase hex>`."""
+"""Placeholder format (docs/sessions.md): `greyproxy:credential:v1:<scope>:<32 lowercase hex>`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ PREVIEW_CHARS = 4  # at most this many characters of a value are ever shown
 
 
 def value_preview(value: str) -> str:
-    """Enough to recognise a secret, never enough to use it (§11.4, D31): its first 4 characters
+    """Enough to recognise a secret, never enough to use it: its first 4 characters
     (a key's kind, like `sk-p` or `ghp_`) then `***` when it has at least 12, else `***` alone.
     Never the end: first and last characters together would narrow a guess for no real gain."""
     if len(value) >= PREVIEW_MIN_LENGTH:

@@ -1,7 +1,7 @@
 """The in-memory map placeholder → secret used on the request path, and substitution
-(§11.2, D15, D31): only where the destination matches the credential's `hosts` when set, and
+(docs/sessions.md): only where the destination matches the credential's `hosts` when set, and
 only for the connection a secret belongs to: a session's secret for that session's container
-(a connection that names the session, D12, has that container as its identity); a global one
+(a connection that names the session has that container as its identity); a global one
 for the containers its `containers` patterns match (any container when unset). A placeholder
 sent from anywhere else goes upstream unchanged and the event is logged."""
 
@@ -52,7 +52,7 @@ class Substitution:
     foreign: list[str] = field(default_factory=list)  # placeholders sent by a container they do not belong to
     per_session: dict[str, int] = field(default_factory=dict)
     # Each real value actually substituted into this request → its placeholder: what the
-    # response path swaps back (D31) and what storage scrubs.
+    # response path swaps back and what storage scrubs.
     reverse: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -143,7 +143,7 @@ class Vault:
         self, headers: list[tuple[str, str]], target: str, host: str, container: str | None = None,
         session_id: str | None = None,
     ) -> tuple[list[tuple[str, str]], str, Substitution]:
-        """`container` is the connection's identity and `session_id` the session it named (D12),
+        """`container` is the connection's identity and `session_id` the session it named,
         if any; a secret that belongs to neither is not substituted (`result.foreign`)."""
         result = Substitution()
         new_headers = self.substitute_headers(headers, host, result, container, session_id)

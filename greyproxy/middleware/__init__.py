@@ -1,4 +1,4 @@
-"""External middlewares (§13): programs or WebSocket servers that inspect, deny or rewrite the
+"""External middlewares: programs or WebSocket servers that inspect, deny or rewrite the
 HTTP requests and responses greyproxy sees in clear text."""
 
 from greyproxy.middleware.config import MiddlewareConfig, configs_from

@@ -1,4 +1,4 @@
-"""Middleware configuration (§13): one external program (stdio) or server (WebSocket) per entry.
+"""Middleware configuration: one external program (stdio) or server (WebSocket) per entry.
 
 Entries come from `--middleware URL`, `--middleware-cmd 'cmd args'` and the YAML `middlewares:`
 list; `configs_from` puts them in the cascade order.
@@ -72,7 +72,7 @@ class MiddlewareConfig:
 
 
 def configs_from(cli_urls: list[str], cli_commands: list[str], yaml_entries: list) -> list[MiddlewareConfig]:
-    """The cascade order of §13: CLI URLs, then CLI commands, then YAML entries."""
+    """The cascade order: CLI URLs, then CLI commands, then YAML entries."""
     configs = [MiddlewareConfig.from_cli_url(u) for u in cli_urls]
     configs += [MiddlewareConfig.from_cli_command(c) for c in cli_commands]
     configs += [MiddlewareConfig.parse(e, f"middlewares[{i}]") for i, e in enumerate(yaml_entries or [])]

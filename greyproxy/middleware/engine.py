@@ -1,4 +1,4 @@
-"""The middleware engine (§13): connections to external middlewares and the request/response cascade.
+"""The middleware engine: connections to external middlewares and the request/response cascade.
 
 Each middleware has a supervisor greenlet that connects (spawns or dials), shakes hands, then
 reads replies and hands each to the greenlet waiting for that `id`; when the connection ends it

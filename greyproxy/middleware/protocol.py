@@ -1,4 +1,4 @@
-"""Middleware wire protocol v1 (§13): messages, hello handshake, hook filters, header rules.
+"""Middleware wire protocol v1: messages, hello handshake, hook filters, header rules.
 
 Pure functions and data only; no I/O. Everything a middleware sends is validated here, and a
 bad value raises ProtocolError (a decision) or HandshakeError (the hello) with a short reason

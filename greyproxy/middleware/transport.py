@@ -1,4 +1,4 @@
-"""Middleware transports (§13): a spawned program speaking NDJSON on stdio, or a WebSocket server.
+"""Middleware transports: a spawned program speaking NDJSON on stdio, or a WebSocket server.
 
 Both give the same small interface: `send(text)` one message, `receive()` the next message
 (None at the end), `close()`. All I/O goes through gevent objects (gevent.subprocess,

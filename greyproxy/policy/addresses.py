@@ -1,4 +1,4 @@
-"""Address classes for the destination guard (D14): is an IP a public Internet address?
+"""Address classes for the destination guard (docs/decisions.md#what-a-connection-may-carry): is an IP a public Internet address?
 
 Python's `ipaddress.is_global` lags the IANA special-purpose registries (3.11 calls multicast,
 `64:ff9b:1::/48`, `::a.b.c.d` and `3fff::/20` global), so the tables live here.
@@ -89,7 +89,7 @@ def _v6_not_public(ip: ipaddress.IPv6Address) -> bool:
 
 
 def is_private_destination(ip: IPAddress) -> bool:
-    """Not a public Internet address (D14): private, loopback, link-local, shared, reserved,
+    """Not a public Internet address: private, loopback, link-local, shared, reserved,
     unspecified, multicast, documentation, metadata, or an IPv6 form carrying such an IPv4."""
     if ip in METADATA_ADDRESSES:
         return True

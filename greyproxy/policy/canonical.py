@@ -1,4 +1,4 @@
-"""Canonical destinations (D30): one spelling per address and per name, decided once.
+"""Canonical destinations (docs/decisions.md#rules): one spelling per address and per name, decided once.
 
 Everything the proxy matches, logs or dials goes through `canonical_host` first, and rules are
 stored in the same form, so a deny rule cannot be walked around by spelling the destination
@@ -16,7 +16,7 @@ another way. The spellings that reach the same machine and their one canonical f
 * IPv4-mapped IPv6 (``::ffff:a.b.c.d``) is the IPv4 address ``a.b.c.d``: the kernel sends it
   as IPv4 to that address, so an IPv4 rule must apply to it. Other IPv6 forms that embed an
   IPv4 (IPv4-compatible ``::a.b.c.d``, NAT64, 6to4, Teredo) reach a gateway or nothing, not the
-  IPv4 host directly; they stay IPv6 here and the D14 guard judges what they embed
+  IPv4 host directly; they stay IPv6 here and the private-range guard judges what they embed
   (policy/addresses.py).
 * Names: UTS 46 mapping (case folding, full-width forms, ideographic full stops), then each
   label as its IDNA 2008 A-label (punycode), so ``gіthub.com`` (Cyrillic і) and its

@@ -1,4 +1,4 @@
-"""The connection decision (§4.1, §4.6, D11, D26) as a pure function of request and state."""
+"""The connection decision (docs/user-guide.md#rules-pending-requests-and-holds) as a pure function of request and state."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ConnectionRequest:
 
 @dataclass(frozen=True, slots=True)
 class ModeEntry:
-    """D26 per-container mode: container glob -> 'enforce' | 'report' | 'open'."""
+    """Per-container mode: container glob -> 'enforce' | 'report' | 'open'."""
 
     id: int
     container_pattern: str
@@ -43,7 +43,7 @@ class ModeEntry:
 @dataclass(frozen=True, slots=True)
 class PolicyState:
     index: RuleIndex
-    silent_mode: str | None = None  # None, 'allow' or 'deny' (§4.6)
+    silent_mode: str | None = None  # None, 'allow' or 'deny'
     allow_all_containers: frozenset[str] = frozenset()  # containers with an active allow_all session
     modes: tuple[ModeEntry, ...] = ()
 
@@ -74,7 +74,7 @@ def container_mode(container: str, modes: Sequence[ModeEntry]) -> str:
 
 
 def _base_decision(req: ConnectionRequest, state: PolicyState, now: float | None) -> Decision:
-    """Everything below the control-plane guard and before modes (§4.1 order)."""
+    """Everything below the control-plane guard and before modes (in greyproxy's order)."""
     if state.silent_mode == "deny":
         return Decision(Verdict.DENY, "silent_deny")
     if state.silent_mode == "allow":
@@ -100,10 +100,10 @@ def _apply_mode(decision: Decision, mode: str) -> Decision:
 
 
 def decide(req: ConnectionRequest, state: PolicyState, now: float | None = None) -> Decision:
-    # D11: our own control plane is unreachable through the proxy, whatever else is configured.
+    # Our own control plane is unreachable through the proxy, whatever else is configured.
     if req.control_plane:
         return Decision(Verdict.DENY, "control_plane")
-    # D30: a destination with no canonical spelling is refused in every mode (it could not be
+    # A destination with no canonical spelling is refused in every mode (it could not be
     # matched against rules, and nothing could be dialled for it).
     if try_canonical_host(req.host) is None:
         return Decision(Verdict.DENY, "bad_destination")

@@ -4,7 +4,7 @@ A lookup has no port, but rules do. The answer is "yes" exactly when some port e
 which the connection decision on (container, name, port) would be an allow rule: a name the
 client may reach on 443 resolves, a name denied on every port does not, a name no rule
 mentions does not (that is what shuts exfiltration through lookups), and the usual precedence
-(§3.4, D4) decides between overlapping allow and deny rules, port by port.
+decides between overlapping allow and deny rules, port by port.
 
 Only finitely many ports need checking: the winner for a port depends only on which port
 patterns match it, and that changes only at the edges of the ranges the rules name. One port
@@ -75,7 +75,7 @@ class DnsPolicy:
         if state.modes and container_mode(container, state.modes) != MODE_ENFORCE:
             return DnsVerdict(True, "container_mode")
         if try_canonical_host(name) is None:
-            return DnsVerdict(False, "bad_destination")  # no canonical spelling (D30): matches no rule
+            return DnsVerdict(False, "bad_destination")  # no canonical spelling: matches no rule
         denied: RuleSpec | None = None
         for port in self.ports_for(state.index):
             rule = state.index.match(container, name, port, None, now)

@@ -1,4 +1,4 @@
-"""Duration parsing for rule expiry (§4.4, D7) and silent mode (§4.6)."""
+"""Duration parsing for rule expiry (docs/user-guide.md#rules-pending-requests-and-holds) and silent mode."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def parse_go_duration(text: str) -> float:
 
 
 def rule_duration(text: str | None) -> int | None:
-    """Seconds until a rule expires, or None for permanent (D7: unknown is an error)."""
+    """Seconds until a rule expires, or None for permanent (an unknown duration is an error, never permanent)."""
     if text is None:
         return None
     s = text.strip()
@@ -82,7 +82,7 @@ def rule_duration(text: str | None) -> int | None:
 
 
 def silent_mode_duration(text: str) -> int | None:
-    """Seconds silent mode stays on, or None for 'until restart' (§4.6: positive, at most 8h)."""
+    """Seconds silent mode stays on, or None for 'until restart' (positive, at most 8h)."""
     s = (text or "").strip()
     if s == "restart":
         return None

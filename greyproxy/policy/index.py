@@ -1,4 +1,4 @@
-"""In-memory compiled rule index (D5): the connection path never queries the database.
+"""In-memory compiled rule index (docs/decisions.md#decisions-on-the-connection-path): the connection path never queries the database.
 
 Every pattern is compiled once in ``RuleIndex.__init__``.  Rules are bucketed by the shape of
 their destination pattern so that a lookup only looks at rules that can possibly match:
@@ -47,11 +47,11 @@ LAYER_GLOBAL = 3
 LAYER_SESSION = 2
 LAYER_BUILTIN = 1
 
-_ACTION_RANK = {"deny": 0, "allow": 1}  # deny sorts first at equal layer and score (§3.4)
+_ACTION_RANK = {"deny": 0, "allow": 1}  # deny sorts first at equal layer and score
 
 
 def layer_of(created_by: str | None, session_id: str | None) -> int:
-    """§3.1 computed `source`: builtin, then session, else global."""
+    """The computed `source`: builtin, then session, else global."""
     if created_by == "builtin":
         return LAYER_BUILTIN
     if session_id:
@@ -79,7 +79,7 @@ SortKey = tuple[int, int, int, int]
 
 
 def sort_key(rule: RuleSpec) -> SortKey:
-    """Smaller wins: higher layer, higher specificity, deny before allow, lower id (D4)."""
+    """Smaller wins: higher layer, higher specificity, deny before allow, lower id."""
     score = specificity(rule.container_pattern, rule.destination_pattern, rule.port_pattern)
     return (-rule.layer, -score, _ACTION_RANK[rule.action], rule.id)
 
@@ -107,7 +107,7 @@ class _Query:
         self.container = container
         self.port = port
         self.now = now
-        self.session = session  # the container's current session id (§3.3)
+        self.session = session  # the container's current session id
 
 
 def _scan(entries: list[_Entry], q: _Query, best: _Entry | None, check_container: bool) -> _Entry | None:
@@ -265,7 +265,7 @@ class RuleIndex:
 
     def _add(self, rule: RuleSpec, building: bool) -> None:
         # Rules that cannot match are left out rather than raising: one bad database row must
-        # not stop the proxy (patterns are validated on write, D3).
+        # not stop the proxy (patterns are validated on write).
         if is_request_rule(rule.method_pattern, rule.path_pattern):
             if rule.container_pattern:
                 self._file_request(RequestEntry(rule))
@@ -383,7 +383,7 @@ class RuleIndex:
         return len(ids)
 
     def set_sessions(self, current_sessions: Mapping[str, str]) -> None:
-        """container → current session id (§3.3), replaced whole (it is small)."""
+        """container → current session id, replaced whole (it is small)."""
         self._sessions = dict(current_sessions)
 
     def _patched(self) -> None:
@@ -461,10 +461,10 @@ class RuleIndex:
         resolved_hostname: str | None = None,
         now: float | None = None,
     ) -> RuleSpec | None:
-        """The winning rule (§3.4 + D4) for a connection, or None when nothing matches."""
+        """The winning rule for a connection, or None when nothing matches."""
         first = try_canonical_host(host)
         if first is None:
-            return None  # no canonical spelling (D30): nothing can say it is this destination
+            return None  # no canonical spelling: nothing can say it is this destination
         q = _Query(container, port, time.time() if now is None else now, self._sessions.get(container))
         candidates = [first]
         if resolved_hostname:

@@ -1,4 +1,4 @@
-"""Rule pattern dialects: validation, matching and specificity (§3.2, §3.4, D3).
+"""Rule pattern dialects: validation, matching and specificity (docs/user-guide.md#rules-pending-requests-and-holds).
 
 Three dialects exist:
 
@@ -230,7 +230,7 @@ def parse_destination(pattern: str) -> ParsedDestination:
     """Validate and classify a destination pattern; raises PatternError (and nothing else).
 
     Names are UTS 46 mapped and their labels stored as A-labels (punycode), IP literals in their
-    canonical spelling (policy/canonical.py, D30), so a rule written as ``bücher.example``
+    canonical spelling (policy/canonical.py), so a rule written as ``bücher.example``
     matches the destination ``xn--bcher-kva.example`` and ``2130706444`` is ``127.0.0.12``."""
     raw = (pattern or "").strip()
     if not raw:
@@ -428,7 +428,7 @@ def container_specificity(container_pattern: str) -> int:
 
 
 def specificity(container_pattern: str, destination_pattern: str, port_pattern: str) -> int:
-    """§3.4 score: container 0/100/200, destination 0/10/20, port 0/1."""
+    """Specificity score: container 0/100/200, destination 0/10/20, port 0/1."""
     score = container_specificity(container_pattern)
     if destination_pattern != "*":
         score += 10 if _has_glob(destination_pattern) else 20

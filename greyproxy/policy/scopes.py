@@ -1,4 +1,4 @@
-"""Rule patterns created when a pending request is allowed or denied (§4.4, D7)."""
+"""Rule patterns created when a pending request is allowed or denied (docs/user-guide.md#rules-pending-requests-and-holds)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _subdomain_pattern(display_host: str) -> str:
 def patterns_for_scope(
     scope: str | None, container: str, display_host: str, port: int
 ) -> tuple[str, str, str]:
-    """(container_pattern, destination_pattern, port_pattern) for a §4.4 scope."""
+    """(container_pattern, destination_pattern, port_pattern) for a pending decision's scope."""
     scope = scope or "exact"
     if scope == "exact":
         return (container, display_host, str(port))

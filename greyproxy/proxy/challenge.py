@@ -1,9 +1,9 @@
-"""D28: the 407 that makes clients name themselves.
+"""The 407 that makes clients name themselves.
 
 git, Chromium, Playwright and Java send proxy credentials only after a `407` with a
 `Proxy-Authenticate` challenge. An HTTP-proxy request without usable credentials (none, a
 scheme other than Basic, or a value that does not decode), from a source no other identity
-source names (Docker, §2), is answered with one when `identity.anonymous` is `challenge`
+source names (Docker), is answered with one when `identity.anonymous` is `challenge`
 (the default); `fallback` lets it through as `unknown-<source ip>` as before.
 
 The answer is connection-safe, so clients retry on the same connection: it is kept open when

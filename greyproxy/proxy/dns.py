@@ -1,4 +1,4 @@
-"""DNS listener (§12.1, issue 6): a forwarder on UDP and TCP (43053 by default).
+"""DNS listener (issue 6): a forwarder on UDP and TCP (43053 by default).
 
 Each query is forwarded to the upstream servers (proxy/dnsupstream.py) and the answer goes back
 to the client; the A/AAAA addresses in it are recorded as "this client resolved this name to

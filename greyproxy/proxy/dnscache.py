@@ -1,4 +1,4 @@
-"""IP → hostname attribution, kept per DNS client (§12.2, D13).
+"""IP → hostname attribution, kept per DNS client (docs/decisions.md#what-a-connection-may-carry).
 
 Why per client: if one client's lookups could name another client's raw-IP connections, a
 client could make its connection to an IP "be" any name some other client had resolved to that
@@ -44,7 +44,7 @@ class CacheRow(NamedTuple):
 
 
 def canonical_ip(text: str) -> str | None:
-    """The one spelling of an IP (policy/canonical.py, D30: compressed, IPv4-mapped IPv6 as
+    """The one spelling of an IP (policy/canonical.py: compressed, IPv4-mapped IPv6 as
     IPv4, no brackets or zone, every IPv4 spelling as a dotted quad), or None for a non-IP.
     Cached there: it runs per connection and per DNS answer, mostly on the same few IPs."""
     return _canonical_ip(text)

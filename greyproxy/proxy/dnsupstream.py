@@ -1,4 +1,4 @@
-"""Talking to the upstream DNS servers (§12.1, §12.3): which servers, and one bounded exchange.
+"""Talking to the upstream DNS servers: which servers, and one bounded exchange.
 
 Used by both the DNS listener (forwarding clients' queries) and the dial-time resolver.
 Every exchange has a hard deadline; a truncated UDP answer (TC bit) is fetched again over TCP.
@@ -58,7 +58,7 @@ def servers_from_resolv_conf(text: str) -> list[Server]:
 
 
 def system_servers(paths: Iterable[str] = RESOLV_CONF_PATHS) -> list[Server]:
-    """§12.1: the host's resolver configuration, else 1.1.1.1:53."""
+    """The host's resolver configuration, else 1.1.1.1:53."""
     for path in paths:
         try:
             servers = servers_from_resolv_conf(Path(path).read_text(errors="replace")[:65536])

@@ -1,4 +1,4 @@
-"""Container identity from the Docker (or Podman) Engine API (§2 step 1, §14).
+"""Container identity from the Docker (or Podman) Engine API (docs/user-guide.md#identity-who-is-the-client).
 
 A connection's source IP is looked up among the IP addresses of running containers
 (`GET /containers/json` on the engine's unix socket); the container's name becomes the client

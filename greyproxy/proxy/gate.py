@@ -1,4 +1,4 @@
-"""The decision flow shared by both proxy listeners (§1.3, §4): identity → decide → hold →
+"""The decision flow shared by both proxy listeners (docs/user-guide.md#rules-pending-requests-and-holds): identity → decide → hold →
 dial under the guard → log, then track the tunnel under the rule that allowed it.
 
 One log row per admission: a blocked one is logged by `admit`; an allowed one by `dial` (or
@@ -47,7 +47,7 @@ class Admission:
     resolved_hostname: str | None = None
     method: str = ""
     elapsed_ms: int = 0  # decision time, hold included
-    container_id: str = ""  # set only when the Docker resolver named the container (§2)
+    container_id: str = ""  # set only when the Docker resolver named the container
 
     @property
     def allowed(self) -> bool:
@@ -64,7 +64,7 @@ class Gatekeeper:
         self.limits: Limits | None = None  # set when the listeners start (proxy/limits.py)
 
     def challenges(self, source_ip: str) -> bool:
-        """D28: whether an HTTP-proxy client that sent no usable credentials is answered 407
+        """Whether an HTTP-proxy client that sent no usable credentials is answered 407
         instead of becoming `unknown-<ip>`: yes with `identity.anonymous: challenge`, unless
         Docker names this source (then the container's name is its identity anyway)."""
         rt = self.rt
@@ -85,13 +85,13 @@ class Gatekeeper:
     ) -> Admission:
         rt = self.rt
         started = time.monotonic()
-        # §2: a container the engine knows by this source IP, else the username, else unknown-<ip>.
+        # A container the engine knows by this source IP, else the username, else unknown-<ip>.
         found = rt.docker.lookup(source_ip) if rt.docker is not None else None
         claimed = found.name if found is not None else container_from_username(username, source_ip)
         container, refusal = rt.sessions.identity(username, password, claimed)
         container_id = found.id if found is not None and container == found.name else ""
         host = canonical_host(host)  # the form the rule index matches, so rows and rules agree
-        # Only a raw IP needs a name, and only this client's own lookups may supply it (§12.2, D13).
+        # Only a raw IP needs a name, and only this client's own lookups may supply it.
         resolved = rt.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
         request = ConnectionRequest(
             container=container,
@@ -100,7 +100,7 @@ class Gatekeeper:
             resolved_hostname=resolved,
             control_plane=rt.guard.is_control_plane(host, port),
         )
-        if refusal is not None:  # D12: this container's session requires its proxy token
+        if refusal is not None:  # this container's session requires its proxy token
             decision = Decision(Verdict.DENY, refusal)
         else:
             decision = rt.policy.decide(request)
@@ -185,12 +185,12 @@ class Gatekeeper:
     def substitute(
         self, exchange: Exchange, headers: list[tuple[str, str]], target: str, host: str
     ) -> tuple[list[tuple[str, str]], str]:
-        """Swap credential placeholders for secrets in what goes upstream (§11.2, D15); the
+        """Swap credential placeholders for secrets in what goes upstream; the
         exchange keeps the original request for storage and learns which labels were used, the
         real values it carries (`reverse`, for the response) and the values redaction removes
         from it (`redacted_values`, scrubbed from storage). Only the connection's own secrets are
-        swapped (D31): a session's for its container (a connection naming the session has that
-        container as its identity, D12), a global one for the containers it is bound to."""
+        swapped: a session's for its container (a connection naming the session has that
+        container as its identity), a global one for the containers it is bound to."""
         new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host,
                                                                            container=exchange.container)
         exchange.redacted_values = self.rt.redactor.redacted_values(exchange.request.headers, exchange.url)
@@ -216,7 +216,7 @@ class Gatekeeper:
         """Connect upstream for an allowed admission and write its log row; a guard refusal at
         dial time (control_plane, private_range) is logged as blocked with that reason."""
         rule = admission.decision.rule
-        # Only an allow rule can name a private address into reach (D14); in report mode the
+        # Only an allow rule can name a private address into reach; in report mode the
         # decision may carry the deny rule that would have applied.
         pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
         try:

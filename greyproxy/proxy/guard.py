@@ -1,6 +1,6 @@
-"""Dial-time guards: proxied traffic can never reach this process's own listeners (D11), and,
+"""Dial-time guards: proxied traffic can never reach this process's own listeners (docs/decisions.md#the-control-plane-is-not-the-agents), and,
 with `guard.private_ranges: deny`, never a private, loopback, link-local or metadata address
-unless the rule that allowed it names that IP or a CIDR containing it (D14)."""
+unless the rule that allowed it names that IP or a CIDR containing it."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class ControlPlaneGuard:
         return ip is not None and self._ours(ip)
 
     def private_range_refused(self, ip_text: str, rule_pattern: str | None) -> bool:
-        """D14 on the IP actually dialled: refuse a private address no rule names explicitly."""
+        """The private-range guard on the IP actually dialled: refuse a private address no rule names explicitly."""
         if not self.deny_private:
             return False
         ip = _ip(ip_text)

@@ -1,4 +1,4 @@
-"""Where the HTTP request loops meet the external middlewares (§13).
+"""Where the HTTP request loops meet the external middlewares.
 
 Both loops (the plain absolute-URI proxy path in proxy/http.py, and the sniffed or intercepted
 tunnels in proxy/mitm/intercept.py) call `before_request` once a request head is parsed and

@@ -1,4 +1,4 @@
-"""Reverse DNS (PTR) names for raw-IP destinations, for display only (D13).
+"""Reverse DNS (PTR) names for raw-IP destinations, for display only (docs/decisions.md#what-a-connection-may-carry).
 
 Whoever controls an address block writes its PTR records, so a PTR name proves nothing: it is
 shown beside the IP in pending rows and logs (`ptr_hostname`) to help a human decide, and never

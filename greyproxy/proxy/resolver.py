@@ -1,4 +1,4 @@
-"""Dial-time name resolution (§12.3) with a bounded TTL cache.
+"""Dial-time name resolution with a bounded TTL cache.
 
 Names are asked of the same upstream servers as the DNS listener (A and AAAA in parallel, one
 bounded exchange each). When the upstream gives no address (no answer in time, an error, or a
@@ -78,7 +78,7 @@ class Resolver:
         """Addresses to dial for `host` (IPv4 first); an IP literal is returned as is."""
         ip = canonical_ip(host)
         if ip is not None:
-            return [ip]  # any spelling of an address is dialled as its one canonical form (D30)
+            return [ip]  # any spelling of an address is dialled as its one canonical form
         name = host.strip().strip("[]").rstrip(".").lower()
         if not name:
             raise ResolveError("empty host name")

@@ -1,4 +1,4 @@
-"""The server name of a TLS ClientHello, read without consuming it (D13, D29).
+"""The server name of a TLS ClientHello, read without consuming it (docs/decisions.md#what-a-connection-may-carry).
 
 A tunnel that is not intercepted is still checked: the name in the client's hello must be the
 destination the tunnel was allowed for. The hello is peeked (``MSG_PEEK``), so what was looked at

@@ -1,4 +1,4 @@
-"""Live connections by the rule that allowed them, so revoking a rule tears them down (§3.8, D25)."""
+"""Live connections by the rule that allowed them, so revoking a rule tears them down (docs/user-guide.md#rules-pending-requests-and-holds)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def dial(
     upstream: UpstreamProxy | None = None,
 ) -> socket.socket:
     """Resolve and connect under the guards, checked on every IP actually dialled: never one of
-    our own listeners (D11), and no private address the allowing rule does not name (D14).
+    our own listeners, and no private address the allowing rule does not name.
     The IP dialled is the socket's peer (getpeername), or `peer_ip` for one opened through the
     `upstream` proxy (docs/upstream-proxy.md): the guard runs on the IP the upstream is asked
     for, exactly as on a direct dial."""
@@ -110,7 +110,7 @@ def dial(
         set_nodelay(sock)
         return sock
     if private is not None and last is None:
-        raise DialError("private_range", f"{host} is the private address {private}, which no rule names (D14)")
+        raise DialError("private_range", f"{host} is the private address {private}, which no rule names")
     raise DialError("upstream_unreachable", f"cannot connect to {host}:{port}: {last}")
 
 

@@ -1,4 +1,4 @@
-"""The audit log (D16): every control-plane change, who made it, before and after, in a
+"""The audit log (docs/decisions.md#audit-observability-traffic-tools): every control-plane change, who made it, before and after, in a
 tamper-evident hash chain.
 
 Where the entries come from: every change already goes through a service that publishes one
@@ -82,7 +82,7 @@ class AuditLog:
         self._last = {name: get() for name, get in current.items()}
         last = AuditEntry.select(AuditEntry.hash).order_by(AuditEntry.id.desc()).first()
         self._prev_hash = last.hash if last is not None else ""
-        # Text scrubber applied to every entry before it is hashed and stored (D16, D31): no
+        # Text scrubber applied to every entry before it is hashed and stored: no
         # real credential value, whatever an event carried. The runtime sets it once the vault exists.
         self.scrub: Callable[[str], str] | None = None
         # A recorder, not a plain hook: a service can have its entry written inside the
@@ -95,7 +95,7 @@ class AuditLog:
         self.record_many(changes)
 
     def resume(self, head_hash: str) -> None:
-        """The chain was recomputed (the scrub job, D31): new entries follow this head."""
+        """The chain was recomputed (the scrub job): new entries follow this head."""
         self._prev_hash = head_hash
 
     def head(self) -> str:

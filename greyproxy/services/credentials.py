@@ -1,5 +1,5 @@
-"""Global credentials (§11.4): values encrypted at rest, loaded into the vault at start; bound to
-destinations (`hosts`, D15) and to containers (`containers`, D31) when those are set."""
+"""Global credentials (docs/sessions.md): values encrypted at rest, loaded into the vault at start; bound to
+destinations (`hosts`) and to containers (`containers`) when those are set."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class CredentialService:
         return self.key
 
     def load(self, key_was_created: bool) -> None:
-        """Fill the vault; with a fresh key, rows that cannot be decrypted are purged (§11.5)."""
+        """Fill the vault; with a fresh key, rows that cannot be decrypted are purged."""
         if self.key is None:
             return
         for row in GlobalCredential.select():
@@ -68,7 +68,7 @@ class CredentialService:
                     row.delete_instance()
                 continue
             preview = value_preview(value)
-            if row.value_preview != preview:  # stored by an older rule (D31): recomputed from the value
+            if row.value_preview != preview:  # stored by an older rule: recomputed from the value
                 GlobalCredential.update(value_preview=preview).where(GlobalCredential.id == row.id).execute()
             self.vault.put(Secret(row.placeholder, value, row.label, None, tuple(json.loads(row.hosts_json or "[]")),
                                   tuple(json.loads(row.containers_json or "[]"))))

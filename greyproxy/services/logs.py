@@ -1,4 +1,4 @@
-"""Read side of the connection log (§5 `/api/logs`, `/api/logs/stats`, `/api/dashboard`).
+"""Read side of the connection log (`/api/logs`, `/api/logs/stats`, `/api/dashboard`).
 
 Aggregates run in SQL (counts, GROUP BY); only the timeline's empty buckets are filled in
 Python, so a large log table never travels into memory.
@@ -86,11 +86,11 @@ def log_to_json(row: RequestLog, summary: str | None = None) -> dict[str, Any]:
         "result": row.result,
         "rule_id": row.rule_id,
         "response_time_ms": row.response_time_ms,
-        "reason": row.reason,  # D24
-        "would": row.would,  # D26 report mode
-        "mitm_skip_reason": row.mitm_skip_reason,  # why a tunnel was not intercepted (§8.3)
+        "reason": row.reason,  # why, as the blocked client was told (docs/decisions.md#told-why)
+        "would": row.would,  # report mode: what would have happened
+        "mitm_skip_reason": row.mitm_skip_reason,  # why a tunnel was not intercepted
         "node_id": row.node_id,  # which node answered the connection (fleet mode, docs/fleet.md)
-        # D30: the Unicode form of the name shown (resolved_hostname, else destination_host) and
+        # The Unicode form of the name shown (resolved_hostname, else destination_host) and
         # whether it mixes scripts; display only, rules match the punycode.
         **display_fields(row.resolved_hostname or row.destination_host),
     }
@@ -272,7 +272,7 @@ def log_stats(f: LogFilter, top: int = 10, group: str = "hour") -> dict[str, Any
 
 
 def auto_group(since: dt.datetime, until: dt.datetime) -> str:
-    """§5: hours up to 48 h, else days; weeks beyond a year so long ranges stay readable."""
+    """Hours up to 48 h, else days; weeks beyond a year so long ranges stay readable."""
     span = until - since
     if span <= dt.timedelta(hours=48):
         return "hour"

@@ -1,5 +1,5 @@
-"""Background upkeep of stored traffic: the retro-active header redaction job (§9), the
-retro-active secret scrubbing job (D31) and retention (D19).
+"""Background upkeep of stored traffic: the retro-active header redaction job, the
+retro-active secret scrubbing job and retention.
 
 Both run in greenlets and share the process's single database connection, so every batch is
 one short transaction with no cooperative yield inside it, and the loop yields between batches:
@@ -152,7 +152,7 @@ def _redacted_columns(row: HttpTransaction, redactor: Redactor) -> dict[Any, Any
     return changes
 
 
-# -- retro-active secret scrubbing (D31) -------------------------------------------------------
+# -- retro-active secret scrubbing -------------------------------------------------------
 SCRUB_ROWS = 200  # rows of one table per batch
 SCRUB_BYTES = 8 * 1024 * 1024  # body bytes per batch of transactions (at least one row)
 LOG_COLUMNS = ("container_name", "container_id", "destination_host", "resolved_hostname", "method", "reason",
@@ -409,7 +409,7 @@ def _scrub_table(db: peewee.Database, model: type[peewee.Model], columns: tuple[
         advance(len(rows))
 
 
-# -- retention (D19) ---------------------------------------------------------------------------
+# -- retention ---------------------------------------------------------------------------
 def _positive_or_off(raw: Mapping[str, Any], key: str) -> float | None:
     value = raw.get(key)
     if value is None:
@@ -469,7 +469,7 @@ def used_bytes(db: peewee.Database) -> int | None:
 
 
 class Retention:
-    """Deletes what D19 says is too old, and the oldest transactions while the database is over
+    """Deletes what the retention settings say is too old, and the oldest transactions while the database is over
     `max_db_mb`; every RETENTION_INTERVAL seconds and once at start."""
 
     def __init__(self, db: peewee.Database, bus: Bus, policy: RetentionPolicy,

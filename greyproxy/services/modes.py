@@ -1,4 +1,4 @@
-"""Per-container modes (D26): container glob -> enforce | report | open."""
+"""Per-container modes (docs/decisions.md#decisions-on-the-connection-path): container glob -> enforce | report | open."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pending queue (§4): rows for unmatched destinations, and their resolution into rules."""
+"""Pending queue (docs/user-guide.md#rules-pending-requests-and-holds): rows for unmatched destinations, and their resolution into rules."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def pending_to_json(row: PendingRequest, waiters: int | None = None, ptr_hostnam
         "destination_host": row.destination_host,
         "destination_port": row.destination_port,
         "resolved_hostname": row.resolved_hostname,
-        "ptr_hostname": ptr_hostname,  # display only (D13): whoever owns the IP block writes it
+        "ptr_hostname": ptr_hostname,  # display only: whoever owns the IP block writes it
         "first_seen": iso(row.first_seen),
         "last_seen": iso(row.last_seen),
         "attempt_count": row.attempt_count,
-        # D30: the Unicode form of the name a rule would be made for, and whether it mixes scripts
+        # The Unicode form of the name a rule would be made for, and whether it mixes scripts
         # (a look-alike such as g\u0456thub.com); display only, rules match the punycode.
         **display_fields(display_host(row)),
     }
@@ -120,7 +120,7 @@ class PendingService:
                 & (PendingRequest.destination_port == a.destination_port)
             )
             if row is None and a.resolved_hostname:
-                # A different IP of a host that is already pending: bump that row (§4.2).
+                # A different IP of a host that is already pending: bump that row.
                 row = self._existing(
                     (PendingRequest.container_name == a.container_name)
                     & (PendingRequest.resolved_hostname == a.resolved_hostname)
@@ -338,7 +338,7 @@ class PendingService:
         return removed
 
     def prune_matching(self, matches_allow: Callable[[PendingRequest], bool]) -> int:
-        """After an ingest: drop pending rows an allow rule now covers (§3.9)."""
+        """After an ingest: drop pending rows an allow rule now covers."""
         # One transaction: the rows go with their audit entries (issue 13); events after the commit.
         with self.db.atomic():
             gone = [row.id for row in PendingRequest.select().limit(10000) if matches_allow(row)]

@@ -1,4 +1,4 @@
-"""The live policy (D5): a decision on the connection path reads memory only.
+"""The live policy (docs/decisions.md#decisions-on-the-connection-path): a decision on the connection path reads memory only.
 
 Issue 13: a policy change no longer rebuilds everything. The rule index is patched in place
 (`RuleChange`: rules added/replaced or removed by id, a session's new expiry after a heartbeat),

@@ -1,4 +1,4 @@
-"""`POST /api/transactions/:id/replay` (D17): send a stored request again, on behalf of the same
+"""`POST /api/transactions/:id/replay` (docs/decisions.md#audit-observability-traffic-tools): send a stored request again, on behalf of the same
 container, and store the exchange as a new transaction (`replay_of` = the original).
 
 The request may be changed first (`Modifications`: method, URL, headers, body). The replay is a
@@ -317,7 +317,7 @@ class Replayer:
         self.scrubber = scrubber
         self.recordings = recordings
         self.bus = bus
-        self.vault = vault  # credential placeholders given in a replay are swapped as live (D15, D31)
+        self.vault = vault  # credential placeholders given in a replay are swapped as live
         self.on_substituted = on_substituted  # per-session substitution counts
 
     def replay(self, row: HttpTransaction, mods: Modifications | None = None) -> HttpTransaction:
@@ -373,7 +373,7 @@ class Replayer:
         resp_body, resp_size, resp_cut = tap.result()
         redactor = self.redactor()
         content_type = next((v for n, v in response_headers if n.lower() == "content-type"), None)
-        # D31: what the replay stores is scrubbed like any capture (vault values, redacted request values).
+        # What the replay stores is scrubbed like any capture (vault values, redacted request values).
         scrub = self.scrubber.for_exchange(redactor.redacted_values(sent_headers, req.url),
                                            sub.reverse if sub is not None else ())
         url, req_headers, resp_headers = redactor.url(req.url), redactor.headers(sent_headers), redactor.headers(response_headers)

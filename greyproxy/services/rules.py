@@ -70,7 +70,7 @@ def check_action(action: str, method_pattern: str, path_pattern: str) -> None:
 
 
 def validated(new: NewRule) -> NewRule:
-    """The rule with its patterns in stored form; raises PatternError (D3, D30).
+    """The rule with its patterns in stored form; raises PatternError.
 
     Every write path (API, YAML import and ingest, pending decisions, sessions) ends here, so
     no rule reaches the database unvalidated. The normalizers are idempotent: patterns that
@@ -123,7 +123,7 @@ def rule_to_json(rule: Rule, now: dt.datetime | None = None) -> dict[str, Any]:
         "is_active": rule.expires_at is None or rule.expires_at > now,
         "enabled": bool(rule.enabled),
         "source": rule_source(rule),
-        **display_fields(rule.destination_pattern),  # D30: Unicode form and mixed scripts, display only
+        **display_fields(rule.destination_pattern),  # Unicode form and mixed scripts, display only
     }
 
 
@@ -363,12 +363,12 @@ class RuleService:
         return True
 
     def touch_used(self, rule_ids: Iterable[int], when: dt.datetime) -> None:
-        """Batched last_used_at bump (§3.7), called by the store writer, never per connection."""
+        """Batched last_used_at bump, called by the store writer, never per connection."""
         ids = list(set(rule_ids))
         if ids:
             Rule.update(last_used_at=when).where(Rule.id.in_(ids)).execute()
 
-    # -- session rules (§3.10) ----------------------------------------------------------
+    # -- session rules ----------------------------------------------------------
     def set_session_rules(self, session_id: str, items: list[NewRule]) -> int:
         """Replace a session's rules; a clash with an existing identical rule is skipped."""
         items = [validated(new) for new in items]

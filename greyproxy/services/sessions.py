@@ -1,4 +1,4 @@
-"""Sessions (§11.3, §3.10, D12, D25): a sandbox launcher registers each agent run with its
+"""Sessions (docs/sessions.md): a sandbox launcher registers each agent run with its
 network rules, a learning-mode switch and credential placeholders. Everything the
 connection path needs is mirrored in memory (`SessionInfo`); SQL happens only here."""
 
@@ -128,7 +128,7 @@ class SessionService:
         return [s for s in self._live.values() if s.expires_at > now]
 
     def current_sessions(self) -> dict[str, str]:
-        """container → its most recently created unexpired session (§3.3 supersession).
+        """container → its most recently created unexpired session (a newer one supersedes it).
         Kept up to date when a session starts, beats or ends, so a connection only reads it."""
         return self._current
 
@@ -153,7 +153,7 @@ class SessionService:
         return info if info is not None and info.expires_at > time.time() else None
 
     def identity(self, username: str | None, password: str | None, container: str) -> tuple[str, str | None]:
-        """D12: (container, refusal reason or None) for a connection's proxy credentials."""
+        """(container, refusal reason or None) for a connection's proxy credentials."""
         if username:
             bound = self.get_live(username)
             if bound is not None:  # username = session id: that session's container, explicitly
@@ -264,7 +264,7 @@ class SessionService:
             )
         self.vault.remove_session(spec.session_id)
         for m in spec.mappings:
-            # D31: only the session's own container (or a connection naming the session) gets it.
+            # Only the session's own container (or a connection naming the session) gets it.
             self.vault.put(Secret(m.placeholder, m.value, labels[m.placeholder], spec.session_id, m.hosts,
                                   (spec.container_name,)))
         self._set_live(self._info(row), spec.session_id)
@@ -326,13 +326,13 @@ class SessionService:
         self.on_end(session_id)
         self.vault.remove_session(session_id)
         self._substitutions.pop(session_id, None)
-        # Deleting the rules tears down the connections they allowed (D25, via rule.deleted).
+        # Deleting the rules tears down the connections they allowed (via rule.deleted).
         self.rules.delete_session_rules(session_id)
         self.on_change()
 
     # -- background ----------------------------------------------------------------------
     def expire_live(self) -> None:
-        """Every second: a session past its expiry ends now (D25), not at the next DB sweep."""
+        """Every second: a session past its expiry ends now, not at the next DB sweep."""
         now = time.time()
         for sid in [s for s, info in self._live.items() if info.expires_at <= now]:
             if self._beaten_elsewhere(sid):

@@ -1,4 +1,4 @@
-"""Runtime settings (§16), persisted to `<data_dir>/settings.json`.
+"""Runtime settings (docs/configuration.md), persisted to `<data_dir>/settings.json`.
 
 The file holds only the keys a user changed, with greyproxy's flat on-disk names (`theme`,
 `notificationsEnabled`, `mitmEnabled`, `conversationsEnabled`, `redactedHeaders`, plus our
@@ -35,7 +35,7 @@ class SettingsStore:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         # Set by the runtime: the CA part of `mitm` in the JSON shape (needs the MITM state).
         self.cert_info: Callable[[], dict[str, Any]] | None = None
-        # Set by the runtime: the desktop notifier's backend fields of `notifications` (§16).
+        # Set by the runtime: the desktop notifier's backend fields of `notifications`.
         self.notifier_info: Callable[[], dict[str, Any]] | None = None
 
     @classmethod
@@ -118,7 +118,7 @@ def settings_to_json(values: dict[str, Any], active_claims: int | None,
     if cert is not None:
         mitm["certGenerated"] = cert["generated"]
         if cert.get("expiresAt"):
-            mitm["certExpiry"] = cert["expiresAt"][:10]  # YYYY-MM-DD, as §16 shows it
+            mitm["certExpiry"] = cert["expiresAt"][:10]  # YYYY-MM-DD, as greyproxy's settings show it
         mitm["certPath"] = cert["certPath"]
         mitm["installed"] = cert["installed"]
     return {

@@ -1,4 +1,4 @@
-"""Silent mode (§4.6): a global allow-all or deny-all for a while, in memory only."""
+"""Silent mode (docs/user-guide.md#rules-pending-requests-and-holds): a global allow-all or deny-all for a while, in memory only."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ class HttpTransaction(BaseModel):
 
 
 class MiddlewareEvent(BaseModel):
-    """What an external middleware did to an exchange (§13 audit): deny, block, rewrite, a
+    """What an external middleware did to an exchange (the middleware audit): deny, block, rewrite, a
     tagged allow/passthrough, or `error` when its on_disconnect policy applied."""
 
     timestamp = peewee.DateTimeField(index=True)
@@ -141,7 +141,7 @@ class MiddlewareEvent(BaseModel):
 
 
 class AuditEntry(BaseModel):
-    """One control-plane change (D16), linked to the one before it by `prev_hash`."""
+    """One control-plane change, linked to the one before it by `prev_hash`."""
 
     timestamp = peewee.TextField(index=True)  # fixed-width ISO text: hashed exactly as stored
     actor = peewee.TextField(index=True)
@@ -157,7 +157,7 @@ class AuditEntry(BaseModel):
 
 
 class EndpointRuleRow(BaseModel):
-    """URL → LLM decoder (§10.2); built-in rows are re-seeded at every start."""
+    """URL → LLM decoder; built-in rows are re-seeded at every start."""
 
     host_pattern = peewee.TextField()
     path_pattern = peewee.TextField()
@@ -234,7 +234,7 @@ class DnsCacheEntry(BaseModel):
 
 
 class Session(BaseModel):
-    """A sandbox launcher's run (§11.3): its container, rules, credentials (encrypted)."""
+    """A sandbox launcher's run: its container, rules, credentials (encrypted)."""
 
     session_id = peewee.TextField(primary_key=True)
     container_name = peewee.TextField(index=True)
@@ -248,7 +248,7 @@ class Session(BaseModel):
     substitution_count = peewee.IntegerField(default=0)
     metadata_json = peewee.TextField(default="{}")
     allow_all = peewee.BooleanField(default=False)
-    proxy_token_hash = peewee.TextField(null=True)  # SHA-256 of the D12 proxy token, never the token
+    proxy_token_hash = peewee.TextField(null=True)  # SHA-256 of the session's proxy token, never the token
 
     class Meta:
         table_name = "sessions"

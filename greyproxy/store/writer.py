@@ -1,5 +1,5 @@
 """The store writer: every write the proxy path asks for happens here, in batches, so a
-connection never waits on SQL (D5). A crash loses at most one batch interval of log rows."""
+connection never waits on SQL. A crash loses at most one batch interval of log rows."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class StoreWriter:
         self.on_transactions: Callable[[], None] = lambda: None
         # (table, seconds, rows) for each batch written; the runtime points it at the metrics.
         self.observe_batch: Callable[[str, float, int], None] = lambda _table, _seconds, _rows: None
-        # Applied to each log row and middleware event before it is written (D31: no real
+        # Applied to each log row and middleware event before it is written (no real
         # credential value in storage); the runtime points it at the scrubber.
         self.scrub_row: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
         # Which node writes (fleet mode, docs/fleet.md): on every log row and transaction.
@@ -92,11 +92,11 @@ class StoreWriter:
         self._transactions.append((row, saved))
 
     def middleware_event(self, row: dict[str, Any]) -> None:
-        """One middleware audit row (§13); written with the next log batch."""
+        """One middleware audit row; written with the next log batch."""
         self._middleware_events.append(row)
 
     def skip_reason(self, container: str, host: str, port: int, reason: str) -> None:
-        """Why a tunnel was not intercepted (§8.3), noted on the connection's log row."""
+        """Why a tunnel was not intercepted, noted on the connection's log row."""
         for row in reversed(self._logs):  # usually still queued: set it before it is written
             if (row["container_name"], row["destination_host"], row["destination_port"]) == (container, host, port):
                 row["mitm_skip_reason"] = reason
