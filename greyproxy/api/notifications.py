@@ -1,4 +1,4 @@
-"""Notification claims (§6 `claim_notifications`) and `GET/PUT /api/notifications`.
+"""Notification claims (the `/ws` command `claim_notifications`) and `GET/PUT /api/notifications`.
 
 A companion app that shows its own prompts claims notifications over /ws; while any claim is
 held the desktop notifier stays quiet. Claims are counted, not owned, and released when the

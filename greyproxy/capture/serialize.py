@@ -1,4 +1,4 @@
-"""JSON shape of a stored transaction (§5 Txn), shared by the REST API and `transaction.new`."""
+"""JSON shape of a stored transaction (the API's transaction object), shared by the REST API and `transaction.new`."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def transaction_to_json(row: HttpTransaction, bodies: bool = False) -> dict[str,
         "session_id": row.session_id,
         "replay_of": row.replay_of,
         "recording_id": getattr(row, "recording_id", None),
-        "middleware_actions": parse_json_column(row.middleware_actions) or [],  # §13 badges
+        "middleware_actions": parse_json_column(row.middleware_actions) or [],  # the middleware badges
         "node_id": getattr(row, "node_id", None),  # which node captured it (fleet mode)
     }
     if bodies:

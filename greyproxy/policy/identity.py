@@ -1,4 +1,4 @@
-"""Client identity from the proxy credentials (§2 steps 2-3; Docker lookup lives elsewhere)."""
+"""Client identity from the proxy credentials (the username, else `unknown-<ip>`; the Docker lookup lives elsewhere)."""
 
 from __future__ import annotations
 

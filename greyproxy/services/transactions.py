@@ -1,4 +1,4 @@
-"""Read side of captured transactions (§5 `/api/transactions`, D17 exports)."""
+"""Read side of captured transactions (`/api/transactions`, exports)."""
 
 from __future__ import annotations
 
