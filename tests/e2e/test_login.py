@@ -1,4 +1,4 @@
-"""Token login (D9): the printed URL logs a browser in; without it no page or API data is served."""
+"""Token login (docs/decisions.md#the-control-plane-is-not-the-agents): the printed URL logs a browser in; without it no page or API data is served."""
 
 from __future__ import annotations
 

@@ -275,7 +275,7 @@ def test_credentials_page_adds_lists_and_deletes(gp, dashboards):
     row = page.locator("#creds-table tbody tr", has_text="GITHUB_TOKEN")
     expect(row).to_have_count(1)
     expect(row.locator("td[data-label=Containers]")).to_have_text("claude, build-*")
-    expect(row.locator("td[data-label=Value]")).to_have_text("ghp_***")  # at most 4 characters (D31)
+    expect(row.locator("td[data-label=Value]")).to_have_text("ghp_***")  # at most 4 characters
     expect(row.locator(".placeholder")).to_contain_text("greyproxy:credential:v1:global:")
     assert "ghp_supersecretvalue123" not in page.content()  # the value is never shown back
     dash.shot("credentials-added")

@@ -1,4 +1,4 @@
-"""A stdio middleware for the proxy tests (§13): NDJSON on stdin/stdout, stdlib only.
+"""A stdio middleware for the proxy tests: NDJSON on stdin/stdout, stdlib only.
 
 What it does depends on the request path, so one process covers every decision; everything it
 is sent is appended to the file named by argv[1] (one JSON line per message) for the test to read.

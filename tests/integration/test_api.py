@@ -1,4 +1,4 @@
-"""REST control plane against a real `greyproxy serve` (§5, D3, D7, D9, D10, D26)."""
+"""REST control plane against a real `greyproxy serve` (docs/decisions.md#rules)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def assert_error(resp: requests.Response, status: int, contains: str = "") -> No
     assert contains.lower() in body["error"].lower()
 
 
-# -- guard: token, Host, Origin, Content-Type (D9, D10) ------------------------------------------
+# -- guard: token, Host, Origin, Content-Type ------------------------------------------
 
 
 def test_health_needs_no_token_but_everything_else_does(gp):
@@ -466,7 +466,7 @@ def test_logs_stats_and_dashboard_see_fresh_traffic(gp, origin):
     )
 
 
-# -- Server-Sent Events (D8) ---------------------------------------------------------------------
+# -- Server-Sent Events ---------------------------------------------------------------------
 
 
 def read_sse(lines):

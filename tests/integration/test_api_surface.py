@@ -1,5 +1,5 @@
 """Issue 16 (part A) against a real `greyproxy serve`: hostile input on every JSON route is a
-400 (never a 500 or a hang), and the routes and shapes the reference has (§5): dissectors,
+400 (never a 500 or a hang), and the routes and shapes the reference has: dissectors,
 endpoint rules, version, maintenance status, middlewares, flat settings keys, rule expiry,
 log filters and long stats ranges, notifications without a backend."""
 

@@ -1,4 +1,4 @@
-"""The audit log (D16) in a real `greyproxy serve`: control-plane changes from REST, the
+"""The audit log (docs/decisions.md#audit-observability-traffic-tools) in a real `greyproxy serve`: control-plane changes from REST, the
 dashboard cookie, the WebSocket, the CLI and SIGHUP land with their actor, kind and
 before/after; no secret reaches it; `greyproxy audit verify` finds a tampered entry."""
 

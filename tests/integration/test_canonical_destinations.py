@@ -1,6 +1,6 @@
-"""D30 on a live `greyproxy serve`: no deny rule can be walked around by another spelling of an
+"""Canonical destinations on a live `greyproxy serve`: no deny rule can be walked around by another spelling of an
 address or a name, rules are stored in the canonical spelling, invalid names are refused
-cleanly, and the guard (D14) judges the IPv4 inside every IPv6 wrapping.
+cleanly, and the guard judges the IPv4 inside every IPv6 wrapping.
 
 The refused destinations listen for real (on 127.0.0.12), and every test asserts on what they
 saw: not one connection, not one byte.
@@ -455,7 +455,7 @@ def test_guard_refuses_ipv6_wrappings_of_private_addresses(guarded, denied_origi
 
 
 def test_guard_lets_a_rule_name_the_ipv4_but_not_its_wrappings(guarded, denied_origin):
-    add_rule(guarded, DENIED_IP, "allow")  # names 127.0.0.12 explicitly (D14)
+    add_rule(guarded, DENIED_IP, "allow")  # names 127.0.0.12 explicitly
     port = denied_origin.port
     for spelling in (DENIED_IP, "2130706444"):
         status, _, sock = http_connect(guarded.ports["http"], f"{spelling}:{port}")

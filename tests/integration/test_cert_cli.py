@@ -1,4 +1,4 @@
-"""The interception CA through REST and the CLI (§5, §8.1, §18): generate, status, download,
+"""The interception CA through REST and the CLI: generate, status, download,
 reload of a running proxy without a restart, file modes, and the install consent prompt."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`greyproxy cert install -f` / `cert uninstall -f` against a real Debian trust store (§18).
+"""`greyproxy cert install -f` / `cert uninstall -f` against a real Debian trust store.
 
 The test never touches this machine's trust store: it runs in a private mount namespace where
 /etc/ssl/certs and /usr/local/share/ca-certificates are throw-away copies, so the real

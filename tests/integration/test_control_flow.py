@@ -1,4 +1,4 @@
-"""Approving from the control WebSocket releases the held connection (§6, D8)."""
+"""Approving from the control WebSocket releases the held connection (docs/decisions.md#audit-observability-traffic-tools)."""
 
 from __future__ import annotations
 

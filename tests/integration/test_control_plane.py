@@ -1,4 +1,4 @@
-"""D11: the proxy can never be used to reach its own API, whatever the rules or modes say."""
+"""The proxy can never be used to reach its own API, whatever the rules or modes say."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_plain_http_to_api_is_blocked(wide_open):
 
     sock = socket.create_connection(("127.0.0.1", wide_open.ports["http"]), timeout=10)
     sock.sendall(f"GET http://127.0.0.1:{wide_open.ports['api']}/api/rules HTTP/1.1\r\nHost: x\r\n"
-                 "Proxy-Authorization: Basic YWdlbnQxOng=\r\n\r\n".encode())  # agent1:x (D28)
+                 "Proxy-Authorization: Basic YWdlbnQxOng=\r\n\r\n".encode())  # agent1:x
     data = sock.recv(65536).decode()
     sock.close()
     assert data.startswith("HTTP/1.1 403")

@@ -1,4 +1,4 @@
-"""LLM conversations (§10) assembled from real captured traffic: an agent talks to a local
+"""LLM conversations assembled from real captured traffic: an agent talks to a local
 chat-completions server through the proxy; the unknown endpoint is recognised by its body,
 the calls become one conversation with turns, tool calls and their results; the settings
 switch stops and resumes assembly; a rebuild starts again from the first transaction."""

@@ -96,7 +96,7 @@ def test_health_reports_the_dns_port(gp_factory, auth):
     ports = gp.api("GET", "/api/health").json()["ports"]
     assert isinstance(gp.ports["dns"], int) and gp.ports["dns"] > 0
     assert ports["dns-proxy-udp"] == ports["dns-proxy-tcp"] == gp.ports["dns"]
-    # the DNS listener is part of the control plane: proxied traffic cannot reach it (D11)
+    # the DNS listener is part of the control plane: proxied traffic cannot reach it
     rep, sock = socks_connect(gp.ports["socks5"], "127.0.0.1", gp.ports["dns"])
     sock.close()
     assert rep == 0x02
@@ -198,7 +198,7 @@ def test_forged_ptr_never_makes_a_connection_match_a_name_rule(gp_factory, auth,
     assert rep == 0x02
     assert [p["resolved_hostname"] for p in pending(gp)] == [None]
     assert svc.requests == []
-    # The PTR name is shown to the human deciding (D13), marked as such, and still grants nothing.
+    # The PTR name is shown to the human deciding, marked as such, and still grants nothing.
     assert gp.wait_for(lambda: [p["ptr_hostname"] for p in pending(gp)] == ["svc.test"])
     rep, _ = fetch_via_socks(gp, "127.0.0.5", svc.port, source=CLIENT_B)
     assert rep == 0x02 and svc.requests == []

@@ -1,4 +1,4 @@
-"""Container identity (§2 step 1, §14) against a fake Docker Engine API that the test serves on a
+"""Container identity (docs/user-guide.md#identity-who-is-the-client) against a fake Docker Engine API that the test serves on a
 unix socket: names resolved by source IP, the cache honoured, an engine that is down or stuck
 falls back to the username / unknown identity without holding the connection."""
 

@@ -43,7 +43,7 @@ def allow(gp, host: str) -> None:
 
 
 def test_early_http_request_is_rechecked_and_recorded(gp):
-    origin = Origin(host="127.0.0.1")  # reached by name (localhost), so the Host header is judged (D13)
+    origin = Origin(host="127.0.0.1")  # reached by name (localhost), so the Host header is judged
     try:
         fronted = connect_with_early(gp, "localhost", origin.port,
                                      b"GET /sneaky HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n")

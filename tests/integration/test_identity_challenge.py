@@ -1,4 +1,4 @@
-"""Identity challenge (D28): an HTTP-proxy client that sends no credentials is answered 407 with
+"""Identity challenge (docs/decisions.md#identity): an HTTP-proxy client that sends no credentials is answered 407 with
 `Proxy-Authenticate: Basic realm="greyproxy"`, so git, curl --proxy-anyauth, browsers and Java
 send the NAME of `http://NAME:x@proxy` and get NAME's rules, on the same connection.
 `identity: {anonymous: fallback}` keeps the old `unknown-<ip>` identity; Docker-named sources

@@ -183,7 +183,7 @@ def test_json_log_lines_stay_one_object_each(gp_factory, echo):
 
 
 SOCKS_REFUSALS = [
-    # ASCII with no canonical spelling: the gate's bad_destination decision (D30), 0x02 at once.
+    # ASCII with no canonical spelling: the gate's bad_destination decision, 0x02 at once.
     pytest.param(b"xn--zz.test", 0x02, id="invalid-idna-punycode"),
     pytest.param(b"xn--.test", 0x02, id="empty-punycode"),
     # Bytes no host spelling uses: refused by the listener, 0x08, before any decision.
@@ -230,7 +230,7 @@ def test_http_proxy_bad_requests_are_refused_cleanly(gp_factory, echo, payload):
     if b"%s" in payload:
         payload = payload.replace(b"%s", basic("agent1").encode())
     answer = http_raw(gp.ports["http"], payload)
-    # 400 for what is not a request we can read; 407 for credentials we cannot read (D28).
+    # 400 for what is not a request we can read; 407 for credentials we cannot read.
     assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 407")), answer[:120]
     if b"Proxy-Authorization" in payload and b"[" not in payload:
         assert answer.startswith(b"HTTP/1.1 407")

@@ -58,7 +58,7 @@ HTTP_CASES = [
 
 def with_credentials(payload: bytes) -> bytes:
     """The case as a client that names itself would send it (agent1:x after the request line),
-    so what it meets is the listener's handling of the bytes, not the identity challenge (D28)."""
+    so what it meets is the listener's handling of the bytes, not the identity challenge."""
     line, sep, rest = payload.partition(b"\r\n")
     return line + sep + b"Proxy-Authorization: Basic YWdlbnQxOng=\r\n" + rest if sep else payload
 

@@ -1,4 +1,4 @@
-"""D18: /metrics (Prometheus text, scraped with prometheus_client's own parser) and /api/metrics
+"""/metrics (Prometheus text, scraped with prometheus_client's own parser) and /api/metrics
 agree with the connection log after real traffic."""
 
 from __future__ import annotations

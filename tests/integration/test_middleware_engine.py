@@ -1,4 +1,4 @@
-"""The middleware engine (§13) against real middleware processes and a real WebSocket server.
+"""The middleware engine against real middleware processes and a real WebSocket server.
 
 The engine runs in this (unpatched) process on gevent primitives; the stdio middlewares are the
 programs in tests/middleware_examples, steered per exchange through `X-Plan-<name>` headers.

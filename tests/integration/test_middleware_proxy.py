@@ -1,4 +1,4 @@
-"""External middlewares in a real `greyproxy serve` (§13): a stdio middleware (mw_script.py)
+"""External middlewares in a real `greyproxy serve`: a stdio middleware (mw_script.py)
 denies, rewrites and tags requests and blocks or rewrites responses, on the plain proxy path and
 inside intercepted HTTPS; it sees credential placeholders, never the secrets; what it did is in
 the audit trail, on the transactions and in `GET /api/middlewares`; SIGHUP replaces it."""

@@ -1,5 +1,5 @@
-"""TLS interception (§8): byte-identical responses, stored transactions with secrets redacted,
-skip reasons, SNI/Host checks (D13), CA reload without restart."""
+"""TLS interception: byte-identical responses, stored transactions with secrets redacted,
+skip reasons, SNI/Host checks, CA reload without restart."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket through interception (§8.4): every frame stored in order, both directions,
+"""WebSocket through interception: every frame stored in order, both directions,
 permessage-deflate inflated; frames forwarded unchanged."""
 
 from __future__ import annotations

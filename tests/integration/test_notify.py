@@ -1,4 +1,4 @@
-"""Desktop notifications (§15) with a stand-in `notify-send` on PATH: a real shell script that
+"""Desktop notifications with a stand-in `notify-send` on PATH: a real shell script that
 records its arguments, run by a real greyproxy process."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""D23: GET /api/openapi.json describes every route the app registers, and only those; the
+"""GET /api/openapi.json describes every route the app registers, and only those; the
 document holds together (every $ref resolves, path parameters are declared); /docs renders it."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_document_is_consistent():
             for status in operation["responses"]:
                 assert re.fullmatch(r"[1-5]\d\d", status), f"{method.upper()} {path}: status {status}"
     public = [(m, p) for p, item in doc["paths"].items() for m, op in item.items() if op.get("security") == []]
-    assert public == [("get", "/api/health")]  # D9: the one route without the token
+    assert public == [("get", "/api/health")]  # the one route without the token
 
 
 def test_served_document_and_reference_page(gp):

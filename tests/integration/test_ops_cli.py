@@ -169,7 +169,7 @@ def test_the_login_url_goes_to_a_terminal_never_into_the_log(gp, tmp_path):
     stopped = cli("token", "show", "--url", "--data-dir", str(tmp_path))
     assert stopped.returncode == 1 and "not running" in stopped.stderr
 
-    # On a terminal the URL to click is printed whole (D9).
+    # On a terminal the URL to click is printed whole.
     main, child = pty.openpty()
     cmd = gp.command()
     cmd[cmd.index("--data-dir") + 1] = str(tmp_path / "tty")

@@ -1,4 +1,4 @@
-"""PTR names for display (D13): looked up in the background through the DNS upstream, cached,
+"""PTR names for display (docs/decisions.md#what-a-connection-may-carry): looked up in the background through the DNS upstream, cached,
 bounded, never blocking the caller. Driven in-process against the test's authoritative server."""
 
 from __future__ import annotations

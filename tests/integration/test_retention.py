@@ -1,4 +1,4 @@
-"""Retention (D19) in a running proxy: old logs, transactions and pending rows go; a size cap
+"""Retention (docs/decisions.md#operations) in a running proxy: old logs, transactions and pending rows go; a size cap
 removes the oldest transactions first."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 (D16, D31), storage and binding side, against an origin that echoes what it receives:
+"""Issue 12 (docs/decisions.md#audit-observability-traffic-tools), storage and binding side, against an origin that echoes what it receives:
 nothing greyproxy stores or serves holds a real credential value or a raw value redacted from
 the request; a session's placeholder sent by another container goes upstream unchanged; the
 scrub job cleans rows stored before.

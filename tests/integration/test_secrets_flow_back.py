@@ -1,4 +1,4 @@
-"""Real secrets never flow back to the agent (D31): an origin that echoes what it received gets
+"""Real secrets never flow back to the agent (docs/decisions.md#interception-and-secrets): an origin that echoes what it received gets
 the real value (substitution works), and the client receives the placeholder instead, in
 headers and bodies, plain or gzip'd, with a length, chunked with the value split across chunks,
 as an event stream, over the plain proxy and through interception."""

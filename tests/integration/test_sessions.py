@@ -1,4 +1,4 @@
-"""The sandbox launcher's protocol (§11, D12, D15, D16, D25): sessions, session rules,
+"""The sandbox launcher's protocol (docs/sessions.md): sessions, session rules,
 credential placeholders swapped for real secrets on the way out, never stored."""
 
 from __future__ import annotations

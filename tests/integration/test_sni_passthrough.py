@@ -1,4 +1,4 @@
-"""The TLS server name is checked on tunnels that are not intercepted (D13, D29): MITM off, the
+"""The TLS server name is checked on tunnels that are not intercepted (docs/decisions.md#what-a-connection-may-carry): MITM off, the
 host in `mitm.bypass`, or no CA. A ClientHello naming another host than the one the tunnel was
 allowed for is refused before a byte of it goes upstream; the client gets a TLS alert. A
 CONNECT head and a ClientHello in one write ("early" TLS) get the same check, and are

@@ -1,5 +1,5 @@
-"""Captured traffic through a real `greyproxy serve`: list/detail filters (§5), HAR export and
-curl (D17), replay under the rules, redaction settings and the retro-active job (§9)."""
+"""Captured traffic through a real `greyproxy serve`: list/detail filters, HAR export and
+curl, replay under the rules, redaction settings and the retro-active job."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def traffic(gp, origin):
 # -- list and detail -----------------------------------------------------------------------------
 def test_list_filters_pagination_and_detail(gp, traffic):
     a, b, c = traffic["/a"], traffic["/b"], traffic["/c"]
-    assert a["url"].endswith(f"/a?token={REDACTED}&x=1")  # D17: sensitive query values redacted
+    assert a["url"].endswith(f"/a?token={REDACTED}&x=1")  # sensitive query values redacted
     assert a["request_headers"]["Authorization"] == [REDACTED]
     assert a["request_headers"]["X-Custom"] == ["visible-1"]
     assert "request_body" not in a  # the list has no bodies

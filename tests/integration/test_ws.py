@@ -1,4 +1,4 @@
-"""Control WebSocket `/ws` against a real `greyproxy serve` (§6, D8, D9, D10)."""
+"""Control WebSocket `/ws` against a real `greyproxy serve` (docs/decisions.md#audit-observability-traffic-tools)."""
 
 from __future__ import annotations
 

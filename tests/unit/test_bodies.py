@@ -1,4 +1,4 @@
-"""Body capture (§8.4): text-like only, decompressed, capped, true size counted, bomb-safe."""
+"""Body capture: text-like only, decompressed, capped, true size counted, bomb-safe."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canonical destinations (D30): one spelling per address and per name, for matching, logging,
+"""Canonical destinations (docs/decisions.md#rules): one spelling per address and per name, for matching, logging,
 dialling and storing rules. Property-based where the space of spellings is large."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LLM API dissectors (spec §10.1): Anthropic, OpenAI Responses, Chat Completions, Gemini."""
+"""LLM API dissectors: Anthropic, OpenAI Responses, Chat Completions, Gemini."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Endpoint rules: globs, rule selection and auto-detection (spec §10.2)."""
+"""Endpoint rules: globs, rule selection and auto-detection."""
 
 from __future__ import annotations
 

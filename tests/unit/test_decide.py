@@ -1,4 +1,4 @@
-"""decide(): §4.1 order, silent mode (§4.6), control plane (D11), per-container modes (D26)."""
+"""decide(): the order of checks, silent mode, control plane (docs/decisions.md#the-control-plane-is-not-the-agents), per-container modes."""
 
 from __future__ import annotations
 

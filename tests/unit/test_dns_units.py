@@ -44,7 +44,7 @@ def test_representative_ports_cover_every_stretch():
         ([rule(1, "x.example", "*", "deny")], "x.example", False, "denied_by_rule"),
         # denied on 80 but allowed on 443: some connection is possible, so the name resolves
         ([rule(1, "x.example", "443"), rule(2, "x.example", "80", "deny")], "x.example", True, "allowed_by_rule"),
-        # the specific deny beats the wildcard allow on every port (§3.4)
+        # the specific deny beats the wildcard allow on every port
         ([rule(1, "*.example", "*"), rule(2, "x.example", "*", "deny")], "x.example", False, "denied_by_rule"),
         ([rule(1, "x.example", "*", container="agent1")], "x.example", False, "no_matching_rule"),
         ([rule(1, "x.example", "*", container="unknown-*")], "x.example", True, "allowed_by_rule"),

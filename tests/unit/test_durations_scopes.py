@@ -1,4 +1,4 @@
-"""Durations (§4.4, §4.6, D7) and scopes (§4.4, D7)."""
+"""Durations (docs/user-guide.md#rules-pending-requests-and-holds) and scopes."""
 
 from __future__ import annotations
 

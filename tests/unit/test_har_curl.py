@@ -1,4 +1,4 @@
-"""HAR 1.2 and curl renderings of stored transactions (D17), on in-memory rows."""
+"""HAR 1.2 and curl renderings of stored transactions (docs/decisions.md#audit-observability-traffic-tools), on in-memory rows."""
 
 from __future__ import annotations
 

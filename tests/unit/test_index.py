@@ -1,4 +1,4 @@
-"""RuleIndex: candidate set (§3.3), precedence (§3.4, D4), expiry (§3.6)."""
+"""RuleIndex: candidate set (docs/user-guide.md#rules-pending-requests-and-holds), precedence, expiry."""
 
 from __future__ import annotations
 
@@ -254,7 +254,7 @@ def test_precedence(
     rules: list[RuleSpec], container: str, host: str, port: int, expected: int | None
 ) -> None:
     assert winner_id(rules, container, host, port, sessions=SESSIONS) == expected
-    # order-independence (D4): any input order gives the same winner
+    # order-independence: any input order gives the same winner
     rng = random.Random(1234)
     for _ in range(5):
         shuffled = list(rules)

@@ -1,4 +1,4 @@
-"""Pattern dialects (§3.2, D3) and specificity (§3.4)."""
+"""Pattern dialects (docs/user-guide.md#rules-pending-requests-and-holds) and specificity."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_normalize_container_errors(raw: str, message: str) -> None:
         ("**.example.com", "api.example.com", True),
         ("**.example.com", "a.b.c.example.com", True),
         ("**.example.com", "notexample.com", False),
-        # D3 label globs
+        # label globs
         ("api.*", "api.github", True),
         ("api.*", "api.github.com", False),
         ("api.*", "web.github", False),

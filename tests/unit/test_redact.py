@@ -1,4 +1,4 @@
-"""Header and query redaction (§9, D17)."""
+"""Header and query redaction (docs/decisions.md#audit-observability-traffic-tools)."""
 
 from __future__ import annotations
 

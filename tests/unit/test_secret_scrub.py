@@ -1,4 +1,4 @@
-"""Issue 12 (D31), storage side: previews, the scrubber, container binding of placeholders, the
+"""Issue 12 (docs/decisions.md#interception-and-secrets), storage side: previews, the scrubber, container binding of placeholders, the
 values the Redactor removes from a request, and the retro-active scrub job with its audit re-chain."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_session_secret_only_for_its_container_or_named_session(caplog):
     assert out == headers and target == f"/q?k={GPH}" and not result.changed and not result.reverse
     assert sorted(result.foreign) == sorted([SPH, GPH, GPH])
     assert any(r.getMessage() == "credential_foreign_container" for r in caplog.records)
-    # naming the session (D12) is enough even under another name
+    # naming the session is enough even under another name
     out, _, _ = vault.substitute_request(headers[:1], "/", "api.example", container="other", session_id="sess-1")
     assert dict(out) == {"Authorization": "Bearer session-value-1234"}
 
