@@ -1,6 +1,6 @@
 """Listening ports for the tests' own servers.
 
-D11 treats every loopback address with a port greyproxy listens on as the control plane: an
+The control-plane guard treats every loopback address with a port greyproxy listens on as the control plane: an
 origin on 127.0.0.5:P is refused when greyproxy happens to listen on 127.0.0.1:P. The kernel
 hands out port-0 binds on different addresses independently, so a test origin and a greyproxy
 listener could share a number by chance and the test would fail once in a few thousand runs.

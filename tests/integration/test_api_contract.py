@@ -25,7 +25,7 @@ BUDGET_SECONDS = 20.0  # per route and mode
 # Streams that never end by themselves, and the upgrade-only WebSocket.
 SKIPPED = {("get", "/api/events"), ("get", "/ws")}
 
-# §5's route table, as this API names the path parameters: each must be in the document too.
+# greyproxy's route table, as this API names the path parameters: each must be in the document too.
 REFERENCE_ROUTES = [
     ("get", "/api/health"), ("get", "/api/dashboard"), ("get", "/api/pending/count"), ("get", "/api/pending"),
     ("post", "/api/pending/{pending_id}/allow"), ("post", "/api/pending/{pending_id}/deny"),

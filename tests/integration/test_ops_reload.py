@@ -1,4 +1,4 @@
-"""SIGHUP (§17 reload): a changed config applies while a tunnel stays open; what only a restart can
+"""SIGHUP (reload, docs/configuration.md): a changed config applies while a tunnel stays open; what only a restart can
 change is reported and keeps its old value; a broken config or rules file changes nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""§16 settings, the full shape: the nested PUT persists to settings.json and publishes
+"""Runtime settings, the full shape: the nested PUT persists to settings.json and publishes
 `settings.changed` (checked over Server-Sent Events)."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_defaults_bind_loopback_on_the_greyproxy_ports(tmp_path):
     }
     assert cfg.data_dir == tmp_path
     assert cfg.hold_seconds == 30 and cfg.api_auth == "token"
-    assert cfg.identity_anonymous == "challenge"  # D28
+    assert cfg.identity_anonymous == "challenge"  # the 407 challenge by default
 
 
 def test_precedence_flag_over_file_over_default(tmp_path):

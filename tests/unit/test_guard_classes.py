@@ -1,4 +1,4 @@
-"""D14 address classes: every IPv6 form that carries an IPv4 is unwrapped and the IPv4 judged;
+"""Address classes of the private-range guard: every IPv6 form that carries an IPv4 is unwrapped and the IPv4 judged;
 unspecified, reserved, multicast, documentation and local-use ranges are not public."""
 
 from __future__ import annotations
