@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 from gevent import select as gselect
+from gevent.local import local as greenlet_local
 
 from greyproxy.policy.patterns import is_ip_literal
 from greyproxy.proxy.exchange import REQUEST_TIMEOUT, bad_request, destination_for, simple_response
@@ -27,12 +28,13 @@ from greyproxy.proxy.httpwire import BufferedSocket, WireError, parse_head
 from greyproxy.proxy.limits import HEAD_DEADLINE, REFUSE_SECONDS, DeadlineExceeded
 from greyproxy.proxy.mitm.h2server import H2Server
 from greyproxy.proxy.mitm.h2upstream import H1Pool, H2Upstream, Single, Upstreams
-from greyproxy.proxy.mitm.upstream import upstream_ssl_context
+from greyproxy.proxy.mitm.upstream import OriginSessions, upstream_ssl_context, wrap_origin
 from greyproxy.proxy.request_hold import uninspectable_refusal
 from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
 from greyproxy.proxy.tunnel import dial, relay
 
 if TYPE_CHECKING:
+    from greyproxy.ca.leaf import LeafCache
     from greyproxy.proxy.gate import Admission
     from greyproxy.runtime import Runtime
 
@@ -90,9 +92,43 @@ class FirstLineWatch:
         return False
 
 
+class _Handshake(greenlet_local):
+    """The client handshake under way in this greenlet: the SNI callback runs inside
+    do_handshake, in the greenlet that called it, and finds its connection here."""
+
+    host: str | None = None
+    sni: str | None = None
+
+
 class Interceptor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._handshake = _Handshake()
+        # One server context per CA generation, shared by every intercepted connection: making
+        # one per connection cost more than the rest of the setup, and its session tickets are
+        # what lets a returning client resume (tickets are sealed with this context's keys).
+        self._server: tuple[LeafCache, ssl.SSLContext] | None = None
+        self.origin_sessions = OriginSessions()
+
+    def _server_context(self, leaves: LeafCache) -> ssl.SSLContext:
+        if self._server is not None and self._server[0] is leaves:
+            return self._server[1]
+        state = self._handshake
+
+        def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            host = state.host
+            if host is None:  # not one of ours: refuse rather than guess a name
+                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+            state.sni = server_name
+            tls_obj.context = leaves.context_for(server_name or host, CLIENT_ALPN)
+            return None
+
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.minimum_version = ssl.TLSVersion.TLSv1_2
+        base.sni_callback = pick_leaf
+        base.set_alpn_protocols(list(CLIENT_ALPN))
+        self._server = (leaves, base)
+        return base
 
     # -- entry -------------------------------------------------------------------------
     def serve(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes = b"") -> None:
@@ -264,17 +300,11 @@ class Interceptor:
     def _intercept(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
         leaves = self.rt.mitm.leaves
         assert leaves is not None
-        seen: dict[str, str | None] = {}
-
-        def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-            seen["sni"] = server_name
-            tls_obj.context = leaves.context_for(server_name or admission.host, CLIENT_ALPN)
-
-        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        base.sni_callback = pick_leaf
-        base.set_alpn_protocols(list(CLIENT_ALPN))
+        state = self._handshake
+        state.host, state.sni = admission.host, None
         try:
-            tls_client = base.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            tls_client = self._server_context(leaves).wrap_socket(client, server_side=True,
+                                                                  do_handshake_on_connect=False)
             with gevent.Timeout(HANDSHAKE_TIMEOUT):
                 tls_client.do_handshake()
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:
@@ -285,18 +315,24 @@ class Interceptor:
             client.close()
             upstream.close()
             return
-        sni = seen.get("sni")
+        finally:
+            sni, state.host, state.sni = state.sni, None, None
         server_name = sni or admission.host
         mismatch = self._sni_mismatch(admission, sni)
         tls_upstream = None
         upstream_error = None
+        ctx = upstream_ssl_context(self.rt.config.raw["mitm"].get("extra_ca_bundle"))
         if not mismatch:
             try:
-                ctx = upstream_ssl_context(self.rt.config.raw["mitm"].get("extra_ca_bundle"))
-                tls_upstream = ctx.wrap_socket(upstream, server_hostname=server_name, do_handshake_on_connect=False)
+                tls_upstream = wrap_origin(ctx, upstream, server_name, admission.port, self.origin_sessions)
                 with gevent.Timeout(HANDSHAKE_TIMEOUT):
                     tls_upstream.do_handshake()
             except (OSError, ssl.SSLError, gevent.Timeout) as exc:
+                # Not used for anything after a failed handshake: the client is told why (502).
+                if tls_upstream is not None:
+                    tls_upstream.close()
+                tls_upstream = None
+                self.origin_sessions.forget(ctx, server_name, admission.port)
                 upstream_error = str(exc) or exc.__class__.__name__
                 log.info("upstream TLS to %s failed: %s", server_name, upstream_error)
         self.rt.metrics.mitm("sni_mismatch" if mismatch else "upstream_error" if tls_upstream is None else "ok")
@@ -321,6 +357,8 @@ class Interceptor:
                 finally:
                     upstreams.close()
         finally:
+            if tls_upstream is not None:  # its session (with the tickets read meanwhile) for the next one
+                self.origin_sessions.keep(ctx, server_name, admission.port, tls_upstream)
             for s in (tls_client, tls_upstream or upstream):
                 try:
                     s.close()
@@ -344,14 +382,16 @@ class Interceptor:
             pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
             raw = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver,
                        rule_pattern=pattern, upstream=self.rt.upstream.get())
-            tls = upstream_ssl_context(extra, ("http/1.1",)).wrap_socket(
-                raw, server_hostname=server_name, do_handshake_on_connect=False)
+            ctx = upstream_ssl_context(extra, ("http/1.1",))
+            tls = wrap_origin(ctx, raw, server_name, admission.port, self.origin_sessions)
             try:
                 with gevent.Timeout(HANDSHAKE_TIMEOUT):
                     tls.do_handshake()
             except BaseException:
                 tls.close()
+                self.origin_sessions.forget(ctx, server_name, admission.port)
                 raise
+            self.origin_sessions.keep(ctx, server_name, admission.port, tls)
             return BufferedSocket(tls)
 
         return H1Pool(first, more)
