@@ -208,7 +208,13 @@ def _origin_main(ports: dict[str, int], bulk_bytes: int, leaf: str | None, ready
         if name == "tls":
             if not leaf:
                 continue
-            kwargs = {"certfile": leaf, "keyfile": leaf}
+            # one context for every connection, as a real HTTPS server has: its session tickets
+            # stay valid across connections, so a client (or an intercepting proxy) can resume
+            from gevent import ssl as gssl
+
+            tls_ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+            tls_ctx.load_cert_chain(leaf)
+            kwargs = {"ssl_context": tls_ctx}
         listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((ORIGIN, port))

@@ -41,14 +41,20 @@ class OriginSessions:
 
     def keep(self, ctx: ssl.SSLContext, name: str, port: int, sock: ssl.SSLSocket) -> None:
         """After a connection that completed its handshake (TLS 1.3 tickets arrive with the
-        first reads, so this is called when the connection ends)."""
+        first reads, so this is called when the connection ends). A connection that resumed the
+        kept session leaves it in place: reading a session out of ssl copies it through DER
+        (the certificate chain parsed again, about as dear as what resuming saves), so that is
+        only done when there is none yet or the origin would not resume it (expired, rotated keys)."""
+        key = (ctx, name.lower(), port)
+        if key in self._sessions and sock.session_reused:
+            self._sessions.move_to_end(key)
+            return
         try:
             session = sock.session
         except (OSError, ValueError, AttributeError):
             return
         if session is None or not session.has_ticket and not session.id:
             return
-        key = (ctx, name.lower(), port)
         self._sessions[key] = session
         self._sessions.move_to_end(key)
         while len(self._sessions) > self.max_entries:
