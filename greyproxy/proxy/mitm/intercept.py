@@ -1,12 +1,12 @@
-"""What happens inside an allowed tunnel (§1.3 step 7, §8.3): the first bytes decide.
+"""What happens inside an allowed tunnel (docs/design.md, What a tunnel carries): the first bytes decide.
 
 - TLS ClientHello → interception when enabled, a CA is loaded and the host is not bypassed
   (else a blind pipe, with the skip reason recorded on the connection's log row);
 - plain HTTP → the same request loop, in clear;
 - anything else, or a server that speaks first → a blind pipe.
 
-In the request loop every request is re-checked (§3.8), its Host must name the server the
-tunnel was allowed for (D13), and each exchange is recorded as a transaction. A client that
+In the request loop every request is re-checked, its Host must name the server the
+tunnel was allowed for, and each exchange is recorded as a transaction. A client that
 chooses h2 in ALPN is served by h2server.py instead, one exchange per stream; the origin side
 is whatever the origin chose (h2upstream.py)."""
 
@@ -199,7 +199,7 @@ class Interceptor:
     def _tls(self, admission: Admission, client: socket.socket, upstream: socket.socket, early: bytes) -> None:
         """A TLS tunnel. Intercepted when it can be (the handshake checks the server name);
         otherwise its ClientHello is read without being consumed (from `early`, then peeked)
-        and must name the admitted destination (D13, D29) before a byte goes upstream."""
+        and must name the admitted destination before a byte goes upstream."""
         reason = self._skip_reason(admission)
         if reason is None:
             if early:
@@ -397,7 +397,7 @@ class Interceptor:
         return H1Pool(first, more)
 
     def _sni_mismatch(self, admission: Admission, sni: str | None) -> str | None:
-        """D13: the name inside TLS must be the one the connection was allowed for."""
+        """The name inside TLS must be the one the connection was allowed for."""
         if not sni:
             return None
         sni = sni.lower().rstrip(".")
