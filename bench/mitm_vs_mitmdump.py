@@ -13,6 +13,7 @@ It prints medians over the rounds: req/s, greyproxy ÷ mitmdump, and each proxy'
 
     .venv/bin/python bench/mitm_vs_mitmdump.py                     # 3 rounds × 3 s windows, ~1.5 min
     .venv/bin/python bench/mitm_vs_mitmdump.py --rounds 1 --duration 2
+    .venv/bin/python bench/mitm_vs_mitmdump.py --compare before=/tmp/old/bin/greyproxy  # two builds, same rounds
 
 mitmdump is not a dependency of greyproxy: by default the script installs PyPI's mitmproxy into
 its own venv (--mitmvenv, default /tmp/greyproxy-mitmvenv) on first use, or takes --mitmdump PATH
@@ -63,15 +64,16 @@ def mitmdump_path(args: argparse.Namespace) -> str | None:
     return str(exe) if exe.exists() else None
 
 
-def start_greyproxy(args: argparse.Namespace, work: Path, certs: Path, base: int, log: Any) -> tuple:
+def start_greyproxy(args: argparse.Namespace, exe: str, work: Path, certs: Path, base: int, log: Any) -> tuple:
     data = work / "greyproxy"
     cfg = work / "greyproxy.yml"
+    work.mkdir(parents=True, exist_ok=True)
     # warning level: no line per connection; the rate limit is for agents, not a load generator;
     # the origin's CA trusted for the upstream side of interception.
     cfg.write_text(f"log: {{level: warning}}\nlimits: {{requests_per_second: 0}}\n"
                    f"mitm: {{extra_ca_bundle: {certs / 'origin-ca.pem'}}}\n")
-    subprocess.run([args.greyproxy, "cert", "generate", "--data-dir", str(data)], capture_output=True, timeout=60)
-    cmd = [args.greyproxy, "serve", "-C", str(cfg), "--data-dir", str(data), "--listen-http", "127.0.0.1:0",
+    subprocess.run([exe, "cert", "generate", "--data-dir", str(data)], capture_output=True, timeout=60)
+    cmd = [exe, "serve", "-C", str(cfg), "--data-dir", str(data), "--listen-http", "127.0.0.1:0",
            "--listen-socks5", "127.0.0.1:0", "--listen-dns", "127.0.0.1:0", "--listen-api", "127.0.0.1:0",
            *args.gp_arg]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -113,22 +115,24 @@ def median(lines: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def table(bench: peers.Bench, rounds: int) -> list[str]:
-    out = ["| measure | greyproxy req/s | mitmdump req/s | greyproxy ÷ mitmdump | target "
+def table(bench: peers.Bench, rounds: int, builds: list[str]) -> list[str]:
+    out = ["| measure | greyproxy build | greyproxy req/s | mitmdump req/s | greyproxy ÷ mitmdump | target "
            "| greyproxy CPU µs/req | mitmdump CPU µs/req | CPU ratio | errors (gp / mitmdump) | intercepted |",
-           "|---|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for title, scenario in SCENARIOS:
-        runs = {who: [x for x in bench.lines if x.get("label") == who and x.get("scenario") == scenario]
-                for who in ("greyproxy", "mitmdump")}
-        g, m = (median(runs[w], "rate_per_s") for w in ("greyproxy", "mitmdump"))
-        gc, mc = (median(runs[w], "proxy_cpu_us_per_op") for w in ("greyproxy", "mitmdump"))
-        errs = " / ".join(str(sum(x.get("errors", 0) for x in runs[w])) + ("" if len(runs[w]) == rounds else
-                          f" ({len(runs[w])} of {rounds} rounds)") for w in ("greyproxy", "mitmdump"))
-        seen = " / ".join("yes" if runs[w] and all(x.get("intercepted") for x in runs[w]) else "NO"
-                          for w in ("greyproxy", "mitmdump"))
-        out.append(f"| MITM {title} | {peers._fmt(g)} | {peers._fmt(m)} | {peers._ratio(g, m)} "
-                   f"| ≥ {TARGETS[scenario]:g} | {peers._fmt(gc)} | {peers._fmt(mc)} | {peers._ratio(gc, mc)} "
-                   f"| {errs} | {seen} |")
+        for build in builds:
+            pair = (build, "mitmdump")
+            runs = {who: [x for x in bench.lines if x.get("label") == who and x.get("scenario") == scenario]
+                    for who in pair}
+            g, m = (median(runs[w], "rate_per_s") for w in pair)
+            gc, mc = (median(runs[w], "proxy_cpu_us_per_op") for w in pair)
+            errs = " / ".join(str(sum(x.get("errors", 0) for x in runs[w])) + ("" if len(runs[w]) == rounds else
+                              f" ({len(runs[w])} of {rounds} rounds)") for w in pair)
+            seen = " / ".join("yes" if runs[w] and all(x.get("intercepted") for x in runs[w]) else "NO"
+                              for w in pair)
+            out.append(f"| MITM {title} | {build} | {peers._fmt(g)} | {peers._fmt(m)} | {peers._ratio(g, m)} "
+                       f"| ≥ {TARGETS[scenario]:g} | {peers._fmt(gc)} | {peers._fmt(mc)} | {peers._ratio(gc, mc)} "
+                       f"| {errs} | {seen} |")
     return out
 
 
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--budget", type=float, default=600.0, help="seconds for the measuring")
     ap.add_argument("--greyproxy", default=os.environ.get("GREYPROXY") or str(venv_bin / "greyproxy"))
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                    help="another greyproxy build measured in the same rounds (e.g. before=/tmp/old/bin/greyproxy)")
     ap.add_argument("--gp-arg", action="append", default=[], help="an extra `greyproxy serve` argument")
     ap.add_argument("--mitmdump", default=os.environ.get("MITMDUMP"))
     ap.add_argument("--mitmvenv", default="/tmp/greyproxy-mitmvenv", help="where mitmproxy is installed if missing")
@@ -152,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results or f"/tmp/greyproxy-mitm/{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     exe = mitmdump_path(args)
+    builds = [("greyproxy", args.greyproxy)]
+    for item in args.compare:
+        label, _, path = item.partition("=")
+        if not label or not path or label in ("greyproxy", "mitmdump"):
+            ap.error(f"--compare {item!r}: LABEL=PATH, LABEL not greyproxy or mitmdump")
+        builds.append((label, path))
     # peers.Bench.load reads these: one window per call, the rounds are ours
     load_args = SimpleNamespace(repeat=1, duration=args.duration, warmup=args.warmup, workers=args.workers,
                                 procs=args.procs, bulk_bytes="1M", budget=args.budget)
@@ -163,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = peers.Bench(load_args, work, out, base)  # type: ignore[arg-type]
         try:
             proxies: list[tuple[str, str, int, str]] = []
-            proc, url, ca = start_greyproxy(args, work, bench.certs, base, gp_log)
-            procs.append(proc)
-            if url is None:
-                raise SystemExit(f"greyproxy did not start (see {out / 'greyproxy.log'})")
-            proxies.append(("greyproxy", url, proc.pid, ca))
+            for label, path in builds:
+                proc, url, ca = start_greyproxy(args, path, work / label, bench.certs, base, gp_log)
+                procs.append(proc)
+                if url is None:
+                    raise SystemExit(f"greyproxy {label} did not start (see {out / 'greyproxy.log'})")
+                proxies.append((label, url, proc.pid, ca))
             if exe:
                 proc, url, ca = start_mitmdump(exe, work, bench.certs, mitm_log)
                 procs.append(proc)
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 bench.notes.append("mitmdump: not installed (drop --no-install, or --mitmdump PATH): skipped")
             for r in range(args.rounds):
-                for label, url, pid, ca in (proxies if r % 2 == 0 else proxies[::-1]):
+                for label, url, pid, ca in (proxies if r % 2 == 0 else proxies[::-1]):  # alternate the order
                     bench.load(label, [s for _, s in SCENARIOS], url, pid, ca)
                     raw = out / f"{label}.jsonl"  # Bench.load writes one file per label: keep each round's
                     if raw.exists():
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"## intercepted HTTPS: greyproxy vs mitmdump ({stamp}; {os.cpu_count()} CPUs shared by client, "
             f"origin and proxies; {args.workers} workers in {args.procs} processes; medians of {args.rounds} "
             f"× {args.duration:g} s windows)")
-    lines = [head, "", *table(bench, args.rounds)]
+    lines = [head, "", *table(bench, args.rounds, [b for b, _ in builds])]
     if bench.notes:
         lines += ["", *(f"* {n}" for n in bench.notes)]
     lines += ["", f"raw JSON lines: {out}"]
