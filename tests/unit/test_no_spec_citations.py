@@ -1,4 +1,5 @@
-"""The code explains itself or points at docs/: no comment, docstring or string in greyproxy/ cites
+"""The code explains itself or points at docs/: no comment, docstring or string in greyproxy/
+(nor the default config, the systemd units or the examples) cites
 a section (§N) or decision number (DNN) of reference documents this repository does not ship."""
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def test_the_pattern_finds_what_it_must():
 
 
 def test_no_spec_citations_in_greyproxy():
+    """The package, and what ships beside it for users: the default config, the units, the examples."""
     found = []
-    for path in sorted((ROOT / "greyproxy").rglob("*")):
-        if path.suffix in SUFFIXES and "__pycache__" not in path.parts and path.is_file():
+    paths = [p for top in ("greyproxy", "config", "systemd", "examples") for p in sorted((ROOT / top).rglob("*"))]
+    for path in paths:
+        if (path.suffix in SUFFIXES or path.suffix == ".service") and "__pycache__" not in path.parts \
+                and path.is_file():
             found += [f"{path.relative_to(ROOT)}:{n}: {line[:100]}" for n, line in citations(path.read_text())]
     assert not found, "\n".join(found)
