@@ -50,8 +50,9 @@ from greyproxy.proxy.http import HttpProxyHandler
 from greyproxy.proxy.http import refuse_connection as refuse_http
 from greyproxy.proxy.limits import Limits, wsgi_handler
 from greyproxy.proxy.mitm.intercept import Interceptor
+from greyproxy.proxy.mwhooks import MiddlewareHooks
 from greyproxy.proxy.ptr import ReverseNames
-from greyproxy.proxy.request_hold import make_request_holds
+from greyproxy.proxy.request_hold import RequestScreen, make_request_holds
 from greyproxy.proxy.resolver import Resolver
 from greyproxy.proxy.socks5 import Socks5Handler
 from greyproxy.proxy.socks5 import refuse_connection as refuse_socks5
@@ -129,7 +130,9 @@ class Runtime:
         self.rules = RuleService(self.db, self.bus, self.policy_changed)
         self.modes = ModeService(self.db, self.bus, lambda: self.policy_refresh(modes=True), config.container_modes)
         self.holds = HoldManager(self.bus, self.policy.decide)
-        self.request_holds = make_request_holds(self)  # single HTTP requests held (docs/request-rules.md)
+        self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
+        # single HTTP requests held (docs/request-rules.md)
+        self.request_holds = make_request_holds(self.bus, self.policy, self.guard)
         # DNS: the upstream servers, also asked for the PTR names shown beside raw IPs.
         self.dns_upstream = Upstream(config.dns_upstream or system_servers())
         self.reverse = ReverseNames(self.dns_upstream, on_found=lambda ip, _name: self.pending.ptr_found(ip))
@@ -139,7 +142,6 @@ class Runtime:
         self.writer.observe_batch = self.metrics.db_batch
         self.writer.node_id = self.node_id
         self.tracker = ConnectionTracker(self.policy.rule, config.enforce_expiry_on_open)
-        self.guard = ControlPlaneGuard(deny_private=config.guard_private_ranges == "deny")
         # The dial-time resolver, and the per-client IP → name cache, loaded from the previous
         # run (rows keep their absolute expiry).
         self.resolver = Resolver(self.dns_upstream)
@@ -180,9 +182,7 @@ class Runtime:
                                  vault=self.vault, on_substituted=self.sessions.count_substitutions)
         self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # inactive when empty
-        self.exchanges = ExchangePipeline(self)
-        self.interceptor = Interceptor(self)
-        self.gate = Gatekeeper(self)
+        self._build_proxy_path()
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
         if config.database_url:  # changes go out; waiter counts and dismissals span the nodes
@@ -216,6 +216,27 @@ class Runtime:
                           tunnels=lambda: len(self.tracker))
         self._stopping = False
         self._hurry = Event()
+
+    def _build_proxy_path(self) -> None:
+        """The gate, the exchange pipeline and the interceptor. What a reload or a settings change
+        replaces (the config, the Docker resolver, the redactor) they read through a function."""
+        def redactor() -> Redactor:
+            return self.redactor
+
+        self.gate = Gatekeeper(
+            config=lambda: self.config, docker=lambda: self.docker, sessions=self.sessions, policy=self.policy,
+            dnscache=self.dnscache, guard=self.guard, resolver=self.resolver, upstream=self.upstream,
+            holds=self.holds, tracker=self.tracker, writer=self.writer, metrics=self.metrics, vault=self.vault,
+            redactor=redactor, dashboard_url=lambda: self.dashboard_url)
+        screen = RequestScreen(self.policy, self.guard, self.gate, self.request_holds, redactor, self.scrubber,
+                               lambda: self.config.hold_seconds)
+        hooks = MiddlewareHooks(self.middlewares, redactor, self.writer)
+        self.exchanges = ExchangePipeline(self.gate, self.policy, self.guard, screen, hooks, self.recorder)
+        self.interceptor = Interceptor(
+            gate=self.gate, exchanges=self.exchanges, mitm=self.mitm, mitm_config=lambda: self.config.raw["mitm"],
+            policy=self.policy, guard=self.guard, resolver=self.resolver, upstream=self.upstream,
+            writer=self.writer, metrics=self.metrics)
+        self.gate.interceptor = self.interceptor
 
     def build_docker_resolver(self, config: Config) -> DockerResolver | None:
         """Only when enabled; the gate asks it for the identity of each source IP."""
@@ -331,11 +352,11 @@ class Runtime:
         answerer = DnsAnswerer(self.dns_upstream, self.dnscache, lambda: self.policy.state, self.config.dns_policy)
         # limits: read from self.config at each use, so a reload applies them (issue 13).
         limits = self.limits = Limits(lambda: self.config.limits, self.metrics)
-        self.gate.limits = limits
+        self.gate.limits = self.interceptor.limits = limits
         self.dns = DnsService(udp, tcp, answerer, limits)
 
-        http_handler = HttpProxyHandler(self.gate, limits)
-        socks_handler = Socks5Handler(self.gate, limits)
+        http_handler = HttpProxyHandler(self.gate, self.exchanges, self.mitm, limits)
+        socks_handler = Socks5Handler(self.gate, self.mitm, limits)
         # The pool leaves room above the total cap so refusals over it are answered, not queued.
         pool = self.config.limits.connections_total + 1024
         self._servers = [

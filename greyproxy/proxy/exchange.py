@@ -43,12 +43,14 @@ from greyproxy.proxy.httpwire import (
     serialize_head,
     wants_close,
 )
-from greyproxy.proxy.mwhooks import MiddlewareHooks
-from greyproxy.proxy.request_hold import screen as screen_request
 
 if TYPE_CHECKING:
-    from greyproxy.proxy.gate import Admission
-    from greyproxy.runtime import Runtime
+    from greyproxy.capture.recorder import TransactionRecorder
+    from greyproxy.proxy.gate import Admission, Gatekeeper
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.mwhooks import MiddlewareHooks
+    from greyproxy.proxy.request_hold import RequestScreen
+    from greyproxy.proxy.views import PolicyView
 
 log = logging.getLogger("greyproxy.exchange")
 
@@ -162,19 +164,24 @@ def authority_problem(request: Head, dest: Destination) -> tuple[str, str] | Non
 
 
 class ExchangePipeline:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self.hooks = MiddlewareHooks(runtime)
+    def __init__(self, gate: Gatekeeper, policy: PolicyView, guard: ControlPlaneGuard, screen: RequestScreen,
+                 hooks: MiddlewareHooks, recorder: TransactionRecorder) -> None:
+        self.gate = gate
+        self.policy = policy
+        self.guard = guard
+        self.screen = screen  # request-level rules (docs/request-rules.md)
+        self.hooks = hooks  # the middlewares' hooks (proxy/mwhooks.py)
+        self.recorder = recorder
 
     # -- refusals ---------------------------------------------------------------------------
     def refuse(self, client: socket.socket, admission: Admission, reason: str, detail: str = "") -> None:
         """Log a refused request and tell the client why (403, or 400 for a malformed one)."""
-        self.rt.gate.refused(admission, reason)
+        self.gate.refused(admission, reason)
         if reason == "malformed_request":
             client.sendall(simple_response(400, "Bad Request", f"greyproxy: {detail}\n",
                                            [("X-Greyproxy-Reason", reason)]))
             return
-        text = self.rt.gate.blocked_text(admission, reason)
+        text = self.gate.blocked_text(admission, reason)
         if detail:
             text += f"Detail: {detail}\n"
         client.sendall(simple_response(403, "Forbidden", text, [("X-Greyproxy-Reason", reason)]))
@@ -186,9 +193,9 @@ class ExchangePipeline:
         if problem is not None or not dest.in_tunnel:
             return problem
         a = dest.admission
-        decision = self.rt.policy.decide(ConnectionRequest(
+        decision = self.policy.decide(ConnectionRequest(
             container=a.container, host=a.host, port=a.port, resolved_hostname=a.resolved_hostname,
-            control_plane=self.rt.guard.is_control_plane(a.host, a.port),
+            control_plane=self.guard.is_control_plane(a.host, a.port),
         ))
         if decision.verdict is Verdict.DENY:
             return decision.reason, ""
@@ -210,7 +217,7 @@ class ExchangePipeline:
             parts = urlsplit(target)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             url = target
-        screened = screen_request(self.rt, client, request, dest, url)  # request-level rules (docs/request-rules.md)
+        screened = self.screen.screen(client, request, dest, url)  # request-level rules (docs/request-rules.md)
         if screened is not None:
             return screened  # denied or held and refused: answered already
         rule_id = a.decision.rule.id if a.decision.rule else None
@@ -243,7 +250,7 @@ class ExchangePipeline:
                 headers = step.headers
         # What is stored is the request as the client sent it (placeholders); only what goes
         # upstream carries the real secrets.
-        headers, path = self.rt.gate.substitute(ex, headers, path, a.host)
+        headers, path = self.gate.substitute(ex, headers, path, a.host)
         if ex.reverse:  # ask for a body we can scrub as it streams (an encoded one is decoded whole)
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
         head_out = serialize_head(f"{method} {path} {version if dest.in_tunnel else 'HTTP/1.1'}", headers)
@@ -273,7 +280,7 @@ class ExchangePipeline:
             if not websocket:
                 raise WireError("upstream switched protocols without being asked", 502)
             client.sock.sendall(head_bytes(response))
-            self.rt.recorder.record(ex)
+            self.recorder.record(ex)
             self._websocket(ex, client, upstream, deflate_negotiated(response))
             return False
         no_body, framed = response_framing(method, response)
@@ -330,7 +337,7 @@ class ExchangePipeline:
         else:
             forward_message(upstream, client.sock, out, no_body=no_body, until_close=not framed,
                             tap=ex.response_tap.feed)
-        self.rt.recorder.record(ex)
+        self.recorder.record(ex)
         return keep
 
     @staticmethod
@@ -384,7 +391,7 @@ class ExchangePipeline:
 
         def pump(src: BufferedSocket, dst: BufferedSocket, from_client: bool) -> None:
             try:
-                relay_frames(src, dst.sock, deflate, lambda f: self.rt.recorder.frame(ex, f, from_client),
+                relay_frames(src, dst.sock, deflate, lambda f: self.recorder.frame(ex, f, from_client),
                              scrub=None if from_client else scrub)
             except (OSError, WireError):
                 pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,21 @@ from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:
     from greyproxy.capture.recorder import Exchange
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.config import Config
+    from greyproxy.credentials.vault import Vault
+    from greyproxy.metrics import Metrics
+    from greyproxy.proxy.dnscache import HostnameCache
+    from greyproxy.proxy.docker import DockerResolver
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.hold import HoldManager
     from greyproxy.proxy.limits import Limits
-    from greyproxy.runtime import Runtime
+    from greyproxy.proxy.mitm.intercept import Interceptor
+    from greyproxy.proxy.resolver import Resolver
+    from greyproxy.proxy.tracker import ConnectionTracker
+    from greyproxy.proxy.upstream_proxy import UpstreamHolder
+    from greyproxy.proxy.views import PolicyView, SessionView
+    from greyproxy.store.writer import StoreWriter
 
 log = logging.getLogger("greyproxy.decision")
 
@@ -59,18 +73,40 @@ class Admission:
 
 
 class Gatekeeper:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, config: Callable[[], Config], docker: Callable[[], DockerResolver | None],
+                 sessions: SessionView, policy: PolicyView, dnscache: HostnameCache, guard: ControlPlaneGuard,
+                 resolver: Resolver, upstream: UpstreamHolder, holds: HoldManager, tracker: ConnectionTracker,
+                 writer: StoreWriter, metrics: Metrics, vault: Vault, redactor: Callable[[], Redactor],
+                 dashboard_url: Callable[[], str]) -> None:
+        # Read at each use, as they are replaced while running: the config and the Docker
+        # resolver on reload, the redactor on a settings change; the dashboard URL needs the
+        # API's port, known once it listens.
+        self.config = config
+        self.docker = docker
+        self.redactor = redactor
+        self.dashboard_url = dashboard_url
+        self.sessions = sessions
+        self.policy = policy
+        self.dnscache = dnscache
+        self.guard = guard
+        self.resolver = resolver
+        self.upstream = upstream
+        self.holds = holds
+        self.tracker = tracker
+        self.writer = writer
+        self.metrics = metrics
+        self.vault = vault
         self.limits: Limits | None = None  # set when the listeners start (proxy/limits.py)
+        self.interceptor: Interceptor | None = None  # set once built: it refuses through this gate
 
     def challenges(self, source_ip: str) -> bool:
         """Whether an HTTP-proxy client that sent no usable credentials is answered 407
         instead of becoming `unknown-<ip>`: yes with `identity.anonymous: challenge`, unless
         Docker names this source (then the container's name is its identity anyway)."""
-        rt = self.rt
-        if rt.config.identity_anonymous != "challenge":
+        if self.config().identity_anonymous != "challenge":
             return False
-        return rt.docker is None or rt.docker.lookup(source_ip) is None
+        docker = self.docker()
+        return docker is None or docker.lookup(source_ip) is None
 
     def admit(
         self,
@@ -83,43 +119,44 @@ class Gatekeeper:
         method: str,
         client: socket.socket | None,
     ) -> Admission:
-        rt = self.rt
         started = time.monotonic()
         # A container the engine knows by this source IP, else the username, else unknown-<ip>.
-        found = rt.docker.lookup(source_ip) if rt.docker is not None else None
+        docker = self.docker()
+        found = docker.lookup(source_ip) if docker is not None else None
         claimed = found.name if found is not None else container_from_username(username, source_ip)
-        container, refusal = rt.sessions.identity(username, password, claimed)
+        container, refusal = self.sessions.identity(username, password, claimed)
         container_id = found.id if found is not None and container == found.name else ""
         host = canonical_host(host)  # the form the rule index matches, so rows and rules agree
         # Only a raw IP needs a name, and only this client's own lookups may supply it.
-        resolved = rt.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
+        resolved = self.dnscache.lookup(source_ip, host) if canonical_ip(host) is not None else None
         request = ConnectionRequest(
             container=container,
             host=host,
             port=port,
             resolved_hostname=resolved,
-            control_plane=rt.guard.is_control_plane(host, port),
+            control_plane=self.guard.is_control_plane(host, port),
         )
         if refusal is not None:  # this container's session requires its proxy token
             decision = Decision(Verdict.DENY, refusal)
         else:
-            decision = rt.policy.decide(request)
+            decision = self.policy.decide(request)
         decided = time.monotonic()
         held_seconds = None
         if decision.verdict is Verdict.HOLD:
-            rt.writer.attempt(Attempt(container, container_id, host, port, resolved, utcnow()))
+            self.writer.attempt(Attempt(container, container_id, host, port, resolved, utcnow()))
             limits = self.limits
-            over = limits.hold_refusal(rt.holds, container) if limits is not None else None
+            over = limits.hold_refusal(self.holds, container) if limits is not None else None
             if limits is not None and over is not None:  # refused at once (still pending for a human)
-                limits.hit(over, container, f"{host}:{port} not held, {rt.holds.held_by(container)} held "
-                                                 f"for this container, {rt.holds.total} in total")
+                limits.hit(over, container, f"{host}:{port} not held, {self.holds.held_by(container)} held "
+                                                 f"for this container, {self.holds.total} in total")
                 decision = Decision(Verdict.DENY, "hold_limit")
             else:
-                decision = rt.holds.hold(request, rt.config.hold_seconds, client, rt.config.unanswered_seconds)
+                config = self.config()
+                decision = self.holds.hold(request, config.hold_seconds, client, config.unanswered_seconds)
                 held_seconds = time.monotonic() - decided
         else:
-            rt.holds.forget((container, host, port))  # decided: a later hold waits again
-        rt.metrics.timing(decided - started, held_seconds)
+            self.holds.forget((container, host, port))  # decided: a later hold waits again
+        self.metrics.timing(decided - started, held_seconds)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         admission = Admission(container, host, port, decision, resolved, method, elapsed_ms, container_id)
         if not admission.allowed:
@@ -142,7 +179,7 @@ class Gatekeeper:
     ) -> None:
         allowed = decision.verdict is Verdict.ALLOW
         rule_id = decision.rule.id if decision.rule is not None else None
-        self.rt.writer.log(
+        self.writer.log(
             container_name=container,
             container_id=container_id or None,
             destination_host=host,
@@ -157,9 +194,9 @@ class Gatekeeper:
             would=decision.would,
         )
         if allowed and rule_id is not None:
-            self.rt.writer.used(rule_id)
+            self.writer.used(rule_id)
         # Counted where the log row is written, so the metrics always agree with /api/logs.
-        self.rt.metrics.decided("allowed" if allowed else "blocked", decision.reason)
+        self.metrics.decided("allowed" if allowed else "blocked", decision.reason)
         if log.isEnabledFor(logging.INFO):
             # One structured line per decision: key=value as text, top-level fields as JSON.
             log.info("decision", extra={"fields": {
@@ -191,19 +228,19 @@ class Gatekeeper:
         from it (`redacted_values`, scrubbed from storage). Only the connection's own secrets are
         swapped: a session's for its container (a connection naming the session has that
         container as its identity), a global one for the containers it is bound to."""
-        new_headers, new_target, result = self.rt.vault.substitute_request(headers, target, host,
+        new_headers, new_target, result = self.vault.substitute_request(headers, target, host,
                                                                            container=exchange.container)
-        exchange.redacted_values = self.rt.redactor.redacted_values(exchange.request.headers, exchange.url)
+        exchange.redacted_values = self.redactor().redacted_values(exchange.request.headers, exchange.url)
         if result.changed:
             exchange.reverse = result.reverse
             exchange.substituted = result.labels
             exchange.session_id = result.session_id
-            self.rt.sessions.count_substitutions(result.per_session)
+            self.sessions.count_substitutions(result.per_session)
         return new_headers, new_target
 
     def blocked_text(self, admission: Admission, reason: str | None = None) -> str:
-        template = self.rt.config.blocked_message or DEFAULT_BLOCKED_TEXT
-        dashboard = self.rt.dashboard_url.split("?", 1)[0].replace("/dashboard", "/pending")
+        template = self.config().blocked_message or DEFAULT_BLOCKED_TEXT
+        dashboard = self.dashboard_url().split("?", 1)[0].replace("/dashboard", "/pending")
         return template.format(
             container=admission.container,
             host=admission.host,
@@ -220,8 +257,8 @@ class Gatekeeper:
         # decision may carry the deny rule that would have applied.
         pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
         try:
-            sock = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver, rule_pattern=pattern,
-                        upstream=self.rt.upstream.get())
+            sock = dial(admission.host, admission.port, self.guard, resolver=self.resolver, rule_pattern=pattern,
+                        upstream=self.upstream.get())
         except DialError as exc:
             if exc.reason in ("control_plane", "private_range"):
                 self.refused(admission, exc.reason, elapsed_ms=admission.elapsed_ms)
@@ -236,17 +273,18 @@ class Gatekeeper:
         """Serve an allowed connection (sniffed: intercepted, parsed or piped), registered so
         revoking its rule tears it down."""
         # A connection let through by a session's allow-all has no rule: it ends with the session.
-        session_id = (self.rt.sessions.current_sessions().get(admission.container)
+        session_id = (self.sessions.current_sessions().get(admission.container)
                       if admission.reason == "session_allow_all" else None)
-        tracked = self.rt.tracker.add(
+        tracked = self.tracker.add(
             TrackedConnection(admission.decision.rule, closer(client, upstream), session_id=session_id)
         )
         try:
             if sniff:
-                self.rt.interceptor.serve(admission, client, upstream, early)
+                assert self.interceptor is not None, "runtime.py sets it before the listeners start"
+                self.interceptor.serve(admission, client, upstream, early)
             else:
                 if early:
                     upstream.sendall(early)
-                self.rt.metrics.relayed(*relay(client, upstream))
+                self.metrics.relayed(*relay(client, upstream))
         finally:
-            self.rt.tracker.remove(tracked)
+            self.tracker.remove(tracked)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from greyproxy.proxy import challenge
@@ -25,6 +26,9 @@ from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
+
+if TYPE_CHECKING:
+    from greyproxy.ca.state import MitmState
 
 log = logging.getLogger("greyproxy.http")
 
@@ -52,10 +56,11 @@ def proxy_credentials(head: Head) -> tuple[str | None, str | None]:
 
 
 class HttpProxyHandler:
-    def __init__(self, gate: Gatekeeper, limits: Limits) -> None:
+    def __init__(self, gate: Gatekeeper, pipeline: ExchangePipeline, mitm: MitmState, limits: Limits) -> None:
         self.gate = gate
+        self.pipeline = pipeline
+        self.mitm = mitm  # whether a refused CONNECT can be answered inside the tunnel
         self.limits = limits
-        self.pipeline: ExchangePipeline = gate.rt.exchanges
 
     def handle(self, client: socket.socket, address: tuple) -> None:
         set_nodelay(client)
@@ -130,7 +135,7 @@ class HttpProxyHandler:
         the 403 inside (TLS, or clear HTTP), where the client shows it (proxy/mitm/refusal.py);
         otherwise the 403 answers the CONNECT itself."""
         reason = reason or admission.reason
-        mitm = self.gate.rt.mitm
+        mitm = self.mitm
         if not refusal.in_band(mitm, admission.host, reason, admission.container):
             self._refuse(conn, admission, reason)
             return

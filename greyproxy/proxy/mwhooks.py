@@ -40,7 +40,9 @@ from greyproxy.timeutil import utcnow
 
 if TYPE_CHECKING:
     from greyproxy.capture.recorder import Exchange
-    from greyproxy.runtime import Runtime
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.middleware import MiddlewareEngine
+    from greyproxy.store.writer import StoreWriter
 
 log = logging.getLogger("greyproxy.middleware")
 
@@ -87,11 +89,13 @@ def _with_original_framing(new: Headers, original: Headers) -> Headers:
 
 
 class MiddlewareHooks:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, middlewares: MiddlewareEngine, redactor: Callable[[], Redactor], writer: StoreWriter) -> None:
+        self.middlewares = middlewares
+        self.redactor = redactor  # read at each use: a settings change replaces the Redactor
+        self.writer = writer
 
     def _limit(self) -> int:
-        declared = self.rt.middlewares.max_body_bytes
+        declared = self.middlewares.max_body_bytes
         return min(declared, MAX_BUFFERED) if declared > 0 else MAX_BUFFERED
 
     def _read(self, src: BufferedSocket, head: Head, until_close: bool = False) -> WholeBody | None:
@@ -101,7 +105,7 @@ class MiddlewareHooks:
     def before_request(self, ex: Exchange, client: BufferedSocket, head: Head, headers: Headers, uri: str,
                        tls: bool) -> RequestStep | None:
         """Run the request hooks; None when no middleware is interested in this request."""
-        engine = self.rt.middlewares
+        engine = self.middlewares
         if not engine.active:
             return None
         facts = RequestFacts(id=secrets.token_hex(8), host=ex.host, method=head.start[0], uri=uri,
@@ -146,7 +150,7 @@ class MiddlewareHooks:
     def after_response(self, ex: Exchange, upstream: BufferedSocket, response: Head, no_body: bool,
                        framed: bool, scrub: Callable[[bytes], bytes] | None = None) -> ResponseStep | None:
         """Run the response hooks; None when the response goes on unchanged."""
-        engine = self.rt.middlewares
+        engine = self.middlewares
         facts = ex.middleware_facts
         if facts is None or not engine.active or not engine.wants_response(facts, response.headers):
             return None
@@ -191,7 +195,7 @@ class MiddlewareHooks:
         for event in events:
             ex.middleware_actions.append({"middleware": event.get("middleware"), "hook": hook,
                                           "action": event.get("action"), "tags": event.get("tags")})
-            self.rt.writer.middleware_event({
+            self.writer.middleware_event({
                 "timestamp": utcnow(),
                 "middleware": str(event.get("middleware") or "?"),
                 "hook": hook,
@@ -202,7 +206,7 @@ class MiddlewareHooks:
                 "container_name": ex.container,
                 "destination_host": ex.host,
                 "method": ex.request.start[0],
-                "url": self.rt.redactor.url(ex.url),
+                "url": self.redactor().url(ex.url),
             })
             log.info("middleware %s %s %s %s %s", event.get("middleware"), hook, event.get("action"),
-                     ex.request.start[0], self.rt.redactor.url(ex.url))
+                     ex.request.start[0], self.redactor().url(ex.url))

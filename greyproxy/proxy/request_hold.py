@@ -39,8 +39,12 @@ from greyproxy.proxy.httpwire import (
 )
 
 if TYPE_CHECKING:
+    from greyproxy.capture.redact import Redactor
+    from greyproxy.capture.scrub import Scrubber
     from greyproxy.proxy.exchange import Destination
-    from greyproxy.runtime import Runtime
+    from greyproxy.proxy.gate import Gatekeeper
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.views import PolicyView
 
 log = logging.getLogger("greyproxy.requests")
 
@@ -198,14 +202,14 @@ class RequestHolds:
 
 
 # -- the pipeline step -----------------------------------------------------------------------
-def request_decision(rt: Runtime, container: str, host: str, port: int, resolved: str | None,
-                     q: RequestQuery) -> Decision:
+def request_decision(policy: PolicyView, guard: ControlPlaneGuard, container: str, host: str, port: int,
+                     resolved: str | None, q: RequestQuery) -> Decision:
     """The connection as it stands now, then the request-level rules (policy/request_decide.py);
     the connection's own decision (the same object) when no request rule has a say."""
-    connection = rt.policy.decide(ConnectionRequest(container=container, host=host, port=port,
-                                                    resolved_hostname=resolved,
-                                                    control_plane=rt.guard.is_control_plane(host, port)))
-    return decide_request(connection, q, rt.policy.state)
+    connection = policy.decide(ConnectionRequest(container=container, host=host, port=port,
+                                                 resolved_hostname=resolved,
+                                                 control_plane=guard.is_control_plane(host, port)))
+    return decide_request(connection, q, policy.state)
 
 
 def _by_request_rule(decision: Decision) -> bool:
@@ -214,81 +218,96 @@ def _by_request_rule(decision: Decision) -> bool:
     return decision.rule is not None and bool(decision.rule.method_pattern or decision.rule.path_pattern)
 
 
-def uninspectable_refusal(rt: Runtime, container: str, host: str, port: int, resolved: str | None) -> str | None:
+def uninspectable_refusal(policy: PolicyView, container: str, host: str, port: int, resolved: str | None) -> str | None:
     """Why a tunnel that would be piped without inspection (interception off or bypassed for
     it, no CA) must be refused instead, or None: a request-level deny or hold rule could apply
     to it, and a piped tunnel would carry every request past that rule unseen."""
-    rule = rt.policy.state.index.restricting_request_rule(container, host, port, resolved)
+    rule = policy.state.index.restricting_request_rule(container, host, port, resolved)
     if rule is None:
         return None
     return (f"request-level {rule.action} rule #{rule.id} applies to {host}:{port}, and this tunnel would not be "
             "inspected (interception is off, bypassed for this host, or has no CA)")
 
 
-def _refusal(rt: Runtime, dest: Destination, reason: str, method: str, url: str, detail: str | None,
+def _refusal(gate: Gatekeeper, dest: Destination, reason: str, method: str, url: str, detail: str | None,
              keep: bool) -> bytes:
     from greyproxy.proxy.exchange import simple_response  # the pipeline imports us
 
-    text = rt.gate.blocked_text(dest.admission, reason) + f"Request: {method} {url}\n"
+    text = gate.blocked_text(dest.admission, reason) + f"Request: {method} {url}\n"
     if detail:
         text += f"Detail: {detail}\n"
     return simple_response(403, "Forbidden", text, [("X-Greyproxy-Reason", reason)], close=not keep)
 
 
-def screen(rt: Runtime, client: BufferedSocket, request: Head, dest: Destination, url: str) -> bool | None:
-    """Judge one request by the request-level rules before anything goes upstream. None: go on
-    (a held request that was approved has its body put back, byte for byte); else the request
-    was answered here (403) and the value says whether the client connection can carry another."""
-    index = rt.policy.state.index
-    if not index.has_request_rules:
-        return None  # the common case costs one attribute read
-    a = dest.admission
-    method, target = request.start[0], request.start[1]
-    q = RequestQuery(a.container, a.host, a.port, method, canonical_path(target), a.resolved_hostname)
-    decision = request_decision(rt, a.container, a.host, a.port, a.resolved_hostname, q)
-    if not _by_request_rule(decision):
-        return None
-    if decision.verdict is Verdict.ALLOW:
-        if decision.would:  # report mode: what the rule would have done is logged, the request goes on
-            rt.gate.record(a.container, a.host, a.port, method, decision, 0, resolved_hostname=a.resolved_hostname,
-                           container_id=a.container_id)
-        return None
-    shown = rt.redactor.url(url)
-    if decision.verdict is Verdict.DENY:
-        rt.gate.refused(a, decision.reason, method=method)
-        client.sock.sendall(_refusal(rt, dest, decision.reason, method, shown, None, keep=False))
-        return False
-    holds: RequestHolds = rt.request_holds
-    if holds.full(a.container):
-        rt.gate.refused(a, "hold_limit", method=method)
-        client.sock.sendall(_refusal(rt, dest, "hold_limit", method, shown, "too many requests held", keep=False))
-        return False
-    body = _buffer_body(client, request)
-    raw, payload = (body.raw, body.payload) if body is not None else (None, None)
-    scrub = rt.scrubber.for_exchange(rt.redactor.redacted_values(request.headers, url))
-    preview = None
-    if payload is not None:
-        preview = payload[:PREVIEW_BYTES].decode("utf-8", "replace")
-        preview = scrub(preview) if scrub is not None else preview
-    held = HeldRequest(
-        id=holds.new_id(), container=a.container, host=a.host, port=a.port, method=method,
-        url=scrub(shown) if scrub is not None else shown, path=q.path, headers=rt.redactor.headers(request.headers),
-        body_preview=preview, body_size=len(payload) if payload is not None else None,
-        rule_id=decision.rule_id, resolved_hostname=a.resolved_hostname)
-    log.info("request held: #%s %s %s %s:%s", held.id, a.container, method, a.host, a.port)
-    client.sock.settimeout(None)
-    answer = holds.hold(held, rt.config.hold_seconds, client.sock)
-    if answer.verdict is Verdict.ALLOW:
-        if raw is not None:
-            unread(client, raw)  # the pipeline relays it as if it had just arrived
-        return None
-    rt.gate.refused(a, answer.reason, method=method)
-    keep = raw is not None and not wants_close(request) and answer.reason != "client_gone"
-    try:
-        client.sock.sendall(_refusal(rt, dest, answer.reason, method, held.url, held.reason, keep=keep))
-    except OSError:
-        return False
-    return keep
+class RequestScreen:
+    """The pipeline's request-level step (docs/request-rules.md): deny, hold or let through one
+    request before anything of it goes upstream."""
+
+    def __init__(self, policy: PolicyView, guard: ControlPlaneGuard, gate: Gatekeeper, holds: RequestHolds,
+                 redactor: Callable[[], Redactor], scrubber: Scrubber, hold_seconds: Callable[[], float]) -> None:
+        self.policy = policy
+        self.guard = guard
+        self.gate = gate  # refusals are logged and worded by the gate
+        self.holds = holds
+        self.redactor = redactor  # read at each request: a settings change replaces the Redactor
+        self.scrubber = scrubber
+        self.hold_seconds = hold_seconds  # read at each hold: a reload may change it
+
+    def screen(self, client: BufferedSocket, request: Head, dest: Destination, url: str) -> bool | None:
+        """Judge one request by the request-level rules before anything goes upstream. None: go on
+        (a held request that was approved has its body put back, byte for byte); else the request
+        was answered here (403) and the value says whether the client connection can carry another."""
+        index = self.policy.state.index
+        if not index.has_request_rules:
+            return None  # the common case costs one attribute read
+        a = dest.admission
+        method, target = request.start[0], request.start[1]
+        q = RequestQuery(a.container, a.host, a.port, method, canonical_path(target), a.resolved_hostname)
+        decision = request_decision(self.policy, self.guard, a.container, a.host, a.port, a.resolved_hostname, q)
+        if not _by_request_rule(decision):
+            return None
+        if decision.verdict is Verdict.ALLOW:
+            if decision.would:  # report mode: what the rule would have done is logged, the request goes on
+                self.gate.record(a.container, a.host, a.port, method, decision, 0,
+                                 resolved_hostname=a.resolved_hostname, container_id=a.container_id)
+            return None
+        redactor = self.redactor()
+        shown = redactor.url(url)
+        if decision.verdict is Verdict.DENY:
+            self.gate.refused(a, decision.reason, method=method)
+            client.sock.sendall(_refusal(self.gate, dest, decision.reason, method, shown, None, keep=False))
+            return False
+        holds = self.holds
+        if holds.full(a.container):
+            self.gate.refused(a, "hold_limit", method=method)
+            client.sock.sendall(_refusal(self.gate, dest, "hold_limit", method, shown, "too many requests held", keep=False))
+            return False
+        body = _buffer_body(client, request)
+        raw, payload = (body.raw, body.payload) if body is not None else (None, None)
+        scrub = self.scrubber.for_exchange(redactor.redacted_values(request.headers, url))
+        preview = None
+        if payload is not None:
+            preview = payload[:PREVIEW_BYTES].decode("utf-8", "replace")
+            preview = scrub(preview) if scrub is not None else preview
+        held = HeldRequest(
+            id=holds.new_id(), container=a.container, host=a.host, port=a.port, method=method,
+            url=scrub(shown) if scrub is not None else shown, path=q.path, headers=redactor.headers(request.headers),
+            body_preview=preview, body_size=len(payload) if payload is not None else None,
+            rule_id=decision.rule_id, resolved_hostname=a.resolved_hostname)
+        log.info("request held: #%s %s %s %s:%s", held.id, a.container, method, a.host, a.port)
+        client.sock.settimeout(None)
+        answer = holds.hold(held, self.hold_seconds(), client.sock)
+        if answer.verdict is Verdict.ALLOW:
+            if raw is not None:
+                unread(client, raw)  # the pipeline relays it as if it had just arrived
+            return None
+        self.gate.refused(a, answer.reason, method=method)
+        keep = raw is not None and not wants_close(request) and answer.reason != "client_gone"
+        try:
+            client.sock.sendall(_refusal(self.gate, dest, answer.reason, method, held.url, held.reason, keep=keep))
+        except OSError:
+            return False
+        return keep
 
 
 def _buffer_body(client: BufferedSocket, request: Head) -> WholeBody | None:
@@ -305,7 +324,7 @@ def _buffer_body(client: BufferedSocket, request: Head) -> WholeBody | None:
         client.sock.settimeout(None)
 
 
-def make_request_holds(rt: Runtime) -> RequestHolds:
-    """The runtime's held requests, re-decided against its live policy."""
-    return RequestHolds(rt.bus, lambda held: request_decision(rt, held.container, held.host, held.port,
-                                                              held.resolved_hostname, held.query()))
+def make_request_holds(bus: Bus, policy: PolicyView, guard: ControlPlaneGuard) -> RequestHolds:
+    """The held requests, re-decided against the live policy."""
+    return RequestHolds(bus, lambda held: request_decision(policy, guard, held.container, held.host, held.port,
+                                                           held.resolved_hostname, held.query()))

@@ -27,12 +27,16 @@ import logging
 import socket
 import string
 import struct
+from typing import TYPE_CHECKING
 
 from greyproxy.proxy import limits as lim
 from greyproxy.proxy.gate import Admission, Gatekeeper
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, set_nodelay
+
+if TYPE_CHECKING:
+    from greyproxy.ca.state import MitmState
 
 log = logging.getLogger("greyproxy.socks5")
 
@@ -98,8 +102,9 @@ def refuse_connection(client: socket.socket) -> None:
 
 
 class Socks5Handler:
-    def __init__(self, gate: Gatekeeper, limits: Limits) -> None:
+    def __init__(self, gate: Gatekeeper, mitm: MitmState, limits: Limits) -> None:
         self.gate = gate
+        self.mitm = mitm  # whether a refusal can be answered inside the tunnel
         self.limits = limits
 
     def handle(self, client: socket.socket, address: tuple) -> None:
@@ -188,7 +193,7 @@ class Socks5Handler:
         client can be told why in its own protocol, succeed and answer the 403 inside the
         tunnel (proxy/mitm/refusal.py): with a CA for TLS and HTTP on any port, and without
         one for plain HTTP on port 80."""
-        mitm = self.gate.rt.mitm
+        mitm = self.mitm
         if refusal.in_band(mitm, admission.host, reason, admission.container):
             leaves = mitm.leaves
         elif admission.port == 80 and reason not in refusal.NOT_TOLD_IN_BAND:

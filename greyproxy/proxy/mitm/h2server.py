@@ -47,10 +47,9 @@ from greyproxy.proxy.mitm.h2conn import (
 from greyproxy.proxy.mitm.h2wire import Http1Reader, request_head, response_fields
 
 if TYPE_CHECKING:
-    from greyproxy.proxy.exchange import Destination
-    from greyproxy.proxy.gate import Admission
+    from greyproxy.proxy.exchange import Destination, ExchangePipeline
+    from greyproxy.proxy.gate import Admission, Gatekeeper
     from greyproxy.proxy.mitm.h2upstream import Upstreams
-    from greyproxy.runtime import Runtime
 
 log = logging.getLogger("greyproxy.mitm")
 
@@ -148,9 +147,10 @@ class H2Server:
     """Serves one intercepted client connection in HTTP/2. `refusal`: every stream gets this
     HTTP/1-style answer instead of an exchange (the connection itself was refused)."""
 
-    def __init__(self, runtime: Runtime, admission: Admission, dest: Destination, sock: ssl.SSLSocket,
-                 upstreams: Upstreams | None, refusal: bytes | None = None) -> None:
-        self.rt = runtime
+    def __init__(self, gate: Gatekeeper, pipeline: ExchangePipeline, admission: Admission, dest: Destination,
+                 sock: ssl.SSLSocket, upstreams: Upstreams | None, refusal: bytes | None = None) -> None:
+        self.gate = gate
+        self.pipeline = pipeline
         self.admission = admission
         self.dest = dest
         self.upstreams = upstreams
@@ -200,7 +200,7 @@ class H2Server:
             # h2 refused the client's frames (malformed headers, flow-control or stream abuse)
             # and sent GOAWAY: the connection is refused like a malformed HTTP/1 request.
             log.info("HTTP/2 from %s to %s refused: %s", self.admission.container, self.admission.host, exc)
-            self.rt.gate.refused(self.admission, "malformed_request")
+            self.gate.refused(self.admission, "malformed_request")
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:
             log.debug("HTTP/2 connection to %s ended: %s", self.admission.host, exc)
         finally:
@@ -266,7 +266,7 @@ class H2Server:
 
     # -- one stream -----------------------------------------------------------------------
     def _exchange(self, stream: StreamSocket, head: Head | WireError) -> None:
-        pipeline = self.rt.exchanges
+        pipeline = self.pipeline
         upstream: BufferedSocket | None = None
         keep = False
         try:

@@ -16,7 +16,8 @@ import logging
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import select as gselect
@@ -35,8 +36,16 @@ from greyproxy.proxy.tunnel import dial, relay
 
 if TYPE_CHECKING:
     from greyproxy.ca.leaf import LeafCache
-    from greyproxy.proxy.gate import Admission
-    from greyproxy.runtime import Runtime
+    from greyproxy.ca.state import MitmState
+    from greyproxy.metrics import Metrics
+    from greyproxy.proxy.exchange import ExchangePipeline
+    from greyproxy.proxy.gate import Admission, Gatekeeper
+    from greyproxy.proxy.guard import ControlPlaneGuard
+    from greyproxy.proxy.limits import Limits
+    from greyproxy.proxy.resolver import Resolver
+    from greyproxy.proxy.upstream_proxy import UpstreamHolder
+    from greyproxy.proxy.views import PolicyView
+    from greyproxy.store.writer import StoreWriter
 
 log = logging.getLogger("greyproxy.mitm")
 
@@ -88,7 +97,7 @@ class FirstLineWatch:
             return True
         if kind is None and len(self.seen) < SNIFF_BYTES:
             return None
-        self.interceptor.rt.gate.refused(self.admission, "late_tls" if kind == "tls" else "unparsed_http")
+        self.interceptor.gate.refused(self.admission, "late_tls" if kind == "tls" else "unparsed_http")
         return False
 
 
@@ -101,8 +110,20 @@ class _Handshake(greenlet_local):
 
 
 class Interceptor:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, gate: Gatekeeper, exchanges: ExchangePipeline, mitm: MitmState,
+                 mitm_config: Callable[[], dict[str, Any]], policy: PolicyView, guard: ControlPlaneGuard,
+                 resolver: Resolver, upstream: UpstreamHolder, writer: StoreWriter, metrics: Metrics) -> None:
+        self.gate = gate
+        self.exchanges = exchanges
+        self.mitm = mitm
+        self.mitm_config = mitm_config  # the config's `mitm` section, read at each use (a reload may change it)
+        self.policy = policy
+        self.guard = guard
+        self.resolver = resolver
+        self.upstream = upstream
+        self.writer = writer
+        self.metrics = metrics
+        self.limits: Limits | None = None  # set when the listeners start (proxy/limits.py)
         self._handshake = _Handshake()
         # One server context per CA generation, shared by every intercepted connection: making
         # one per connection cost more than the rest of the setup, and its session tickets are
@@ -146,8 +167,8 @@ class Interceptor:
         if kind == "tls":
             self._tls(admission, client, upstream, early)
             return
-        if self.rt.config.raw["mitm"].get("opaque", "allow") == "deny":
-            self.rt.gate.refused(admission, "opaque_refused")
+        if self.mitm_config().get("opaque", "allow") == "deny":
+            self.gate.refused(admission, "opaque_refused")
             for sock in (client, upstream):  # nothing went upstream
                 sock.close()
             return
@@ -155,10 +176,10 @@ class Interceptor:
         if early:
             upstream.sendall(early)
         watch = FirstLineWatch(self, admission, early) if kind == "watch" else None
-        self.rt.metrics.relayed(*relay(client, upstream, watch))
+        self.metrics.relayed(*relay(client, upstream, watch))
 
     def _skipped(self, admission: Admission, reason: str) -> None:
-        self.rt.writer.skip_reason(admission.container, admission.host, admission.port, reason)
+        self.writer.skip_reason(admission.container, admission.host, admission.port, reason)
 
     def _sniff(self, client: socket.socket, upstream: socket.socket) -> str:
         # gevent's poll (event-loop watchers), not select(): select() cannot take fds >= 1024.
@@ -186,7 +207,7 @@ class Interceptor:
         return "watch"
 
     def _skip_reason(self, admission: Admission) -> str | None:
-        mitm = self.rt.mitm
+        mitm = self.mitm
         if not mitm.enabled:
             return "mitm_disabled"
         if mitm.is_bypassed(admission.host):
@@ -220,7 +241,7 @@ class Interceptor:
             self._refuse_hello(admission, client, upstream, hello, "sni_mismatch", mismatch)
             return
         # A request-level deny/hold rule cannot be enforced on a piped tunnel (docs/request-rules.md).
-        unseen = uninspectable_refusal(self.rt, admission.container, admission.host, admission.port,
+        unseen = uninspectable_refusal(self.policy, admission.container, admission.host, admission.port,
                                        admission.resolved_hostname)
         if unseen:
             self._refuse_hello(admission, client, upstream, hello, "request_rules_uninspected", unseen)
@@ -228,7 +249,7 @@ class Interceptor:
         self._skipped(admission, reason)
         if early:
             upstream.sendall(early)
-        self.rt.metrics.relayed(*relay(client, upstream))
+        self.metrics.relayed(*relay(client, upstream))
 
     def _refuse_hello(self, admission: Admission, client: socket.socket, upstream: socket.socket, hello: Hello,
                       reason: str, detail: str) -> None:
@@ -238,8 +259,8 @@ class Interceptor:
         OpenSSL's own answer to a hello it could not parse (decode_error if none)."""
         a = admission
         log.info("refused TLS from %s to %s:%s: %s", a.container, a.host, a.port, detail)
-        self.rt.gate.refused(a, reason)
-        self.rt.metrics.mitm(reason)
+        self.gate.refused(a, reason)
+        self.metrics.mitm(reason)
         if reason in ("sni_mismatch", "request_rules_uninspected"):
             alert = alert_record(ssl.ALERT_DESCRIPTION_ACCESS_DENIED)
         else:
@@ -298,7 +319,7 @@ class Interceptor:
             gevent.killall(pumps, block=False)
 
     def _intercept(self, admission: Admission, client: socket.socket, upstream: socket.socket) -> None:
-        leaves = self.rt.mitm.leaves
+        leaves = self.mitm.leaves
         assert leaves is not None
         state = self._handshake
         state.host, state.sni = admission.host, None
@@ -310,7 +331,7 @@ class Interceptor:
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:
             # Typically a client that does not trust our CA (or pins its certificate).
             log.info("MITM handshake with client failed for %s: %s", admission.host, exc)
-            self.rt.metrics.mitm("client_error")
+            self.metrics.mitm("client_error")
             self._skipped(admission, "mitm_error")
             client.close()
             upstream.close()
@@ -321,7 +342,7 @@ class Interceptor:
         mismatch = self._sni_mismatch(admission, sni)
         tls_upstream = None
         upstream_error = None
-        ctx = upstream_ssl_context(self.rt.config.raw["mitm"].get("extra_ca_bundle"))
+        ctx = upstream_ssl_context(self.mitm_config().get("extra_ca_bundle"))
         if not mismatch:
             try:
                 tls_upstream = wrap_origin(ctx, upstream, server_name, admission.port, self.origin_sessions)
@@ -335,7 +356,7 @@ class Interceptor:
                 self.origin_sessions.forget(ctx, server_name, admission.port)
                 upstream_error = str(exc) or exc.__class__.__name__
                 log.info("upstream TLS to %s failed: %s", server_name, upstream_error)
-        self.rt.metrics.mitm("sni_mismatch" if mismatch else "upstream_error" if tls_upstream is None else "ok")
+        self.metrics.mitm("sni_mismatch" if mismatch else "upstream_error" if tls_upstream is None else "ok")
         h2_client = tls_client.selected_alpn_protocol() == "h2"
         try:
             if mismatch or tls_upstream is None:
@@ -350,7 +371,7 @@ class Interceptor:
             upstreams = self._upstreams(admission, tls_upstream, server_name, h2_client)
             if h2_client:
                 dest = destination_for(admission, "https", sni, in_tunnel=True)
-                H2Server(self.rt, admission, dest, tls_client, upstreams).serve()
+                H2Server(self.gate, self.exchanges, admission, dest, tls_client, upstreams).serve()
             else:
                 try:
                     self._loop(admission, BufferedSocket(tls_client), upstreams, "https", sni)
@@ -374,14 +395,14 @@ class Interceptor:
         first = BufferedSocket(tls_upstream)
         if not h2_client:
             return Single(first)
-        extra = self.rt.config.raw["mitm"].get("extra_ca_bundle")
+        extra = self.mitm_config().get("extra_ca_bundle")
 
         def more() -> BufferedSocket:
             # Another connection to what was admitted, under the same guard as the first.
             rule = admission.decision.rule
             pattern = rule.destination_pattern if rule is not None and rule.action == "allow" else None
-            raw = dial(admission.host, admission.port, self.rt.guard, resolver=self.rt.resolver,
-                       rule_pattern=pattern, upstream=self.rt.upstream.get())
+            raw = dial(admission.host, admission.port, self.guard, resolver=self.resolver,
+                       rule_pattern=pattern, upstream=self.upstream.get())
             ctx = upstream_ssl_context(extra, ("http/1.1",))
             tls = wrap_origin(ctx, raw, server_name, admission.port, self.origin_sessions)
             try:
@@ -409,13 +430,13 @@ class Interceptor:
     def _refuse_all(self, client: BufferedSocket, reason: str, admission: Admission, detail: str,
                     h2: bool = False) -> None:
         """Answer the first request (if any) with a 403/502 that says why, then close."""
-        self.rt.gate.refused(admission, reason, method="HTTPS")
+        self.gate.refused(admission, reason, method="HTTPS")
         code, text = (403, "Forbidden") if reason == "sni_mismatch" else (502, "Bad Gateway")
-        body = f"greyproxy: {detail}\n" if reason != "sni_mismatch" else self.rt.gate.blocked_text(admission, reason)
+        body = f"greyproxy: {detail}\n" if reason != "sni_mismatch" else self.gate.blocked_text(admission, reason)
         answer = simple_response(code, text, body, [("X-Greyproxy-Reason", reason)])
         if h2:  # the same answer on the client's first HTTP/2 stream
             dest = destination_for(admission, "https", None, in_tunnel=True)
-            H2Server(self.rt, admission, dest, client.sock, None, refusal=answer).serve()  # type: ignore[arg-type]
+            H2Server(self.gate, self.exchanges, admission, dest, client.sock, None, refusal=answer).serve()  # type: ignore[arg-type]
             return
         try:
             client.sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -429,13 +450,15 @@ class Interceptor:
               server_name: str | None = None) -> None:
         """Every request on the connection goes through the one exchange pipeline: checked
         against the admitted destination and the rules as they are now, then forwarded."""
-        pipeline = self.rt.exchanges
+        pipeline = self.exchanges
+        limits = self.limits
+        assert limits is not None, "runtime.py sets it when the listeners start"
         dest = destination_for(admission, scheme, server_name, in_tunnel=True)
         try:
             while True:
                 # The whole head within limits.head_seconds of its first byte, as on the plain
                 # proxy: a per-read timeout would let one byte every few seconds hold it forever.
-                raw = self.rt.limits.read_head(client, idle_seconds=IDLE_TIMEOUT)
+                raw = limits.read_head(client, idle_seconds=IDLE_TIMEOUT)
                 if raw is None:
                     return
                 try:
@@ -462,8 +485,8 @@ class Interceptor:
             except (OSError, ssl.SSLError):
                 pass
         except DeadlineExceeded:
-            self.rt.limits.hit(HEAD_DEADLINE, admission.container,
-                               f"request head inside the tunnel to {admission.host} not complete in time")
+            limits.hit(HEAD_DEADLINE, admission.container,
+                       f"request head inside the tunnel to {admission.host} not complete in time")
             try:
                 client.sock.settimeout(REFUSE_SECONDS)
                 client.sock.sendall(REQUEST_TIMEOUT)
