@@ -18,7 +18,7 @@ from greyproxy.store.executor import OffHubMixin
 
 log = logging.getLogger("greyproxy.api")
 bp = Blueprint("health", __name__)
-BUSY_AFTER = 0.25  # seconds health waits for the database connection before saying it is busy
+BUSY_AFTER = 1.0  # seconds one holder may keep the database connection before health says "busy"
 
 
 @bp.get("/api/health")
@@ -42,11 +42,13 @@ def health() -> Any:
     try:
         # Health answers at once even while the database is held (a long write, or a lock
         # taken by another process that statements wait up to their busy timeout on).
-        if isinstance(rt.db, OffHubMixin) and not rt.db.owns_connection(BUSY_AFTER):
-            busy = [f"database busy: a statement has held it for over {BUSY_AFTER:g} s (a long write, "
-                    "or the file locked by another process)"]
-        else:
+        held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
+        if held > BUSY_AFTER:
+            busy = [f"database busy: one statement or transaction has held it for {held:.1f} s (a long "
+                    "write, or the file locked by another process)"]
+        elif held == 0.0:
             rt.db.execute_sql("SELECT 1").fetchone()
+        # else: in use right now, for a short while: working, not worth waiting for
     except Exception as exc:  # any database failure means "unhealthy", never a 500
         log.warning("health check: database ping failed: %s", exc)
         if rt.fleet_link is not None:  # fleet mode: the node still decides from memory (docs/fleet.md)

@@ -16,6 +16,7 @@ until it commits or rolls back.
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -82,11 +83,42 @@ class OffHubCursor:
         self._rows = []
 
 
+class ConnectionLock:
+    """The connection's greenlet-reentrant lock, which also knows since when it has been held
+    (health tells a busy database from a stuck one without waiting for it)."""
+
+    def __init__(self) -> None:
+        self._lock = RLock()
+        self._depth = 0
+        self.held_since: float | None = None  # time.monotonic() of the outermost acquire
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._depth += 1
+        if self._depth == 1:
+            self.held_since = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.held_since = None
+        self._lock.release()
+
+    def __enter__(self) -> ConnectionLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 class _Owned:
     """A transaction context (peewee's atomic/transaction/savepoint) entered while holding the
     connection's lock, released after it has committed or rolled back."""
 
-    def __init__(self, lock: RLock, inner: Any) -> None:
+    def __init__(self, lock: ConnectionLock, inner: Any) -> None:
         self._lock = lock
         self._inner = inner
 
@@ -117,11 +149,11 @@ class OffHubMixin:
     """Mixed in front of a peewee Database class (see `OffHubSqliteDatabase`)."""
 
     _db_thread: ThreadPool | None
-    _db_lock: RLock
+    _db_lock: ConnectionLock
 
     def _init_off_hub(self) -> None:
         self._db_thread = None  # started on first use, again after close()
-        self._db_lock = RLock()
+        self._db_lock = ConnectionLock()
 
     def run_in_db(self, work: Callable[[], T]) -> T:
         """Run `work` (which may use the raw connection, `self.connection()`) in the database
@@ -151,13 +183,11 @@ class OffHubMixin:
         with peewee.__exception_wrapper__:
             raise value
 
-    def owns_connection(self, timeout: float) -> bool:
-        """Try to take the connection within `timeout` seconds (released again at once): False
-        means another greenlet's statement or transaction has held it that long."""
-        if not self._db_lock.acquire(timeout=timeout):
-            return False
-        self._db_lock.release()
-        return True
+    def held_for(self) -> float:
+        """How long the statement or transaction now using the connection has held it (0 when
+        the connection is free)."""
+        since = self._db_lock.held_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def cursor(self, named_cursor: Any = None) -> OffHubCursor:
         return OffHubCursor(super().cursor(), self)  # type: ignore[misc]
