@@ -164,6 +164,11 @@ class Runtime:
         # From here on every change published on the bus is an audit entry.
         self.audit = AuditLog(self.db, self.bus, {"settings": lambda: self.settings.to_json(None),
                                                   "silent": self.silent.status})
+        # Rules made "until restart" end here, before the index is built (docs/user-guide.md#until-restart).
+        self.restart_rules_removed = self.rules.purge_until_restart()
+        if self.restart_rules_removed:
+            self.audit.record("rule.purge", None, None, {"rule_type": "until_restart", "removed":
+                              self.restart_rules_removed, "reason": "greyproxy started"}, actor="system")
         self.redaction = RedactionJob(self.db, self.bus, lambda: self.redactor)
         self.retention = Retention(self.db, self.bus, RetentionPolicy.from_config(config.raw["retention"]))
         self._setup_sessions()
@@ -382,6 +387,8 @@ class Runtime:
                                         self.fleet.apply, self.fleet.resync)
             self.fleet.start(self.fleet_link)
             self.fleet_link.start()
+            if self.restart_rules_removed:  # the other nodes drop them from their index too
+                self.fleet_link.send({"t": "resync"})
         for server in self._servers:
             server.start()
         self.write_handshake()

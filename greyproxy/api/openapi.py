@@ -76,7 +76,8 @@ SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": s("string", "what is wrong, in one line")}, ("error",)),
     "Rule": obj({
         "id": INT, "container_pattern": STR, "destination_pattern": STR, "port_pattern": STR,
-        "rule_type": s("string", enum=["permanent", "temporary"]), "action": s("string", enum=["allow", "deny", "hold"]),
+        "rule_type": s("string", "'until_restart': no expiry, removed when greyproxy next starts",
+                       enum=["permanent", "temporary", "until_restart"]), "action": s("string", enum=["allow", "deny", "hold"]),
         "method_pattern": s(["string", "null"], "request-level rule: methods, e.g. 'POST,PUT' (null: any)"),
         "path_pattern": s(["string", "null"], "request-level rule: canonical path, '*' any run (null: any)"),
         "created_at": TIME, "expires_at": NTIME, "last_used_at": NTIME, "created_by": STR, "notes": NSTR,
@@ -89,7 +90,10 @@ SCHEMAS: dict[str, Any] = {
         "action": s("string", "'hold' needs a method_pattern or path_pattern", enum=["allow", "deny", "hold"],
                      default="allow"),
         "rule_type": s("string", "informational: 'temporary' when it expires, else 'permanent'; 'glob' is "
-                       "accepted and stored as one of those", enum=["permanent", "temporary", "glob"]),
+                       "accepted and stored as one of those; 'until_restart' (no expiry) goes when greyproxy "
+                       "next starts", enum=["permanent", "temporary", "glob", "until_restart"]),
+        "duration": s("string", "instead of an expiry: permanent, restart (until greyproxy restarts), 1h, 7d, "
+                      "30d or a Go duration such as 90m"),
         "expires_in_seconds": s("integer", minimum=1),
         "expires_at": s("string", "RFC 3339, in the future; not together with expires_in_seconds",
                         format="date-time"),
@@ -125,7 +129,7 @@ SCHEMAS: dict[str, Any] = {
     }, ("id", "container_name", "destination_host", "destination_port")),
     "Decision": obj({
         "scope": s("string", enum=["exact", "any_port", "subdomain_wildcard", "all_containers"]),
-        "duration": s("string", "once, 1h, 12h, 24h, 7d, 30d, permanent or a Go duration such as 30m"),
+        "duration": s("string", "once, 1h, 12h, 24h, 7d, 30d, permanent, restart (until greyproxy restarts) or a Go duration such as 30m"),
         "notes": STR,
     }),
     "RequestLog": obj({

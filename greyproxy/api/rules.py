@@ -28,6 +28,7 @@ from greyproxy.api.parse import (
     str_arg,
     str_field,
 )
+from greyproxy.policy.durations import rule_duration, rule_type_for
 from greyproxy.policy.patterns import (
     PatternError,
     normalize_container_pattern,
@@ -42,11 +43,11 @@ bp = Blueprint("rules", __name__)
 
 ACTIONS = ("allow", "deny", "hold")  # hold: request-level rules only (services/rules.py)
 # "glob" names the pattern dialect (some clients send it); the stored type follows the expiry.
-RULE_TYPES = ("permanent", "temporary", "glob")
+RULE_TYPES = ("permanent", "temporary", "glob", "until_restart")
 MAX_NOTES = 1024 * 1024  # free text, but not unbounded
 # What a rule body may hold. The read-only fields of the Rule JSON are accepted (and ignored) so
 # that a rule as GET shows it can be posted or ingested back; anything else is a 400 naming it.
-RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "rule_type",
+RULE_KEYS = ["container_pattern", "destination_pattern", "port_pattern", "action", "rule_type", "duration",
              "expires_in_seconds", "expires_at", "notes", "created_by", "method_pattern", "path_pattern"]
 READ_ONLY_KEYS = ("id", "created_at", "last_used_at", "is_active", "source", "session_id",
                   "destination_unicode", "mixed_script", "enabled")
@@ -104,6 +105,14 @@ def new_rule(body: Any) -> NewRule:
         raise ApiError(400, "'enabled': a rule is created enabled; switch it off with PUT /api/rules/{id}")
     expires = _expiry_seconds(body)
     rule_type = choice(str_field(body, "rule_type"), "rule_type", RULE_TYPES)
+    duration = str_field(body, "duration", max_length=64)
+    if duration is not None:  # the decision vocabulary: 7d, 90m, permanent, restart (DurationError: a 400)
+        if expires is not None:
+            raise ApiError(400, "give either 'duration' or 'expires_in_seconds'/'expires_at', not both")
+        expires = rule_duration(duration)
+        rule_type = rule_type_for(duration, expires)
+    elif rule_type == "until_restart" and expires is not None:
+        raise ApiError(400, "an 'until_restart' rule has no expiry: it goes when greyproxy restarts")
     if rule_type in (None, "glob"):
         rule_type = "temporary" if expires else "permanent"
     return NewRule(

@@ -14,6 +14,8 @@ NAMED_DURATIONS: dict[str, int] = {
     "30d": 2592000,
 }
 PERMANENT = "permanent"
+# A rule that lasts until greyproxy next starts: no expiry, removed at start (docs/user-guide.md#until-restart).
+UNTIL_RESTART = "restart"
 SILENT_MODE_MAX_SECONDS = 8 * 3600
 
 _UNIT_SECONDS: dict[str, float] = {
@@ -64,8 +66,8 @@ def rule_duration(text: str | None) -> int | None:
     if text is None:
         return None
     s = text.strip()
-    if s.lower() in ("", PERMANENT):
-        return None
+    if s.lower() in ("", PERMANENT, UNTIL_RESTART):
+        return None  # 'restart' has no expiry: see rule_type_for
     named = NAMED_DURATIONS.get(s.lower())
     if named is not None:
         return named
@@ -73,12 +75,19 @@ def rule_duration(text: str | None) -> int | None:
         seconds = parse_go_duration(s)
     except DurationError:
         raise DurationError(
-            f"invalid duration {text!r}: use permanent, {', '.join(NAMED_DURATIONS)} "
+            f"invalid duration {text!r}: use permanent, restart, {', '.join(NAMED_DURATIONS)} "
             "or a Go duration such as 30m or 1h30m"
         ) from None
     if seconds < 1:
         raise DurationError(f"duration {text!r} must be at least 1s")
     return int(seconds)
+
+
+def rule_type_for(text: str | None, seconds: int | None) -> str:
+    """The stored rule_type of a rule made with duration `text` (`seconds` = rule_duration(text))."""
+    if text is not None and text.strip().lower() == UNTIL_RESTART:
+        return "until_restart"
+    return "temporary" if seconds else "permanent"
 
 
 def silent_mode_duration(text: str) -> int | None:

@@ -11,7 +11,7 @@ import peewee
 
 from greyproxy.events import Bus
 from greyproxy.policy.canonical import display_fields
-from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.durations import rule_duration, rule_type_for
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import NewRule, NotFound, RuleService, rule_to_json, validated
@@ -183,8 +183,9 @@ class PendingService:
         return len({(display_host(r), r.destination_port, r.container_name) for r in PendingRequest.select()})
 
     # -- resolution ----------------------------------------------------------------------
-    def _new_rule(self, row: PendingRequest, action: str, scope: str | None, seconds: int | None,
+    def _new_rule(self, row: PendingRequest, action: str, scope: str | None, duration: str | None,
                   notes: str | None, actor: str) -> NewRule:
+        seconds = rule_duration(duration)
         container_p, dest_p, port_p = patterns_for_scope(scope, row.container_name, display_host(row), row.destination_port)
         # Validated like every other rule write (PatternError: a 400) before anything changes, so a
         # row holding a destination no rule may name stays pending instead of vanishing.
@@ -193,7 +194,7 @@ class PendingService:
             destination_pattern=dest_p,
             port_pattern=port_p,
             action=action,
-            rule_type="temporary" if seconds else "permanent",
+            rule_type=rule_type_for(duration, seconds),
             expires_in_seconds=seconds,
             notes=notes,
             created_by=actor,
@@ -260,7 +261,7 @@ class PendingService:
         One transaction (issue 13): the pending rows go, the rule is inserted and the audit
         entries (`rule.create`, `pending.allow|deny`) are written together, or nothing is. With
         WAL, a commit survives a crash of the process (kill -9) before any waiter is released."""
-        new = self._new_rule(self.get(pending_id), action, scope, rule_duration(duration), notes, actor)
+        new = self._new_rule(self.get(pending_id), action, scope, duration, notes, actor)
 
         def decide() -> list[Decided]:
             with self.db.atomic():
@@ -287,7 +288,7 @@ class PendingService:
         row no rule may name stays pending and is listed in `refused`. Each chunk of BULK_CHUNK ids
         is one transaction of a few statements run whole in the database thread, announced
         after its commit, with a pause between chunks for the other callers."""
-        seconds = rule_duration(duration)
+        rule_duration(duration)  # a bad duration fails before any chunk
         rules: list[dict[str, Any]] = []
         refused: list[dict[str, Any]] = []
 
@@ -296,7 +297,7 @@ class PendingService:
                 rows, news = [], []
                 for row in self._chunk(chunk):
                     try:
-                        news.append(self._new_rule(row, action, "exact", seconds, None, actor))
+                        news.append(self._new_rule(row, action, "exact", duration, None, actor))
                     except PatternError as exc:  # a row no rule may name: it stays, the rest go on
                         refused.append({"pending_id": row.id, "error": str(exc)})
                         continue

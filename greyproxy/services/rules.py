@@ -364,6 +364,12 @@ class RuleService:
         self.bus.publish("rule.deleted", data)
         return True
 
+    def purge_until_restart(self) -> int:
+        """At start, before the index is built: the rules made 'until restart' go (how many).
+        No per-rule event: the caller writes one audit entry for them all."""
+        with self.db.atomic():
+            return Rule.delete().where(Rule.rule_type == "until_restart").execute()
+
     def touch_used(self, rule_ids: Iterable[int], when: dt.datetime) -> None:
         """Batched last_used_at bump, called by the store writer, never per connection."""
         ids = list(set(rule_ids))
