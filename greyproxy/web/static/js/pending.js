@@ -17,6 +17,8 @@ const DURATIONS = [
   ["24h", "24 hours", 86400],
   ["7d", "7 days", 604800],
   ["30d", "30 days", 2592000],
+  // No expiry, removed when greyproxy next starts: "seconds" is this marker, not a number.
+  ["restart", "until restart", "restart"],
   ["permanent", "always", null],
   ["custom", "custom…", undefined],
 ];
@@ -91,6 +93,7 @@ function exactDuration(seconds) {
 
 function expiryText(seconds) {
   if (seconds === null) return "never expires";
+  if (seconds === "restart") return "until greyproxy restarts";
   const at = new Date(Date.now() + seconds * 1000);
   const sameDay = at.toDateString() === new Date().toDateString();
   return `expires in ${exactDuration(seconds)} (${sameDay ? at.toLocaleTimeString() : at.toLocaleString()})`;
