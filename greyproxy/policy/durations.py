@@ -75,7 +75,7 @@ def rule_duration(text: str | None) -> int | None:
         seconds = parse_go_duration(s)
     except DurationError:
         raise DurationError(
-            f"invalid duration {text!r}: use permanent, restart, {', '.join(NAMED_DURATIONS)} "
+            f"invalid duration {text!r}: use permanent, {', '.join(NAMED_DURATIONS)}, {UNTIL_RESTART} "
             "or a Go duration such as 30m or 1h30m"
         ) from None
     if seconds < 1:
