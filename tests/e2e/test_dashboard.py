@@ -121,6 +121,7 @@ def test_rule_form_shows_the_api_message_and_saves_nothing(gp, dashboards):
     dash = dashboards(gp).login("/rules")
     page = dash.page
     before = gp.api("GET", "/api/rules", params={"include_expired": "true"}).json()["total"]
+    expect(page.locator("#rules-table tbody tr").first).to_be_visible()  # the built-in rules, once loaded
     rows_before = page.locator("#rules-table tbody tr").count()
     bad = {"container_pattern": "agent1", "destination_pattern": "example.com", "port_pattern": "80-abc"}
     expected = gp.api("POST", "/api/rules", json=bad)
