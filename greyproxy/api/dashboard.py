@@ -18,7 +18,7 @@ from greyproxy.api.logs import check_buckets
 from greyproxy.api.parse import bool_arg, choice_arg, int_arg, json_object, str_arg, str_field, time_arg
 from greyproxy.api.transactions import txn_filter
 from greyproxy.capture.serialize import transaction_to_json
-from greyproxy.policy.durations import DurationError, rule_duration
+from greyproxy.policy.durations import DurationError, rule_duration, rule_type_for
 from greyproxy.policy.patterns import PatternError
 from greyproxy.policy.scopes import SCOPES, patterns_for_scope, registrable_domain
 from greyproxy.services.audit import verify
@@ -80,7 +80,8 @@ def pending_with_previews() -> Any:
 
 @bp.get("/api/dashboard/duration")
 def check_duration() -> Any:
-    """{seconds} a rule duration stands for (null = permanent), or a 400 saying what is wrong."""
+    """{seconds, rule_type} a rule duration stands for (seconds null: no expiry, permanent or
+    until_restart), or a 400 saying what is wrong."""
     text = str_arg("value")
     if text is None:
         raise ApiError(400, "'value' is required: a duration such as 90m, 36h or permanent")
@@ -88,7 +89,7 @@ def check_duration() -> Any:
         seconds = rule_duration(text)
     except DurationError as exc:
         raise ApiError(400, str(exc)) from None
-    return {"value": text, "seconds": seconds}
+    return {"value": text, "seconds": seconds, "rule_type": rule_type_for(text, seconds)}
 
 
 # The Rules page's list: /api/rules plus a free-text search, a sort on any column and, per rule,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from greyproxy.policy.durations import rule_duration
+from greyproxy.policy.durations import rule_duration, rule_type_for
 from greyproxy.policy.scopes import patterns_for_scope
 from greyproxy.services.rules import Conflict, NewRule, NotFound, RuleService, rule_to_json, validated
 
@@ -45,7 +45,7 @@ def answer_request(holds: RequestHolds, rules: RuleService, request_id: int, all
         container_p, dest_p, port_p = patterns_for_scope("exact", held.container, held.host, held.port)
         new = validated(NewRule(
             container_pattern=container_p, destination_pattern=dest_p, port_pattern=port_p,
-            action="allow" if allow else "deny", rule_type="temporary" if seconds else "permanent",
+            action="allow" if allow else "deny", rule_type=rule_type_for(duration, seconds),
             expires_in_seconds=seconds, notes=f"held request {held.method} {held.url}"[:500], created_by=actor,
             method_pattern=method_pattern or held.method, path_pattern=path_pattern or held.path,
         ))

@@ -22,8 +22,13 @@ def test_until_restart_in_the_chooser(gp_factory, origin, dashboards, viewport_n
         c = card(page, origin.host, origin.port)
         expect(c).to_be_visible()
         c.locator("details.more summary").click()
-        c.locator("select[name=duration]").select_option(label="until restart")
         chooser = c.locator(".chooser-preview")
+        # Typed by hand as a custom duration it is the same thing, never "never expires".
+        c.locator("select[name=duration]").select_option("custom")
+        c.locator("input[name=custom]").fill("restart")
+        expect(chooser).to_contain_text(
+            f"Allow creates: allow agent1 → {origin.host} : {origin.port} · until greyproxy restarts")
+        c.locator("select[name=duration]").select_option(label="until restart")
         expect(chooser).to_contain_text(
             f"Allow creates: allow agent1 → {origin.host} : {origin.port} · until greyproxy restarts")
         expect(chooser).to_contain_text(

@@ -167,7 +167,8 @@ const checkCustom = debounce(async (card) => {
   try {
     const res = await get("/api/dashboard/duration", { value });
     if (choice.custom !== value) return;
-    choice.customSeconds = res.seconds;
+    // "restart" typed by hand has no expiry but is not "never expires": the preview says so.
+    choice.customSeconds = res.rule_type === "until_restart" ? "restart" : res.seconds;
     choice.customError = null;
   } catch (err) {
     if (choice.custom !== value) return;
