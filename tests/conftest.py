@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.browser import browser, dashboards  # noqa: F401 - the browser fixtures, one definition for every test
 from tests.ports import free_port
 
 START_TIMEOUT = 20.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-from tests.e2e.conftest import browser, dashboards  # noqa: F401 - fixtures
 from tests.integration.netutil import curl
 
 
