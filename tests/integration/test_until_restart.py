@@ -7,6 +7,7 @@ import pytest
 
 from tests.backends import database_url  # noqa: F401 - runs on SQLite and PostgreSQL
 from tests.integration.test_api import assert_error, create_rule, hold_in_background
+from tests.integration.test_request_rules import ProxyConn, held_item
 
 pytestmark = pytest.mark.no_ca
 
@@ -76,3 +77,30 @@ def test_bad_until_restart_bodies_are_400(gp, fields, contains):
     resp = gp.api("POST", "/api/rules", json={"container_pattern": "a", "destination_pattern": "x.example.com",
                                                **fields})
     assert_error(resp, 400, contains)
+
+
+def test_held_http_request_allowed_until_restart(gp_factory, origin):
+    """A held single request (request-level hold rule) answered 'until restart': the next POST
+    passes on the rule; after a restart that rule is gone and the POST is held again."""
+    gp = gp_factory(hold_seconds=15)
+    base = {"container_pattern": "agent1", "destination_pattern": origin.host, "port_pattern": str(origin.port)}
+    create_rule(gp, **base)
+    create_rule(gp, **base, action="hold", method_pattern="POST", path_pattern="/v1/*")
+    conn = ProxyConn(gp, origin)
+    conn.send("POST", "/v1/x", b"one")
+    item = held_item(gp, method="POST")
+    out = gp.api("POST", f"/api/pending-http/{item['id']}/allow", json={"duration": "restart"}).json()
+    assert out["rule"]["rule_type"] == "until_restart" and out["rule"]["expires_at"] is None
+    assert conn.response()[0] == 200
+    conn.send("POST", "/v1/x", b"two")  # the rule decides: not held
+    assert conn.response()[0] == 200
+    assert [r["body"] for r in origin.requests] == [b"one", b"two"]
+
+    gp.restart()
+    conn = ProxyConn(gp, origin)
+    conn.send("POST", "/v1/x", b"three")
+    again = held_item(gp, method="POST")
+    assert conn.waiting() and [r["body"] for r in origin.requests] == [b"one", b"two"]
+    gp.api("POST", f"/api/pending-http/{again['id']}/deny", json={})
+    assert conn.response()[0] == 403
+    assert purge_entries(gp)[0]["after"]["removed"] == 1
