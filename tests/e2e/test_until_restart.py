@@ -43,6 +43,10 @@ def test_until_restart_in_the_chooser(gp_factory, origin, dashboards, viewport_n
         assert [(r["action"], r["container_pattern"], r["destination_pattern"], r["port_pattern"], r["rule_type"],
                  r["expires_at"]) for r in made] == [
             ("allow", "agent1", origin.host, str(origin.port), "until_restart", None)]
+        dash.goto("/rules")  # the Rules page says when it goes
+        row = dash.page.locator("#rules-table tbody tr", has=dash.page.locator(
+            "td[data-label=Destination]", has_text=origin.host))
+        expect(row.locator("td[data-label=Expires]")).to_have_text("at restart")
         assert dash.errors == []
     finally:
         kill_all(procs)

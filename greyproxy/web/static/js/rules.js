@@ -19,6 +19,7 @@ let editing = null;
 const selected = new Set(); // rule ids (strings) ticked for a bulk delete; kept across live refreshes
 
 function expiryCell(rule) {
+  if (rule.rule_type === "until_restart") return h("span", { class: "muted" }, "at restart");
   if (!rule.expires_at) return h("span", { class: "muted" }, "never");
   const expired = !rule.is_active;
   return h("time", {
