@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -435,22 +436,36 @@ def test_headless_chromium_speaks_http2_through_interception(mgp, tls_origin):
 
     allow(mgp, "h2chrome", "localhost", tls_origin.port)
     url = f"https://localhost:{tls_origin.port}/browser"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(chromium), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--proxy-bypass-list=<-loopback>"],
-            proxy={"server": f"http://127.0.0.1:{mgp.ports['http']}", "username": "h2chrome", "password": "x"})
+    seen: dict = {}
+
+    def browse() -> None:
+        # Its own thread: this browser needs its own proxy settings, and a second Playwright
+        # cannot start in a thread where the session-wide one (tests/browser.py) runs its loop.
         try:
-            # The page is trusted through our CA only; the browser has its own store, so this
-            # context skips verification (what is tested is the protocol, not the trust store).
-            context = browser.new_context(ignore_https_errors=True)
-            page = context.new_page()
-            response = page.goto(url, timeout=15_000)
-            assert response is not None and response.status == 200
-            assert page.evaluate("document.body.innerText").strip() == "hello over tls"
-            assert page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
-        finally:
-            browser.close()
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=str(chromium), headless=True,
+                    args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--proxy-bypass-list=<-loopback>"],
+                    proxy={"server": f"http://127.0.0.1:{mgp.ports['http']}", "username": "h2chrome", "password": "x"})
+                try:
+                    # The page is trusted through our CA only; the browser has its own store, so this
+                    # context skips verification (what is tested is the protocol, not the trust store).
+                    context = browser.new_context(ignore_https_errors=True)
+                    page = context.new_page()
+                    response = page.goto(url, timeout=15_000)
+                    seen["status"] = response.status if response is not None else None
+                    seen["text"] = page.evaluate("document.body.innerText").strip()
+                    seen["protocol"] = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+                finally:
+                    browser.close()
+        except Exception as exc:  # reported by the assertion below
+            seen["error"] = repr(exc)
+
+    thread = threading.Thread(target=browse)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in seen, seen
+    assert (seen["status"], seen["text"], seen["protocol"]) == (200, "hello over tls", "h2"), seen
     items = transactions(mgp, container="h2chrome")
     assert any(i["url"] == url and i["status_code"] == 200 for i in items)
 
