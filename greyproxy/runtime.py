@@ -191,7 +191,7 @@ class Runtime:
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
         if config.database_url:  # changes go out; waiter counts and dismissals span the nodes
-            self.fleet = FleetSync(bus=self.bus, policy=self.policy, policy_changed=self.policy_changed,
+            self.fleet = FleetSync(bus=self.bus, policy_changed=self.policy_changed,
                                    policy_refresh=self.policy_refresh, rules=self.rules, modes=self.modes,
                                    holds=self.holds, pending=self.pending, sessions=self.sessions,
                                    credentials=self.credentials, vault=self.vault, silent=self.silent,

@@ -26,7 +26,7 @@ import gevent
 from greyproxy.credentials.crypto import DecryptError, decrypt
 from greyproxy.credentials.vault import Secret
 from greyproxy.events import Event, from_other_node
-from greyproxy.services.policy_state import Extras, RuleChange
+from greyproxy.services.policy_state import RuleChange
 from greyproxy.services.rules import rule_to_json, rule_to_spec
 from greyproxy.store.models import GlobalCredential, PendingRequest, Rule, Session
 from greyproxy.timeutil import epoch
@@ -35,12 +35,10 @@ if TYPE_CHECKING:
     from greyproxy.credentials.vault import Vault
     from greyproxy.events import Bus
     from greyproxy.fleet.link import FleetLink, Message
-    from greyproxy.policy.decide import ModeEntry
     from greyproxy.proxy.hold import HoldManager
     from greyproxy.services.credentials import CredentialService
     from greyproxy.services.modes import ModeService
     from greyproxy.services.pending import PendingService
-    from greyproxy.services.policy_state import PolicyHolder
     from greyproxy.services.rules import RuleService
     from greyproxy.services.sessions import SessionService
     from greyproxy.services.settings import SettingsStore
@@ -65,12 +63,11 @@ WaiterKey = tuple[str, str, int]
 
 
 class FleetSync:
-    def __init__(self, *, bus: Bus, policy: PolicyHolder, policy_changed: Callable[[RuleChange | None], None],
+    def __init__(self, *, bus: Bus, policy_changed: Callable[[RuleChange | None], None],
                  policy_refresh: Callable[..., None], rules: RuleService, modes: ModeService, holds: HoldManager,
                  pending: PendingService, sessions: SessionService, credentials: CredentialService, vault: Vault,
                  silent: SilentMode, settings: SettingsStore) -> None:
         self.bus = bus
-        self.policy = policy
         self.policy_changed = policy_changed  # patch (or rebuild) the index, then re-decide held connections
         self.policy_refresh = policy_refresh  # modes / silent / sessions changed: swap those, keep the index
         self.rules = rules
@@ -235,23 +232,6 @@ class FleetSync:
         self.vault.remove([s.placeholder for s in self.vault.secrets()
                            if s.session_id is None and s.placeholder not in fresh])
 
-    def _rebuild_index(self, attempts: int = 5) -> None:
-        """Rules and modes from the store, in one rebuild. Reading them yields to the hub, and a
-        rule written meanwhile patches the index we are about to replace: so the rebuild is
-        kept only when no patch came in during the read (else read again)."""
-        for _ in range(attempts):  # bounded
-            seen = (self.policy.patches, self.policy.rebuilds, self.policy.session_extensions)
-            specs = self.rules.all_specs()
-            modes = self.modes.entries()
-            if seen == (self.policy.patches, self.policy.rebuilds, self.policy.session_extensions):
-                self.policy.rebuild(lambda specs=specs: specs, self._extras(modes))
-                self.policy_refresh(modes=False)  # re-decides held connections
-                return
-        self.policy_changed(None)  # still changing after every attempt: the plain way
-
-    def _extras(self, modes: tuple[ModeEntry, ...]) -> Callable[[], Extras]:
-        return lambda: (self.silent.mode, modes, self.sessions.current_sessions(), self.sessions.allow_all_containers())
-
     def resync(self) -> None:
         """After a reconnect (or a change too big to describe): read everything again."""
         token = applying_remote.set(True)
@@ -259,7 +239,9 @@ class FleetSync:
             self.resyncs += 1
             self.sessions.follow_all()
             self.reload_credentials()
-            self._rebuild_index()
+            # One rebuild from the store; a patch landing while it reads is replayed onto the new
+            # index (PolicyHolder.rebuild), and held connections are re-decided.
+            self.policy_changed(None)
             self.bus.publish("fleet.resynced", {"node": self.link.node if self.link else None}, recorded=True)
         finally:
             applying_remote.reset(token)
