@@ -11,9 +11,10 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
+from greyproxy.proxy import relay as byte_relay
 from greyproxy.proxy import tunnel
 
-pytestmark = pytest.mark.skipif(not tunnel.SPLICE, reason="no splice(2) here")
+pytestmark = pytest.mark.skipif(not byte_relay.SPLICE, reason="no splice(2) here")
 
 SIZE = 32 << 20
 
@@ -98,7 +99,7 @@ def test_a_tunnel_closed_mid_splice_ends_and_leaks_no_pipe():
 
 
 def test_plain_copy_when_splice_is_off(monkeypatch):
-    monkeypatch.setattr(tunnel, "SPLICE", False)
+    monkeypatch.setattr(byte_relay, "SPLICE", False)
     data = os.urandom(4 << 20)
     agent, client = _pair()
     upstream, origin = _pair()
