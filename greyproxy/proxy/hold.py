@@ -1,7 +1,11 @@
 """The hold: an unmatched connection waits here, open, for a human decision (docs/decisions.md).
 
-Waiters are re-decided against the in-memory policy whenever it changes; only those whose
-answer actually changed are woken. At the timeout a final re-check runs before blocking.
+Waiters are re-decided against the in-memory policy whenever it changes: one decision per
+distinct request (10,000 waiters on 100 destinations: 100 decisions, not 10,000), and only the
+waiters whose answer changed are woken. At the timeout a final re-check runs before blocking.
+
+A held connection costs no greenlet beyond its own handler and no periodic work: its hang-up is
+noticed by one read watcher on the client socket (bench/hold_bench.py, docs/benchmarks.md).
 
 A key whose hold timed out with nobody deciding (or whose client gave up waiting, after at
 least GAVE_UP_SECONDS) is remembered (in memory, bounded) for `unanswered_seconds`: further attempts on it are refused at once (`pending_unanswered`) instead
@@ -16,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 from gevent.event import AsyncResult
@@ -26,8 +31,10 @@ from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 
 WaiterKey = tuple[str, str, int]  # (container, host, port)
 
-# How often a held client socket is checked for a hang-up.
+# How often a held client socket that sent bytes before its answer is checked for a hang-up (any
+# other held socket is watched for readability instead, which costs nothing until it hangs up).
 HANGUP_POLL_SECONDS = 0.5
+_READ = 1  # libev/libuv's read event
 # At most this many unanswered keys are remembered (the oldest is forgotten first): a flood of
 # distinct destinations costs bounded memory, and a forgotten key is only held again.
 UNANSWERED_MAX = 10_000
@@ -36,12 +43,13 @@ UNANSWERED_MAX = 10_000
 GAVE_UP_SECONDS = 5.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class HeldConnection:
     request: ConnectionRequest
     result: AsyncResult = field(default_factory=AsyncResult)
     client: socket.socket | None = None
     since: float = field(default_factory=time.monotonic)
+    watcher: Any = None  # the read watcher on `client`, or the polling greenlet that replaced it
 
     @property
     def key(self) -> WaiterKey:
@@ -117,15 +125,15 @@ class HoldManager:
         self._by_container[container] = self._by_container.get(container, 0) + 1
         self._total += 1
         self._changed(key, previous)
-        watcher = gevent.spawn(self._watch_hangup, waiter, client) if client is not None else None
+        if client is not None:
+            self._watch(waiter, client)
         started = time.monotonic()
         try:
             decision = waiter.result.get(timeout=timeout)
         except gevent.Timeout:
             decision = None
         finally:
-            if watcher is not None:
-                watcher.kill(block=False)
+            self._unwatch(waiter)
             previous = self.count(*key)
             waiters = self._waiters.get(key)
             if waiters is not None:
@@ -164,7 +172,41 @@ class HoldManager:
                 other.result.set(Decision(Verdict.DENY, "client_gone"))
                 self._remember_unanswered(key, unanswered_seconds)
 
-    def _watch_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:
+    def _watch(self, waiter: HeldConnection, client: socket.socket) -> None:
+        """A held client sends nothing until it is answered, so its socket turns readable only
+        when it hangs up (EOF, reset): one read watcher in the event loop (a callback, no
+        greenlet, nothing done every HANGUP_POLL_SECONDS) notices that. A client that did send
+        bytes early (a pipelined TLS hello) keeps it readable: it is polled instead."""
+        try:
+            io = gevent.get_hub().loop.io(client.fileno(), _READ)
+        except (OSError, ValueError):  # already closed
+            waiter.result.set(Decision(Verdict.DENY, "client_gone"))
+            return
+        waiter.watcher = io
+        io.start(self._readable, waiter)
+
+    def _readable(self, waiter: HeldConnection) -> None:
+        io, client = waiter.watcher, waiter.client
+        if io is None or client is None or waiter.result.ready():
+            return
+        io.stop()
+        io.close()
+        if client_hung_up(client):
+            waiter.watcher = None
+            waiter.result.set(Decision(Verdict.DENY, "client_gone"))
+        else:  # bytes waiting for the tunnel, not a hang-up
+            waiter.watcher = gevent.spawn(self._poll_hangup, waiter, client)
+
+    @staticmethod
+    def _unwatch(waiter: HeldConnection) -> None:
+        watcher, waiter.watcher = waiter.watcher, None
+        if isinstance(watcher, gevent.Greenlet):
+            watcher.kill(block=False)
+        elif watcher is not None:
+            watcher.stop()
+            watcher.close()
+
+    def _poll_hangup(self, waiter: HeldConnection, client: socket.socket) -> None:
         while not waiter.result.ready():
             if client_hung_up(client):
                 waiter.result.set(Decision(Verdict.DENY, "client_gone"))
@@ -172,13 +214,22 @@ class HoldManager:
             gevent.sleep(HANGUP_POLL_SECONDS)
 
     def reevaluate(self) -> None:
-        """Called after every policy change: wake the waiters whose answer is no longer 'hold'."""
+        """Called after every policy change: wake the waiters whose answer is no longer 'hold'.
+
+        The waiters of one key differ at most by the name a raw IP resolved to and the control-
+        plane flag, so each key is decided once per such variant, and a key still held costs a
+        look at its waiters, not a decision each. Nothing here switches greenlets (setting a
+        result only schedules the waiter), so the sets are walked as they are."""
+        decide = self.decide
         for waiters in list(self._waiters.values()):
-            for waiter in list(waiters):
-                if waiter.result.ready():
-                    continue
-                decision = self.decide(waiter.request)
-                if decision.verdict is not Verdict.HOLD:
+            answers: dict[tuple[str | None, bool], Decision] = {}
+            for waiter in waiters:
+                request = waiter.request
+                variant = (request.resolved_hostname, request.control_plane)
+                decision = answers.get(variant)
+                if decision is None:
+                    decision = answers[variant] = decide(request)
+                if decision.verdict is not Verdict.HOLD and not waiter.result.ready():
                     waiter.result.set(decision)
 
     def release_all(self, reason: str) -> None:
