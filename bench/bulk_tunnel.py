@@ -98,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="medians over this many rounds (1..9)")
     ap.add_argument("--bulk-bytes", default="256M")
     ap.add_argument("--greyproxy", default=os.environ.get("GREYPROXY") or str(venv_bin / "greyproxy"))
+    ap.add_argument("--modes", default="copy,splice", help="which proxies to run: copy, splice or both")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 9:
         ap.error("--rounds 1..9")
-    rows = ("direct", "copy CONNECT", "copy SOCKS5", "splice CONNECT", "splice SOCKS5")
+    modes = [m for m in ("copy", "splice") if m in args.modes.split(",")]
+    if not modes:
+        ap.error("--modes: copy, splice or copy,splice")
+    rows = ("direct", *(f"{m} {p}" for m in modes for p in ("CONNECT", "SOCKS5")))
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in rows}
     base = free_run(4)
     with tempfile.TemporaryDirectory(prefix="greyproxy-bulk-") as tmp:
@@ -109,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         procs: list[subprocess.Popen] = []
         try:
             targets: dict[str, tuple[str | None, int | None]] = {"direct": (None, None)}
-            for mode, splice in (("copy", False), ("splice", True)):
-                proc, hs = start(args.greyproxy, work, mode, splice, base)
+            for mode in modes:
+                proc, hs = start(args.greyproxy, work, mode, mode == "splice", base)
                 procs.append(proc)
                 targets[f"{mode} CONNECT"] = (f"http://{USER}:x@127.0.0.1:{hs['ports']['http']}", proc.pid)
                 targets[f"{mode} SOCKS5"] = (f"socks5://{USER}:x@127.0.0.1:{hs['ports']['socks5']}", proc.pid)
