@@ -17,8 +17,9 @@ connection is held:
   (`hold-bench`, from the proxy credentials), so one pending row per destination;
 * clients: one process, a plain epoll loop (no greenlets: the client must not be the bottleneck):
   a share --socks of the connections go through SOCKS5 (username/password), the rest are HTTP
-  CONNECTs with Proxy-Authorization; at most --inflight connects are unanswered by the kernel at
-  once;
+  CONNECTs with Proxy-Authorization. They are opened in waves of --wave: the next wave once the
+  proxy holds the previous ones, so its listen backlog (1,024) never overflows (an overflowed
+  backlog loses connections to SYN cookies and retransmissions, not to greyproxy);
 * memory: the proxy's VmRSS (and Pss from smaps_rollup) after a warm-up round (100 connections
   held and released, so first-use allocations are not counted) and again once the proxy reports
   every connection held (`/api/metrics` held_connections) and 2 s have passed: (after - before)
@@ -116,10 +117,13 @@ def sink_main(count: int, ports_out: Any, stop: Any) -> None:
 HTTP, SOCKS = 0, 1
 
 
-def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, int]], inflight: int,
-                answered: Any, status: Any, opened: Any, stop: Any, deadline: float) -> None:
-    """Open one connection per target (kind, destination port) and wait for the proxy's answer to
-    each: `answered[i]` = CLOCK_MONOTONIC when it arrived, `status[i]` 1 on success, < 0 otherwise."""
+def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, int]], allowed: Any,
+                answered: Any, status: Any, opened: Any, close_gen: Any, stop: Any, deadline: float) -> None:
+    """Open one connection per target (kind, host, port) and wait for the proxy's answer to each:
+    `answered[i]` = CLOCK_MONOTONIC when it arrived, `status[i]` 1 on success, < 0 otherwise.
+    Answered connections stay open (live tunnels) until `close_gen` changes: the parent closes
+    them between measurements, so a tunnel's teardown is not timed as another's release and the
+    proxy's descriptors (two per released tunnel) fit in an RLIMIT_NOFILE of 20,000."""
     ep = select.epoll()
     socks: dict[int, tuple[int, socket.socket]] = {}  # fd -> (index, socket)
     state: dict[int, int] = {}  # fd -> step
@@ -128,6 +132,7 @@ def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, i
     pending_connects = 0
     nxt = 0
     kept: list[socket.socket] = []
+    gen = close_gen.value
 
     def fail(fd: int, code: int) -> None:
         i, s = socks.pop(fd)
@@ -141,7 +146,7 @@ def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, i
         kept.append(s)
 
     while time.monotonic() < deadline and not stop.is_set():
-        while nxt < len(targets) and pending_connects < inflight:
+        while nxt < min(len(targets), allowed.value):
             kind = targets[nxt][0]
             s = socket.socket()
             s.setblocking(False)
@@ -160,6 +165,11 @@ def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, i
             pending_connects += 1
             nxt += 1
         opened.value = nxt
+        if close_gen.value != gen:
+            gen = close_gen.value
+            for s in kept:
+                s.close()
+            kept.clear()
         for fd, ev in ep.poll(0.05):
             if fd not in socks:
                 continue
@@ -208,12 +218,10 @@ def client_main(http_port: int, socks_port: int, targets: list[tuple[int, str, i
             else:  # SOCKS5 reply
                 answered[i] = time.monotonic()
                 status[i] = 1 if data[:2] == b"\x05\x00" else -1
-            # Answered: closed at once, so the proxy's descriptors (two per released tunnel) are
-            # given back as the releases go and 10,000 fit in an RLIMIT_NOFILE of 20,000.
-            ep.unregister(fd)
+            ep.unregister(fd)  # answered: kept open, no longer watched
             del socks[fd]
             del state[fd]
-            s.close()
+            kept.append(s)
         if nxt >= len(targets) and not socks and pending_connects == 0:
             stop.wait(0.2)  # all answered: idle until told to close
     for s in kept:
@@ -297,7 +305,7 @@ class Proxy:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def wait(self, ok: Any, seconds: float, what: str) -> None:
+    def wait(self, ok: Any, seconds: float, what: str, state: Any = None) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -308,7 +316,7 @@ class Proxy:
             except (OSError, ValueError, KeyError, TypeError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"timed out after {seconds:g} s waiting for {what}")
+        raise RuntimeError(f"timed out after {seconds:g} s waiting for {what}" + (f": {state()}" if state else ""))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -325,19 +333,37 @@ class Proxy:
 class Clients:
     """The client process with its shared arrays."""
 
-    def __init__(self, proxy: Proxy, targets: list[tuple[int, str, int]], inflight: int, seconds: float) -> None:
+    def __init__(self, proxy: Proxy, targets: list[tuple[int, str, int]], allowed: int, seconds: float) -> None:
         n = len(targets)
         self.answered = mp.RawArray("d", n)
         self.status = mp.RawArray("b", n)
         self.opened = mp.RawValue("i", 0)
+        self.close_gen = mp.RawValue("i", 0)
+        self.allowed = mp.RawValue("i", allowed)  # how many of the targets may be opened so far
         self.stop = mp.Event()
         self.proc = mp.Process(target=client_main, daemon=True, args=(
-            proxy.ports["http"], proxy.ports["socks5"], targets, inflight, self.answered, self.status,
-            self.opened, self.stop, time.monotonic() + seconds))
+            proxy.ports["http"], proxy.ports["socks5"], targets, self.allowed, self.answered, self.status,
+            self.opened, self.close_gen, self.stop, time.monotonic() + seconds))
         self.proc.start()
+
+    def state(self) -> str:
+        """What the clients saw, for an error message: opened, and connections per status."""
+        counts: dict[int, int] = {}
+        for i in range(self.opened.value):
+            counts[self.status[i]] = counts.get(self.status[i], 0) + 1
+        return f"opened {self.opened.value}, by status {counts} (0 waiting, 1 answered, < 0 failed)"
 
     def done(self, indexes: range | list[int]) -> bool:
         return all(self.status[i] != 0 for i in indexes)
+
+    def close_answered(self, proxy: Proxy, held: int) -> None:
+        """Close the answered connections and wait (bounded) until the proxy has let go of
+        their tunnels: it is back to its held connections and a few descriptors of its own."""
+        self.close_gen.value += 1
+        try:
+            proxy.wait(lambda: proxy.fds() <= held + 64, 30, "the closed tunnels to end")
+        except RuntimeError:
+            pass  # measured anyway; the next release then shares the CPU with this teardown
 
     def close(self) -> None:
         self.stop.set()
@@ -377,7 +403,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
 
         # Warm-up: 100 connections held and released on a destination of its own, then closed.
         warm = Clients(proxy, [(HTTP if i % 2 else SOCKS, warm_host, warm_port) for i in range(100)],
-                       args.inflight, 120)
+                       100, 120)
         clients.append(warm)
         proxy.wait(lambda: proxy.held() >= 100, 60, "the warm-up connections to be held")
         (item,) = [p for p in proxy.pending() if p["destination_host"] == warm_host]
@@ -397,10 +423,12 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
             kind = SOCKS if (i // args.dests) < args.socks * (args.conns // args.dests) else HTTP
             targets.append((kind, *dests[d]))
         t_open = time.monotonic()
-        main = Clients(proxy, targets, args.inflight, max(10.0, budget_end - time.monotonic()))
+        main = Clients(proxy, targets, 0, max(10.0, budget_end - time.monotonic()))
         clients.append(main)
-        proxy.wait(lambda: proxy.held() >= args.conns, min(300, budget_end - time.monotonic()),
-                   f"{args.conns} connections to be held (opened {main.opened.value})")
+        for wave in range(args.wave, args.conns + args.wave, args.wave):
+            main.allowed.value = min(wave, args.conns)
+            proxy.wait(lambda: proxy.held() >= main.allowed.value, min(120, budget_end - time.monotonic()),
+                       f"{main.allowed.value} connections to be held", main.state)
         open_s = time.monotonic() - t_open
         early = sum(1 for i in range(args.conns) if main.status[i] != 0)
         time.sleep(2)
@@ -423,6 +451,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         sent: dict[str, float] = {}
         returned: dict[str, float] = {}
         each = dest_hosts[: args.each]
+        released = 0
         for port in each:
             t0 = time.monotonic()
             status, body = proxy.api("POST", f"/api/pending/{by_host[port]['id']}/allow",
@@ -433,6 +462,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
             sent[port], returned[port] = t0, t1
             proxy.wait(lambda port=port: main.done(members[port]), min(60, budget_end - time.monotonic()),
                        f"the connections to {port} to be released")
+            released += len(members[port])
+            main.close_answered(proxy, args.conns - released)
         rest = dest_hosts[args.each:]
         if rest:
             t0 = time.monotonic()
@@ -491,7 +522,7 @@ def main() -> int:
     ap.add_argument("--each", type=int, default=None,
                     help="destinations approved one at a time (default: half); the rest in one bulk call")
     ap.add_argument("--socks", type=float, default=0.2, help="share of the connections made through SOCKS5")
-    ap.add_argument("--inflight", type=int, default=512, help="connects not yet answered by the kernel, at most")
+    ap.add_argument("--wave", type=int, default=500, help="connections opened at once (below the backlog, 1,024)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--budget", type=float, default=600, help="seconds per run, at most")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs greyproxy")

@@ -133,13 +133,14 @@ class PendingService:
                     destination_host=a.destination_host,
                     destination_port=a.destination_port,
                     resolved_hostname=a.resolved_hostname,
-                    first_seen=a.when,
+                    first_seen=a.first or a.when,
                     last_seen=a.when,
+                    attempt_count=a.count,
                 )
                 event = "pending_request.created"
             else:
                 row.last_seen = max(row.last_seen, a.when)
-                row.attempt_count += 1
+                row.attempt_count += a.count  # the writer merges the attempts queued together
                 row.resolved_hostname = row.resolved_hostname or a.resolved_hostname
                 row.save()
                 event = "pending_request.updated"

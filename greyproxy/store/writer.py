@@ -20,7 +20,7 @@ from greyproxy.store.bulk import insert_rows
 from greyproxy.store.db import db_path, describe
 from greyproxy.store.dnscache import DnsRow, prune_dns_cache, save_dns_cache
 from greyproxy.store.models import HttpTransaction, MiddlewareEvent, RequestLog
-from greyproxy.store.records import Attempt
+from greyproxy.store.records import Attempt, merge_attempts
 from greyproxy.timeutil import utcnow
 
 log = logging.getLogger("greyproxy.store")
@@ -169,14 +169,17 @@ class StoreWriter:
     def _flush_attempts(self) -> None:
         with self._flushing:
             while self._attempts:
-                # Taken off before the write (which yields: the deque may move meanwhile), put
-                # back in front when it fails, to be tried again.
-                attempt = self._attempts.popleft()
-                try:
-                    self.record_attempt(attempt)
-                except BaseException:
-                    self._attempts.appendleft(attempt)
-                    raise
+                # Everything queued, taken off before the writes (which yield: the deque may move
+                # meanwhile) and merged per destination: one transaction per destination, not
+                # per held connection. What a failed write leaves goes back in front, in order.
+                merged = merge_attempts(self._attempts)
+                self._attempts.clear()
+                for i, attempt in enumerate(merged):
+                    try:
+                        self.record_attempt(attempt)
+                    except BaseException:
+                        self._attempts.extendleft(reversed(merged[i:]))
+                        raise
 
     def _flush_transactions(self) -> None:
         with self._flushing:
