@@ -23,6 +23,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--listen-{name}", metavar="ADDR", help=f"{name} listener address (':0' = any free port)")
     p.add_argument("--data-dir", help="data directory (default: $GREYPROXY_DATA_HOME or ~/.local/share/greyproxy)")
     p.add_argument("--database-url", help="database URL (default: SQLite in the data dir)")
+    p.add_argument("--workers", metavar="N",
+                   help="data-path processes sharing the proxy ports ('auto': one per core, at most 8; "
+                        "1: one process does everything); docs/workers.md")
     p.add_argument("--hold-seconds", type=float, help="how long an unmatched connection is held (default 30)")
     p.add_argument("--silent-allow", action="store_true", help="start in silent allow-all mode until restart")
     p.add_argument("--no-auth", action="store_true", help="no API token (for greyproxy-era clients; unsafe)")

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "log": {"level": "info", "format": "text"},
     "blocked_message": None,
     "drain_seconds": 5,
+    "workers": "auto",
     # Limits against a hostile client (issue 13); see config/greyproxy.yml for what each means.
     "limits": {
         "head_seconds": 10,
@@ -84,6 +85,23 @@ class LimitsConfig:
     requests_burst: int = 400
     max_head_bytes: int = 65536
     max_headers: int = 200
+
+
+def share_of(limits: LimitsConfig, workers: int) -> LimitsConfig:
+    """One of `workers` processes' share of the caps (docs/workers.md#limits): together they
+    never allow more than the configured values; each at least 1. Deadlines and sizes are
+    per connection and stay as they are."""
+    if workers <= 1:
+        return limits
+
+    def part(value: int) -> int:
+        return max(1, value // workers)
+
+    return replace(limits, connections_per_address=part(limits.connections_per_address),
+                   connections_total=part(limits.connections_total),
+                   held_per_container=part(limits.held_per_container), held_total=part(limits.held_total),
+                   requests_per_second=limits.requests_per_second / workers,
+                   requests_burst=part(limits.requests_burst))
 
 
 # key: (type, lowest, highest); 0 is allowed only where the low bound is 0.
@@ -145,6 +163,7 @@ class Config:
     identity_anonymous: str = "challenge"  # 'challenge' (407) | 'fallback' (unknown-<ip>)
     rules_files: tuple[Path, ...] = ()  # YAML rule files applied at start and on SIGHUP (reload.py)
     drain_seconds: float = 5.0  # on SIGTERM, how long open connections may finish
+    workers: int = 1  # data-path processes (docs/workers.md); 1: one process does everything
     # After a hold times out unanswered, further attempts on that key are refused at once for this
     # long (reason pending_unanswered), until someone decides; 0 = every attempt is held.
     unanswered_seconds: float = 300.0
@@ -296,11 +315,13 @@ def load_config(
         merged["fleet"]["credential_key_file"] = env["GREYPROXY_CREDENTIAL_KEY_FILE"]
     if env.get("GREYPROXY_DOCKER_ENABLED"):
         merged["docker"]["enabled"] = env["GREYPROXY_DOCKER_ENABLED"].lower() in ("1", "true", "yes")
+    if env.get("GREYPROXY_WORKERS"):
+        merged["workers"] = env["GREYPROXY_WORKERS"]
     if env.get("GREYPROXY_DOCKER_SOCKET"):
         merged["docker"]["socket"] = env["GREYPROXY_DOCKER_SOCKET"]
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    for key in ("host", "hold_seconds", "data_dir"):
+    for key in ("host", "hold_seconds", "data_dir", "workers"):
         if key in flags:
             merged[key] = flags[key]
     for name in LISTENERS:
@@ -324,6 +345,24 @@ def build_config(merged: dict[str, Any], env: Mapping[str, str] | None = None, i
                  source: Path | None = None) -> Config:
     """A Config from an already merged raw dict (a reload keeps some keys at their old values)."""
     return _build(copy.deepcopy(merged), os.environ if env is None else env, ignored, source)
+
+
+MAX_AUTO_WORKERS = 8  # `workers: auto` takes the cores, up to this many
+MAX_WORKERS = 64
+
+
+def _workers(value: Any) -> int:
+    """`auto` (the number of cores, capped at MAX_AUTO_WORKERS) or a count."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                          MAX_AUTO_WORKERS))
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"'workers': {value!r} is neither 'auto' nor a number") from None
+    if isinstance(value, bool) or not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(f"'workers' must be 'auto' or between 1 and {MAX_WORKERS}")
+    return count
 
 
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
@@ -409,6 +448,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         raise ConfigError(f"'drain_seconds': '{merged['drain_seconds']}' is not a number") from None
     if not 0 <= drain <= 3600:
         raise ConfigError("'drain_seconds' must be between 0 and 3600")
+    workers = _workers(merged["workers"])
     if not isinstance(merged["middlewares"] or [], list):
         raise ConfigError("'middlewares' must be a list of {command: ...} or {url: ...} entries")
     try:
@@ -438,6 +478,7 @@ def _build(merged: dict[str, Any], env: Mapping[str, str], ignored: tuple[str, .
         identity_anonymous=anonymous,
         rules_files=_rules_files(merged["rules_files"], source),
         drain_seconds=drain,
+        workers=workers,
         unanswered_seconds=float(unanswered),
         source=source,
         middlewares=middlewares,

@@ -53,7 +53,7 @@ log = logging.getLogger("greyproxy")
 
 RULES_FILE_CREATOR = "rules-file"  # created_by of rules that come from `rules_files:`
 # Keys whose new value only a restart can apply (a prefix covers its sub-keys).
-RESTART_KEYS = ("host", "listen", "data_dir", "database", "api", "silent_allow")
+RESTART_KEYS = ("host", "listen", "data_dir", "database", "api", "silent_allow", "workers")
 MAX_RULES_FILE_BYTES = 16 * 1024 * 1024
 
 
@@ -190,11 +190,13 @@ class Reloader:
         self.middlewares = middlewares
         self.last: ReloadReport | None = None
 
-    def reload(self) -> ReloadReport:
+    def reload(self, data_path_only: bool = False) -> ReloadReport:
+        """`data_path_only`: a worker process (docs/workers.md) re-reads the same file after the
+        control plane did; the API token and the rules files are the control plane's business."""
         sdnotify.notify("RELOADING=1\nSTATUS=reloading configuration")
         report = ReloadReport()
         try:
-            self._reload(report)
+            self._reload(report, data_path_only)
         except Exception as exc:  # a reload must never take the running proxy down
             log.exception("reload failed")
             report.errors.append(f"reload failed: {exc}")
@@ -214,9 +216,10 @@ class Reloader:
         for error in report.errors:
             log.error("reload: %s", error)
 
-    def _reload(self, report: ReloadReport) -> None:
+    def _reload(self, report: ReloadReport, data_path_only: bool = False) -> None:
         host = self.host
-        self._reload_token(report)
+        if not data_path_only:
+            self._reload_token(report)
         self.mitm.reload()  # the CA files, as a SIGHUP always did
         try:
             new = self.load()
@@ -238,7 +241,8 @@ class Reloader:
             return
         # Rules files first: a bad file stops the reload before any other key changes.
         try:
-            report.rules = sync_rules_files(self.rules, config.rules_files)
+            if not data_path_only:
+                report.rules = sync_rules_files(self.rules, config.rules_files)
             if config.rules_files or old.rules_files:
                 report.applied.append("rules_files")
         except RulesFileError as exc:

@@ -24,7 +24,7 @@ from greyproxy.capture.recorder import TransactionRecorder
 from greyproxy.capture.recordings import ActiveRecordings
 from greyproxy.capture.redact import Redactor
 from greyproxy.capture.scrub import Scrubber
-from greyproxy.config import Config, ListenAddress, load_config
+from greyproxy.config import Config, LimitsConfig, ListenAddress, load_config, share_of
 from greyproxy.conversations.assembler import ConversationAssembler
 from greyproxy.credentials.crypto import KeyFileError
 from greyproxy.credentials.vault import Vault
@@ -77,6 +77,10 @@ from greyproxy.store.executor import run_in_db
 from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
+from greyproxy.workers.channel import Message
+from greyproxy.workers.child import WorkerProcess
+from greyproxy.workers.held_http import SharedRequestHolds
+from greyproxy.workers.pool import WorkerPool
 
 log = logging.getLogger("greyproxy")
 # Held connections are re-decided at most this often (seconds) during a burst of policy changes.
@@ -95,12 +99,16 @@ def load_or_create_token(data_dir: Path) -> str:
     return token
 
 
-def _bind(addr: ListenAddress) -> Any:
+def _bind(addr: ListenAddress, reuse_port: bool = False) -> Any:
+    """A listening socket. `reuse_port`: one of several on the same port, one per worker
+    (SO_REUSEPORT: the kernel spreads new connections over them)."""
     from gevent import socket as gsocket
 
     family = gsocket.AF_INET6 if ":" in addr.host else gsocket.AF_INET
     sock = gsocket.socket(family, gsocket.SOCK_STREAM)
     sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEPORT, 1)
     sock.bind((addr.host, addr.port))
     sock.listen(1024)
     return sock
@@ -147,7 +155,7 @@ class Runtime:
         self.resolver = Resolver(self.dns_upstream)
         # The corporate upstream proxy, if any, read from self.config at each dial (live on reload).
         self.upstream = UpstreamHolder(lambda: self.config.upstream)
-        self.dnscache = HostnameCache(persist=self.writer.dns_cache)
+        self.dnscache = HostnameCache(persist=self._dns_learned)
         self.dnscache.load(CacheRow(*row) for row in load_dns_cache(time.time()))
         self.dns: DnsService | None = None
         # Settings first: the MITM toggle, bypass list and redaction patterns saved there win over YAML.
@@ -190,7 +198,9 @@ class Runtime:
         self._build_proxy_path()
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
-        if config.database_url:  # changes go out; waiter counts and dismissals span the nodes
+        # Worker processes (docs/workers.md) follow the control plane with the fleet's sync.
+        self.workers: WorkerPool | None = None
+        if config.database_url or config.workers > 1:  # changes go out; waiter counts and dismissals span them
             self.fleet = FleetSync(bus=self.bus, policy_changed=self.policy_changed,
                                    policy_refresh=self.policy_refresh, rules=self.rules, modes=self.modes,
                                    holds=self.holds, pending=self.pending, sessions=self.sessions,
@@ -213,6 +223,9 @@ class Runtime:
         self.api_token: str | None = load_or_create_token(config.data_dir) if config.api_auth == "token" else None
         self.ports: dict[str, int | None] = {}
         self._servers: list[Any] = []
+        self._proxies: list[StreamServer] = []
+        self.limits_share = 1  # N in each of N worker processes: each enforces 1/N of the caps
+        self._limits_cache: tuple[LimitsConfig, int, LimitsConfig] | None = None
         self._stopped = Event()
         self.notifier = DesktopNotifier(self.bus, lambda: bool(self.settings.values()["notificationsEnabled"]),
                                         pending_link(lambda: self.dashboard_url))
@@ -345,7 +358,11 @@ class Runtime:
         from greyproxy.api.app import create_app
 
         cfg = self.config.listen
-        sockets = {name: _bind(cfg[name]) for name in ("http", "socks5", "api")}
+        count = self.config.workers
+        # With worker processes, the control plane takes the proxy ports only until each worker
+        # has bound its own socket on them (docs/workers.md); it never accepts on them.
+        sockets = {name: _bind(cfg[name], reuse_port=count > 1) for name in ("http", "socks5")}
+        sockets["api"] = _bind(cfg["api"])
         for name, sock in sockets.items():
             host, port = sock.getsockname()[:2]
             self.ports[name] = port
@@ -356,24 +373,24 @@ class Runtime:
         self.dns_upstream.servers = without_own_address(self.dns_upstream.servers, cfg["dns"], self.ports["dns"])
         answerer = DnsAnswerer(self.dns_upstream, self.dnscache, lambda: self.policy.state, self.config.dns_policy)
         # limits: read from self.config at each use, so a reload applies them (issue 13).
-        limits = self.limits = Limits(lambda: self.config.limits, self.metrics)
+        limits = self.limits = Limits(self._limits_config, self.metrics)
         self.gate.limits = self.interceptor.limits = limits
         self.dns = DnsService(udp, tcp, answerer, limits)
-
-        http_handler = HttpProxyHandler(self.gate, self.exchanges, self.mitm, limits)
-        socks_handler = Socks5Handler(self.gate, self.mitm, limits)
-        # The pool leaves room above the total cap so refusals over it are answered, not queued.
-        pool = self.config.limits.connections_total + 1024
-        self._servers = [
-            StreamServer(sockets["http"], limits.guard("http", http_handler.handle, refuse_http), spawn=pool),
-            StreamServer(sockets["socks5"], limits.guard("socks5", socks_handler.handle, refuse_socks5),
-                         spawn=pool),
-            WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),
-                       handler_class=wsgi_handler(limits)),
-            self.dns,
-        ]
-        api = self._servers[2]
+        self._proxy_sockets = {name: sockets[name] for name in ("http", "socks5")}
+        self._control_sockets = [sockets["api"], udp, tcp]
+        if count > 1:  # forked now, before anything here runs: a worker starts from this state
+            self.workers = WorkerPool(count, self.node_id, self.fleet.apply, self.fleet.resync,  # type: ignore[union-attr]
+                                      self._from_worker)
+            self.workers.fork(lambda index, sock: WorkerProcess(self, index, count, sock).run())
+            self.workers.wait_ready()
+            for sock in self._proxy_sockets.values():
+                sock.close()
+            self.request_holds = SharedRequestHolds(self.request_holds, self.workers.call)
+        self._proxies = self.proxy_servers() if count == 1 else []
+        api = WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),
+                         handler_class=wsgi_handler(limits))
         api.set_handle(limits.guard("api", api.handle, refuse_http))  # the same connection caps
+        self._servers = [*self._proxies, api, self.dns]
         self.writer.start()
         self.sessions.start()
         self.tracker.start()
@@ -383,15 +400,75 @@ class Runtime:
         self.middlewares.start()  # hello handshakes, at most 5 s; failures are retried, not fatal
         self.assembler.start()
         if self.fleet is not None and self.config.database_url:
+            pool = self.workers
             self.fleet_link = FleetLink(self.config.database_url, self.node_id, notifier(self.db),
-                                        self.fleet.apply, self.fleet.resync)
-            self.fleet.start(self.fleet_link)
+                                        pool.from_fleet if pool else self.fleet.apply,
+                                        pool.fleet_resync if pool else self.fleet.resync)
+            if pool is not None:
+                pool.fleet_link = self.fleet_link
+            self.fleet.start(pool or self.fleet_link)
             self.fleet_link.start()
             if self.restart_rules_removed:  # the other nodes drop them from their index too
                 self.fleet_link.send({"t": "resync"})
+        elif self.fleet is not None and self.workers is not None:
+            self.fleet.start(self.workers)
         for server in self._servers:
             server.start()
         self.write_handshake()
+
+    def _limits_config(self) -> LimitsConfig:
+        """The `limits:` this process enforces: in one of N workers its share, so the workers
+        together never allow more than the configured caps (docs/workers.md#limits)."""
+        current = self.config.limits
+        cached = self._limits_cache
+        if cached is None or cached[0] is not current or cached[1] != self.limits_share:
+            cached = self._limits_cache = (current, self.limits_share, share_of(current, self.limits_share))
+        return cached[2]
+
+    def proxy_servers(self, reuse_port: bool = False) -> list[StreamServer]:
+        """The HTTP and SOCKS5 proxy servers: on the sockets bound at start, or, in a worker,
+        on sockets of its own on the same ports (`reuse_port`)."""
+        limits = self.limits
+        if reuse_port:
+            sockets = {name: _bind(ListenAddress(self.config.listen[name].host, int(self.ports[name] or 0)),
+                                   reuse_port=True) for name in ("http", "socks5")}
+        else:
+            sockets = self._proxy_sockets
+        http_handler = HttpProxyHandler(self.gate, self.exchanges, self.mitm, limits)
+        socks_handler = Socks5Handler(self.gate, self.mitm, limits)
+        # The pool leaves room above the total cap so refusals over it are answered, not queued.
+        pool = self.config.limits.connections_total + 1024
+        return [
+            StreamServer(sockets["http"], limits.guard("http", http_handler.handle, refuse_http), spawn=pool),
+            StreamServer(sockets["socks5"], limits.guard("socks5", socks_handler.handle, refuse_socks5),
+                         spawn=pool),
+        ]
+
+    def close_control_plane_sockets(self) -> None:
+        """In a worker: the API and DNS sockets, and the ports the control plane holds, are not its own."""
+        for sock in [*self._control_sockets, *self._proxy_sockets.values()]:
+            sock.close()
+
+    def _from_worker(self, index: int, message: Message) -> None:
+        """What a worker says for the control plane alone (greyproxy/workers/pool.py)."""
+        kind = message.get("t")
+        shared = self.request_holds if isinstance(self.request_holds, SharedRequestHolds) else None
+        if kind == "event":
+            type_, data = str(message.get("type")), message.get("data")
+            if shared is not None and type_.startswith("pending_http."):
+                shared.observe(index, type_, data)
+            if type_ == "transaction.new":
+                self.assembler.wake()  # the worker wrote it: conversations are assembled here
+            self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
+        elif kind == "gone" and shared is not None:
+            shared.worker_gone(index)
+
+    def _dns_learned(self, row: CacheRow) -> None:
+        """An IP → name attribution from a DNS answer given here: stored, and told to the
+        workers, which decide raw-IP connections by it too."""
+        self.writer.dns_cache(row)
+        if self.workers is not None:
+            self.workers.broadcast({"t": "dns", "rows": [list(row)]})
 
     def status_line(self) -> str:
         p = self.ports
@@ -416,11 +493,14 @@ class Runtime:
         self._stopping = True
         grace = self.config.drain_seconds if grace is None else grace
         sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
-        proxies, others = self._servers[:2], self._servers[2:]
+        proxies = self._proxies
+        others = [s for s in self._servers if s not in proxies]
         for server in proxies:
             server.close()
         self.holds.release_all("shutting_down")
         self.request_holds.release_all("shutting_down")
+        if self.workers is not None:  # each drains its own connections meanwhile
+            self.workers.stop(grace)
         pools = [s.pool for s in proxies if s.pool is not None]
         deadline = time.monotonic() + grace
         if any(len(p) for p in pools):
@@ -454,6 +534,8 @@ class Runtime:
     def _on_reload_signal(self) -> None:
         current_actor.set("signal")  # this greenlet's own context: audit entries say who
         self.reloader.reload()
+        if self.workers is not None:  # they re-read the same file for the data path's keys
+            self.workers.broadcast({"t": "reload"})
 
     def _on_stop_signal(self) -> None:
         if self._stopping:

@@ -6,9 +6,10 @@ handlers (errors.py) make every failure a JSON `{"error": ...}`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 
 from greyproxy.api import (
@@ -46,6 +47,7 @@ from greyproxy.api.errors import register_error_handlers
 
 if TYPE_CHECKING:
     from greyproxy.api.context import Runtime  # the API's one reference to the composition root
+    from greyproxy.workers.pool import WorkerPool
 
 BLUEPRINTS = (
     health.bp,
@@ -82,6 +84,18 @@ class _JSONProvider(DefaultJSONProvider):
     sort_keys = False  # keep fields in the documented order
 
 
+def _workers_caught_up(workers: WorkerPool) -> Callable[[Response], Response]:
+    """`serve --workers N` (docs/workers.md): a change is answered once every worker applies
+    it, so a client told "rule created" never reaches a worker deciding by the old rules."""
+
+    def after(response: Response) -> Response:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            workers.barrier()
+        return response
+
+    return after
+
+
 def create_app(runtime: Runtime) -> Flask:
     # static_folder=None: the dashboard blueprint (pages.py) serves /static/ from greyproxy/web.
     app = Flask("greyproxy.api", static_folder=None)
@@ -97,6 +111,8 @@ def create_app(runtime: Runtime) -> Flask:
     app.url_map.strict_slashes = False
     install_guard(app)
     register_error_handlers(app)
+    if runtime.workers is not None:
+        app.after_request(_workers_caught_up(runtime.workers))
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     prefix.install(app, runtime.config.path_prefix)  # api.path_prefix: everything under one path

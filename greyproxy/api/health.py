@@ -60,6 +60,9 @@ def health() -> Any:
         body["fleet"] = rt.fleet_link.status()
         if not rt.fleet_link.connected:
             reasons = [*reasons, f"fleet: not receiving other nodes' changes ({rt.fleet_link.last_error})"]
+    if rt.workers is not None:  # serve --workers N (docs/workers.md)
+        body["workers"] = rt.workers.status()
+        reasons = [*reasons, *rt.workers.health()]
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
         body["upstream"] = upstream.status()

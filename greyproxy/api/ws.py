@@ -50,6 +50,8 @@ bp = Blueprint("ws", __name__)
 sock = Sock()
 
 # simple-websocket options: ping idle clients so dead peers are noticed; cap command size.
+# Commands that change nothing: no need to wait for the worker processes after them.
+READ_ONLY = ("ping", "subscribe", "unsubscribe", "claim_notifications")
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 1 << 20}
 POLL_SECONDS = 1.0  # how often both greenlets re-check that the socket is still open
 
@@ -97,13 +99,15 @@ class WholeSends:
 
 class ControlConnection:
     def __init__(self, ws: Any, bus: Bus, pending: PendingService, answer: Callable[..., dict[str, Any]],
-                 settings: SettingsStore, claims: NotificationClaims) -> None:
+                 settings: SettingsStore, claims: NotificationClaims,
+                 after_change: Callable[[], object] = lambda: None) -> None:
         ws.sock = WholeSends(ws.sock)
         self.ws = ws
         self.pending = pending
         self.answer = answer  # services/pending_http.py answer_request, bound to the held requests and rules
         self.settings = settings  # its notifier_info says whether a desktop notifier runs
         self.claims = claims
+        self.after_change = after_change  # serve --workers N: wait until the workers applied it
         self.client_id = secrets.token_hex(8)
         self.sub: Subscription = bus.subscribe(SUBSCRIBER_QUEUE)
         self.claimed = False
@@ -178,7 +182,10 @@ class ControlConnection:
         if handler is None:
             return _error(f"unknown command: {name}")
         try:
-            return handler(cmd)
+            reply = handler(cmd)
+            if name not in READ_ONLY:
+                self.after_change()
+            return reply
         except CommandError as exc:
             return _error(str(exc))
         except ApiError as exc:
@@ -249,4 +256,5 @@ def control_socket(ws: Any) -> None:
     # The request guard (token, Host, Origin) has already run: flask-sock upgrades inside the view.
     rt = runtime()
     answer = partial(answer_request, rt.request_holds, rt.rules)
-    ControlConnection(ws, rt.bus, rt.pending, answer, rt.settings, claims()).run()
+    ControlConnection(ws, rt.bus, rt.pending, answer, rt.settings, claims(),
+                      rt.workers.barrier if rt.workers is not None else lambda: None).run()

@@ -131,6 +131,12 @@ class RequestHolds:
     def new_id(self) -> int:
         return next(self._ids)
 
+    def stride(self, offset: int, step: int) -> None:
+        """Worker processes (docs/workers.md): each takes every `step`-th id from its own
+        `offset`, so no two processes ever hand out the same id."""
+        start = next(self._ids)
+        self._ids = itertools.count(start - start % step + step + offset, step)
+
     def hold(self, held: HeldRequest, timeout: float, client: socket.socket | None) -> Decision:
         self._pending[held.id] = held
         self._by_container[held.container] = self._by_container.get(held.container, 0) + 1

@@ -33,6 +33,8 @@ class SettingsStore:
         self.bus = bus
         self.stored = self._load()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        # False in a worker process (docs/workers.md): it follows the control plane's file.
+        self.persist = True
         # Set by the runtime: the CA part of `mitm` in the JSON shape (needs the MITM state).
         self.cert_info: Callable[[], dict[str, Any]] | None = None
         # Set by the runtime: the desktop notifier's backend fields of `notifications`.
@@ -80,7 +82,8 @@ class SettingsStore:
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         if changes:
             self.stored.update(changes)
-            self._save()
+            if self.persist:
+                self._save()
             values = self.values()
             for listener in list(self._listeners):
                 listener(values)

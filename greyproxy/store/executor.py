@@ -213,6 +213,24 @@ class OffHubMixin:
         return closed
 
 
+# Connections inherited by a forked worker: never used, and never closed there (closing them
+# could touch the parent's session); kept referenced so the garbage collector leaves them be.
+_inherited: list[Any] = []
+
+
+def reopen_after_fork(db: peewee.Database) -> None:
+    """In a forked child (docs/workers.md): the parent's connection and database thread are not
+    the child's. A new database thread and a new connection, the inherited one left alone."""
+    state = db._state  # noqa: SLF001 - peewee keeps the connection there
+    if state.conn is not None:
+        _inherited.append(state.conn)
+    state.reset()
+    if isinstance(db, OffHubMixin):
+        db._db_thread = None  # noqa: SLF001
+        db._db_lock = ConnectionLock()  # noqa: SLF001
+    db.connect()
+
+
 def run_in_db(db: peewee.Database, work: Callable[[], T]) -> T:
     """`work` in the database thread when `db` has one, else here (a plain peewee database)."""
     return db.run_in_db(work) if isinstance(db, OffHubMixin) else work()

@@ -1,0 +1,134 @@
+"""A worker process of `serve --workers N` (docs/workers.md): the data path, and nothing else.
+
+Forked by the control plane once everything was built, so a worker starts with the same rule
+index, sessions, secrets, settings and CA in memory. It binds its own HTTP and SOCKS5 listening
+sockets on the control plane's ports (SO_REUSEPORT: the kernel spreads new connections over the
+workers), writes its own log rows, pending attempts and transactions into the shared database,
+and follows every change through its link to the control plane, as a fleet node follows the
+others (greyproxy/fleet/sync.py). It runs no API, no DNS listener and no maintenance job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+
+from greyproxy.events import from_other_node
+from greyproxy.proxy.dnscache import CacheRow
+from greyproxy.store.executor import reopen_after_fork
+from greyproxy.workers.channel import Channel, Message
+
+log = logging.getLogger("greyproxy.workers")
+
+# Events a worker publishes that the control plane's dashboards and API want to see.
+FORWARDED = ("transaction.new", "pending_http.created", "pending_http.allowed", "pending_http.denied",
+             "pending_http.expired", "pending_http.gone", "session.substitution")
+
+
+class WorkerProcess:
+    def __init__(self, rt: Any, index: int, count: int, sock: socket.socket) -> None:
+        """`rt`: the runtime as it was forked (greyproxy/runtime.py builds the servers)."""
+        self.rt = rt
+        self.index = index
+        self.count = count
+        self.channel = Channel(sock, f"{rt.node_id}/w{index}", self._on_message, self._link_lost)
+        self._stop = Event()
+        self._hurry = Event()
+        self._stopping = False
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self) -> None:
+        rt = self.rt
+        reopen_after_fork(rt.db)
+        os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears from the control plane only
+        rt.close_control_plane_sockets()
+        # Held HTTP request ids stay unique across the processes: each takes every count+1-th.
+        rt.request_holds.stride(self.index, self.count + 1)
+        rt.settings.persist = False  # settings.json is the control plane's to write
+        rt.limits_share = self.count  # the caps are shared out (docs/workers.md#limits)
+        rt.fleet.start(self.channel)
+        sub = rt.bus.subscribe(maxsize=10_000, types=FORWARDED)
+        gevent.spawn(self._forward, sub)
+        servers = rt.proxy_servers(reuse_port=True)
+        rt.writer.start()
+        rt.sessions.start()
+        rt.tracker.start()
+        rt.mitm.watch()
+        rt.middlewares.start()
+        self.channel.start()
+        for server in servers:
+            server.start()
+        self.channel.send({"t": "ready"})
+        gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGHUP, lambda: None)  # the control plane reloads, then tells us
+        log.debug("worker %d serving (pid %d)", self.index, os.getpid())
+        self._stop.wait()
+        self._drain(servers)
+
+    def _forward(self, sub: Any) -> None:
+        while True:
+            event = sub.get()
+            if event is not None:
+                self.channel.send({"t": "event", "type": event["type"], "data": event["data"]})
+
+    # -- from the control plane ----------------------------------------------------------
+    def _on_message(self, m: Message) -> None:
+        rt = self.rt
+        kind = m.get("t")
+        if kind == "ping":  # everything sent before it has been applied (WorkerPool.barrier)
+            self.channel.reply(m, True)
+        elif kind == "dns":
+            rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
+        elif kind == "reload":
+            token = from_other_node.set(True)  # the control plane logged and audited it
+            try:
+                rt.reloader.reload(data_path_only=True)
+            finally:
+                from_other_node.reset(token)
+        elif kind == "http.answer":
+            held = rt.request_holds.answer(int(m["id"]), bool(m.get("allow")), m.get("actor"), m.get("reason"))
+            self.channel.reply(m, None if held is None else held.to_json())
+        else:
+            rt.fleet.apply(m)
+
+    def _link_lost(self) -> None:
+        if not self._stopping:
+            log.error("worker %d: the control plane is gone; stopping", self.index)
+            self._stop.set()
+
+    def _on_stop_signal(self) -> None:
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
+
+    # -- stop ----------------------------------------------------------------------------
+    def _drain(self, servers: list[StreamServer]) -> None:
+        """As the single-process stop does: stop accepting, answer the held, let open
+        connections finish for up to `drain_seconds`, close the rest, write what is queued."""
+        rt = self.rt
+        self._stopping = True
+        for server in servers:
+            server.close()
+        rt.holds.release_all("shutting_down")
+        rt.request_holds.release_all("shutting_down")
+        pools = [s.pool for s in servers if s.pool is not None]
+        deadline = time.monotonic() + rt.config.drain_seconds
+        while any(len(p) for p in pools) and time.monotonic() < deadline and not self._hurry.is_set():
+            gevent.sleep(0.05)
+        rt.tracker.close_all()
+        for pool in pools:
+            pool.kill(block=True, timeout=1)
+        for part in (rt.tracker, rt.sessions, rt.mitm, rt.middlewares, rt.writer):
+            part.stop()
+        self.channel.flush()
+        self.channel.close()
+        rt.db.close()
