@@ -160,7 +160,7 @@ class Bench:
         log = open(self.out / "greyproxy.log", "w")
         cmd = [exe, "serve", "-C", str(cfg), "--data-dir", str(data), "--listen-http", "127.0.0.1:0",
                "--listen-socks5", "127.0.0.1:0", "--listen-dns", "127.0.0.1:0", "--listen-api", "127.0.0.1:0",
-               *self.args.gp_arg]
+               "--workers", str(self.args.gp_workers), *self.args.gp_arg]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             hs = self._handshake(data, proc)
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bulk-bytes", default="256M")
     ap.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
     ap.add_argument("--greyproxy", default=os.environ.get("GREYPROXY") or str(venv_bin / "greyproxy"))
+    # serve's default is one worker per core; the table has always been one process against the peers
+    ap.add_argument("--gp-workers", default="1", help="greyproxy's data-path processes (serve --workers)")
     ap.add_argument("--gp-arg", action="append", default=[], help="an extra `greyproxy serve` argument")
     ap.add_argument("--tinyproxy", default=os.environ.get("TINYPROXY"))
     ap.add_argument("--microsocks", default=os.environ.get("MICROSOCKS"))
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in skip:
                 getattr(bench, name)()
     head = (f"## greyproxy and its peers ({stamp}; {os.cpu_count()} CPUs shared by client, origins and proxy; "
-            f"{args.workers} workers in {args.procs} processes; "
+            f"{args.workers} workers in {args.procs} processes; greyproxy --workers {args.gp_workers}; "
             f"{'medians of ' + str(args.repeat) + ' × ' if args.repeat > 1 else ''}{args.duration:g} s windows)")
     lines = [head, "", *bench.table()]
     if bench.notes:
