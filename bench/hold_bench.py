@@ -6,10 +6,10 @@ approval releases them (issue 19).
     .venv/bin/python bench/hold_bench.py --repeat 3            # 3 runs, a fresh proxy each, medians
     .venv/bin/python bench/hold_bench.py --conns 2000 --dests 20 --socks 0.5
 
-Each run starts its own `greyproxy serve` (this interpreter, a fresh data dir, loopback ports) with
-a config that lifts the connection and hold caps above --conns (docs/configuration.md, `limits:`),
-`hold_seconds: 900` and `unanswered_seconds: 0`. No rule allows the destinations, so every
-connection is held:
+Each run starts its own `greyproxy serve` (this interpreter, a fresh data dir, loopback ports) as
+one process (`GREYPROXY_WORKERS=1`), with a config that lifts the connection and hold caps above
+--conns (docs/configuration.md, `limits:`), `hold_seconds: 900` and `unanswered_seconds: 0`. No
+rule allows the destinations, so every connection is held:
 
 * destinations: --dests loopback addresses 127.1.x.y, each with a listening port (a sink process
   accepts and keeps what the proxy dials after a release; a fresh proxy lets 127.0.0.1 itself
@@ -33,8 +33,8 @@ connection is held:
   is included), and minus the moment its answer was read (both are printed).
 
 Everything is bounded (--budget seconds per run, every wait has its own limit). Only loopback is
-used (127.0.0.0/8). RLIMIT_NOFILE is raised for this process and the proxy it starts (they inherit it): the
-proxy needs one descriptor per held connection (and two per released one until the client, which
+used (127.0.0.0/8). RLIMIT_NOFILE is raised for this process and the proxy it starts (they inherit
+it; the hard limit too when allowed): the proxy needs one descriptor per held connection (and two per released one until the client, which
 closes each connection once answered, has left), the client and sink one each.
 """
 
@@ -245,6 +245,9 @@ class Proxy:
             cmd += [f"--listen-{listener}", "127.0.0.1:0"]
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["PYTHONPATH"] = str(source)  # this tree's greyproxy, whatever the interpreter has installed
+        # ONE process (docs/workers.md: `auto` forks a data-path worker per core); older trees
+        # ignore the variable, and the checks below count this pid's descriptors.
+        env["GREYPROXY_WORKERS"] = "1"
         self.log_path = root / "greyproxy.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(source))
