@@ -55,6 +55,9 @@ class Bus:
         # a time. They run first in publish, or earlier, through record()/record_many(), inside
         # the transaction that made the change.
         self._recorders: list[Callable[[list[Event]], None]] = []
+        # Event types handed on elsewhere (a worker process's to its control plane), in publish
+        # order: they count as wanted even with no subscriber here.
+        self._forwarded: set[str] = set()
 
     def subscribe(
         self,
@@ -71,6 +74,12 @@ class Bus:
 
     def add_hook(self, hook: Callable[[Event], None]) -> None:
         self._hooks.append(hook)
+
+    def forward(self, types: Iterable[str], send: Callable[[Event], None]) -> None:
+        """`send(event)` for every event of these types, inside publish (it must not block)."""
+        wanted = set(types)
+        self._forwarded |= wanted
+        self.add_hook(lambda event: send(event) if event["type"] in wanted else None)
 
     def add_recorder(self, recorder: Callable[[list[Event]], None]) -> None:
         self._recorders.append(recorder)
@@ -108,7 +117,7 @@ class Bus:
     def wants(self, type_: str) -> bool:
         """Whether a subscriber would receive an event of this type, so a costly payload can be
         skipped. Hooks do not count: they are for control events (rules), not traffic."""
-        return any(s.types is None or type_ in s.types for s in self._subs.values())
+        return type_ in self._forwarded or any(s.types is None or type_ in s.types for s in self._subs.values())
 
     @property
     def subscriber_count(self) -> int:

@@ -77,6 +77,7 @@ from greyproxy.store.executor import run_in_db
 from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
+from greyproxy.workers import metrics_feed
 from greyproxy.workers.channel import Message
 from greyproxy.workers.child import WorkerProcess
 from greyproxy.workers.held_http import SharedRequestHolds
@@ -230,8 +231,10 @@ class Runtime:
         self.notifier = DesktopNotifier(self.bus, lambda: bool(self.settings.values()["notificationsEnabled"]),
                                         pending_link(lambda: self.dashboard_url))
         self.settings.notifier_info = self.notifier.status
-        self.metrics.bind(version=self.version, held=lambda: self.holds.total, pending=self.pending.count,
-                          tunnels=lambda: len(self.tracker))
+        self._worker_gauges: dict[int, dict[str, float]] = {}  # serve --workers N: each worker's last values
+        self.metrics.bind(version=self.version, held=lambda: self.holds.total + self._workers_gauge("held"),
+                          pending=self.pending.count,
+                          tunnels=lambda: len(self.tracker) + self._workers_gauge("tunnels"))
         self._stopping = False
         self._hurry = Event()
 
@@ -386,6 +389,7 @@ class Runtime:
             for sock in self._proxy_sockets.values():
                 sock.close()
             self.request_holds = SharedRequestHolds(self.request_holds, self.workers.call)
+            self.bus.add_hook(self._tell_workers)
         self._proxies = self.proxy_servers() if count == 1 else []
         api = WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),
                          handler_class=wsgi_handler(limits))
@@ -460,8 +464,33 @@ class Runtime:
             if type_ == "transaction.new":
                 self.assembler.wake()  # the worker wrote it: conversations are assembled here
             self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
-        elif kind == "gone" and shared is not None:
-            shared.worker_gone(index)
+        elif kind == "gone":
+            self._worker_gauges.pop(index, None)
+            if shared is not None:
+                shared.worker_gone(index)
+
+    def gather_metrics(self) -> None:
+        """Before a scrape: the workers' counters' growth added here, their gauges read
+        (greyproxy/workers/metrics_feed.py)."""
+        if self.workers is None:
+            return
+        for index, reply in self.workers.ask_all({"t": "metrics"}).items():
+            metrics_feed.add(self.metrics, reply.get("d") or [])
+            self._worker_gauges[index] = reply.get("g") or {}
+
+    def _tell_workers(self, event: dict[str, Any]) -> None:
+        """A bus hook: state the workers keep in memory that the fleet's sync does not carry,
+        changed here (the CA, the running capture recordings)."""
+        if self.workers is None:
+            return
+        kind = event["type"]
+        if kind == "cert.reloaded":
+            self.workers.broadcast({"t": "cert"})
+        elif kind in ("recording.started", "recording.stopped"):
+            self.workers.broadcast({"t": "recordings"})
+
+    def _workers_gauge(self, name: str) -> float:
+        return sum(float(g.get(name, 0)) for g in self._worker_gauges.values())
 
     def _dns_learned(self, row: CacheRow) -> None:
         """An IP → name attribution from a DNS answer given here: stored, and told to the

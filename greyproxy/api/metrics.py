@@ -20,12 +20,15 @@ bp = Blueprint("metrics", __name__)
 def prometheus() -> Response:
     # The text format Prometheus asks for (Accept): classic 0.0.4 by default, OpenMetrics on request.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(runtime().metrics.registry), content_type=content_type,
+    rt = runtime()
+    rt.gather_metrics()  # serve --workers N: theirs too (docs/workers.md)
+    return Response(encode(rt.metrics.registry), content_type=content_type,
                     headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/api/metrics")
 def metrics_json() -> Any:
     rt = runtime()
+    rt.gather_metrics()
     # `policy`: how the index was kept up to date (full rebuilds vs in-place patches), issue 13.
     return {**rt.metrics.snapshot(), "policy": rt.policy.counters()}

@@ -22,9 +22,17 @@ STATUSES = ("pending", "allowed", "denied", "expired", "gone")
 KEYS = {"duration", "reason", "method_pattern", "path_pattern"}
 
 
+def caught_up() -> None:
+    """serve --workers N (docs/workers.md): what the workers announced so far is listed."""
+    workers = runtime().workers
+    if workers is not None:
+        workers.barrier()
+
+
 @bp.get("/api/pending-http")
 def list_held() -> Any:
     limit = int_arg("limit", 100, minimum=1, maximum=1000)
+    caught_up()
     rows = runtime().request_holds.list(choice_arg("status", STATUSES), str_arg("container"))
     offset = int_arg("offset", 0)
     return {"items": [r.to_json() for r in rows[offset:offset + limit]], "total": len(rows)}
@@ -32,12 +40,14 @@ def list_held() -> Any:
 
 @bp.get("/api/pending-http/count")
 def count_held() -> Any:
+    caught_up()
     return {"count": runtime().request_holds.count()}
 
 
 @bp.get("/api/pending-http/<request_id>")
 def get_held(request_id: str) -> Any:
     rid = path_id(request_id)
+    caught_up()
     held = runtime().request_holds.get(rid)
     if held is None:
         raise NotFound(f"held request {rid} not found")

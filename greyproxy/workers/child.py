@@ -23,7 +23,9 @@ from gevent.server import StreamServer
 
 from greyproxy.events import from_other_node
 from greyproxy.proxy.dnscache import CacheRow
+from greyproxy.services.audit import current_actor
 from greyproxy.store.executor import reopen_after_fork
+from greyproxy.workers import metrics_feed
 from greyproxy.workers.channel import Channel, Message
 
 log = logging.getLogger("greyproxy.workers")
@@ -43,6 +45,8 @@ class WorkerProcess:
         self._stop = Event()
         self._hurry = Event()
         self._stopping = False
+        self.metrics = metrics_feed.MetricsFeed(rt.metrics, lambda: {"held": rt.holds.total,
+                                                                      "tunnels": len(rt.tracker)})
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -55,8 +59,10 @@ class WorkerProcess:
         rt.settings.persist = False  # settings.json is the control plane's to write
         rt.limits_share = self.count  # the caps are shared out (docs/workers.md#limits)
         rt.fleet.start(self.channel)
-        sub = rt.bus.subscribe(maxsize=10_000, types=FORWARDED)
-        gevent.spawn(self._forward, sub)
+        # In publish order, on the same link as everything else: a read the control plane makes
+        # after a barrier (WorkerPool.barrier) sees what a worker published before answering it.
+        rt.bus.forward(FORWARDED, lambda event: self.channel.send(
+            {"t": "event", "type": event["type"], "data": event["data"]}))
         servers = rt.proxy_servers(reuse_port=True)
         rt.writer.start()
         rt.sessions.start()
@@ -74,18 +80,18 @@ class WorkerProcess:
         self._stop.wait()
         self._drain(servers)
 
-    def _forward(self, sub: Any) -> None:
-        while True:
-            event = sub.get()
-            if event is not None:
-                self.channel.send({"t": "event", "type": event["type"], "data": event["data"]})
-
     # -- from the control plane ----------------------------------------------------------
     def _on_message(self, m: Message) -> None:
         rt = self.rt
         kind = m.get("t")
         if kind == "ping":  # everything sent before it has been applied (WorkerPool.barrier)
             self.channel.reply(m, True)
+        elif kind == "metrics":  # a scrape on the control plane
+            self.channel.reply(m, self.metrics.take())
+        elif kind == "cert":  # generated, uploaded or reloaded on the control plane
+            rt.mitm.reload(force=True)
+        elif kind == "recordings":
+            rt.recording_service.load()
         elif kind == "dns":
             rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
         elif kind == "reload":
@@ -95,7 +101,12 @@ class WorkerProcess:
             finally:
                 from_other_node.reset(token)
         elif kind == "http.answer":
-            held = rt.request_holds.answer(int(m["id"]), bool(m.get("allow")), m.get("actor"), m.get("reason"))
+            who = current_actor.set(str(m.get("who") or "api"))  # who answered, for the audit entry
+            try:
+                held = rt.request_holds.answer(int(m["id"]), bool(m.get("allow")), m.get("actor"),
+                                               m.get("reason"))
+            finally:
+                current_actor.reset(who)
             self.channel.reply(m, None if held is None else held.to_json())
         else:
             rt.fleet.apply(m)

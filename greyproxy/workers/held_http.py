@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greyproxy.proxy.request_hold import MAX_DECIDED
+from greyproxy.services.audit import current_actor
 
 if TYPE_CHECKING:
     from greyproxy.proxy.request_hold import HeldRequest, RequestHolds
@@ -112,7 +113,7 @@ class SharedRequestHolds:
         if held is None:
             return self.local.answer(request_id, allow, actor, reason)
         reply = self.call(held.worker, {"t": "http.answer", "id": request_id, "allow": allow, "actor": actor,
-                                        "reason": reason})
+                                        "reason": reason, "who": current_actor.get()})
         if not isinstance(reply, dict):
             return None
         held.data = reply

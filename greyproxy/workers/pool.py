@@ -121,15 +121,18 @@ class WorkerPool:
         handles its messages in order, so its answer to this ping comes after them). The API
         calls it before answering a change: once a rule's creation returns, no worker still
         decides by the rules before it. False when a worker did not answer in time."""
-        live = [w for w in self.workers.values() if not w.channel.closed]
-        if not live:
-            return True
-        calls = [gevent.spawn(w.channel.call, {"t": "ping"}, timeout) for w in live]
-        gevent.joinall(calls, timeout=timeout + 0.5)
-        answered = all(c.value is True for c in calls)
+        live = sum(1 for w in self.workers.values() if not w.channel.closed)
+        answered = len(self.ask_all({"t": "ping"}, timeout)) == live
         if not answered:
             log.warning("workers: not every worker confirmed a change within %.1f s", timeout)
         return answered
+
+    def ask_all(self, message: Message, timeout: float = BARRIER_SECONDS) -> dict[int, Any]:
+        """`message` to every live worker at once; their replies by worker index."""
+        live = [w for w in self.workers.values() if not w.channel.closed]
+        calls = {w.index: gevent.spawn(w.channel.call, message, timeout) for w in live}
+        gevent.joinall(list(calls.values()), timeout=timeout + 0.5)
+        return {index: call.value for index, call in calls.items() if call.value is not None}
 
     def call(self, index: int, message: Message) -> Any:
         worker = self.workers.get(index)
