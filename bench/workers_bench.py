@@ -61,6 +61,9 @@ SETUPS: dict[str, tuple[str, int, str]] = {
     "tiny-free": ("tinyproxy", 0, "free"),
 }
 DEFAULT_SETUPS = "gp-w1-pin,gp-w2-pin,gp-w1-free,gp-w2-free,tiny-pin,tiny-free"
+# what each set-up's ratios are taken against: the same proxy with one process (one core), pinned the same way
+BASELINE = {"gp-w1-pin": "gp-w1-pin", "gp-w2-pin": "gp-w1-pin", "gp-w1-free": "gp-w1-pin",
+            "gp-w2-free": "gp-w1-free", "gp-w2-split": "gp-w1-pin", "tiny-pin": "tiny-pin", "tiny-free": "tiny-pin"}
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -296,6 +299,7 @@ def derive(run: dict) -> dict[str, Any]:
         out["us_per_own_conn"] = [1e6 * c / (ok * s) if s else None for c, s in zip(w_cpu, out["conn_share"], strict=True)]
         # capacity if each worker had a core of its own: the busiest worker saturates first, and the
         # whole thing cannot exceed 2 cores of CPU (the control plane's included)
+        out["workers_us"] = 1e6 * sum(w_cpu) / ok  # exact, comparable with the 1-worker figure
         busiest = max(w_cpu)
         out["capacity_2"] = min(ok / busiest if busiest else float("inf"), 2 * ok / total)
     out["capacity_1"] = ok / total  # connections per CPU-second: one saturated core
@@ -321,6 +325,7 @@ def summarize(lines: list[dict], setups: list[str], scenarios: list[str]) -> tup
                                      "pinning": runs[0].get("pinning"),
                                      "rate": med([x["rate"] for x in d]), "total_us": med([x.get("total_us") for x in d]),
                                      "cp_us": med([x.get("cp_us") for x in d]),
+                                     "workers_us": med([x.get("workers_us") for x in d]),
                                      "cp_cpu_pct": med([x.get("cp_cpu_pct") for x in d]),
                                      "capacity_1": med([x.get("capacity_1") for x in d]),
                                      "capacity_2": med([x.get("capacity_2") for x in d]),
@@ -334,24 +339,28 @@ def summarize(lines: list[dict], setups: list[str], scenarios: list[str]) -> tup
                     for key in ("worker_us", "cpu_share", "conn_share", "us_per_own_conn"):
                         s[key] = [med([x[key][i] for x in d if key in x and len(x[key]) > i]) for i in range(k)]
                 summary.append(s)
-    # the table: one row per set-up and protocol; ratios against gp-w1-pin of the same protocol
-    out = ["| set-up | pinning (client + origins on the client core) | conn/s | ÷ gp-w1-pin (measured) "
+    # the table: one row per set-up and protocol; ratios against its BASELINE of the same protocol
+    out = ["| set-up | pinning (client + origins on the client core) | conn/s | measured ÷ baseline "
            "| proxy CPU % | CPU µs/conn (all processes) | control plane µs/conn (CPU %) "
-           "| worker µs per own conn | spread over workers (CPU / open conns) | projected conn/s, 2 free cores "
+           "| workers µs/conn | spread over workers (CPU / open conns) | projected conn/s, 2 free cores "
            "| projected ÷ 1 worker | client CPU % | errors |",
            "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|"]
     for s in summary:
-        base = next((b for b in summary if b["setup"] == "gp-w1-pin" and b["scenario"] == s["scenario"]
+        base = next((b for b in summary if b["setup"] == BASELINE[s["setup"]] and b["scenario"] == s["scenario"]
                      and b["proto"] == s["proto"]), None)
-        ratio = f"{s['rate'] / base['rate']:.2f}" if base and base["rate"] and s["rate"] else "—"
+        ratio = "—"
+        if base and base["rate"] and s["rate"] and base is not s:
+            ratio = f"{s['rate'] / base['rate']:.2f} (÷ {base['setup']})"
         proj, proj_ratio = "—", "—"
         if s.get("capacity_2") and base and base.get("capacity_1"):
             proj = f"{s['capacity_2']:,.0f}"
-            proj_ratio = f"**{s['capacity_2'] / base['capacity_1']:.2f}**"
+            proj_ratio = f"**{s['capacity_2'] / base['capacity_1']:.2f}** (÷ {base['setup']})"
         elif s["setup"].startswith("gp-w1") and s.get("capacity_1"):
             proj = f"{s['capacity_1']:,.0f} (1 core)"
         cp = "—" if s["cp_us"] is None or not s.get("worker_us") else f"{s['cp_us']:.0f} ({s['cp_cpu_pct']:.1f} %)"
-        own = " / ".join(_f(x) for x in s.get("us_per_own_conn") or []) or _f(s["total_us"])
+        # the sum of the workers' CPU over all connections (the per-worker estimate, which leans on
+        # the sampled open connections, is in summary.jsonl as us_per_own_conn)
+        own = _f(s["workers_us"] if s.get("worker_us") else s["total_us"])
         spread = "—"
         if s.get("cpu_share"):
             spread = " · ".join(f"{_pct(c)} / {_pct(o)}" for c, o in zip(s["cpu_share"], s["conn_share"], strict=True))
@@ -390,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gp-arg", action="append", default=[], help="an extra `greyproxy serve` argument")
     ap.add_argument("--tinyproxy", default=os.environ.get("TINYPROXY"))
     ap.add_argument("--results", help="folder for the raw JSON lines")
+    ap.add_argument("--table-from", metavar="DIR", help="print the table of an earlier run's runs.jsonl, run nothing")
     args = ap.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
@@ -402,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     # what peers.Bench reads and this benchmark does not use
     args.install, args.microsocks, args.mitmdump = False, None, None
     args.workers, args.bulk_bytes, args.gp_workers = args.clients, "1M", "1"
+    if args.table_from:
+        lines = [json.loads(x) for x in (Path(args.table_from) / "runs.jsonl").read_text().splitlines() if x.strip()]
+        print("\n".join(summarize(lines, setups, args.scenarios)[0]))
+        return 0
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.results or f"/tmp/greyproxy-workers/{stamp}")
     out.mkdir(parents=True, exist_ok=True)
