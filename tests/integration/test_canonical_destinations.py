@@ -25,6 +25,7 @@ import pytest
 
 from tests.integration.netutil import wait_until
 from tests.ports import free_port
+from tests.workers import workers  # noqa: F401 - decisions with one data-path process and with two
 
 # This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
 # through the API or CLI, or assert what a proxy that cannot intercept answers.

@@ -10,6 +10,7 @@ import pytest
 import websocket
 
 from tests.integration.netutil import socks_connect
+from tests.workers import workers  # noqa: F401 - decisions with one data-path process and with two
 
 # This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
 # through the API or CLI, or assert what a proxy that cannot intercept answers.

@@ -10,6 +10,7 @@ import pytest
 
 from tests.backends import database_url  # noqa: F401 - every test here runs on SQLite and PostgreSQL
 from tests.integration.netutil import EchoServer, curl, http_connect, socks_connect, wait_until
+from tests.workers import workers  # noqa: F401 - decisions with one data-path process and with two
 
 # This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
 # through the API or CLI, or assert what a proxy that cannot intercept answers.
