@@ -52,6 +52,8 @@ class Greyproxy:
                "--listen-api", "127.0.0.1:0", "--hold-seconds", str(self.hold_seconds)]
         if self.config_path is not None:
             cmd += ["-C", str(self.config_path)]
+        if "--workers" not in self.extra_args:  # not the machine's core count: see the `workers` fixture
+            cmd += ["--workers", os.environ.get("GREYPROXY_TEST_WORKERS", "1")]
         return cmd + self.extra_args
 
     def start(self) -> Greyproxy:
