@@ -177,10 +177,15 @@ class FleetLink:
             message = json.loads(payload)
         except ValueError:
             return
-        if not isinstance(message, dict) or message.get("n") == self.node:
+        if not isinstance(message, dict) or self.ours(message.get("n")):
             return
         self.received += 1
         self._safe(lambda: self.on_message(message))
+
+    def ours(self, sender: Any) -> bool:
+        """Sent by this node, or by one of its worker processes (`<node>/w<k>`, docs/workers.md),
+        which the control plane has already relayed here."""
+        return isinstance(sender, str) and (sender == self.node or sender.startswith(self.node + "/"))
 
     def _safe(self, work: Callable[[], None]) -> None:
         try:
