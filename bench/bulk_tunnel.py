@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import gp_api  # noqa: E402 - the stdlib API client next to this file
 from peers import USER, free_run, stop  # noqa: E402 - same origins and process handling as peers.py
+from proxyload import tree  # noqa: E402 - the process and its children
 
 
 def start(exe: str, work: Path, name: str, splice: bool, base: int) -> tuple[subprocess.Popen, dict]:
@@ -61,16 +62,20 @@ def start(exe: str, work: Path, name: str, splice: bool, base: int) -> tuple[sub
 
 
 def oncpu_ns(pid: int | None) -> int:
-    """Nanoseconds the process's threads have run (/proc schedstat: exact, unlike the 10 ms ticks
-    of utime/stime, which a sub-second transfer barely moves)."""
+    """Nanoseconds the threads of the process and its children (`serve --workers`: the data-path
+    workers) have run (/proc schedstat: exact, unlike the 10 ms ticks of utime/stime, which a
+    sub-second transfer barely moves)."""
     total = 0
-    if pid is None:
-        return 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for p in tree(pid):
         try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
     return total
 
 
