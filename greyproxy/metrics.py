@@ -75,8 +75,12 @@ class Metrics:
         self.tunnels = Gauge("greyproxy_open_tunnels", "Allowed connections open right now", registry=reg)
         self.uptime = Gauge("greyproxy_uptime_seconds", "Seconds since this process started", registry=reg)
         self.uptime.set_function(lambda: time.time() - self.started)
-        for direction in ("up", "down"):
-            self.bytes.labels(direction)
+        # The proxy path counts through children bound once: prometheus_client's labels() costs
+        # more per call than the increment itself (bench/peers.py, CPU per connection).
+        self._up = self.bytes.labels("up")
+        self._down = self.bytes.labels("down")
+        self._decided: dict[tuple[str, str], Any] = {}
+        self._mitm: dict[str, Any] = {}
         self.info = Gauge("greyproxy_build_info", "Constant 1, labelled with the version", ["version"],
                           registry=reg)
 
@@ -90,7 +94,10 @@ class Metrics:
 
     # -- called from the proxy path: memory only ----------------------------------------
     def decided(self, result: str, reason: str) -> None:
-        self.connections.labels(result, reason).inc()
+        child = self._decided.get((result, reason))
+        if child is None:
+            child = self._decided[(result, reason)] = self.connections.labels(result, reason)
+        child.inc()
 
     def timing(self, decision_seconds: float, hold_seconds: float | None) -> None:
         self.decision_seconds.observe(max(decision_seconds, 0.0))
@@ -99,12 +106,15 @@ class Metrics:
 
     def relayed(self, up: int, down: int) -> None:
         if up:
-            self.bytes.labels("up").inc(up)
+            self._up.inc(up)
         if down:
-            self.bytes.labels("down").inc(down)
+            self._down.inc(down)
 
     def mitm(self, result: str) -> None:
-        self.mitm_handshakes.labels(result).inc()
+        child = self._mitm.get(result)
+        if child is None:
+            child = self._mitm[result] = self.mitm_handshakes.labels(result)
+        child.inc()
 
     def db_batch(self, table: str, seconds: float, rows: int) -> None:
         self.db_batch_seconds.labels(table).observe(seconds)
