@@ -22,7 +22,7 @@ from greyproxy.proxy.exchange import (
     split_host_port,
 )
 from greyproxy.proxy.gate import Admission, Gatekeeper
-from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head
+from greyproxy.proxy.httpwire import BufferedSocket, Head, WireError, parse_head, send_all
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, peer_ip, set_nodelay
@@ -34,6 +34,9 @@ log = logging.getLogger("greyproxy.http")
 
 CONNECTION_LIMIT = simple_response(503, "Service Unavailable", "too many connections, retry later\n",
                                    [("X-Greyproxy-Reason", "connection_limit")])
+
+
+CONNECTED = b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n"
 
 
 def refuse_connection(client: socket.socket) -> None:
@@ -172,7 +175,7 @@ class HttpProxyHandler:
         upstream = self._dial(conn, admission, tunnel=True)
         if upstream is None:
             return
-        conn.sock.sendall(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: greyproxy\r\n\r\n")
+        send_all(conn.sock, CONNECTED)
         # Bytes the client sent right behind the CONNECT head go through the same inspection.
         self.gate.tunnel(admission, conn.sock, upstream, early=conn.take_buffered())
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
+from gevent import socket as gsocket
 
 Tap = Callable[[bytes], None]  # sees a body's payload bytes (de-chunked) as they pass
 
@@ -41,6 +42,25 @@ class WireError(Exception):
         self.status = status
 
 
+_PLAIN = gsocket.socket  # gevent's plain socket class: not TLS, not an HTTP/2 stream's stand-in
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """`sock.sendall(data)`, as one send(2) when the kernel takes it all at once (a head or a
+    short answer nearly always): gevent's sendall first asks the socket's SO_SNDBUF and sets up
+    a deadline, which costs more than the send. The rest, if any, goes through sendall (its
+    waits and the socket's timeout)."""
+    if type(sock) is _PLAIN:
+        try:
+            sent = sock._sock.send(data)  # type: ignore[attr-defined]  # the non-blocking C socket
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]  # type: ignore[assignment]
+    sock.sendall(data)
+
+
 class BufferedSocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -54,16 +74,23 @@ class BufferedSocket:
         self.buf += data
         return True
 
+    def buffered_head(self) -> bytes | None:
+        """The next head if it is already whole in the buffer (no read), else None."""
+        while self.buf[:2] == b"\r\n":
+            del self.buf[:2]
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = bytes(self.buf[: end + 4])
+        del self.buf[: end + 4]
+        return head
+
     def read_head(self) -> bytes | None:
         """Bytes up to and including the blank line; None on a clean EOF before any byte.
         Empty lines before a request line are skipped (RFC 9112 §2.2)."""
         while True:
-            while self.buf[:2] == b"\r\n":
-                del self.buf[:2]
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self.buf[: end + 4])
-                del self.buf[: end + 4]
+            head = self.buffered_head()
+            if head is not None:
                 return head
             if len(self.buf) > MAX_HEAD:
                 raise WireError("header section too large", 431)
@@ -238,7 +265,7 @@ def read_final_response(upstream: BufferedSocket, client: socket.socket) -> Head
         head = read_response_head(upstream)
         if not 100 <= int(head.start[1]) < 200 or head.start[1] == "101":
             return head
-        client.sendall(head_bytes(head))
+        send_all(client, head_bytes(head))
 
 
 def response_framing(method: str, response: Head) -> tuple[bool, bool]:
@@ -339,7 +366,7 @@ def forward_message(
         if length is not None and len(src.buf) >= length:
             body = bytes(src.buf[:length])
             del src.buf[:length]
-            dst.sendall(out + body)
+            send_all(dst, out + body)
             if tap is not None and body:
                 tap(body)
             return
