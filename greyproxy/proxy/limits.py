@@ -159,9 +159,13 @@ class Limits:
             conn.sock.settimeout(cfg.idle_seconds if idle_seconds is None else idle_seconds)
             if not conn.fill():
                 return None
+        # Usually the whole head came with its first read: then nothing waits and no deadline
+        # timer is needed (a gevent.Timeout per request is a measurable share of its CPU).
         conn.sock.settimeout(cfg.head_seconds + 1)  # the deadline below ends it first (and counts)
-        with self.deadline():
-            raw = conn.read_head()
+        raw = conn.buffered_head()
+        if raw is None:
+            with self.deadline():
+                raw = conn.read_head()
         if raw is not None and len(raw) > cfg.max_head_bytes:  # a whole head that came in one read
             raise httpwire.WireError("header section too large", 431)
         return raw
