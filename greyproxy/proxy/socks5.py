@@ -27,13 +27,20 @@ import logging
 import socket
 import string
 import struct
+import time
 from typing import TYPE_CHECKING
+
+import gevent
+from gevent import socket as gsocket
 
 from greyproxy.proxy import limits as lim
 from greyproxy.proxy.gate import Admission, Gatekeeper
+from greyproxy.proxy.httpwire import send_all
 from greyproxy.proxy.limits import DeadlineExceeded, Limits
 from greyproxy.proxy.mitm import refusal
 from greyproxy.proxy.tunnel import DialError, set_nodelay
+
+_PLAIN = gsocket.socket  # gevent's plain socket, whose C socket can be read without waiting
 
 if TYPE_CHECKING:
     from greyproxy.ca.state import MitmState
@@ -59,14 +66,60 @@ class ProtocolError(Exception):
     pass
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
+HANDSHAKE_READ = 1024  # a greeting, an authentication or a request fits (each at most 513 bytes)
+
+
+class _Handshake:
+    """The client's handshake bytes, read as they come (one recv per client write, usually one
+    per phase, rather than one per field), all within `seconds` of the start, however they are
+    dribbled (DeadlineExceeded). The deadline's timer is set only once a read has to wait:
+    a client whose bytes are already there costs no timer. Bytes read past the request (a
+    client that sends before our reply) are what `rest()` hands to the tunnel."""
+
+    __slots__ = ("sock", "buf", "seconds", "started", "timer")
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.timer: gevent.Timeout | None = None
+
+    def take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def _fill(self) -> None:
+        sock = self.sock
+        data: bytes | None = None
+        if self.timer is None:
+            if type(sock) is _PLAIN:
+                try:
+                    data = sock._sock.recv(HANDSHAKE_READ)  # type: ignore[attr-defined]  # non-blocking
+                except BlockingIOError:
+                    pass
+            if data is None:  # it must wait: from here on under the deadline
+                left = max(0.0, self.seconds - (time.monotonic() - self.started))
+                self.timer = gevent.Timeout(left, DeadlineExceeded)
+                self.timer.start()
+        if data is None:
+            data = sock.recv(HANDSHAKE_READ)
+        if not data:
             raise ProtocolError("client closed during the handshake")
-        data += chunk
-    return data
+        self.buf += data
+
+    def rest(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
 
 
 class _Progress:
@@ -84,14 +137,16 @@ class _Progress:
 
 def reply(code: int, bound: tuple[str, int] | None = None) -> bytes:
     host, port = bound or ("0.0.0.0", 0)
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    atyp = 0x01 if ip.version == 4 else 0x04
-    return bytes((5, code, 0, atyp)) + ip.packed + struct.pack("!H", port)
+    host = host.split("%", 1)[0]
+    # The bound address comes from getsockname: a plain IPv4 or IPv6 literal.
+    if ":" in host:
+        return bytes((5, code, 0, 0x04)) + socket.inet_pton(socket.AF_INET6, host) + struct.pack("!H", port)
+    return bytes((5, code, 0, 0x01)) + socket.inet_pton(socket.AF_INET, host) + struct.pack("!H", port)
 
 
 def _answer(client: socket.socket, progress: _Progress, code: int, bound: tuple[str, int] | None = None) -> None:
     progress.replied = True
-    client.sendall(reply(code, bound))
+    send_all(client, reply(code, bound))
 
 
 def refuse_connection(client: socket.socket) -> None:
@@ -143,52 +198,53 @@ class Socks5Handler:
         except OSError:
             pass
 
-    def _negotiate(self, client: socket.socket) -> tuple[str | None, str | None]:
-        version, count = recv_exact(client, 2)
+    def _negotiate(self, client: socket.socket, wire: _Handshake) -> tuple[str | None, str | None]:
+        version, count = wire.take(2)
         if version != 5:
             raise ProtocolError(f"not SOCKS5 (version {version})")
-        methods = recv_exact(client, count)
+        methods = wire.take(count)
         if METHOD_USERPASS in methods:
-            client.sendall(bytes((5, METHOD_USERPASS)))
-            sub_version, ulen = recv_exact(client, 2)
+            send_all(client, bytes((5, METHOD_USERPASS)))
+            sub_version, ulen = wire.take(2)
             if sub_version != 1:
                 raise ProtocolError("bad username/password sub-negotiation version")
-            username = recv_exact(client, ulen).decode("utf-8")
-            (plen,) = recv_exact(client, 1)
-            password = recv_exact(client, plen).decode("utf-8")
+            username = wire.take(ulen).decode("utf-8")
+            (plen,) = wire.take(1)
+            password = wire.take(plen).decode("utf-8")
             # Always accept here: identity and its binding are decided with the destination.
-            client.sendall(b"\x01\x00")
+            send_all(client, b"\x01\x00")
             return username, password
         if METHOD_NO_AUTH in methods:
-            client.sendall(bytes((5, METHOD_NO_AUTH)))
+            send_all(client, bytes((5, METHOD_NO_AUTH)))
             return None, None
         client.sendall(bytes((5, METHOD_NONE_ACCEPTABLE)))
         raise ProtocolError("no acceptable authentication method")
 
-    def _read_target(self, client: socket.socket) -> tuple[str, int] | None:
-        version, command, _rsv, atyp = recv_exact(client, 4)
+    def _read_target(self, client: socket.socket, wire: _Handshake) -> tuple[str, int] | None:
+        version, command, _rsv, atyp = wire.take(4)
         if version != 5:
             raise ProtocolError("bad request version")
         if atyp == 0x01:
-            host = str(ipaddress.IPv4Address(recv_exact(client, 4)))
+            host = socket.inet_ntop(socket.AF_INET, wire.take(4))  # dotted quad, as IPv4Address prints it
         elif atyp == 0x04:
-            host = str(ipaddress.IPv6Address(recv_exact(client, 16)))
+            host = str(ipaddress.IPv6Address(wire.take(16)))
         elif atyp == 0x03:
-            (length,) = recv_exact(client, 1)
+            (length,) = wire.take(1)
             # As received (never punycode-decoded): the gate's canonical_host does IDNA.
-            host = recv_exact(client, length).decode("utf-8", "surrogateescape")
+            host = wire.take(length).decode("utf-8", "surrogateescape")
             if not host:
                 raise ProtocolError("empty domain name")
         else:
             client.sendall(reply(REP_ADDRESS_NOT_SUPPORTED))
             return None
-        (port,) = struct.unpack("!H", recv_exact(client, 2))
+        (port,) = struct.unpack("!H", wire.take(2))
         if command != 0x01:  # only CONNECT
             client.sendall(reply(REP_COMMAND_NOT_SUPPORTED))
             return None
         return host, port
 
-    def _refuse(self, client: socket.socket, progress: _Progress, admission: Admission, reason: str) -> None:
+    def _refuse(self, client: socket.socket, progress: _Progress, admission: Admission, reason: str,
+                early: bytes = b"") -> None:
         """Reply 0x02, which clients show only as "not allowed" (curl: "(97)"); or, where the
         client can be told why in its own protocol, succeed and answer the 403 inside the
         tunnel (proxy/mitm/refusal.py): with a CA for TLS and HTTP on any port, and without
@@ -202,19 +258,24 @@ class Socks5Handler:
             _answer(client, progress, REP_NOT_ALLOWED)
             return
         _answer(client, progress, REP_SUCCEEDED)
-        told = refusal.answer(client, b"", leaves, admission.host, self.gate.blocked_text(admission, reason), reason,
+        told = refusal.answer(client, early, leaves, admission.host, self.gate.blocked_text(admission, reason), reason,
                               admission.container)
         log.debug("socks5: refused %s:%s (%s), answered in the tunnel: %s", admission.host, admission.port,
                   reason, told)
 
     def _handle(self, client: socket.socket, address: tuple, progress: _Progress) -> None:
-        client.settimeout(self.limits.config().head_seconds + 1)  # the deadline below ends it first
+        head_seconds = self.limits.config().head_seconds
+        client.settimeout(head_seconds + 1)  # the deadline below ends it first
         set_nodelay(client)
         # Greeting, authentication and request: one deadline for the whole handshake.
-        with self.limits.deadline():
-            username, password = self._negotiate(client)
+        wire = _Handshake(client, head_seconds)
+        try:
+            username, password = self._negotiate(client, wire)
             progress.negotiated = True
-            target = self._read_target(client)
+            target = self._read_target(client, wire)
+        finally:
+            wire.close()
+        early = wire.rest()  # sent before our reply: judged in the tunnel like any first bytes
         if target is None:  # it answered already
             progress.replied = True
             return
@@ -232,16 +293,16 @@ class Socks5Handler:
             client=client,
         )
         if not admission.allowed:
-            self._refuse(client, progress, admission, admission.reason)
+            self._refuse(client, progress, admission, admission.reason, early)
             return
         try:
             upstream = self.gate.dial(admission)
         except DialError as exc:
             log.info("socks5 dial %s:%s failed: %s", host, port, exc)
             if exc.reason in ("control_plane", "private_range"):  # guard refusals: "not allowed"
-                self._refuse(client, progress, admission, exc.reason)
+                self._refuse(client, progress, admission, exc.reason, early)
             else:
                 _answer(client, progress, REP_NETWORK_UNREACHABLE)
             return
         _answer(client, progress, REP_SUCCEEDED, upstream.getsockname()[:2])
-        self.gate.tunnel(admission, client, upstream)
+        self.gate.tunnel(admission, client, upstream, early=early)
