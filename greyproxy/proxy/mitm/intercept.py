@@ -12,6 +12,7 @@ is whatever the origin chose (h2upstream.py)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent import select as gselect
+from gevent import socket as gsocket
+from gevent.hub import Waiter, get_hub
 from gevent.local import local as greenlet_local
 
 from greyproxy.policy.patterns import is_ip_literal
@@ -60,6 +62,7 @@ _TOKEN_PREFIX = re.compile(
     rb"^[\r\n \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]{0,32}([ \t]+(\S+([ \t]+(H(T(T(P)?)?)?)?)?)?)?$", re.IGNORECASE)
 CLIENT_ALPN = ("h2", "http/1.1")  # offered to intercepted clients; HTTP/2 streams: h2server.py
 SNIFF_BYTES = 8192  # a request line longer than this is not one we pass on unparsed
+_PLAIN = gsocket.socket  # gevent's plain socket, whose C socket can be peeked without waiting
 
 
 def classify(first: bytes) -> str | None:
@@ -99,6 +102,43 @@ class FirstLineWatch:
             return None
         self.interceptor.gate.refused(self.admission, "late_tls" if kind == "tls" else "unparsed_http")
         return False
+
+
+def _peek_now(sock: socket.socket) -> bytes | None:
+    """What the client has sent so far, without consuming it or waiting; None when nothing has
+    arrived yet. b"" is its EOF."""
+    if type(sock) is not _PLAIN:
+        return None
+    try:
+        return sock._sock.recv(SNIFF_BYTES, socket.MSG_PEEK)  # type: ignore[attr-defined]  # non-blocking
+    except BlockingIOError:
+        return None
+
+
+def _client_speaks(client: socket.socket, upstream: socket.socket) -> bool:
+    """Wait until the client or the server has something to read, at most SNIFF_TIMEOUT: True
+    when the client does. It waits on the sockets' own read watchers and one loop timer, so a
+    sniff starts no watcher of its own (gevent's poll() made two per call), and a close from
+    another greenlet (a revoked rule's closer) ends the wait with EBADF, as a read would."""
+    hub = get_hub()
+    waiter = Waiter(hub)
+    theirs = client._read_event  # type: ignore[attr-defined]
+    ours = upstream._read_event  # type: ignore[attr-defined]
+    if theirs is None or ours is None:
+        raise OSError(errno.EBADF, "the socket was closed")
+    timer = hub.loop.timer(SNIFF_TIMEOUT)
+    theirs.start(waiter.switch, True)
+    ours.start(waiter.switch, False)
+    timer.start(waiter.switch, None)
+    try:
+        ready = waiter.get()
+    finally:
+        theirs.stop()
+        ours.stop()
+        timer.close()
+    if ready is False:  # the server spoke: the client may have too, meanwhile
+        return _peek_now(client) is not None
+    return bool(ready)
 
 
 class _Handshake(greenlet_local):
@@ -182,18 +222,13 @@ class Interceptor:
         self.writer.skip_reason(admission.container, admission.host, admission.port, reason)
 
     def _sniff(self, client: socket.socket, upstream: socket.socket) -> str:
-        # gevent's poll (event-loop watchers), not select(): select() cannot take fds >= 1024.
-        poller = gselect.poll()
-        poller.register(client.fileno(), gselect.POLLIN)
-        poller.register(upstream.fileno(), gselect.POLLIN)
         for _ in range(16):  # bounded: a handful of short reads settle it
-            ready = {fd for fd, _ in poller.poll(SNIFF_TIMEOUT * 1000)}
-            if not ready:
-                return "watch"  # nobody speaks: pipe, but look at what the client sends first
-            if client.fileno() not in ready:
-                return "watch"  # the server speaks first (SSH, SMTP, ...): not HTTP, but watch the client
             try:
-                peeked = client.recv(SNIFF_BYTES, socket.MSG_PEEK)
+                peeked = _peek_now(client)
+                if peeked is None:  # nothing from the client yet: wait for either side
+                    if not _client_speaks(client, upstream):
+                        return "watch"  # the server speaks first (SSH, SMTP, ...), or nobody does: watch the client
+                    peeked = client.recv(SNIFF_BYTES, socket.MSG_PEEK)
             except OSError:
                 return "other"
             kind = classify(peeked)
