@@ -187,6 +187,7 @@ class WorkersBench(peers.Bench):
     """peers.Bench starts and stops each proxy and calls load(); load() here pins and measures."""
 
     setup = ""
+    round = 0
 
     def run_setup(self, name: str) -> None:
         kind, workers, _mode = SETUPS[name]
@@ -230,9 +231,9 @@ class WorkersBench(peers.Bench):
         else:
             where = {"proxy": "unpinned"}
         spec = {"base": self.base, "clients": a.clients, "procs": a.procs, "duration": a.duration,
-                "warmup": a.warmup, "repeat": a.repeat, "pid": pid, "workers": workers,
+                "warmup": a.warmup, "repeat": 1, "pid": pid, "workers": workers,
                 "idle_fds": {w: fd_count(w) for w in workers}, "proxy": proxy, "scenarios": wanted}
-        limit = a.repeat * len(wanted) * (a.duration + a.warmup + 25) + 30
+        limit = len(wanted) * (a.duration + a.warmup + 25) + 30
         if self.left() < 30:
             self.notes.append(f"{self.setup} {label}: not run, the budget is spent")
             return
@@ -248,7 +249,7 @@ class WorkersBench(peers.Bench):
             stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             stderr = f"killed after {limit:.0f} s"
         ch1 = worker_channels(hs) if hs else {}
-        name = f"{self.setup}-{label.split()[-1]}"
+        name = f"{self.setup}-{label.split()[-1]}-r{self.round}"
         if stderr.strip():
             (self.out / f"{name}.err").write_text(stderr)
         runs = []
@@ -257,7 +258,7 @@ class WorkersBench(peers.Bench):
                 line = json.loads(raw)
             except ValueError:
                 continue
-            line.update(setup=self.setup, label=label, proxy_pid=pid, worker_pids=workers, pinning=where["proxy"],
+            line.update(setup=self.setup, round=self.round, label=label, proxy_pid=pid, worker_pids=workers, pinning=where["proxy"],
                         client_cpu=a.client_cpu)
             runs.append(line)
         if ch0 and ch1:  # over all the runs of this label
@@ -385,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per scenario; the table shows medians")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds over all the set-ups (one window each, a fresh proxy); the table shows medians")
     ap.add_argument("--clients", type=int, default=16, help="concurrent client connections (greenlets)")
     ap.add_argument("--procs", type=int, default=1, help="client processes (all on the client core)")
     ap.add_argument("--scenarios", default="connrate", help="comma list of connrate, plainhttp")
@@ -421,11 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="greyproxy-workers-") as tmp:
         bench = WorkersBench(args, Path(tmp), out, peers.free_run(4))
-        for name in setups:
-            if bench.left() < 40:
-                bench.notes.append(f"{name}: not run, the budget is spent")
-                continue
-            bench.run_setup(name)
+        # round after round over the set-ups rather than all of one set-up then the next: what else
+        # runs on the box drifts by the minute, and the set-ups compared should see the same drift
+        for bench.round in range(1, args.repeat + 1):
+            for name in setups:
+                if bench.left() < 40:
+                    bench.notes.append(f"{name} round {bench.round}: not run, the budget is spent")
+                    continue
+                bench.run_setup(name)
     table, summary = summarize(bench.lines, setups, args.scenarios)
     with open(out / "summary.jsonl", "w") as f:
         for s in summary:
