@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _socket
 import errno
 import os
 import socket
@@ -106,9 +105,9 @@ def _connect(ip: str, port: int, timeout: float) -> socket.socket:
     connection's dial cost in bench/proxyload.py's connrate). Otherwise gevent waits, bounded
     by `timeout`."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    raw = _socket.socket(family, socket.SOCK_STREAM)  # the C type: never monkey-patched, never waits
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    raw = sock._sock  # type: ignore[attr-defined]  # gevent's C socket, already non-blocking: never waits
     try:
-        raw.setblocking(False)
         err = raw.connect_ex((ip, port))
         if err == errno.EINPROGRESS:
             err = raw.connect_ex((ip, port))
@@ -117,9 +116,8 @@ def _connect(ip: str, port: int, timeout: float) -> socket.socket:
         if err not in (0, errno.EALREADY, errno.EINPROGRESS):
             raise OSError(err, os.strerror(err))
     except BaseException:
-        raw.close()
+        sock.close()
         raise
-    sock = gsocket.socket(family, socket.SOCK_STREAM, fileno=raw.detach())
     if err:
         sock.settimeout(timeout)
         try:
