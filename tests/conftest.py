@@ -36,6 +36,7 @@ class Greyproxy:
             self.config_path.write_text(config_yaml)
         self.hold_seconds = hold_seconds
         self.proc: subprocess.Popen | None = None
+        self.terminated = False
         self.ports: dict[str, int] = {}
         self.token: str | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
@@ -52,8 +53,6 @@ class Greyproxy:
                "--listen-api", "127.0.0.1:0", "--hold-seconds", str(self.hold_seconds)]
         if self.config_path is not None:
             cmd += ["-C", str(self.config_path)]
-        if "--workers" not in self.extra_args:  # not the machine's core count: see the `workers` fixture
-            cmd += ["--workers", os.environ.get("GREYPROXY_TEST_WORKERS", "1")]
         return cmd + self.extra_args
 
     def start(self) -> Greyproxy:
@@ -62,6 +61,7 @@ class Greyproxy:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        self.terminated = False
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -79,9 +79,15 @@ class Greyproxy:
         self.stop()
         raise RuntimeError(f"greyproxy did not start in time:\n{self.log_path.read_text()}")
 
+    def terminate(self) -> None:
+        """Ask it to stop (one SIGTERM, a graceful drain) without waiting: stop() then waits for it."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -148,29 +154,20 @@ def database_url() -> str | None:
 
 
 @pytest.fixture
-def workers() -> int:
-    """The data-path processes `gp_factory` gives its servers (`serve --workers N`): one, so a
-    test does not depend on the machine's cores. A module runs with 1 and 2 by overriding this
-    fixture with `tests.workers.workers`; GREYPROXY_TEST_WORKERS=N runs the whole suite with N."""
-    return int(os.environ.get("GREYPROXY_TEST_WORKERS", "1"))
-
-
-@pytest.fixture
-def gp_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None,
-               workers: int) -> Iterator[Any]:
+def gp_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None) -> Iterator[Any]:
     started: list[Greyproxy] = []
 
     def make(extra_args: list[str] | None = None, config_yaml: str | None = None, hold_seconds: float = 5.0,
              name: str = "data") -> Greyproxy:
         if database_url and "--database-url" not in (extra_args or []):
             extra_args = [*(extra_args or []), "--database-url", database_url]
-        if "--workers" not in (extra_args or []):
-            extra_args = [*(extra_args or []), "--workers", str(workers)]
         proxy = Greyproxy(tmp_path / name, extra_args, config_yaml, hold_seconds)
         started.append(proxy)
         return proxy.start()
 
     yield make
+    for proxy in started:  # every one drains at the same time, then each is waited for
+        proxy.terminate()
     for proxy in started:
         proxy.stop()
     if getattr(request.node, "call_failed", False):  # CI shows only the report: put the server logs in it
