@@ -53,6 +53,8 @@ class Greyproxy:
                "--listen-api", "127.0.0.1:0", "--hold-seconds", str(self.hold_seconds)]
         if self.config_path is not None:
             cmd += ["-C", str(self.config_path)]
+        if "--workers" not in self.extra_args:  # not the machine's core count: see the `workers` fixture
+            cmd += ["--workers", os.environ.get("GREYPROXY_TEST_WORKERS", "1")]
         return cmd + self.extra_args
 
     def start(self) -> Greyproxy:
@@ -154,13 +156,24 @@ def database_url() -> str | None:
 
 
 @pytest.fixture
-def gp_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None) -> Iterator[Any]:
+def workers() -> int:
+    """The data-path processes `gp_factory` gives its servers (`serve --workers N`): one, so a
+    test does not depend on the machine's cores. A module runs with 1 and 2 by overriding this
+    fixture with `tests.workers.workers`; GREYPROXY_TEST_WORKERS=N runs the whole suite with N."""
+    return int(os.environ.get("GREYPROXY_TEST_WORKERS", "1"))
+
+
+@pytest.fixture
+def gp_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None,
+               workers: int) -> Iterator[Any]:
     started: list[Greyproxy] = []
 
     def make(extra_args: list[str] | None = None, config_yaml: str | None = None, hold_seconds: float = 5.0,
              name: str = "data") -> Greyproxy:
         if database_url and "--database-url" not in (extra_args or []):
             extra_args = [*(extra_args or []), "--database-url", database_url]
+        if "--workers" not in (extra_args or []):
+            extra_args = [*(extra_args or []), "--workers", str(workers)]
         proxy = Greyproxy(tmp_path / name, extra_args, config_yaml, hold_seconds)
         started.append(proxy)
         return proxy.start()
