@@ -64,6 +64,8 @@ class HoldManager:
         self._by_container: dict[str, int] = {}  # held connections per container (limits, O(1))
         self._total = 0
         self._unanswered: OrderedDict[WaiterKey, float] = OrderedDict()  # key -> monotonic end
+        # A worker process (docs/workers.md) tells the others, so a retry landing there fails fast too.
+        self.on_unanswered: Callable[[WaiterKey, float], None] = lambda _key, _seconds: None
 
     def unanswered(self, key: WaiterKey) -> bool:
         """Whether attempts on `key` fail fast: its hold timed out unanswered a moment ago."""
@@ -81,6 +83,11 @@ class HoldManager:
             self._unanswered.pop(key, None)
 
     def _remember_unanswered(self, key: WaiterKey, seconds: float) -> None:
+        self.remember_unanswered(key, seconds)
+        self.on_unanswered(key, seconds)
+
+    def remember_unanswered(self, key: WaiterKey, seconds: float) -> None:
+        """Attempts on `key` fail fast for `seconds` (also what another worker process saw)."""
         self._unanswered[key] = time.monotonic() + seconds
         self._unanswered.move_to_end(key)
         while len(self._unanswered) > UNANSWERED_MAX:

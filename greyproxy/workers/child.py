@@ -58,6 +58,10 @@ class WorkerProcess:
         rt.request_holds.stride(self.index, self.count + 1)
         rt.settings.persist = False  # settings.json is the control plane's to write
         rt.limits_share = self.count  # the caps are shared out (docs/workers.md#limits)
+        rt.holds.on_unanswered = lambda key, seconds: self.channel.send({"t": "unanswered", "k": list(key),
+                                                                         "s": seconds})
+        # A pending row's PTR name is looked up where it is shown: in the control plane.
+        rt.pending.ptr_name = lambda _host: None
         rt.fleet.start(self.channel)
         # In publish order, on the same link as everything else: a read the control plane makes
         # after a barrier (WorkerPool.barrier) sees what a worker published before answering it.
@@ -92,6 +96,9 @@ class WorkerProcess:
             rt.mitm.reload(force=True)
         elif kind == "recordings":
             rt.recording_service.load()
+        elif kind == "unanswered":  # another worker's hold timed out with nobody answering
+            container, host, port = m["k"]
+            rt.holds.remember_unanswered((str(container), str(host), int(port)), float(m["s"]))
         elif kind == "dns":
             rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
         elif kind == "reload":
