@@ -77,10 +77,8 @@ from greyproxy.store.executor import run_in_db
 from greyproxy.store.migrate import apply_migrations
 from greyproxy.store.writer import StoreWriter
 from greyproxy.trust import is_installed
-from greyproxy.workers import metrics_feed
-from greyproxy.workers.channel import Message
 from greyproxy.workers.child import WorkerProcess
-from greyproxy.workers.held_http import SharedRequestHolds
+from greyproxy.workers.control import WorkersControl
 from greyproxy.workers.pool import WorkerPool
 
 log = logging.getLogger("greyproxy")
@@ -201,6 +199,7 @@ class Runtime:
         self.bus.add_hook(self._enforce_rule_events)
         # Worker processes (docs/workers.md) follow the control plane with the fleet's sync.
         self.workers: WorkerPool | None = None
+        self.workers_control: WorkersControl | None = None
         if config.database_url or config.workers > 1:  # changes go out; waiter counts and dismissals span them
             self.fleet = FleetSync(bus=self.bus, policy_changed=self.policy_changed,
                                    policy_refresh=self.policy_refresh, rules=self.rules, modes=self.modes,
@@ -231,7 +230,6 @@ class Runtime:
         self.notifier = DesktopNotifier(self.bus, lambda: bool(self.settings.values()["notificationsEnabled"]),
                                         pending_link(lambda: self.dashboard_url))
         self.settings.notifier_info = self.notifier.status
-        self._worker_gauges: dict[int, dict[str, float]] = {}  # serve --workers N: each worker's last values
         self.metrics.bind(version=self.version, held=lambda: self.holds.total + self._workers_gauge("held"),
                           pending=self.pending.count,
                           tunnels=lambda: len(self.tracker) + self._workers_gauge("tunnels"))
@@ -382,14 +380,15 @@ class Runtime:
         self._proxy_sockets = {name: sockets[name] for name in ("http", "socks5")}
         self._control_sockets = [sockets["api"], udp, tcp]
         if count > 1:  # forked now, before anything here runs: a worker starts from this state
-            self.workers = WorkerPool(count, self.node_id, self.fleet.apply, self.fleet.resync,  # type: ignore[union-attr]
-                                      self._from_worker)
-            self.workers.fork(lambda index, sock: WorkerProcess(self, index, count, sock).run())
-            self.workers.wait_ready()
+            pool = self.workers = WorkerPool(count, self.node_id, self.fleet.apply,  # type: ignore[union-attr]
+                                             self.fleet.resync)  # type: ignore[union-attr]
+            pool.fork(lambda index, sock: WorkerProcess(self, index, count, sock).run())
+            pool.wait_ready()
             for sock in self._proxy_sockets.values():
                 sock.close()
-            self.request_holds = SharedRequestHolds(self.request_holds, self.workers.call)
-            self.bus.add_hook(self._tell_workers)
+            control = self.workers_control = WorkersControl(pool, self.bus, self.metrics, self.request_holds,
+                                                            self.assembler.wake)
+            self.request_holds = control.request_holds  # the API lists and answers every worker's
         self._proxies = self.proxy_servers() if count == 1 else []
         api = WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),
                          handler_class=wsgi_handler(limits))
@@ -453,51 +452,19 @@ class Runtime:
         for sock in [*self._control_sockets, *self._proxy_sockets.values()]:
             sock.close()
 
-    def _from_worker(self, index: int, message: Message) -> None:
-        """What a worker says for the control plane alone (greyproxy/workers/pool.py)."""
-        kind = message.get("t")
-        shared = self.request_holds if isinstance(self.request_holds, SharedRequestHolds) else None
-        if kind == "event":
-            type_, data = str(message.get("type")), message.get("data")
-            if shared is not None and type_.startswith("pending_http."):
-                shared.observe(index, type_, data)
-            if type_ == "transaction.new":
-                self.assembler.wake()  # the worker wrote it: conversations are assembled here
-            self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
-        elif kind == "gone":
-            self._worker_gauges.pop(index, None)
-            if shared is not None:
-                shared.worker_gone(index)
-
     def gather_metrics(self) -> None:
-        """Before a scrape: the workers' counters' growth added here, their gauges read
-        (greyproxy/workers/metrics_feed.py)."""
-        if self.workers is None:
-            return
-        for index, reply in self.workers.ask_all({"t": "metrics"}).items():
-            metrics_feed.add(self.metrics, reply.get("d") or [])
-            self._worker_gauges[index] = reply.get("g") or {}
-
-    def _tell_workers(self, event: dict[str, Any]) -> None:
-        """A bus hook: state the workers keep in memory that the fleet's sync does not carry,
-        changed here (the CA, the running capture recordings)."""
-        if self.workers is None:
-            return
-        kind = event["type"]
-        if kind == "cert.reloaded":
-            self.workers.broadcast({"t": "cert"})
-        elif kind in ("recording.started", "recording.stopped"):
-            self.workers.broadcast({"t": "recordings"})
+        """Before a scrape: the workers' counters too (greyproxy/workers/metrics_feed.py)."""
+        if self.workers_control is not None:
+            self.workers_control.gather_metrics()
 
     def _workers_gauge(self, name: str) -> float:
-        return sum(float(g.get(name, 0)) for g in self._worker_gauges.values())
+        return self.workers_control.gauge(name) if self.workers_control is not None else 0.0
 
     def _dns_learned(self, row: CacheRow) -> None:
-        """An IP → name attribution from a DNS answer given here: stored, and told to the
-        workers, which decide raw-IP connections by it too."""
+        """An IP → name attribution from a DNS answer given here (the workers get it too)."""
         self.writer.dns_cache(row)
-        if self.workers is not None:
-            self.workers.broadcast({"t": "dns", "rows": [list(row)]})
+        if self.workers_control is not None:
+            self.workers_control.dns_learned(row)
 
     def status_line(self) -> str:
         p = self.ports

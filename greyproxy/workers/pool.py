@@ -51,15 +51,15 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, count: int, node: str, apply: Callable[[Message], None], resync: Callable[[], None],
-                 on_worker_message: Callable[[int, Message], None]) -> None:
+    def __init__(self, count: int, node: str, apply: Callable[[Message], None], resync: Callable[[], None]) -> None:
         """`apply`: the control plane's fleet sync applying a change made elsewhere; `resync`:
-        read everything again; `on_worker_message(index, message)`: the worker-only kinds."""
+        read everything again."""
         self.count = count
         self.node = node
         self.apply = apply
         self.resync = resync
-        self.on_worker_message = on_worker_message
+        # The kinds only the control plane handles (greyproxy/workers/control.py).
+        self.on_worker_message: Callable[[int, Message], None] = lambda _index, _message: None
         self.workers: dict[int, Worker] = {}
         self.fleet_link: Any = None  # the PostgreSQL link of fleet mode, when there is one
         self._stopping = False

@@ -1,0 +1,71 @@
+"""The control plane's side of what only it and its workers exchange (docs/workers.md): the
+events a worker forwards for the dashboards, the held HTTP requests of every worker, the
+workers' metrics at a scrape, and the in-memory state of its own that the workers keep a copy
+of (the CA, the running capture recordings, DNS attributions). Changes to rules, pending
+requests, sessions, credentials, modes and settings travel through the fleet's sync instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from greyproxy.workers import metrics_feed
+from greyproxy.workers.held_http import SharedRequestHolds
+
+if TYPE_CHECKING:
+    from greyproxy.events import Bus, Event
+    from greyproxy.metrics import Metrics
+    from greyproxy.proxy.request_hold import RequestHolds
+    from greyproxy.workers.channel import Message
+    from greyproxy.workers.pool import WorkerPool
+
+
+class WorkersControl:
+    def __init__(self, pool: WorkerPool, bus: Bus, metrics: Metrics, request_holds: RequestHolds,
+                 transactions_written: Callable[[], None]) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.metrics = metrics
+        self.request_holds = SharedRequestHolds(request_holds, pool.call)  # what the API lists and answers
+        self.transactions_written = transactions_written  # a worker wrote some: conversations are assembled here
+        self._gauges: dict[int, dict[str, float]] = {}  # each worker's held connections and tunnels at the last scrape
+        pool.on_worker_message = self.on_message
+        bus.add_hook(self.tell)
+
+    def on_message(self, index: int, message: Message) -> None:
+        """What a worker says for the control plane alone (greyproxy/workers/pool.py)."""
+        kind = message.get("t")
+        if kind == "event":
+            type_, data = str(message.get("type")), message.get("data")
+            if type_.startswith("pending_http."):
+                self.request_holds.observe(index, type_, data)
+            if type_ == "transaction.new":
+                self.transactions_written()
+            self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
+        elif kind == "gone":
+            self._gauges.pop(index, None)
+            self.request_holds.worker_gone(index)
+
+    def tell(self, event: Event) -> None:
+        """A bus hook: state changed here that the workers keep in memory and the fleet's
+        sync does not carry."""
+        kind = event["type"]
+        if kind == "cert.reloaded":
+            self.pool.broadcast({"t": "cert"})
+        elif kind in ("recording.started", "recording.stopped"):
+            self.pool.broadcast({"t": "recordings"})
+
+    def dns_learned(self, row: Any) -> None:
+        """An IP → name attribution from a DNS answer given here: the workers decide raw-IP
+        connections by it too."""
+        self.pool.broadcast({"t": "dns", "rows": [list(row)]})
+
+    def gather_metrics(self) -> None:
+        """Before a scrape: each worker's counters' growth added here, its gauges read."""
+        for index, reply in self.pool.ask_all({"t": "metrics"}).items():
+            metrics_feed.add(self.metrics, reply.get("d") or [])
+            self._gauges[index] = reply.get("g") or {}
+
+    def gauge(self, name: str) -> float:
+        return sum(float(g.get(name, 0)) for g in self._gauges.values())
