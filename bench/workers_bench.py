@@ -280,6 +280,8 @@ def derive(run: dict) -> dict[str, Any]:
     """CPU µs per connection of the control plane and of each worker, and the 2-core projection."""
     ok = run.get("ok") or 0
     by = run.get("cpu_s_by_pid") or {}
+    if not sum(by.values()):  # a window too short for one 10 ms CPU tick: nothing to divide by
+        by = {}
     pid, workers = str(run["proxy_pid"]), [str(w) for w in run.get("worker_pids") or []]
     out: dict[str, Any] = {"rate": run.get("rate_per_s"), "errors": run.get("errors", 0)}
     if not ok or not by:
