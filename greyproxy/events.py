@@ -55,9 +55,11 @@ class Bus:
         # a time. They run first in publish, or earlier, through record()/record_many(), inside
         # the transaction that made the change.
         self._recorders: list[Callable[[list[Event]], None]] = []
-        # Event types handed on elsewhere (a worker process's to its control plane), in publish
-        # order: they count as wanted even with no subscriber here.
-        self._forwarded: set[str] = set()
+        # Whether an event type is handed on elsewhere (a worker process's to its control plane,
+        # in publish order): it counts as wanted even with no subscriber here.
+        self._forwarded: Callable[[str], bool] = lambda _type: False
+        # Called when a subscriber comes or goes (the workers' control plane tells them what is wanted).
+        self.subscribers_changed: Callable[[], None] = lambda: None
 
     def subscribe(
         self,
@@ -67,19 +69,21 @@ class Bus:
     ) -> Subscription:
         sub = Subscription(self, Queue(maxsize), set(types) if types is not None else None, accept)
         self._subs[id(sub)] = sub
+        self.subscribers_changed()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs.pop(id(sub), None)
+        if self._subs.pop(id(sub), None) is not None:
+            self.subscribers_changed()
 
     def add_hook(self, hook: Callable[[Event], None]) -> None:
         self._hooks.append(hook)
 
-    def forward(self, types: Iterable[str], send: Callable[[Event], None]) -> None:
-        """`send(event)` for every event of these types, inside publish (it must not block)."""
-        wanted = set(types)
-        self._forwarded |= wanted
-        self.add_hook(lambda event: send(event) if event["type"] in wanted else None)
+    def forward(self, wanted: Callable[[str], bool], send: Callable[[Event], None]) -> None:
+        """`send(event)` inside publish (it must not block) for every event whose type
+        `wanted` says someone elsewhere wants now."""
+        self._forwarded = wanted
+        self.add_hook(lambda event: send(event) if wanted(event["type"]) else None)
 
     def add_recorder(self, recorder: Callable[[list[Event]], None]) -> None:
         self._recorders.append(recorder)
@@ -117,7 +121,7 @@ class Bus:
     def wants(self, type_: str) -> bool:
         """Whether a subscriber would receive an event of this type, so a costly payload can be
         skipped. Hooks do not count: they are for control events (rules), not traffic."""
-        return type_ in self._forwarded or any(s.types is None or type_ in s.types for s in self._subs.values())
+        return self._forwarded(type_) or any(s.types is None or type_ in s.types for s in self._subs.values())
 
     @property
     def subscriber_count(self) -> int:

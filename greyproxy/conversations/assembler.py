@@ -413,7 +413,10 @@ class ConversationAssembler:
 
     def _calls(self, cid: str) -> list[Call]:
         """The conversation's calls in order, WebSocket answers attached to the call they answer."""
-        rows = HttpTransaction.select().where(HttpTransaction.conversation_id == cid).order_by(HttpTransaction.id)
+        # In the order they were made: with worker processes (docs/workers.md) each writes its
+        # own rows, so the ids follow the writes, not the requests.
+        rows = (HttpTransaction.select().where(HttpTransaction.conversation_id == cid)
+                .order_by(HttpTransaction.timestamp, HttpTransaction.id))
         calls: list[Call] = []
         for row in rows:
             if row.method == "WS_RESP":

@@ -30,9 +30,12 @@ from greyproxy.workers.channel import Channel, Message
 
 log = logging.getLogger("greyproxy.workers")
 
-# Events a worker publishes that the control plane's dashboards and API want to see.
-FORWARDED = ("transaction.new", "pending_http.created", "pending_http.allowed", "pending_http.denied",
-             "pending_http.expired", "pending_http.gone", "session.substitution")
+# Events a worker publishes that the control plane's API keeps track of.
+FORWARDED = ("pending_http.created", "pending_http.allowed", "pending_http.denied", "pending_http.expired",
+             "pending_http.gone", "session.substitution")
+# Forwarded only while a dashboard or client on the control plane subscribes to them (it says
+# so: "wants"): serializing each captured exchange for nobody costs the worker and the link.
+ON_DEMAND = ("transaction.new",)
 
 
 class WorkerProcess:
@@ -45,6 +48,7 @@ class WorkerProcess:
         self._stop = Event()
         self._hurry = Event()
         self._stopping = False
+        self.wanted: set[str] = set()  # the ON_DEMAND event types the control plane wants now
         self.metrics = metrics_feed.MetricsFeed(rt.metrics, lambda: {"held": rt.holds.total,
                                                                       "tunnels": len(rt.tracker)})
 
@@ -65,8 +69,10 @@ class WorkerProcess:
         rt.fleet.start(self.channel)
         # In publish order, on the same link as everything else: a read the control plane makes
         # after a barrier (WorkerPool.barrier) sees what a worker published before answering it.
-        rt.bus.forward(FORWARDED, lambda event: self.channel.send(
+        rt.bus.forward(lambda kind: kind in FORWARDED or kind in self.wanted, lambda event: self.channel.send(
             {"t": "event", "type": event["type"], "data": event["data"]}))
+        # The conversations are assembled by the control plane: it hears when rows were written.
+        rt.writer.on_transactions = lambda: self.channel.send({"t": "transactions"})
         servers = rt.proxy_servers(reuse_port=True)
         rt.writer.start()
         rt.sessions.start()
@@ -99,6 +105,8 @@ class WorkerProcess:
         elif kind == "unanswered":  # another worker's hold timed out with nobody answering
             container, host, port = m["k"]
             rt.holds.remember_unanswered((str(container), str(host), int(port)), float(m["s"]))
+        elif kind == "wants":
+            self.wanted = {t for t in m.get("types", ()) if t in ON_DEMAND}
         elif kind == "dns":
             rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
         elif kind == "reload":

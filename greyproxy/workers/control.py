@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from greyproxy.workers import metrics_feed
+from greyproxy.workers.child import ON_DEMAND
 from greyproxy.workers.held_http import SharedRequestHolds
 
 if TYPE_CHECKING:
@@ -32,6 +33,17 @@ class WorkersControl:
         self._gauges: dict[int, dict[str, float]] = {}  # each worker's held connections and tunnels at the last scrape
         pool.on_worker_message = self.on_message
         bus.add_hook(self.tell)
+        self._wanted: list[str] | None = None
+        bus.subscribers_changed = self._tell_wants
+        self._tell_wants()
+
+    def _tell_wants(self) -> None:
+        """Tell the workers which on-demand events someone here subscribes to, when that
+        changes (a dashboard opened or closed)."""
+        wanted = [t for t in ON_DEMAND if self.bus.wants(t)]
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self.pool.broadcast({"t": "wants", "types": wanted})
 
     def on_message(self, index: int, message: Message) -> None:
         """What a worker says for the control plane alone (greyproxy/workers/pool.py)."""
@@ -40,9 +52,9 @@ class WorkersControl:
             type_, data = str(message.get("type")), message.get("data")
             if type_.startswith("pending_http."):
                 self.request_holds.observe(index, type_, data)
-            if type_ == "transaction.new":
-                self.transactions_written()
             self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
+        elif kind == "transactions":
+            self.transactions_written()
         elif kind == "gone":
             self._gauges.pop(index, None)
             self.request_holds.worker_gone(index)

@@ -35,7 +35,7 @@ from greyproxy.workers.channel import Channel, Message
 log = logging.getLogger("greyproxy.workers")
 
 # What a worker sends that concerns only the control plane (not the other workers or nodes).
-LOCAL_KINDS = ("event", "reply", "ready")
+LOCAL_KINDS = ("event", "reply", "ready", "transactions")
 READY_SECONDS = 20.0  # a worker binds its sockets and starts its parts within this
 BARRIER_SECONDS = 2.0
 
