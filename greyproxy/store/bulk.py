@@ -43,9 +43,15 @@ def insert_rows(db: peewee.Database, model: type[peewee.Model], rows: Sequence[d
     def insert() -> list[int]:  # in the database thread: one hop for the whole batch
         cursor = db.connection().cursor()
         ids: list[int] = []
-        for row in rows:
-            cursor.execute(sql, [_sql_value(f, row.get(f.name, defaults[f.name])) for f in fields])
-            ids.append(cursor.lastrowid)
+        try:
+            for row in rows:
+                cursor.execute(sql, [_sql_value(f, row.get(f.name, defaults[f.name])) for f in fields])
+                ids.append(cursor.lastrowid)
+        finally:
+            # Here, in the database thread: a cursor kept alive by the error's traceback would
+            # be finalized by the garbage collector on the hub, waiting for the connection's
+            # mutex with the GIL held (store/executor.py, OffHubCursor.execute).
+            cursor.close()
         return ids
 
     with db.atomic():

@@ -38,7 +38,8 @@ class OffHubCursor:
     row there, so reading the result never touches the engine from the hub."""
 
     def __init__(self, raw: Any, database: OffHubMixin) -> None:
-        self._raw = raw
+        self._raw: Any = raw
+        self._connection = raw.connection  # a cursor for each further execute
         self._database = database
         self._rows: list[tuple[Any, ...]] = []
         self._next = 0
@@ -47,12 +48,21 @@ class OffHubCursor:
         self.rowcount = -1
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> OffHubCursor:
-        raw = self._raw
+        raw, self._raw = self._raw, None
+        connection = self._connection
 
         def run() -> tuple[list[tuple[Any, ...]], Any, Any, int]:
-            raw.execute(sql, params)
-            rows = raw.fetchall() if raw.description else []
-            return rows, raw.description, raw.lastrowid, raw.rowcount
+            cursor = raw if raw is not None else connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall() if cursor.description else []
+                return rows, cursor.description, cursor.lastrowid, cursor.rowcount
+            finally:
+                # Closed here, in the database thread. Left to the garbage collector, a cursor
+                # is finalized on the hub, where resetting its statement waits for the
+                # connection's mutex (held by a statement busy-waiting on a lock) with the GIL
+                # held: every greenlet stopped for up to the busy timeout.
+                cursor.close()
 
         self._rows, self.description, self.lastrowid, self.rowcount = self._database.run_in_db(run)
         self._next = 0
