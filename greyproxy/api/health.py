@@ -65,9 +65,12 @@ def health() -> Any:
         reasons = [*reasons, *rt.workers.health()]
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
-        body["upstream"] = upstream.status()
-        if upstream.state == "down" and not upstream.cfg.fail_open:
-            reasons = [*reasons, f"upstream proxy {upstream.cfg.display_url} unreachable: {upstream.last_error}"]
+        status = upstream.status()
+        if rt.workers_control is not None:  # the workers dial it: what the latest of them saw
+            status = rt.workers_control.upstream_status(status)
+        body["upstream"] = status
+        if status["state"] == "down" and not upstream.cfg.fail_open:
+            reasons = [*reasons, f"upstream proxy {upstream.cfg.display_url} unreachable: {status['last_error']}"]
     if reasons:
         return {**body, "status": "degraded", "reasons": reasons}
     return body

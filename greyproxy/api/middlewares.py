@@ -71,5 +71,7 @@ def list_events() -> Any:
         if value:
             query = query.where(column == value)
     total = query.count()
-    rows = query.order_by(MiddlewareEvent.id.desc()).limit(limit).offset(offset)
+    # Newest first by time: worker processes (docs/workers.md) each write their own rows, so
+    # the ids follow the writes, not the requests.
+    rows = query.order_by(MiddlewareEvent.timestamp.desc(), MiddlewareEvent.id.desc()).limit(limit).offset(offset)
     return {"items": [event_to_json(r) for r in rows], "total": total}

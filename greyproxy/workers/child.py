@@ -107,6 +107,9 @@ class WorkerProcess:
             rt.holds.remember_unanswered((str(container), str(host), int(port)), float(m["s"]))
         elif kind == "wants":
             self.wanted = {t for t in m.get("types", ()) if t in ON_DEMAND}
+        elif kind == "upstream":  # /api/health on the control plane
+            proxy = rt.upstream.get()
+            self.channel.reply(m, proxy.status() if proxy is not None else None)
         elif kind == "dns":
             rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
         elif kind == "reload":

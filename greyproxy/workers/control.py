@@ -79,5 +79,13 @@ class WorkersControl:
             metrics_feed.add(self.metrics, reply.get("d") or [])
             self._gauges[index] = reply.get("g") or {}
 
+    def upstream_status(self, own: dict[str, Any]) -> dict[str, Any]:
+        """The upstream proxy as the processes that dial it see it: the state of whichever saw
+        it change last, the tunnels and failures of all."""
+        seen = [own, *(s for s in self.pool.ask_all({"t": "upstream"}).values() if isinstance(s, dict))]
+        latest = max(seen, key=lambda s: s.get("changed_at") or 0.0)
+        return {**latest, "tunnels": sum(int(s.get("tunnels") or 0) for s in seen),
+                "failures": sum(int(s.get("failures") or 0) for s in seen)}
+
     def gauge(self, name: str) -> float:
         return sum(float(g.get(name, 0)) for g in self._gauges.values())
