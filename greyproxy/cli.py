@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from greyproxy import __version__, cli_cert, cli_install, cli_ops
+from greyproxy import __version__, cli_cert, cli_install, cli_ops, gcpolicy
 from greyproxy.logsetup import setup_logging
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log_level, config.log_format)
     _raise_fd_limit()
+    gcpolicy.tune()
     log = logging.getLogger("greyproxy")
     for name in config.ignored:
         log.warning("config: '%s' is not used by greyproxy and was ignored", name)

@@ -34,6 +34,7 @@ from greyproxy.fleet.key import credential_key
 from greyproxy.fleet.link import FleetLink, notifier
 from greyproxy.fleet.node import node_id
 from greyproxy.fleet.sync import FleetSync
+from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.metrics import Metrics
 from greyproxy.middleware import MiddlewareEngine
 from greyproxy.notify import DesktopNotifier, pending_link
@@ -541,6 +542,7 @@ class Runtime:
 
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         self.start()
+        freeze_startup_objects()
         if on_ready:
             on_ready()
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)

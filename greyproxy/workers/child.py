@@ -22,6 +22,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from greyproxy.events import from_other_node
+from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.proxy.dnscache import CacheRow
 from greyproxy.services.audit import current_actor
 from greyproxy.store.executor import reopen_after_fork
@@ -83,6 +84,7 @@ class WorkerProcess:
         for server in servers:
             server.start()
         self.channel.send({"t": "ready"})
+        freeze_startup_objects()  # what this worker built at its start, as the control plane does
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
         gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
         gevent.signal_handler(signal.SIGHUP, lambda: None)  # the control plane reloads, then tells us
