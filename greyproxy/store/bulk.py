@@ -14,6 +14,9 @@ import peewee
 
 from greyproxy.store.executor import run_in_db
 
+MAX_VARIABLES = 32766  # SQLite's bound on ? parameters in one statement (3.32 and later)
+MAX_ROWS_PER_STATEMENT = 200
+
 
 def _sql_value(field: peewee.Field, value: Any) -> Any:
     value = field.db_value(value)
@@ -37,16 +40,24 @@ def insert_rows(db: peewee.Database, model: type[peewee.Model], rows: Sequence[d
         with db.atomic():
             query = model.insert_many(rows, fields=fields).returning(meta.primary_key)
             return [r[0] for r in query.tuples().execute()]
-    sql = (f'INSERT INTO "{meta.table_name}" ({", ".join(f.column_name for f in fields)}) '
-           f'VALUES ({", ".join("?" for _ in fields)})')
+    columns = ", ".join(f.column_name for f in fields)
+    one_row = f"({', '.join('?' for _ in fields)})"
+    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, MAX_VARIABLES // len(fields)))
 
     def insert() -> list[int]:  # in the database thread: one hop for the whole batch
         cursor = db.connection().cursor()
         ids: list[int] = []
         try:
-            for row in rows:
-                cursor.execute(sql, [_sql_value(f, row.get(f.name, defaults[f.name])) for f in fields])
-                ids.append(cursor.lastrowid)
+            # Many rows per statement: one step (and one release of the GIL) for each chunk.
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start:start + per_statement]
+                params = [_sql_value(f, row.get(f.name, defaults[f.name])) for row in chunk for f in fields]
+                cursor.execute(f'INSERT INTO "{meta.table_name}" ({columns}) VALUES '
+                               + ", ".join([one_row] * len(chunk)), params)
+                # One statement, in our transaction: its rows took consecutive rowids, the
+                # last one's is lastrowid.
+                last = cursor.lastrowid
+                ids.extend(range(last - len(chunk) + 1, last + 1))
         finally:
             # Here, in the database thread: a cursor kept alive by the error's traceback would
             # be finalized by the garbage collector on the hub, waiting for the connection's
