@@ -353,14 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"## greyproxy and its peers ({stamp}; {os.cpu_count()} CPUs shared by client, origins and proxy; "
             f"{args.workers} workers in {args.procs} processes; greyproxy --workers {args.gp_workers}; "
             f"{'medians of ' + str(args.repeat) + ' × ' if args.repeat > 1 else ''}{args.duration:g} s windows)")
-    lines = [head, "", *bench.table()]
-    if bench.notes:
-        lines += ["", *(f"* {n}" for n in bench.notes)]
+    print_table(out, head, bench.table(), bench.notes)
+    return 0
+
+
+def print_table(out: Path, head: str, table: list[str], notes: list[str]) -> None:
+    """The table with its heading and notes, printed and kept as out/table.md."""
+    lines = [head, "", *table]
+    if notes:
+        lines += ["", *(f"* {n}" for n in notes)]
     lines += ["", f"raw JSON lines: {out}"]
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -442,13 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             f"client and origins pinned to cpu {args.client_cpu}, {args.clients} connections in {args.procs} "
             f"process(es); {'medians of ' + str(args.repeat) + ' × ' if args.repeat > 1 else ''}"
             f"{args.duration:g} s windows; load average at the end {load[0]:.1f})")
-    lines = [head, "", *table]
-    if bench.notes:
-        lines += ["", *(f"* {n}" for n in bench.notes)]
-    lines += ["", f"raw JSON lines: {out}"]
-    text = "\n".join(lines)
-    (out / "table.md").write_text(text + "\n")
-    print(text)
+    peers.print_table(out, head, table, bench.notes)
     return 0
 
 
