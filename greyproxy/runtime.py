@@ -542,7 +542,6 @@ class Runtime:
 
     def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         self.start()
-        freeze_startup_objects()
         if on_ready:
             on_ready()
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
@@ -550,6 +549,7 @@ class Runtime:
         gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)  # config, rules files, token, CA
         # Every listener is bound and serving: tell systemd (Type=notify), if it is watching.
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self.status_line()}")
+        freeze_startup_objects()  # after the handlers: a signal sent once ready is never missed
         self._stopped.wait()
         self._stopped.clear()
         self.stop()

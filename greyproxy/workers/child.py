@@ -80,14 +80,14 @@ class WorkerProcess:
         rt.tracker.start()
         rt.mitm.watch()
         rt.middlewares.start()
+        gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
+        gevent.signal_handler(signal.SIGHUP, lambda: None)  # the control plane reloads, then tells us
         self.channel.start()
         for server in servers:
             server.start()
         self.channel.send({"t": "ready"})
         freeze_startup_objects()  # what this worker built at its start, as the control plane does
-        gevent.signal_handler(signal.SIGTERM, self._on_stop_signal)
-        gevent.signal_handler(signal.SIGINT, self._on_stop_signal)
-        gevent.signal_handler(signal.SIGHUP, lambda: None)  # the control plane reloads, then tells us
         log.debug("worker %d serving (pid %d)", self.index, os.getpid())
         self._stop.wait()
         self._drain(servers)
