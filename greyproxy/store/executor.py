@@ -187,7 +187,15 @@ class OffHubMixin:
         with self._db_lock:
             if self._db_thread is None:
                 self._db_thread = ThreadPool(1)
-            ok, value = self._db_thread.apply(in_thread)
+            running = self._db_thread.spawn(in_thread)
+            try:
+                ok, value = running.get()
+            except BaseException:
+                # This greenlet was interrupted (killed, a Timeout) while the thread still runs
+                # its statement: the connection stays ours until the statement ends, or the
+                # next holder's BEGIN would land inside this transaction.
+                _wait_out(running)
+                raise
         if ok:
             return value
         with peewee.__exception_wrapper__:
@@ -226,6 +234,16 @@ class OffHubMixin:
 # Connections inherited by a forked worker: never used, and never closed there (closing them
 # could touch the parent's session); kept referenced so the garbage collector leaves them be.
 _inherited: list[Any] = []
+
+
+def _wait_out(running: Any) -> None:
+    """Wait for work already handed to the database thread, through further interruptions (it
+    ends within the busy timeout)."""
+    while not running.ready():
+        try:
+            running.wait()
+        except BaseException:  # noqa: BLE001, S112 - the caller re-raises the first one
+            continue
 
 
 def reopen_after_fork(db: peewee.Database) -> None:

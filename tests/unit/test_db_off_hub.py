@@ -84,3 +84,27 @@ def test_errors_come_back_as_peewee_errors_and_the_connection_stays_usable(db):
         db.execute_sql("SELECT * FROM no_such_table")
     assert run_in_db(db, lambda: db.connection().execute("SELECT 41 + 1").fetchone()[0]) == 42
     assert db.execute_sql("SELECT 1").fetchone() == (1,)
+
+
+def test_a_greenlet_killed_mid_statement_keeps_the_connection_until_it_ends(db, tmp_path):
+    """A transaction's greenlet killed while its statement waits in the database thread: the
+    next greenlet's transaction must not start inside the first (SQLite: 'cannot start a
+    transaction within a transaction'), and the killed one's rows are rolled back."""
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+
+    def doomed() -> None:
+        with db.atomic():
+            Rule.create(**_rule("doomed.example.com"))  # waits on the lock in the database thread
+
+    victim = gevent.spawn(doomed)
+    gevent.sleep(0.2)
+    victim.kill(block=False)  # while its INSERT still waits
+    gevent.spawn_later(0.3, other.execute, "COMMIT")
+    with db.atomic():
+        Rule.create(**_rule("next.example.com"))
+    victim.join(timeout=10)
+    other.close()
+    patterns = {r.destination_pattern for r in Rule.select()}
+    assert "next.example.com" in patterns
+    assert "doomed.example.com" not in patterns
