@@ -418,6 +418,7 @@ class Runtime:
             self.fleet.start(self.workers)
         for server in self._servers:
             server.start()
+        freeze_startup_objects()  # before the handshake says we are up: no pause once clients come
         self.write_handshake()
 
     def _limits_config(self) -> LimitsConfig:
@@ -549,7 +550,6 @@ class Runtime:
         gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)  # config, rules files, token, CA
         # Every listener is bound and serving: tell systemd (Type=notify), if it is watching.
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self.status_line()}")
-        freeze_startup_objects()  # after the handlers: a signal sent once ready is never missed
         self._stopped.wait()
         self._stopped.clear()
         self.stop()

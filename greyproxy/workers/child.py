@@ -86,8 +86,8 @@ class WorkerProcess:
         self.channel.start()
         for server in servers:
             server.start()
-        self.channel.send({"t": "ready"})
         freeze_startup_objects()  # what this worker built at its start, as the control plane does
+        self.channel.send({"t": "ready"})
         log.debug("worker %d serving (pid %d)", self.index, os.getpid())
         self._stop.wait()
         self._drain(servers)
