@@ -51,6 +51,7 @@ class PolicyHolder:
     def __init__(self) -> None:
         self.state = PolicyState(index=RuleIndex([]))
         self._journals: list[list[RuleChange]] = []  # one per rebuild under way
+        self._started_rebuilds = 0  # the newest rebuild's number: only it may swap its index in
         self.rebuilds = 0
         self.patches = 0
         self.session_extensions = 0
@@ -64,12 +65,19 @@ class PolicyHolder:
         it replaces the old one, and nothing committed is lost. `extras` (silent mode, container
         modes, current sessions, allow-all containers) is read at the swap, so it is current."""
         started = time.perf_counter()
+        self._started_rebuilds += 1
+        number = self._started_rebuilds
         journal: list[RuleChange] = []
         self._journals.append(journal)
         try:
             index = in_worker(RuleIndex, load())
         finally:
             self._journals.remove(journal)
+        if number != self._started_rebuilds:
+            # A newer rebuild read the store after this one (for a change this read may predate,
+            # such as an ingest, which comes as a rebuild, not a patch): only its index may go in,
+            # whichever finishes first, or the rules it brought would vanish meanwhile.
+            return
         for change in journal:
             _patch(index, change)
         silent_mode, modes, current_sessions, allow_all = extras()

@@ -92,3 +92,29 @@ def test_a_patch_applied_while_a_rebuild_reads_the_store_is_not_lost():
     holder.rebuild(load, lambda: (None, (), None, frozenset()))
     patcher.join()
     assert holder.rule(1) == old and holder.rule(2) == late
+
+
+def test_an_older_rebuild_finishing_last_does_not_undo_a_newer_one():
+    """Two rebuilds overlap (a fleet resync and an ingest): the one that read the store first
+    finishes last. Its index lacks what the newer read found and must not replace it."""
+    import gevent
+
+    from greyproxy.policy.index import RuleSpec
+
+    holder = PolicyHolder()
+    ingested = RuleSpec(id=7, container_pattern="*", destination_pattern="ingested.example", port_pattern="443",
+                        action="deny")
+
+    def slow_old_read() -> list[RuleSpec]:
+        gevent.sleep(0.1)
+        return []  # read before the ingest committed
+
+    def new_read() -> list[RuleSpec]:
+        return [ingested]
+
+    older = gevent.spawn(holder.rebuild, slow_old_read, lambda: (None, (), None, frozenset()))
+    gevent.sleep(0.01)
+    holder.rebuild(new_read, lambda: (None, (), None, frozenset()))
+    assert holder.rule(7) == ingested
+    older.join()
+    assert holder.rule(7) == ingested, "the older rebuild swapped in an index without the ingested deny rule"
