@@ -19,8 +19,9 @@ from greyproxy.policy.decide import ConnectionRequest, Decision, Verdict
 from greyproxy.policy.identity import container_from_username
 from greyproxy.policy.patterns import canonical_host
 from greyproxy.proxy.dnscache import canonical_ip
+from greyproxy.proxy.relay import closer, relay
 from greyproxy.proxy.tracker import TrackedConnection
-from greyproxy.proxy.tunnel import DialError, closer, dial, peer_ip, relay
+from greyproxy.proxy.tunnel import DialError, dial, peer_ip
 from greyproxy.store.records import Attempt
 from greyproxy.timeutil import utcnow
 

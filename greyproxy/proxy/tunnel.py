@@ -11,7 +11,6 @@ from gevent import socket as gsocket
 
 from greyproxy.policy.canonical import canonical_ip
 from greyproxy.proxy.guard import ControlPlaneGuard
-from greyproxy.proxy.relay import SPLICE, Watch, closer, relay  # noqa: F401  (re-exported for callers)
 from greyproxy.proxy.resolver import ResolveError, Resolver, system_addresses
 from greyproxy.proxy.upstream_proxy import UpstreamDown, UpstreamProxy, UpstreamRefused
 

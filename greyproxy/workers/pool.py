@@ -35,7 +35,7 @@ from greyproxy.workers.channel import Channel, Message
 log = logging.getLogger("greyproxy.workers")
 
 # What a worker sends that concerns only the control plane (not the other workers or nodes).
-LOCAL_KINDS = ("event", "reply", "ready", "transactions")
+LOCAL_KINDS = ("event", "transactions")  # replies never get here: the channel answers its calls
 READY_SECONDS = 20.0  # a worker binds its sockets and starts its parts within this
 BARRIER_SECONDS = 2.0
 
@@ -149,10 +149,11 @@ class WorkerPool:
 
     # -- from a worker -------------------------------------------------------------------
     def _from_worker(self, index: int, message: Message) -> None:
-        if message.get("t") == "ready":
+        kind = message.get("t")
+        if kind == "ready":
             self.workers[index].ready = True
             return
-        if message.get("t") in LOCAL_KINDS:
+        if kind in LOCAL_KINDS:
             self.on_worker_message(index, message)
             return
         self.apply(message)

@@ -72,6 +72,16 @@ def spread(gp, n: int) -> dict[int, int]:
     return found
 
 
+def held_in_both_workers(gp, origin, n: int) -> tuple[list[subprocess.Popen], dict]:
+    """`n` clients held on one destination, in both workers (checked); their pending request."""
+    clients = held_curls(gp, origin, n)
+    counts = spread(gp, n)
+    assert all(c > 0 for c in counts.values()), f"all held in one worker: {counts}"
+    item = wait_until(lambda: pending_for(gp, origin), 5)
+    assert item, "the held connections never became a pending request"
+    return clients, item
+
+
 def test_two_workers_serve_the_ports_and_the_control_plane_holds_none(gp_factory, origin):
     gp = gp_factory(["--workers", "2"])
     health = gp.api("GET", "/api/health").json()
@@ -92,11 +102,7 @@ def test_two_workers_serve_the_ports_and_the_control_plane_holds_none(gp_factory
 
 def test_one_approval_releases_the_connections_held_in_every_worker(gp_factory, origin):
     gp = gp_factory(["--workers", "2"], hold_seconds=30)
-    clients = held_curls(gp, origin, 16)
-    counts = spread(gp, 16)
-    assert all(n > 0 for n in counts.values()), f"all held in one worker: {counts}"
-    item = wait_until(lambda: pending_for(gp, origin), 5)
-    assert item, "the held connections never became a pending request"
+    clients, item = held_in_both_workers(gp, origin, 16)
     # the waiter count shown to the human spans the workers
     assert gp.wait_for(lambda: (pending_for(gp, origin) or {}).get("waiter_count") == 16, timeout=5), \
         pending_for(gp, origin)
@@ -114,10 +120,7 @@ def test_one_approval_releases_the_connections_held_in_every_worker(gp_factory, 
 
 def test_a_denial_refuses_the_connections_held_in_every_worker(gp_factory, origin):
     gp = gp_factory(["--workers", "2"], hold_seconds=30)
-    clients = held_curls(gp, origin, 12)
-    counts = spread(gp, 12)
-    assert all(n > 0 for n in counts.values()), f"all held in one worker: {counts}"
-    item = wait_until(lambda: pending_for(gp, origin), 5)
+    clients, item = held_in_both_workers(gp, origin, 12)
     assert gp.api("POST", f"/api/pending/{item['id']}/deny", json={}).status_code == 200
     for client in clients:
         client.communicate(timeout=10)

@@ -1,4 +1,4 @@
-"""tunnel.relay() on real loopback sockets in this process: a bulky tunnel between plain
+"""byte_relay.relay() on real loopback sockets in this process: a bulky tunnel between plain
 sockets moves through a kernel pipe (splice), a tunnel torn down mid-transfer (a revoked rule's
 closer) ends the relay at once, and no pipe fd outlives its tunnel."""
 
@@ -12,7 +12,6 @@ import pytest
 from gevent import socket as gsocket
 
 from greyproxy.proxy import relay as byte_relay
-from greyproxy.proxy import tunnel
 
 pytestmark = pytest.mark.skipif(not byte_relay.SPLICE, reason="no splice(2) here")
 
@@ -45,7 +44,7 @@ def test_bulk_goes_through_a_pipe_byte_for_byte():
     agent, client = _pair()  # agent ↔ proxy's client side
     upstream, origin = _pair()  # proxy's upstream side ↔ origin
     before = _pipes()
-    relay = gevent.spawn(tunnel.relay, client, upstream)
+    relay = gevent.spawn(byte_relay.relay, client, upstream)
 
     def serve() -> None:
         origin.sendall(data)
@@ -74,7 +73,7 @@ def test_a_tunnel_closed_mid_splice_ends_and_leaks_no_pipe():
     agent, client = _pair()
     upstream, origin = _pair()
     before = _pipes()
-    relay = gevent.spawn(tunnel.relay, client, upstream)
+    relay = gevent.spawn(byte_relay.relay, client, upstream)
     chunk = b"z" * (1 << 20)
 
     def flood() -> None:  # far more than the socket buffers hold: the relay ends up waiting to write
@@ -89,7 +88,7 @@ def test_a_tunnel_closed_mid_splice_ends_and_leaks_no_pipe():
         first = agent.recv(1 << 16)  # the tunnel is flowing, then the agent stops reading
         while _pipes() == before:
             gevent.sleep(0.01)
-        tunnel.closer(client, upstream)()  # what revoking the rule does
+        byte_relay.closer(client, upstream)()  # what revoking the rule does
         up, down = relay.get()
     assert first and up == 0 and 0 < down < 512 * len(chunk)
     feeder.kill()
@@ -104,7 +103,7 @@ def test_plain_copy_when_splice_is_off(monkeypatch):
     agent, client = _pair()
     upstream, origin = _pair()
     before = _pipes()
-    relay = gevent.spawn(tunnel.relay, client, upstream)
+    relay = gevent.spawn(byte_relay.relay, client, upstream)
     gevent.spawn(lambda: (origin.sendall(data), origin.close()))
     agent.shutdown(gsocket.SHUT_WR)
     received = bytearray()
@@ -127,7 +126,7 @@ def test_many_bulky_tunnels_at_once_each_get_their_own_bytes():
     for data in payloads:
         agent, client = _pair()
         upstream, origin = _pair()
-        relays.append(gevent.spawn(tunnel.relay, client, upstream))
+        relays.append(gevent.spawn(byte_relay.relay, client, upstream))
         gevent.spawn(lambda o=origin, d=data: (o.sendall(d), o.close()))
         agent.shutdown(gsocket.SHUT_WR)
         agents.append(agent)

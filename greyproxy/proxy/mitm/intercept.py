@@ -32,9 +32,10 @@ from greyproxy.proxy.limits import HEAD_DEADLINE, REFUSE_SECONDS, DeadlineExceed
 from greyproxy.proxy.mitm.h2server import H2Server
 from greyproxy.proxy.mitm.h2upstream import H1Pool, H2Upstream, Single, Upstreams
 from greyproxy.proxy.mitm.upstream import OriginSessions, upstream_ssl_context, wrap_origin
+from greyproxy.proxy.relay import relay
 from greyproxy.proxy.request_hold import uninspectable_refusal
 from greyproxy.proxy.tlshello import Hello, alert_record, peek_hello
-from greyproxy.proxy.tunnel import dial, relay
+from greyproxy.proxy.tunnel import dial
 
 if TYPE_CHECKING:
     from greyproxy.ca.leaf import LeafCache
