@@ -211,6 +211,7 @@ class Runtime:
             self.pending.waiters, self.pending.dismiss_waiters = self.fleet.waiters, self.fleet.dismissed_here
         if config.silent_allow:
             self.silent.mode = "allow"
+        self.modes.reload()
         self.policy_changed()
         if config.rules_files:  # a bad rules file stops the start, like a bad config key
             log.info("rules files: %s", sync_rules_files(self.rules, config.rules_files))
@@ -306,9 +307,11 @@ class Runtime:
     def policy_refresh(self, modes: bool = False) -> None:
         """Silent mode, sessions (supersession, allow-all) or container modes changed: the rules
         did not, so the index is kept and only the small parts are swapped."""
+        if modes:
+            self.modes.reload()
         sessions = getattr(self, "sessions", None)
         self.policy.refresh(
-            self.silent.mode, self.modes.entries() if modes else self.policy.state.modes,
+            self.silent.mode, self.modes.entries(),
             current_sessions=sessions.current_sessions() if sessions else None,
             allow_all=sessions.allow_all_containers() if sessions else frozenset(),
         )

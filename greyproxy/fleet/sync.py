@@ -239,6 +239,7 @@ class FleetSync:
             self.resyncs += 1
             self.sessions.follow_all()
             self.reload_credentials()
+            self.modes.reload()
             # One rebuild from the store; a patch landing while it reads is replayed onto the new
             # index (PolicyHolder.rebuild), and held connections are re-decided.
             self.policy_changed(None)

@@ -32,10 +32,22 @@ class ModeService:
         self.from_config = tuple(
             ModeEntry(id=i - len(from_config), container_pattern=c, mode=m) for i, (c, m) in enumerate(from_config)
         )
+        # The stored modes as last read (`reload`), so `entries` never waits on the database: the
+        # policy swaps them in without yielding, and a rule patch cannot fall between the two.
+        self._stored: tuple[ModeEntry, ...] = ()
+        self._reads_started = 0
 
     def entries(self) -> tuple[ModeEntry, ...]:
+        return self.from_config + self._stored
+
+    def reload(self) -> None:
+        """Read the stored modes again (after a change here or on another node). Of overlapping
+        reads only the newest is kept: an older one may have read the store before the change."""
+        self._reads_started += 1
+        number = self._reads_started
         stored = tuple(ModeEntry(r.id, r.container_pattern, r.mode) for r in ContainerMode.select())
-        return self.from_config + stored
+        if number == self._reads_started:
+            self._stored = stored
 
     def list(self) -> list[dict[str, Any]]:
         return [mode_to_json(r) for r in ContainerMode.select().order_by(ContainerMode.id)]

@@ -63,7 +63,9 @@ class PolicyHolder:
         building the index (in a worker thread) both leave the hub serving connections, so a
         patch can be applied meanwhile: each is journaled and replayed onto the new index before
         it replaces the old one, and nothing committed is lost. `extras` (silent mode, container
-        modes, current sessions, allow-all containers) is read at the swap, so it is current."""
+        modes, current sessions, allow-all containers) is read last, still journaled, so it is
+        current; from the replay to the swap nothing yields, so no patch can fall between the
+        old index and the new one."""
         started = time.perf_counter()
         self._started_rebuilds += 1
         number = self._started_rebuilds
@@ -71,6 +73,7 @@ class PolicyHolder:
         self._journals.append(journal)
         try:
             index = in_worker(RuleIndex, load())
+            silent_mode, modes, current_sessions, allow_all = extras()
         finally:
             self._journals.remove(journal)
         if number != self._started_rebuilds:
@@ -80,7 +83,6 @@ class PolicyHolder:
             return
         for change in journal:
             _patch(index, change)
-        silent_mode, modes, current_sessions, allow_all = extras()
         index.set_sessions(current_sessions or {})
         self.state = PolicyState(index=index, silent_mode=silent_mode, allow_all_containers=allow_all, modes=modes)
         self.rebuilds += 1

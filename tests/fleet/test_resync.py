@@ -4,11 +4,14 @@ node A can change the rules while B cannot hear of it."""
 
 from __future__ import annotations
 
+import json
+import random
 import socket
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg2
 import requests
 
 from tests.integration.netutil import wait_until
@@ -125,3 +128,40 @@ def test_a_node_cut_off_keeps_deciding_then_resyncs(gp_factory, fleet_db, key_fi
         assert fleet["reconnects"] >= 1 and fleet["resyncs"] >= 2
     finally:
         relay.close()
+
+
+def test_a_rule_made_while_the_node_resyncs_is_enforced(node_factory, fleet_db, origin):
+    """A full resync (the link's connect, a change too big to NOTIFY) rebuilds the index from the
+    store while the API creates a rule: the rule the API confirmed lets its request through, with
+    no later rebuild to mend a loss. In CI a rule made just as the link first resynced vanished
+    from the index: the rebuild read the container modes (a database read) after its journal
+    closed, and the rule's patch landed on the index about to be replaced."""
+    node = node_factory("node-a", hold_seconds=0.5)
+    assert wait_until(lambda: node.api("GET", "/api/health").json().get("fleet", {}).get("connected"), 10)
+    notifier = psycopg2.connect(fleet_db)
+    notifier.autocommit = True
+    session = requests.Session()
+    session.trust_env = False
+    refused = []
+    try:
+        for i in range(40):
+            container = f"agent{i}"
+            # One resync asked by another node, the rule created a moment before or after it.
+            resync = threading.Timer(random.uniform(0, 0.006), lambda: notifier.cursor().execute(
+                "SELECT pg_notify('greyproxy_fleet', %s)", (json.dumps({"n": "node-z", "t": "resync"}),)))
+            resync.start()
+            made = node.api("POST", "/api/rules", json={"container_pattern": container,
+                                                        "destination_pattern": origin.host,
+                                                        "port_pattern": str(origin.port)})
+            assert made.status_code == 201, made.text
+            resync.join()
+            time.sleep(0.05)  # the resync's rebuild is over: nothing later can mend the index
+            resp = session.get(f"http://{origin.host}:{origin.port}/r{i}", timeout=5,
+                               proxies={"http": f"http://{container}:x@127.0.0.1:{node.ports['http']}"})
+            if resp.status_code != 200:
+                refused.append((i, resp.status_code, resp.headers.get("X-Greyproxy-Reason")))
+    finally:
+        notifier.close()
+    assert not refused, f"confirmed rules missing from the index: {refused}"
+    assert {f"/r{i}" for i in range(40)} <= {r["path"] for r in origin.requests}
+    assert node.api("GET", "/api/metrics").json()["policy"]["rebuilds"] >= 20  # the resyncs did rebuild

@@ -118,3 +118,47 @@ def test_an_older_rebuild_finishing_last_does_not_undo_a_newer_one():
     assert holder.rule(7) == ingested
     older.join()
     assert holder.rule(7) == ingested, "the older rebuild swapped in an index without the ingested deny rule"
+
+
+def test_a_patch_applied_while_the_small_parts_are_read_is_not_lost():
+    """The rebuild reads silent mode, container modes and sessions last. Were that read to yield
+    after the journal closed, a rule patched meanwhile would land on the index being replaced
+    (CI: a rule created as the fleet link first resynced stayed missing)."""
+    import gevent
+
+    from greyproxy.policy.index import RuleSpec
+
+    holder = PolicyHolder()
+    late = RuleSpec(id=2, container_pattern="*", destination_pattern="late.example", port_pattern="443",
+                    action="allow")
+
+    def slow_extras():
+        gevent.sleep(0.05)
+        return (None, (), None, frozenset())
+
+    patcher = gevent.spawn_later(0.01, holder.apply, RuleChange(added=(late,)))
+    holder.rebuild(lambda: [], slow_extras)
+    patcher.join()
+    assert holder.rule(2) == late
+
+
+def test_the_runtime_reads_the_policy_small_parts_from_memory(tmp_path):
+    """The runtime's small parts (container modes above all) are read without a database
+    round trip, so a rebuild swaps its index in without yielding; a mode set through the
+    service is in them at once."""
+    import gevent
+
+    from greyproxy.config import load_config
+    from greyproxy.runtime import Runtime
+
+    runtime = Runtime(load_config(None, env={"HOME": str(tmp_path)}, flags={"data_dir": str(tmp_path)}))
+    try:
+        runtime.modes.set("agent-*", "report")
+        switched = []
+        gevent.spawn(switched.append, True)  # runs only if the read below yields to the hub
+        _silent, modes, _sessions, _allow_all = runtime._policy_extras()  # noqa: SLF001
+        assert not switched
+        assert [(m.container_pattern, m.mode) for m in modes] == [("agent-*", "report")]
+        assert runtime.policy.state.modes == modes
+    finally:
+        runtime.db.close()
