@@ -71,9 +71,9 @@ class TransactionRecorder:
         self.writer = writer
         self.metrics = metrics
 
-    def _publish(self, txn: HttpTransaction) -> None:
-        if self.bus.wants("transaction.new"):  # serializing for nobody is wasted hub time
-            self.bus.publish("transaction.new", transaction_to_json(txn))
+    def _publish(self, txn_id: int, row: dict[str, Any]) -> None:
+        if self.bus.wants("transaction.new"):  # a model and its JSON for nobody is wasted hub time
+            self.bus.publish("transaction.new", transaction_to_json(HttpTransaction(id=txn_id, **row)))
 
     def _headers(self, head: Head | None, scrub: Scrub | None) -> str | None:
         if head is None:

@@ -300,10 +300,10 @@ class ConversationAssembler:
             for r in EndpointRuleRow.select().order_by(EndpointRuleRow.id)
         ]
 
-    def _rule_for(self, row: HttpTransaction) -> EndpointRule | None:
+    def _rule_for(self, row: Any) -> EndpointRule | None:  # a row, or a head read as a named tuple
         return pick(self._rules, row.destination_host.lower(), urlsplit(row.url).path or "/", row.method)
 
-    def _candidate(self, row: HttpTransaction) -> bool:
+    def _candidate(self, row: Any) -> bool:
         """Worth loading the bodies of: a known LLM endpoint, or a JSON POST that might be one."""
         if row.method in WS_METHODS:
             rule = self._rule_for(row)
@@ -311,7 +311,7 @@ class ConversationAssembler:
                 return rule.decoder == "openai-ws"
             hint = getattr(row, "ws_hint", None)
             if hint is None:  # a whole row (rebuild): look at the frame itself
-                return WS_MARK.encode() in bytes(row.request_body or b"")
+                return WS_MARK.encode() in bytes(getattr(row, "request_body", None) or b"")
             return bool(hint)
         if self._rule_for(row) is not None:
             return True
@@ -348,7 +348,7 @@ class ConversationAssembler:
         cursor = int(self._state("last_processed_id") or 0)
         # Heads first: most traffic is not LLM calls, and its bodies need not be read at all.
         rows = list(HttpTransaction.select(*_head_columns()).where(HttpTransaction.id > cursor)
-                    .order_by(HttpTransaction.id).limit(BATCH))
+                    .order_by(HttpTransaction.id).limit(BATCH).namedtuples())  # no model per head
         touched: dict[str, None] = {}
         recent: dict[tuple[str, str, str | None], tuple[str, dt.datetime]] = {}
         sockets: dict[tuple[str, str, int, str], str] = {}  # WebSocket → conversation of its last call

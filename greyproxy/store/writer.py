@@ -45,7 +45,7 @@ class StoreWriter:
         self._attempts: deque[Attempt] = deque(maxlen=10_000)
         self._used: set[int] = set()
         self._skips: deque[tuple[str, str, int, str]] = deque(maxlen=10_000)
-        self._transactions: deque[tuple[dict[str, Any], Callable[[HttpTransaction], None] | None]] = deque(
+        self._transactions: deque[tuple[dict[str, Any], Callable[[int, dict[str, Any]], None] | None]] = deque(
             maxlen=10_000
         )
         self._middleware_events: deque[dict[str, Any]] = deque(maxlen=10_000)
@@ -84,8 +84,8 @@ class StoreWriter:
         self._attempts.append(attempt)
         self._wake.set()  # new pending rows should show up at once, not after a batch interval
 
-    def transaction(self, row: dict[str, Any], saved: Callable[[HttpTransaction], None] | None = None) -> None:
-        """Queue a captured exchange; `saved` runs (in the writer) once it has its id. Written
+    def transaction(self, row: dict[str, Any], saved: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        """Queue a captured exchange; `saved(id, row)` runs (in the writer) once it has its id. Written
         within TRANSACTION_DELAY, in batches: one commit per exchange would cost the hub more
         than the exchange itself."""
         row.setdefault("node_id", self.node_id)
@@ -190,7 +190,7 @@ class StoreWriter:
                 self.observe_batch("http_transactions", time.monotonic() - started, len(batch))
                 for (row, callback), txn_id in zip(batch, ids, strict=True):
                     if callback is not None:
-                        callback(HttpTransaction(id=txn_id, **row))
+                        callback(txn_id, row)
                 self.on_transactions()
 
     def flush(self) -> None:
