@@ -91,6 +91,11 @@ def dribble(port: int, payload: bytes, legit: Callable[[], bool], seconds: float
     return closed, received, results
 
 
+# The exact count of one process: with N workers each enforces 1/N of a cap (docs/workers.md#limits),
+# which tests/integration/test_workers.py asserts.
+ONE_PROCESS = ["--workers", "1"]
+
+
 def test_slowloris_http_heads_are_cut_by_the_head_deadline(gp_factory, local_origin):
     gp = gp_factory(config_yaml=SLOW_YAML)
     url = f"http://127.0.0.1:{local_origin.port}/"
@@ -163,7 +168,7 @@ def test_api_head_deadline(gp_factory):
 
 
 def test_connection_cap_per_address(gp_factory, local_origin):
-    gp = gp_factory(config_yaml="limits: {connections_per_address: 3}\n")
+    gp = gp_factory(config_yaml="limits: {connections_per_address: 3}\n", extra_args=ONE_PROCESS)
     port = gp.ports["http"]
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
     try:
@@ -215,7 +220,7 @@ def test_connection_cap_per_address(gp_factory, local_origin):
 
 
 def test_held_cap_per_container(gp_factory, origin):
-    gp = gp_factory(config_yaml="limits: {held_per_container: 2}\n", hold_seconds=30)
+    gp = gp_factory(config_yaml="limits: {held_per_container: 2}\n", hold_seconds=30, extra_args=ONE_PROCESS)
     port = gp.ports["http"]
     request = (f"GET http://{origin.host}:{origin.port}/ HTTP/1.1\r\nHost: {origin.host}:{origin.port}\r\n"
                f"{AUTH}\r\n\r\n").encode()
@@ -250,7 +255,7 @@ def test_held_cap_per_container(gp_factory, origin):
 
 
 def test_request_rate_per_container_answers_429(gp_factory, local_origin):
-    gp = gp_factory(config_yaml="limits: {requests_per_second: 1, requests_burst: 3}\n")
+    gp = gp_factory(config_yaml="limits: {requests_per_second: 1, requests_burst: 3}\n", extra_args=ONE_PROCESS)
     url = f"http://127.0.0.1:{local_origin.port}/"
     codes = [proxy_get(gp.ports["http"], url) for _ in range(6)]
     assert [r.status_code for r in codes[:3]] == [200, 200, 200]
