@@ -164,6 +164,60 @@ def test_pages_for_missing_apis_show_their_empty_state(gp, dashboards):
     assert dash.errors == []
 
 
+def test_a_late_settings_answer_never_undoes_a_newer_change(gp, dashboards):
+    """The answer to the page's own save is held back until a newer change made elsewhere has
+    reached the page: the older answer must not put the page back (CI saw the theme, and a
+    checkbox just clicked, reverted by a slow answer or a re-read arriving late)."""
+    dash = dashboards(gp).login("/settings")
+    page = dash.page
+    late = []  # (route, the server's answer), fulfilled when the test says
+
+    def hold_the_answer(route):
+        if route.request.method == "PUT":
+            late.append((route, route.fetch()))  # the server has applied it; the page waits
+        else:
+            route.continue_()
+
+    page.route("**/api/settings", hold_the_answer)
+    page.locator("#theme-choice label", has_text="Dark").click()
+    assert gp.wait_for(lambda: gp.api("GET", "/api/settings").json()["theme"] == "dark")
+    gp.api("PUT", "/api/settings", json={"theme": "light"})  # newer, from another dashboard
+    expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    page.wait_for_timeout(200)
+    assert len(late) == 1
+    route, answer = late[0]
+    route.fulfill(response=answer)  # {"theme": "dark", ...}: older than what the page shows
+    expect(page.locator(".toast")).to_contain_text("Theme saved")
+    expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    expect(page.locator("#theme-choice input[value=light]")).to_be_checked()
+
+    # A checkbox just clicked keeps its new state when a re-read asked before the click lands.
+    page.unroute("**/api/settings")
+    box = page.locator("#conv-enabled")
+    expect(box).to_be_checked()
+    reads = []
+
+    def hold_the_read(route):
+        if route.request.method == "GET":
+            reads.append((route, route.fetch()))  # conversations still on
+        else:
+            route.continue_()
+
+    page.route("**/api/settings", hold_the_read)
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#cert-replace").click()  # then the page re-reads its settings: held
+    expect(page.locator(".toast").last).to_contain_text("CA replaced")
+    page.wait_for_timeout(200)
+    assert len(reads) == 1
+    box.uncheck()
+    expect(page.locator(".toast").last).to_contain_text("Conversations saved")  # its answer is in
+    assert gp.api("GET", "/api/settings").json()["conversations"]["enabled"] is False
+    route, answer = reads[0]
+    route.fulfill(response=answer)
+    page.wait_for_timeout(500)  # the old answer is in
+    assert not box.is_checked()
+
+
 def test_settings_theme_toggles_and_silent_mode(gp, dashboards):
     dash = dashboards(gp).login("/settings")
     page = dash.page

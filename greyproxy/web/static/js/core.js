@@ -502,9 +502,10 @@ export const shell = {
     live.on(["pending_request.*"], refreshBadge);
     live.onResync(refreshBadge);
     live.on("pending_request.created", (item) => this.notifyBrowser(item));
-    live.on("settings.changed", (s) => this.applySettings(s));
+    live.on("settings.changed", (s) => this.applySettings(s, performance.now()));
     live.on("notification.claims_changed", (d) => { this.notifications.claims = d.active_claims; });
-    get("/api/settings").then((s) => this.applySettings(s)).catch(() => {});
+    const askedAt = performance.now();
+    get("/api/settings").then((s) => this.applySettings(s, askedAt)).catch(() => {});
   },
 
   // The nav scrolls sideways on a phone: keep the current page's link in view, centred.
@@ -528,7 +529,11 @@ export const shell = {
     } catch { /* the banner reports a lost login; anything else shows up elsewhere */ }
   },
 
-  applySettings(settings) {
+  settingsAt: -1, // when the settings shown were asked for: a slower, older answer never replaces them
+
+  applySettings(settings, askedAt) {
+    if (askedAt < this.settingsAt) return;
+    this.settingsAt = askedAt;
     if (settings.theme) document.documentElement.dataset.theme = settings.theme;
     if (settings.notifications) {
       this.notifications.enabled = settings.notifications.enabled;

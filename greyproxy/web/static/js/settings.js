@@ -12,15 +12,36 @@ const DEFAULT_REDACTED = ["authorization", "proxy-authorization", "cookie", "set
 
 const lines = (text) => text.split("\n").map((l) => l.trim()).filter(Boolean);
 
+// Settings reach this page from several places: the answers to its own saves, re-reads, live
+// events. A slow answer can arrive after a newer event, so each snapshot is stamped with when it
+// was asked for (an event: when it arrived) and an older one never replaces a newer one. A
+// control the user has just changed keeps the user's value until its save has settled.
+let latest = null;
+let latestAt = -1;
+const editing = new Set(); // "theme", "notify", "mitm", "conv": a save under way
+
+function take(snapshot, askedAt) {
+  if (askedAt >= latestAt) {
+    latest = snapshot;
+    latestAt = askedAt;
+  }
+  showSettings(latest);
+}
+
+async function reread() {
+  const askedAt = performance.now();
+  take(await get("/api/settings"), askedAt);
+}
+
 function showSettings(s) {
-  for (const radio of $$("input[name=theme]")) radio.checked = radio.value === s.theme;
+  if (!editing.has("theme")) for (const radio of $$("input[name=theme]")) radio.checked = radio.value === s.theme;
   document.documentElement.dataset.theme = s.theme;
-  notifyBox.checked = Boolean(s.notifications?.enabled);
-  mitmBox.checked = Boolean(s.mitm?.enabled);
+  if (!editing.has("notify")) notifyBox.checked = Boolean(s.notifications?.enabled);
+  if (!editing.has("mitm")) mitmBox.checked = Boolean(s.mitm?.enabled);
   const backend = s.notifications?.backend;
   if (backend && backend !== "none") $("#notify-backend").textContent = `Desktop notifications via ${backend}.`;
   $("#notify-hint").hidden = Boolean(s.notifications?.available) || (backend && backend !== "none");
-  $("#conv-enabled").checked = s.conversations?.enabled !== false;
+  if (!editing.has("conv")) $("#conv-enabled").checked = s.conversations?.enabled !== false;
   showClaims(s.notifications?.activeClaims || 0);
   showMitmDetails(s.mitm || {});
   showRedaction(s.redactedHeaders);
@@ -57,8 +78,9 @@ function showRedaction(patterns) {
 
 async function saveList(form, body, what) {
   showFormError(form, "");
+  const askedAt = performance.now();
   try {
-    showSettings(await api("PUT", "/api/settings", body));
+    take(await api("PUT", "/api/settings", body), askedAt);
     toast(`${what} saved`, "ok");
   } catch (err) {
     showFormError(form, err.message);
@@ -71,7 +93,7 @@ async function generateCa(force) {
   try {
     const res = await api("POST", `/api/cert/generate${force ? "?force=true" : ""}`);
     toast(res.message, "ok");
-    showSettings(await get("/api/settings"));
+    await reread();
   } catch (err) {
     reportError(err);
   }
@@ -91,13 +113,22 @@ function showClaims(n) {
   el.textContent = n ? `A companion app has claimed notifications (${n}); greyproxy and this dashboard stay quiet meanwhile.` : "";
 }
 
-async function put(changes, what) {
+async function put(changes, what, control) {
+  const askedAt = performance.now();
+  editing.add(control);
+  let saved = null;
   try {
-    showSettings(await api("PUT", "/api/settings", changes));
-    toast(`${what} saved`, "ok");
+    saved = await api("PUT", "/api/settings", changes);
   } catch (err) {
     reportError(err);
-    showSettings(await get("/api/settings"));
+  } finally {
+    editing.delete(control);
+  }
+  if (saved) {
+    take(saved, askedAt);
+    toast(`${what} saved`, "ok");
+  } else {
+    await reread().catch(reportError);
   }
 }
 
@@ -158,10 +189,10 @@ function showMiddlewares(items) {
 
 startPage(async () => {
   for (const radio of $$("input[name=theme]")) {
-    radio.addEventListener("change", () => put({ theme: radio.value }, "Theme"));
+    radio.addEventListener("change", () => put({ theme: radio.value }, "Theme", "theme"));
   }
-  notifyBox.addEventListener("change", () => put({ notifications: { enabled: notifyBox.checked } }, "Notifications"));
-  mitmBox.addEventListener("change", () => put({ mitm: { enabled: mitmBox.checked } }, "Traffic inspection"));
+  notifyBox.addEventListener("change", () => put({ notifications: { enabled: notifyBox.checked } }, "Notifications", "notify"));
+  mitmBox.addEventListener("change", () => put({ mitm: { enabled: mitmBox.checked } }, "Traffic inspection", "mitm"));
   $("#browser-permission-ask").addEventListener("click", async () => {
     await Notification.requestPermission();
     showPermission();
@@ -183,17 +214,19 @@ startPage(async () => {
   });
   $("#cert-generate").addEventListener("click", () => generateCa(false));
   $("#cert-replace").addEventListener("click", () => generateCa(true));
-  $("#conv-enabled").addEventListener("change", (e) => put({ conversations: { enabled: e.target.checked } }, "Conversations"));
+  $("#conv-enabled").addEventListener("change", (e) => put({ conversations: { enabled: e.target.checked } }, "Conversations", "conv"));
   redactForm.addEventListener("submit", (e) => {
     e.preventDefault();
     saveList(redactForm, { redactedHeaders: lines(redactForm.elements.patterns.value) }, "Redaction patterns");
   });
-  live.on("settings.changed", showSettings);
+  live.on("settings.changed", (s) => take(s, performance.now()));
+  live.onResync(() => reread().catch(reportError)); // events were missed while offline
   live.on("notification.claims_changed", (d) => showClaims(d.active_claims));
   live.on("allowall.changed", () => get("/api/allowall").then(showSilent).catch(reportError));
   showPermission();
+  const askedAt = performance.now();
   const [settings, status] = await Promise.all([get("/api/settings"), get("/api/allowall")]);
-  showSettings(settings);
+  take(settings, askedAt);
   showSilent(status);
   get("/api/middlewares").then((d) => showMiddlewares(d.items)).catch(reportError);
   live.on("config.reloaded", () => get("/api/middlewares").then((d) => showMiddlewares(d.items)).catch(reportError));
