@@ -178,3 +178,39 @@ def test_cards_do_not_shift_and_another_tabs_decision_is_named(gp_factory, dashb
         assert dash.errors == [] and other.errors == []
     finally:
         kill_all(procs)
+
+
+def test_an_old_list_answer_never_brings_back_a_decided_request(gp_factory, dashboards):
+    """Events, filters and timers each re-read the list; an answer read before a request was
+    decided, arriving after the newer list, must not draw the request back in (a human could
+    then act on a stale card)."""
+    gp = gp_factory(hold_seconds=HOLD)
+    procs = [held(gp, "http://first.test:81/")]
+    try:
+        (item,) = wait_pending(gp, 1)
+        dash = dashboards(gp).login("/pending")
+        page = dash.page
+        expect(card(page, "first.test", 81)).to_have_count(1)
+        late = []
+
+        def hold_one_answer(route):
+            if not late:
+                late.append((route, route.fetch()))  # read now, while first.test still waits
+            else:
+                route.continue_()
+
+        page.route("**/api/dashboard/pending*", hold_one_answer)
+        procs.append(held(gp, "http://second.test:82/"))  # an event: the page re-reads (answer held)
+        wait_pending(gp, 2)
+        page.wait_for_timeout(300)
+        assert len(late) == 1
+        assert gp.api("POST", f"/api/pending/{item['id']}/allow", json={"duration": "1h"}).status_code == 200
+        expect(card(page, "first.test", 81)).to_have_count(0)  # the newer list
+        expect(card(page, "second.test", 82)).to_have_count(1)
+        route, answer = late[0]
+        route.fulfill(response=answer)
+        page.wait_for_timeout(500)  # the old answer is in
+        assert card(page, "first.test", 81).count() == 0
+        assert card(page, "second.test", 82).count() == 1
+    finally:
+        kill_all(procs)

@@ -3,7 +3,7 @@
 // The transactions API arrives with TLS interception; until then its tab shows an empty state.
 import {
   $, $$, api, debounce, emptyRow, formValues, get, h, isMissing, live, prettyBody, query, renderPager,
-  reportError, startPage, timeEl, toast, returnTo, revealDetail,
+  newestGet, reportError, startPage, timeEl, toast, returnTo, revealDetail,
 } from "./core.js";
 import { LogTable } from "./logtable.js";
 
@@ -138,10 +138,12 @@ function renderTraffic() {
 
 let trafficTotal = 0;
 
+const trafficGet = newestGet();
+
 async function refreshTraffic() {
   if (!trafficAvailable) return;
   try {
-    const data = await get("/api/dashboard/transactions", { ...trafficParams(), limit: PAGE_SIZE, offset: trafficOffset });
+    const data = await trafficGet("/api/dashboard/transactions", { ...trafficParams(), limit: PAGE_SIZE, offset: trafficOffset });
     trafficItems = data.items;
     trafficTotal = data.total;
     renderTraffic();

@@ -1,7 +1,7 @@
 // Audit page: the control-plane changes, newest first, with who made them; a row opens
 // what the object was before and after.
 import {
-  $, $$, api, debounce, emptyRow, formValues, get, h, live, prettyBody, renderPager, reportError, startPage, timeEl,
+  $, $$, api, debounce, emptyRow, formValues, h, live, prettyBody, renderPager, newestGet, reportError, startPage, timeEl,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -102,10 +102,12 @@ async function verifyChain() {
   button.disabled = false;
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   const f = formValues(filters);
   try {
-    const data = await get("/api/audit", { kind: f.kind, actor: f.actor, limit: PAGE_SIZE, offset });
+    const data = await listGet("/api/audit", { kind: f.kind, actor: f.actor, limit: PAGE_SIZE, offset });
     const body = $("tbody", table);
     body.replaceChildren(...data.items.map(row));
     if (!data.items.length) body.append(emptyRow(table, "No changes match."));

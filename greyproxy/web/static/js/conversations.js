@@ -1,6 +1,6 @@
 // Conversations page: LLM conversations assembled from captured traffic, list + turn-by-turn view.
 import {
-  $, $$, debounce, formValues, get, h, isMissing, live, prettyBody, renderPager, reportError,
+  $, $$, debounce, formValues, get, h, isMissing, live, prettyBody, renderPager, newestGet, reportError,
   startPage, timeEl, returnTo, revealDetail,
 } from "./core.js";
 
@@ -18,11 +18,13 @@ function showMissing() {
   $("#conv-body").hidden = true;
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   if (!available) return;
   const f = formValues(filters);
   try {
-    const data = await get("/api/conversations", { ...f, limit: PAGE_SIZE, offset });
+    const data = await listGet("/api/conversations", { ...f, limit: PAGE_SIZE, offset });
     const items = data.items || []; // greyproxy answers null for "none"
     listEl.replaceChildren(...items.map((c) => h("li", {},
       h("button", { type: "button", class: `conv-item${c.id === selected ? " is-selected" : ""}`, dataset: { id: c.id } },

@@ -45,6 +45,21 @@ export async function api(method, path, body) {
 
 export const get = (path, params) => api("GET", params ? `${path}?${query(params)}` : path);
 
+// A list refreshed by events, filters and timers can have several reads under way, and their
+// answers can arrive out of order. `newestGet()` is a `get` for one list: once a newer read has
+// begun, an older answer is dropped (it throws `Superseded`, which reportError ignores), so a
+// slow old answer never draws a request already decided, or a rule already deleted, back in.
+export class Superseded extends Error {}
+export function newestGet() {
+  let last = 0;
+  return async (path, params) => {
+    const mine = ++last;
+    const data = await get(path, params);
+    if (mine !== last) throw new Superseded(path);
+    return data;
+  };
+}
+
 // Query string from an object, dropping empty values.
 export function query(params) {
   const q = new URLSearchParams();
@@ -252,6 +267,7 @@ export function toast(message, kind = "info") {
 }
 
 export function reportError(err) {
+  if (err instanceof Superseded) return; // a newer read draws the list
   if (err instanceof ApiError && err.status === 401) return; // the banner already says it
   if (err instanceof ApiError && err.status === 0) return; // the offline banner says it, once
   toast(err.message || String(err), "error");
@@ -402,9 +418,12 @@ export const modeBanner = {
     this.load();
   },
 
+  silentGet: newestGet(),
+  modesGet: newestGet(),
+
   async load() {
     try {
-      const [silent, modes] = await Promise.all([get("/api/allowall"), get("/api/container-modes")]);
+      const [silent, modes] = await Promise.all([this.silentGet("/api/allowall"), this.modesGet("/api/container-modes")]);
       this.silent = silent;
       this.silentAt = performance.now();
       this.modes = (modes.items || []).filter((m) => m.mode !== "enforce");
@@ -517,11 +536,13 @@ export const shell = {
     nav.scrollLeft += offset - (nav.clientWidth - cur.offsetWidth) / 2;
   },
 
+  countGet: newestGet(),
+
   async refreshBadge() {
     const el = $("#pending-badge");
     if (!el) return;
     try {
-      const { count } = await get("/api/pending/count");
+      const { count } = await this.countGet("/api/pending/count");
       el.textContent = count > 99 ? "99+" : String(count);
       el.hidden = count === 0;
       document.title = document.title.replace(/^\(\d+\+?\) /, "");

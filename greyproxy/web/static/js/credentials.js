@@ -1,16 +1,18 @@
 // Credentials page: global credentials. The real value goes in once and is never shown
 // again; agents get only the placeholder. The API arrives with credential substitution.
 import {
-  $, api, formValues, get, h, isMissing, reportError, showFormError, startPage, timeEl, toast,
+  $, api, formValues, h, isMissing, newestGet, reportError, showFormError, startPage, timeEl, toast,
 } from "./core.js";
 
 const table = $("#creds-table");
 const form = $("#cred-form");
 
+const listGet = newestGet();
+
 async function refresh() {
   let creds;
   try {
-    creds = await get("/api/credentials");
+    creds = await listGet("/api/credentials");
   } catch (err) {
     if (isMissing(err)) {
       $("#creds-empty").hidden = false;

@@ -1,5 +1,5 @@
 // Dashboard: totals, a timeline, what is waiting, what gets blocked most, recent requests.
-import { $, $$, badge, debounce, destExtras, destText, get, h, hostNodes, live, reportError, startPage, timeEl } from "./core.js";
+import { $, $$, badge, debounce, destExtras, destText, h, hostNodes, live, newestGet, reportError, startPage, timeEl } from "./core.js";
 
 const REFRESH_MS = 10000;
 const PREVIEW = 5; // pending requests listed under "Waiting for you"
@@ -66,9 +66,12 @@ function listOrEmpty(el, items, text) {
   if (!items.length) el.append(h("li", { class: "muted" }, text));
 }
 
+const statsGet = newestGet();
+const pendingGet = newestGet();
+
 async function refreshStats() {
   try {
-    const s = await get("/api/dashboard", { period, recent_limit: 8 });
+    const s = await statsGet("/api/dashboard", { period, recent_limit: 8 });
     setText("#stat-total", s.total_requests.toLocaleString());
     setText("#stat-allowed", s.allowed.toLocaleString());
     setText("#stat-blocked", s.blocked.toLocaleString());
@@ -99,7 +102,7 @@ async function refreshStats() {
 
 async function refreshPending() {
   try {
-    const data = await get("/api/pending", { limit: PREVIEW });
+    const data = await pendingGet("/api/pending", { limit: PREVIEW });
     setText("#stat-pending", String(data.total));
     $(".stat-pending").classList.toggle("has-pending", data.total > 0);
     const rows = data.items.map((p) => h("li", { class: "split-line" },

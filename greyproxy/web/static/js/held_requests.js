@@ -2,7 +2,7 @@
 // hold rule stopped on an allowed connection. Each card shows the method, URL, container, the
 // redacted headers and a body preview, and answers it once, for a while, always, or denies it
 // with a reason the agent is told. Live over /ws (pending_http.*); re-read after a reconnect.
-import { $, api, get, h, live, reportError, timeEl, toast } from "./core.js";
+import { $, api, h, live, newestGet, reportError, timeEl, toast } from "./core.js";
 
 const ALLOW = [["once", "Allow once"], ["1h", "1 h"], ["24h", "24 h"], ["permanent", "Always"]];
 const cards = new Map(); // request id -> card
@@ -69,9 +69,11 @@ function drop(id) {
   if (box) box.hidden = cards.size === 0;
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   try {
-    const data = await get("/api/pending-http", { status: "pending", limit: 200 });
+    const data = await listGet("/api/pending-http", { status: "pending", limit: 200 });
     const ids = new Set(data.items.map((i) => i.id));
     for (const id of [...cards.keys()]) if (!ids.has(id)) drop(id);
     data.items.forEach(add);

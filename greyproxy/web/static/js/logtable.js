@@ -1,7 +1,7 @@
 // The connection log (GET /api/logs) as a filterable, paginated table with a detail row per
 // entry. Used by the Logs page and the Activity page's "Connections" tab.
 import {
-  $, badge, debounce, destExtras, emptyRow, formValues, get, h, hostNodes, localToIso, renderPager, reportError, timeEl,
+  $, badge, debounce, destExtras, emptyRow, formValues, h, hostNodes, localToIso, renderPager, newestGet, reportError, timeEl,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -50,6 +50,7 @@ export class LogTable {
     this.filters = filters;
     this.pager = pager;
     this.offset = 0;
+    this.listGet = newestGet();
     this.items = [];
     this.total = 0;
     this.open = new Set(); // ids whose detail row is shown
@@ -99,7 +100,7 @@ export class LogTable {
 
   async refresh() {
     try {
-      const data = await get("/api/logs", { ...this.params(), limit: PAGE_SIZE, offset: this.offset });
+      const data = await this.listGet("/api/logs", { ...this.params(), limit: PAGE_SIZE, offset: this.offset });
       this.items = data.items;
       this.total = data.total;
       this.render(data);

@@ -6,7 +6,7 @@
 // another tab or by the API) first turns into a same-height note, removed only once the pointer
 // has left the list, so the card under the cursor never changes between two clicks.
 import {
-  $, $$, api, connection, debounce, destExtras, destText, get, h, hostNodes, HOLD_SECONDS, live, relative, reportError,
+  $, $$, api, connection, debounce, destExtras, destText, get, h, hostNodes, HOLD_SECONDS, live, relative, newestGet, reportError,
   startPage, timeEl, toast,
 } from "./core.js";
 
@@ -453,11 +453,13 @@ function filterValues() {
   return { container: filters.elements.container.value.trim(), destination: filters.elements.destination.value.trim() };
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   const f = filterValues();
   const filterKey = JSON.stringify(f);
   try {
-    const data = await get("/api/dashboard/pending", { ...f, limit: 500 });
+    const data = await listGet("/api/dashboard/pending", { ...f, limit: 500 });
     loadedTotal = Math.max(data.total, data.items.length);
     render(data.items, lastFilterKey !== null && filterKey !== lastFilterKey);
     lastFilterKey = filterKey;

@@ -2,7 +2,7 @@
 // Validation is the API's: its message is shown next to the form and nothing is saved.
 import {
   $, api, badge, debounce, destExtras, emptyRow, formValues, get, h, isoToLocal, live, localToIso, relative,
-  renderPager, reportError, showFormError, startPage, timeEl, toast,
+  renderPager, newestGet, reportError, showFormError, startPage, timeEl, toast,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -111,6 +111,8 @@ function setSort(key, dir) {
   refresh();
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   const params = { ...listParams(), sort: sortKey, dir: sortDir, limit: PAGE_SIZE, offset };
   for (const th of table.querySelectorAll("thead th")) {
@@ -120,7 +122,7 @@ async function refresh() {
   }
   writeUrl();
   try {
-    const data = await get("/api/dashboard/rules", params);
+    const data = await listGet("/api/dashboard/rules", params);
     if (!data.items.length && offset > 0) { // the last rule of a page went away
       offset = Math.max(0, offset - PAGE_SIZE);
       return refresh();

@@ -1,6 +1,6 @@
 // Sessions page: sandboxes registered with POST /api/sessions (credential substitution).
 // The API arrives with credential substitution; until then the page shows its empty state.
-import { $, api, badge, debounce, get, h, isMissing, live, reportError, startPage, timeEl, toast } from "./core.js";
+import { $, api, badge, debounce, h, isMissing, live, newestGet, reportError, startPage, timeEl, toast } from "./core.js";
 
 const table = $("#sessions-table");
 
@@ -9,10 +9,12 @@ function empty(show) {
   $("#sessions-body").hidden = show;
 }
 
+const listGet = newestGet();
+
 async function refresh() {
   let sessions;
   try {
-    sessions = await get("/api/sessions");
+    sessions = await listGet("/api/sessions");
   } catch (err) {
     if (isMissing(err)) empty(true); else reportError(err);
     return;
