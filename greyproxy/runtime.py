@@ -289,6 +289,13 @@ class Runtime:
         self.sessions.load(created)
 
     # -- policy ------------------------------------------------------------------------
+    def flush_writes(self) -> None:
+        """Before an API read: what was logged a moment ago is written, by this process and by
+        each worker process (docs/workers.md), which is asked and waited for a bounded time."""
+        self.writer.flush()
+        if self.workers_control is not None:
+            self.workers_control.flush_writers()
+
     def policy_changed(self, change: RuleChange | None = None) -> None:
         """A committed rule change (issue 13): patch the index in place (synchronous and cheap, so
         the very next decision sees it), or rebuild it from the store when asked to (start,

@@ -47,7 +47,7 @@ def get_dashboard() -> Any:
         group = auto_group(since, until)
     check_buckets(since, until, group)
     recent = int_arg("recent_limit", 10, minimum=0, maximum=100)
-    runtime().writer.flush()  # include rows logged a moment ago
+    runtime().flush_writes()  # include rows logged a moment ago
     return dashboard_stats(LogFilter(since=since, until=until), group, recent)
 
 
@@ -108,7 +108,7 @@ def rules_with_hits() -> Any:
     descending = choice_arg("dir", ("asc", "desc"), default="desc") == "desc"
     hits_q = (RequestLog.select(RequestLog.rule_id, peewee.fn.COUNT(RequestLog.id).alias("n"))
               .where(RequestLog.rule_id.is_null(False)).group_by(RequestLog.rule_id))
-    runtime().writer.flush()  # count connections logged a moment ago
+    runtime().flush_writes()  # count connections logged a moment ago
     hits = hits_q.alias("hits")
     n = peewee.fn.COALESCE(hits.c.n, 0)
     query = (Rule.select(Rule, n.alias("hits"))

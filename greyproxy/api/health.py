@@ -39,10 +39,14 @@ def health() -> Any:
         },
     }
     busy: list[str] = []
+    worker_reasons: list[str] = []
     try:
         # Health answers at once even while the database is held (a long write, or a lock
         # taken by another process that statements wait up to their busy timeout on).
         held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
+        if rt.workers_control is not None:  # the workers write the traffic (docs/workers.md)
+            workers_held, worker_reasons = rt.workers_control.store_health()
+            held = max(held, workers_held)
         if held > BUSY_AFTER:
             busy = [f"database busy: one statement or transaction has held it for {held:.1f} s (a long "
                     "write, or the file locked by another process)"]
@@ -63,6 +67,7 @@ def health() -> Any:
     if rt.workers is not None:  # serve --workers N (docs/workers.md)
         body["workers"] = rt.workers.status()
         reasons = [*reasons, *rt.workers.health()]
+        reasons = [*reasons, *worker_reasons]
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
         status = upstream.status()

@@ -55,7 +55,7 @@ def log_filter(since: dt.datetime | None, until: dt.datetime | None) -> LogFilte
     if search is not None and (len(search) > MAX_SEARCH or "\x00" in search):
         raise ApiError(400, f"query parameter 'search' must be at most {MAX_SEARCH} characters, without NUL")
     # Rows the proxy logged a moment ago sit in the writer's queue; readers expect to see them.
-    runtime().writer.flush()
+    runtime().flush_writes()
     return LogFilter(
         container=str_arg("container"),
         destination=str_arg("destination"),

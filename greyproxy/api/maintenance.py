@@ -23,7 +23,7 @@ bp = Blueprint("maintenance", __name__)
 @bp.post("/api/maintenance/redact-headers")
 def redact_headers() -> Any:
     # Rows still queued in the writer would otherwise miss this run.
-    runtime().writer.flush()
+    runtime().flush_writes()
     runtime().redaction.start()  # Conflict (409) while a run is in progress
     return {"status": "redaction started"}
 
@@ -36,7 +36,7 @@ def redact_headers_status() -> Any:
 @bp.post("/api/maintenance/scrub-secrets")
 def scrub_secrets() -> Any:
     # Stored rows from before capture-time scrubbing (echoed secrets, raw redacted values).
-    runtime().writer.flush()
+    runtime().flush_writes()
     runtime().scrub_job.start(current_actor.get())  # Conflict (409) while a run is in progress
     return {"status": "scrubbing started"}
 
@@ -67,5 +67,5 @@ def _stored_version() -> str | None:
 
 @bp.post("/api/maintenance/prune")
 def prune() -> Any:
-    runtime().writer.flush()
+    runtime().flush_writes()
     return {"status": "ok", **runtime().retention.prune()}

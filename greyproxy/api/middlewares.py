@@ -63,7 +63,7 @@ def event_to_json(row: MiddlewareEvent) -> dict[str, Any]:
 def list_events() -> Any:
     limit = int_arg("limit", 50, minimum=1, maximum=1000)
     offset = int_arg("offset", 0)
-    runtime().writer.flush()  # events of a moment ago sit in the writer's queue
+    runtime().flush_writes()  # events of a moment ago sit in the writer's queue
     query = MiddlewareEvent.select()
     for name, column in (("middleware", MiddlewareEvent.middleware), ("action", MiddlewareEvent.action),
                          ("container", MiddlewareEvent.container_name), ("hook", MiddlewareEvent.hook)):

@@ -49,7 +49,7 @@ def start_recording() -> Any:
 
 @bp.get("/api/recordings/<recording_id>")
 def get_recording(recording_id: str) -> Any:
-    runtime().writer.flush()
+    runtime().flush_writes()
     return _service().describe(path_id(recording_id))
 
 
@@ -66,7 +66,7 @@ def delete_recording(recording_id: str) -> Any:
 @bp.get("/api/recordings/<recording_id>/har")
 def recording_har(recording_id: str) -> Response:
     rec = _service().get(path_id(recording_id))
-    runtime().writer.flush()
+    runtime().flush_writes()
     return har_response(TxnFilter(recording_id=rec.id), f"greyproxy-recording-{rec.id}.har")
 
 

@@ -54,7 +54,7 @@ def txn_filter() -> TxnFilter:
         raise ApiError(400, "'status_min' must not be above 'status_max'")
     recording = int_arg("recording_id", 0, minimum=1) if str_arg("recording_id") else None
     # Transactions the proxy captured a moment ago may still sit in the writer's queue.
-    runtime().writer.flush()
+    runtime().flush_writes()
     return TxnFilter(
         container=_text("container"),
         destination=_text("destination"),
@@ -126,33 +126,33 @@ def diff() -> Any:
         if text is None:
             raise ApiError(400, f"query parameter '{name}' (a transaction id) is required")
         ids.append(path_id(text))
-    runtime().writer.flush()
+    runtime().flush_writes()
     return diff_transactions(get_transaction(ids[0]), get_transaction(ids[1]))
 
 
 @bp.get("/api/transactions/<txn_id>")
 def get_one(txn_id: str) -> Any:
-    runtime().writer.flush()
+    runtime().flush_writes()
     return transaction_to_json(get_transaction(path_id(txn_id)), bodies=True)
 
 
 @bp.get("/api/transactions/<txn_id>/har")
 def one_har(txn_id: str) -> Response:
-    runtime().writer.flush()
+    runtime().flush_writes()
     row = get_transaction(path_id(txn_id))
     return _attachment(jsonify(har_document([single_entry(row)])), f"greyproxy-transaction-{row.id}.har")
 
 
 @bp.get("/api/transactions/<txn_id>/curl")
 def one_curl(txn_id: str) -> Response:
-    runtime().writer.flush()
+    runtime().flush_writes()
     row = get_transaction(path_id(txn_id))
     return Response(to_curl(row), mimetype="text/plain")
 
 
 @bp.post("/api/transactions/<txn_id>/replay")
 def replay_one(txn_id: str) -> Any:
-    runtime().writer.flush()
+    runtime().flush_writes()
     row = get_transaction(path_id(txn_id))
     try:
         new = runtime().replayer.replay(row, parse_modifications(json_body(None)))

@@ -25,7 +25,7 @@ from greyproxy.events import from_other_node
 from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.proxy.dnscache import CacheRow
 from greyproxy.services.audit import current_actor
-from greyproxy.store.executor import reopen_after_fork
+from greyproxy.store.executor import OffHubMixin, reopen_after_fork
 from greyproxy.workers import metrics_feed
 from greyproxy.workers.channel import Channel, Message
 
@@ -109,6 +109,15 @@ class WorkerProcess:
             rt.holds.remember_unanswered((str(container), str(host), int(port)), float(m["s"]))
         elif kind == "wants":
             self.wanted = {t for t in m.get("types", ()) if t in ON_DEMAND}
+        elif kind == "flush":  # an API read on the control plane wants what was logged a moment ago
+            try:
+                rt.writer.flush()
+            except Exception:  # noqa: BLE001 - the rows stay queued; health says why (below)
+                log.debug("worker %d: flush before an API read failed", self.index, exc_info=True)
+            self.channel.reply(m, True)
+        elif kind == "store":  # /api/health on the control plane
+            held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
+            self.channel.reply(m, {"held": held, "reasons": rt.writer.health()})
         elif kind == "upstream":  # /api/health on the control plane
             proxy = rt.upstream.get()
             self.channel.reply(m, proxy.status() if proxy is not None else None)

@@ -79,6 +79,18 @@ class WorkersControl:
             metrics_feed.add(self.metrics, reply.get("d") or [])
             self._gauges[index] = reply.get("g") or {}
 
+    def flush_writers(self) -> None:
+        """Each worker writes what it has queued (log rows, transactions, middleware events), so
+        an API read sees what was logged a moment ago in any process."""
+        self.pool.ask_all({"t": "flush"})
+
+    def store_health(self) -> tuple[float, list[str]]:
+        """How long a worker's statement has held its connection (the longest), and why a
+        worker's writes fail, if they do: health judges them as the control plane's own."""
+        replies = self.pool.ask_all({"t": "store"})
+        held = max((float(r.get("held") or 0.0) for r in replies.values()), default=0.0)
+        return held, [f"worker {i}: {reason}" for i, r in sorted(replies.items()) for reason in r.get("reasons") or ()]
+
     def upstream_status(self, own: dict[str, Any]) -> dict[str, Any]:
         """The upstream proxy as the processes that dial it see it: the state of whichever saw
         it change last, the tunnels and failures of all."""

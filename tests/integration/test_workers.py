@@ -199,3 +199,35 @@ def test_a_client_cannot_multiply_its_connection_cap_by_the_workers(gp_factory):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_the_api_reads_what_every_worker_wrote_and_health_sees_their_store(gp_factory, origin):
+    """An API read right after the traffic sees every worker's log rows (not a second later,
+    when their writers would flush); a worker whose writes fail makes health degraded, as the
+    control plane's own writer does."""
+    import sqlite3
+
+    gp = gp_factory(["--workers", "2"])
+    assert gp.api("POST", "/api/rules", json={"container_pattern": "agent1", "destination_pattern": origin.host,
+                                              "port_pattern": str(origin.port), "action": "deny"}).status_code == 201
+    clients = [curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-x",
+                    f"http://agent1:x@127.0.0.1:{gp.ports['http']}", f"http://{origin.host}:{origin.port}/d{i}")
+               for i in range(12)]
+    assert [c.communicate(timeout=20)[0] for c in clients] == [b"403"] * 12
+    logs = gp.api("GET", "/api/logs", params={"limit": 100}).json()  # at once: no waiting
+    assert logs["total"] == 12 and {r["result"] for r in logs["items"]} == {"blocked"}
+
+    locker = sqlite3.connect(gp.data_dir / "greyproxy.db", timeout=0, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        for client in [curl("-s", "-o", "/dev/null", "-x", f"http://agent1:x@127.0.0.1:{gp.ports['http']}",
+                            f"http://{origin.host}:{origin.port}/l{i}") for i in range(8)]:
+            client.communicate(timeout=20)
+        body = gp.wait_for(lambda: (b := gp.api("GET", "/api/health").json())["status"] == "degraded"
+                           and any(r.startswith("worker ") and "database is locked" in r for r in b["reasons"])
+                           and b, timeout=30, interval=0.5)
+        assert body, gp.api("GET", "/api/health").json()
+    finally:
+        locker.rollback()
+        locker.close()
+    assert gp.wait_for(lambda: gp.api("GET", "/api/health").json()["status"] == "ok", timeout=15, interval=0.25)
