@@ -28,6 +28,7 @@ from greyproxy.config import Config, LimitsConfig, ListenAddress, load_config, s
 from greyproxy.conversations.assembler import ConversationAssembler
 from greyproxy.credentials.crypto import KeyFileError
 from greyproxy.credentials.vault import Vault
+from greyproxy.drain import drain
 from greyproxy.events import Bus
 from greyproxy.files import write_file
 from greyproxy.fleet.key import credential_key
@@ -510,14 +511,7 @@ class Runtime:
         if self.workers is not None:  # each drains its own connections meanwhile
             self.workers.stop(grace)
         pools = [s.pool for s in proxies if s.pool is not None]
-        deadline = time.monotonic() + grace
-        if any(len(p) for p in pools):
-            log.info("draining %d connection(s) for up to %g s", sum(len(p) for p in pools), grace)
-        while any(len(p) for p in pools) and time.monotonic() < deadline and not self._hurry.is_set():
-            gevent.sleep(0.05)
-        left = sum(len(p) for p in pools)
-        if left:
-            log.info("closing %d connection(s) still open after the drain", left)
+        drain(pools, grace, self._hurry)
         self.tracker.close_all()  # their handlers end on the closed sockets
         for pool in pools:
             pool.kill(block=True, timeout=1)

@@ -14,13 +14,13 @@ import logging
 import os
 import signal
 import socket
-import time
 from typing import Any
 
 import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
 
+from greyproxy.drain import drain
 from greyproxy.events import from_other_node
 from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.proxy.dnscache import CacheRow
@@ -161,9 +161,7 @@ class WorkerProcess:
         rt.holds.release_all("shutting_down")
         rt.request_holds.release_all("shutting_down")
         pools = [s.pool for s in servers if s.pool is not None]
-        deadline = time.monotonic() + rt.config.drain_seconds
-        while any(len(p) for p in pools) and time.monotonic() < deadline and not self._hurry.is_set():
-            gevent.sleep(0.05)
+        drain(pools, rt.config.drain_seconds, self._hurry, f"worker {self.index}: ")
         rt.tracker.close_all()
         for pool in pools:
             pool.kill(block=True, timeout=1)
