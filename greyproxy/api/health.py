@@ -66,8 +66,7 @@ def health() -> Any:
             reasons = [*reasons, f"fleet: not receiving other nodes' changes ({rt.fleet_link.last_error})"]
     if rt.workers is not None:  # serve --workers N (docs/workers.md)
         body["workers"] = rt.workers.status()
-        reasons = [*reasons, *rt.workers.health()]
-        reasons = [*reasons, *worker_reasons]
+        reasons = [*reasons, *rt.workers.health(), *worker_reasons]
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
         status = upstream.status()

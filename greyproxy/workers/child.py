@@ -110,11 +110,7 @@ class WorkerProcess:
         elif kind == "wants":
             self.wanted = {t for t in m.get("types", ()) if t in ON_DEMAND}
         elif kind == "flush":  # an API read on the control plane wants what was logged a moment ago
-            try:
-                rt.writer.flush()
-            except Exception:  # noqa: BLE001 - the rows stay queued; health says why (below)
-                log.debug("worker %d: flush before an API read failed", self.index, exc_info=True)
-            self.channel.reply(m, True)
+            gevent.spawn(self._flush, m)  # a locked database must not hold up the messages behind it
         elif kind == "store":  # /api/health on the control plane
             held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
             self.channel.reply(m, {"held": held, "reasons": rt.writer.health()})
@@ -139,6 +135,13 @@ class WorkerProcess:
             self.channel.reply(m, None if held is None else held.to_json())
         else:
             rt.fleet.apply(m)
+
+    def _flush(self, m: Message) -> None:
+        try:
+            self.rt.writer.flush()
+        except Exception:  # noqa: BLE001 - the rows stay queued; health says why
+            log.debug("worker %d: flush before an API read failed", self.index, exc_info=True)
+        self.channel.reply(m, True)
 
     def _link_lost(self) -> None:
         if not self._stopping:
