@@ -40,12 +40,13 @@ def health() -> Any:
     }
     busy: list[str] = []
     worker_reasons: list[str] = []
+    workers = rt.workers_control.health() if rt.workers_control is not None else None  # docs/workers.md
     try:
         # Health answers at once even while the database is held (a long write, or a lock
         # taken by another process that statements wait up to their busy timeout on).
         held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
-        if rt.workers_control is not None:  # the workers write the traffic (docs/workers.md)
-            workers_held, worker_reasons = rt.workers_control.store_health()
+        if workers is not None:  # the workers write the traffic
+            workers_held, worker_reasons = workers.store()
             held = max(held, workers_held)
         if held > BUSY_AFTER:
             busy = [f"database busy: one statement or transaction has held it for {held:.1f} s (a long "
@@ -70,8 +71,8 @@ def health() -> Any:
     upstream = rt.upstream.get()
     if upstream is not None:  # the corporate proxy allowed traffic goes through (docs/upstream-proxy.md)
         status = upstream.status()
-        if rt.workers_control is not None:  # the workers dial it: what the latest of them saw
-            status = rt.workers_control.upstream_status(status)
+        if workers is not None:  # the workers dial it: what the latest of them saw
+            status = workers.upstream_status(status)
         body["upstream"] = status
         if status["state"] == "down" and not upstream.cfg.fail_open:
             reasons = [*reasons, f"upstream proxy {upstream.cfg.display_url} unreachable: {status['last_error']}"]

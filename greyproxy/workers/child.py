@@ -111,12 +111,11 @@ class WorkerProcess:
             self.wanted = {t for t in m.get("types", ()) if t in ON_DEMAND}
         elif kind == "flush":  # an API read on the control plane wants what was logged a moment ago
             gevent.spawn(self._flush, m)  # a locked database must not hold up the messages behind it
-        elif kind == "store":  # /api/health on the control plane
-            held = rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0
-            self.channel.reply(m, {"held": held, "reasons": rt.writer.health()})
-        elif kind == "upstream":  # /api/health on the control plane
+        elif kind == "health":  # /api/health on the control plane: this worker's store and upstream
             proxy = rt.upstream.get()
-            self.channel.reply(m, proxy.status() if proxy is not None else None)
+            self.channel.reply(m, {"held": rt.db.held_for() if isinstance(rt.db, OffHubMixin) else 0.0,
+                                   "reasons": rt.writer.health(),
+                                   "upstream": proxy.status() if proxy is not None else None})
         elif kind == "dns":
             rt.dnscache.load(CacheRow(*row) for row in m.get("rows", ()))
         elif kind == "reload":

@@ -84,20 +84,31 @@ class WorkersControl:
         an API read sees what was logged a moment ago in any process."""
         self.pool.ask_all({"t": "flush"})
 
-    def store_health(self) -> tuple[float, list[str]]:
+    def health(self) -> WorkersHealth:
+        """What /api/health needs from the workers, asked of each once."""
+        return WorkersHealth(self.pool.ask_all({"t": "health"}))
+
+    def gauge(self, name: str) -> float:
+        return sum(float(g.get(name, 0)) for g in self._gauges.values())
+
+
+class WorkersHealth:
+    """The workers' answers to one health call: their store, and the upstream proxy they dial."""
+
+    def __init__(self, replies: dict[int, Any]) -> None:
+        self.replies = {i: r for i, r in replies.items() if isinstance(r, dict)}
+
+    def store(self) -> tuple[float, list[str]]:
         """How long a worker's statement has held its connection (the longest), and why a
         worker's writes fail, if they do: health judges them as the control plane's own."""
-        replies = self.pool.ask_all({"t": "store"})
-        held = max((float(r.get("held") or 0.0) for r in replies.values()), default=0.0)
-        return held, [f"worker {i}: {reason}" for i, r in sorted(replies.items()) for reason in r.get("reasons") or ()]
+        held = max((float(r.get("held") or 0.0) for r in self.replies.values()), default=0.0)
+        return held, [f"worker {i}: {reason}" for i, r in sorted(self.replies.items())
+                      for reason in r.get("reasons") or ()]
 
     def upstream_status(self, own: dict[str, Any]) -> dict[str, Any]:
         """The upstream proxy as the processes that dial it see it: the state of whichever saw
         it change last, the tunnels and failures of all."""
-        seen = [own, *(s for s in self.pool.ask_all({"t": "upstream"}).values() if isinstance(s, dict))]
+        seen = [own, *(r["upstream"] for r in self.replies.values() if isinstance(r.get("upstream"), dict))]
         latest = max(seen, key=lambda s: s.get("changed_at") or 0.0)
         return {**latest, "tunnels": sum(int(s.get("tunnels") or 0) for s in seen),
                 "failures": sum(int(s.get("failures") or 0) for s in seen)}
-
-    def gauge(self, name: str) -> float:
-        return sum(float(g.get(name, 0)) for g in self._gauges.values())
