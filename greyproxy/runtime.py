@@ -43,7 +43,7 @@ from greyproxy.policy.durations import parse_go_duration
 from greyproxy.proxy.dns import DnsAnswerer, DnsService, bind_dns_sockets, without_own_address
 from greyproxy.proxy.dnscache import CacheRow, HostnameCache
 from greyproxy.proxy.dnsupstream import Upstream, system_servers
-from greyproxy.proxy.docker import DockerResolver
+from greyproxy.proxy.docker import DockerResolver, Lister
 from greyproxy.proxy.exchange import ExchangePipeline
 from greyproxy.proxy.gate import Gatekeeper
 from greyproxy.proxy.guard import ControlPlaneGuard
@@ -197,6 +197,9 @@ class Runtime:
         self.writer.on_transactions = self.assembler.wake
         self.middlewares = MiddlewareEngine(list(config.middlewares))  # inactive when empty
         self._build_proxy_path()
+        # Where the Docker resolver gets its listings: the engine, unless a worker process says
+        # the control plane (greyproxy/workers/child.py).
+        self.docker_lister: Lister | None = None
         self.docker = self.build_docker_resolver(config)
         self.bus.add_hook(self._enforce_rule_events)
         # Worker processes (docs/workers.md) follow the control plane with the fleet's sync.
@@ -266,7 +269,7 @@ class Runtime:
         if not docker["enabled"]:
             return None
         return DockerResolver(str(docker["socket"]), parse_go_duration(str(docker["cache_ttl"])),
-                              on_result=self.metrics.docker)
+                              on_result=self.metrics.docker, lister=self.docker_lister)
 
     def _setup_sessions(self) -> None:
         """Sessions and credentials: a key of the wrong size turns credential support off
@@ -399,7 +402,7 @@ class Runtime:
             for sock in self._proxy_sockets.values():
                 sock.close()
             control = self.workers_control = WorkersControl(pool, self.bus, self.metrics, self.request_holds,
-                                                            self.assembler.wake)
+                                                            self.assembler.wake, lambda: self.docker)
             self.request_holds = control.request_holds  # the API lists and answers every worker's
         self._proxies = self.proxy_servers() if count == 1 else []
         api = WSGIServer(sockets["api"], create_app(self), log=None, error_log=logging.getLogger("greyproxy.api"),

@@ -11,7 +11,9 @@ identity. This runs on the connection path, so it must never hold a connection f
 - one listing at a time: concurrent lookups wait for the listing in flight;
 - a listing is bounded by `timeout` (1 s) and MAX_RESPONSE bytes; an engine that is down, slow or
   answering garbage counts as a miss (the username / `unknown-<ip>` identity applies) and is
-  not asked again before MISS_TTL.
+  not asked again before MISS_TTL;
+- with `serve --workers N`, a worker's resolver gets its listing from the control plane's
+  (`lister`, `shared_listing`), so the engine is asked once per MISS_TTL for all the processes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,11 +147,17 @@ def list_containers(socket_path: str, timeout: float) -> dict[str, ContainerInfo
     return containers_by_ip(listing)
 
 
+Lister = Callable[[], Mapping[str, ContainerInfo]]  # IP → container; raises EngineError
+
+
 class DockerResolver:
     def __init__(self, socket_path: str, cache_ttl: float, timeout: float = DEFAULT_TIMEOUT,
                  miss_ttl: float = MISS_TTL, on_result: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, lister: Lister | None = None) -> None:
+        """`lister`: where a listing comes from, the engine's socket unless given (a worker
+        process asks the control plane)."""
         self.socket_path = socket_path
+        self.lister = lister or (lambda: list_containers(self.socket_path, self.timeout))
         self.cache_ttl = cache_ttl
         self.timeout = timeout
         # A miss must not outlive a hit, or a known container would read as unknown for a while.
@@ -191,7 +199,7 @@ class DockerResolver:
         self._inflight = result = AsyncResult()
         ok = False
         try:
-            found = list_containers(self.socket_path, self.timeout)
+            found = self.lister()
             now = self.clock()
             expires = now + self.cache_ttl
             self._hits = {ip: (info, expires) for ip, info in found.items()}
@@ -213,3 +221,12 @@ class DockerResolver:
             self._inflight = None
             result.set(ok)
         return ok
+
+    def shared_listing(self) -> dict[str, ContainerInfo]:
+        """The containers as last listed, for a worker process's resolver: listed again only
+        once MISS_TTL has passed since the last listing, whichever process asked for it.
+        Raises EngineError when the engine cannot be asked."""
+        if self.clock() >= self._next_listing and not self._refresh():
+            raise EngineError(self._last_error or "the container list could not be read")
+        now = self.clock()
+        return {ip: info for ip, (info, expires) in self._hits.items() if expires > now}

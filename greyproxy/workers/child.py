@@ -24,6 +24,8 @@ from greyproxy.drain import drain
 from greyproxy.events import from_other_node
 from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.proxy.dnscache import CacheRow
+from greyproxy.proxy.docker import DEFAULT_TIMEOUT as DOCKER_TIMEOUT
+from greyproxy.proxy.docker import ContainerInfo, EngineError
 from greyproxy.services.audit import current_actor
 from greyproxy.store.executor import OffHubMixin, reopen_after_fork
 from greyproxy.workers import metrics_feed
@@ -68,6 +70,9 @@ class WorkerProcess:
         # A pending row's PTR name is looked up where it is shown: in the control plane.
         rt.pending.ptr_name = lambda _host: None
         rt.fleet.start(self.channel)
+        # Container listings come from the control plane, which asks the engine for everyone.
+        rt.docker_lister = self._docker_listing
+        rt.docker = rt.build_docker_resolver(rt.config)
         # In publish order, on the same link as everything else: a read the control plane makes
         # after a barrier (WorkerPool.barrier) sees what a worker published before answering it.
         rt.bus.forward(lambda kind: kind in FORWARDED or kind in self.wanted, lambda event: self.channel.send(
@@ -134,6 +139,15 @@ class WorkerProcess:
             self.channel.reply(m, None if held is None else held.to_json())
         else:
             rt.fleet.apply(m)
+
+    def _docker_listing(self) -> dict[str, ContainerInfo]:
+        # The control plane's engine timeout, and a margin for the link.
+        answer = self.channel.call({"t": "docker"}, timeout=DOCKER_TIMEOUT + 0.5)
+        if not isinstance(answer, dict) or not isinstance(answer.get("c"), dict):
+            reason = answer.get("error") if isinstance(answer, dict) else None
+            raise EngineError(str(reason or "the control plane did not answer"))
+        return {str(ip): ContainerInfo(str(c[0]), str(c[1])) for ip, c in answer["c"].items()
+                if isinstance(c, list) and len(c) == 2}
 
     def _flush(self, m: Message) -> None:
         try:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
+from greyproxy.proxy.docker import EngineError
 from greyproxy.workers import metrics_feed
 from greyproxy.workers.child import ON_DEMAND
 from greyproxy.workers.held_http import SharedRequestHolds
@@ -17,6 +20,7 @@ from greyproxy.workers.held_http import SharedRequestHolds
 if TYPE_CHECKING:
     from greyproxy.events import Bus, Event
     from greyproxy.metrics import Metrics
+    from greyproxy.proxy.docker import DockerResolver
     from greyproxy.proxy.request_hold import RequestHolds
     from greyproxy.workers.channel import Message
     from greyproxy.workers.pool import WorkerPool
@@ -24,12 +28,13 @@ if TYPE_CHECKING:
 
 class WorkersControl:
     def __init__(self, pool: WorkerPool, bus: Bus, metrics: Metrics, request_holds: RequestHolds,
-                 transactions_written: Callable[[], None]) -> None:
+                 transactions_written: Callable[[], None], docker: Callable[[], DockerResolver | None]) -> None:
         self.pool = pool
         self.bus = bus
         self.metrics = metrics
         self.request_holds = SharedRequestHolds(request_holds, pool.call)  # what the API lists and answers
         self.transactions_written = transactions_written  # a worker wrote some: conversations are assembled here
+        self.docker = docker  # the one resolver that asks the Docker engine for every process
         self._gauges: dict[int, dict[str, float]] = {}  # each worker's held connections and tunnels at the last scrape
         pool.on_worker_message = self.on_message
         bus.add_hook(self.tell)
@@ -55,9 +60,23 @@ class WorkersControl:
             self.bus.publish(type_, data, recorded=True)  # the worker ran the recorders
         elif kind == "transactions":
             self.transactions_written()
+        elif kind == "docker":  # a listing may take the engine's timeout: the link reads on meanwhile
+            gevent.spawn(self._docker_listing, index, message)
         elif kind == "gone":
             self._gauges.pop(index, None)
             self.request_holds.worker_gone(index)
+
+    def _docker_listing(self, index: int, request: Message) -> None:
+        """A worker's Docker resolver wants the containers: this process's resolver answers
+        from its listing, asking the engine only when that is due (greyproxy/proxy/docker.py)."""
+        resolver = self.docker()
+        try:
+            if resolver is None:
+                raise EngineError("Docker lookups are off")
+            answer: dict[str, Any] = {"c": {ip: [c.name, c.id] for ip, c in resolver.shared_listing().items()}}
+        except EngineError as exc:
+            answer = {"error": str(exc)}
+        self.pool.reply(index, request, answer)
 
     def tell(self, event: Event) -> None:
         """A bus hook: state changed here that the workers keep in memory and the fleet's

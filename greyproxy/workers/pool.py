@@ -35,7 +35,7 @@ from greyproxy.workers.channel import Channel, Message
 log = logging.getLogger("greyproxy.workers")
 
 # What a worker sends that concerns only the control plane (not the other workers or nodes).
-LOCAL_KINDS = ("event", "transactions")  # replies never get here: the channel answers its calls
+LOCAL_KINDS = ("event", "transactions", "docker")  # replies never get here: the channel answers its calls
 READY_SECONDS = 20.0  # a worker binds its sockets and starts its parts within this
 BARRIER_SECONDS = 2.0
 
@@ -133,6 +133,11 @@ class WorkerPool:
         calls = {w.index: gevent.spawn(w.channel.call, message, timeout) for w in live}
         gevent.joinall(list(calls.values()), timeout=timeout + 0.5)
         return {index: call.value for index, call in calls.items() if call.value is not None}
+
+    def reply(self, index: int, request: Message, value: Any) -> None:
+        worker = self.workers.get(index)
+        if worker is not None:
+            worker.channel.reply(request, value)
 
     def call(self, index: int, message: Message) -> Any:
         worker = self.workers.get(index)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.netutil import EchoServer, socks_connect
+from tests.workers import workers  # noqa: F401 - every test here runs with 1 and 2 workers: one engine listing for all
 
 # This module's servers start without a CA (mitm.generate_ca: false): its tests make the CA
 # through the API or CLI, or assert what a proxy that cannot intercept answers.

@@ -16,6 +16,7 @@ import pytest
 from tests.integration.netutil import http_connect
 from tests.integration.tlsutil import make_origin_pki
 from tests.ports import free_port
+from tests.workers import workers  # noqa: F401 - every test here runs with 1 and 2 workers
 
 pytestmark = pytest.mark.no_ca
 
@@ -88,22 +89,26 @@ def through(gp: Any, port: int, sni: str = "localhost", session: ssl.SSLSession 
         return answer, tls.session, tls.session_reused
 
 
-def test_origin_sessions_are_resumed_across_client_connections(gp_factory, origin):
+def test_origin_sessions_are_resumed_across_client_connections(gp_factory, origin, workers):
     gp2 = _gp_trusting(gp_factory, origin)
-    for _ in range(4):
+    count = 4 * workers
+    for _ in range(count):
         answer, _, _ = through(gp2, origin.port)
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok\n")
-    assert [s.get("line") for s in origin.seen] == [b"GET /r HTTP/1.1"] * 4
+    assert [s.get("line") for s in origin.seen] == [b"GET /r HTTP/1.1"] * count
     resumed = [s["resumed"] for s in origin.seen]
-    assert resumed[0] is False and all(resumed[1:]), resumed  # one full handshake, then resumptions
+    # One full handshake, then resumptions. A worker keeps its own origin sessions (an ssl
+    # session cannot cross processes), so with N workers each may make its first one in full.
+    assert resumed[0] is False and resumed.count(False) <= workers, resumed
 
 
-def test_client_resumes_and_is_still_held_to_the_server_name(gp_factory, origin):
+def test_client_resumes_and_is_still_held_to_the_server_name(gp_factory, origin, workers):
     gp = _gp_trusting(gp_factory, origin)
     answer, session, resumed = through(gp, origin.port)
     assert answer.startswith(b"HTTP/1.1 200") and not resumed
-    answer, _, resumed = through(gp, origin.port, session=session)
-    assert answer.startswith(b"HTTP/1.1 200") and resumed  # the proxy's tickets are honoured
+    for _ in range(4 * workers):  # the proxy's tickets are honoured, whichever worker takes the connection
+        answer, _, resumed = through(gp, origin.port, session=session)
+        assert answer.startswith(b"HTTP/1.1 200") and resumed
     requests = lambda: [s for s in origin.seen if "line" in s]  # noqa: E731 - what reached the origin as HTTP
     before = len(requests())
     # A resumed session names another server: refused like a full handshake would be, and the

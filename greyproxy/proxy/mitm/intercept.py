@@ -148,6 +148,7 @@ class _Handshake(greenlet_local):
 
     host: str | None = None
     sni: str | None = None
+    leaves: LeafCache | None = None  # the CA generation this handshake is served from
 
 
 class Interceptor:
@@ -166,20 +167,21 @@ class Interceptor:
         self.metrics = metrics
         self.limits: Limits | None = None  # set when the listeners start (proxy/limits.py)
         self._handshake = _Handshake()
-        # One server context per CA generation, shared by every intercepted connection: making
-        # one per connection cost more than the rest of the setup, and its session tickets are
-        # what lets a returning client resume (tickets are sealed with this context's keys).
-        self._server: tuple[LeafCache, ssl.SSLContext] | None = None
+        # One server context for the life of the process, shared by every intercepted connection:
+        # making one per connection cost more than the rest of the setup. It holds no
+        # certificate (the SNI callback hands each handshake its leaf's context), only the keys
+        # that seal session tickets, which are what lets a returning client resume. Made here,
+        # before `serve --workers N` forks, so every worker holds the same keys and a client
+        # resumes in whichever worker its next connection lands (docs/workers.md).
+        self._server = self._make_server_context()
         self.origin_sessions = OriginSessions()
 
-    def _server_context(self, leaves: LeafCache) -> ssl.SSLContext:
-        if self._server is not None and self._server[0] is leaves:
-            return self._server[1]
+    def _make_server_context(self) -> ssl.SSLContext:
         state = self._handshake
 
         def pick_leaf(tls_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            host = state.host
-            if host is None:  # not one of ours: refuse rather than guess a name
+            host, leaves = state.host, state.leaves
+            if host is None or leaves is None:  # not one of ours: refuse rather than guess a name
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             state.sni = server_name
             tls_obj.context = leaves.context_for(server_name or host, CLIENT_ALPN)
@@ -189,7 +191,6 @@ class Interceptor:
         base.minimum_version = ssl.TLSVersion.TLSv1_2
         base.sni_callback = pick_leaf
         base.set_alpn_protocols(list(CLIENT_ALPN))
-        self._server = (leaves, base)
         return base
 
     # -- entry -------------------------------------------------------------------------
@@ -358,10 +359,9 @@ class Interceptor:
         leaves = self.mitm.leaves
         assert leaves is not None
         state = self._handshake
-        state.host, state.sni = admission.host, None
+        state.host, state.sni, state.leaves = admission.host, None, leaves
         try:
-            tls_client = self._server_context(leaves).wrap_socket(client, server_side=True,
-                                                                  do_handshake_on_connect=False)
+            tls_client = self._server.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
             with gevent.Timeout(HANDSHAKE_TIMEOUT):
                 tls_client.do_handshake()
         except (OSError, ssl.SSLError, gevent.Timeout) as exc:
@@ -373,7 +373,7 @@ class Interceptor:
             upstream.close()
             return
         finally:
-            sni, state.host, state.sni = state.sni, None, None
+            sni, state.host, state.sni, state.leaves = state.sni, None, None, None
         server_name = sni or admission.host
         mismatch = self._sni_mismatch(admission, sni)
         tls_upstream = None
