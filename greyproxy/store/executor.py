@@ -16,6 +16,7 @@ until it commits or rolls back.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -24,6 +25,8 @@ import peewee
 from gevent.lock import RLock
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
+
+log = logging.getLogger("greyproxy.store")
 
 T = TypeVar("T")
 
@@ -128,8 +131,9 @@ class _Owned:
     """A transaction context (peewee's atomic/transaction/savepoint) entered while holding the
     connection's lock, released after it has committed or rolled back."""
 
-    def __init__(self, lock: ConnectionLock, inner: Any) -> None:
-        self._lock = lock
+    def __init__(self, db: OffHubMixin, inner: Any) -> None:
+        self._db = db
+        self._lock = db._db_lock
         self._inner = inner
 
     def __enter__(self) -> Any:
@@ -137,11 +141,16 @@ class _Owned:
         self._locked = not getattr(_in_db_thread, "active", False)
         if self._locked:
             self._lock.acquire()
+        outermost = self._db.transaction_depth() == 0  # type: ignore[attr-defined]
         try:
             return self._inner.__enter__()
         except BaseException:
-            if self._locked:
-                self._lock.release()
+            try:
+                if outermost:
+                    self._db.undo_interrupted_begin()
+            finally:
+                if self._locked:
+                    self._lock.release()
             raise
 
     def __exit__(self, *exc: Any) -> Any:
@@ -201,6 +210,25 @@ class OffHubMixin:
         with peewee.__exception_wrapper__:
             raise value
 
+    def in_transaction(self) -> bool:
+        """Whether the raw connection is inside a transaction (called in the database thread)."""
+        return bool(getattr(self.connection(), "in_transaction", False))  # type: ignore[attr-defined]
+
+    def undo_interrupted_begin(self) -> None:
+        """After a transaction's start failed: if its BEGIN did run (the greenlet was killed or
+        timed out while it waited its turn for the database), roll it back, or every later
+        BEGIN on the connection would land inside it ('cannot start a transaction within a
+        transaction') and its locks would stay held."""
+
+        def undo() -> None:
+            if self.in_transaction():
+                self.connection().cursor().execute("ROLLBACK")  # type: ignore[attr-defined]
+
+        try:
+            self.run_in_db(undo)
+        except Exception:  # noqa: BLE001 - the start's own error is what the caller hears
+            log.warning("database: could not roll back an interrupted transaction start", exc_info=True)
+
     def held_for(self) -> float:
         """How long the statement or transaction now using the connection has held it (0 when
         the connection is free)."""
@@ -211,16 +239,16 @@ class OffHubMixin:
         return OffHubCursor(super().cursor(), self)  # type: ignore[misc]
 
     def atomic(self, *args: Any, **kwargs: Any) -> _Owned:
-        return _Owned(self._db_lock, super().atomic(*args, **kwargs))  # type: ignore[misc]
+        return _Owned(self, super().atomic(*args, **kwargs))  # type: ignore[misc]
 
     def transaction(self, *args: Any, **kwargs: Any) -> _Owned:
-        return _Owned(self._db_lock, super().transaction(*args, **kwargs))  # type: ignore[misc]
+        return _Owned(self, super().transaction(*args, **kwargs))  # type: ignore[misc]
 
     def savepoint(self) -> _Owned:
-        return _Owned(self._db_lock, super().savepoint())  # type: ignore[misc]
+        return _Owned(self, super().savepoint())  # type: ignore[misc]
 
     def manual_commit(self) -> _Owned:
-        return _Owned(self._db_lock, super().manual_commit())  # type: ignore[misc]
+        return _Owned(self, super().manual_commit())  # type: ignore[misc]
 
     def close(self) -> bool:
         with self._db_lock:
@@ -268,3 +296,10 @@ class OffHubSqliteDatabase(OffHubMixin, peewee.SqliteDatabase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._init_off_hub()
+
+    def transaction(self, lock_type: str | None = "IMMEDIATE") -> _Owned:  # type: ignore[override]
+        # A transaction takes the write lock when it begins. Deferred (SQLite's default), one
+        # that reads first cannot write once another process (a worker writing its log rows)
+        # has committed since: SQLite answers SQLITE_BUSY at once, without the busy wait, and
+        # the change fails. Immediate, it waits its turn (busy_timeout) and then holds it.
+        return super().transaction(lock_type)

@@ -91,6 +91,11 @@ class PostgresDatabase(OffHubMixin, peewee.PostgresqlDatabase):
 
         return self.run_in_db(connect)
 
+    def in_transaction(self) -> bool:
+        conn = self._state.conn
+        return conn is not None and not self._broken() and (
+            conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
     def _broken(self) -> bool:
         conn = self._state.conn
         return conn is None or bool(getattr(conn, "closed", 1))

@@ -5,6 +5,8 @@ two greenlets never mix on the one connection."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -108,3 +110,28 @@ def test_a_greenlet_killed_mid_statement_keeps_the_connection_until_it_ends(db, 
     patterns = {r.destination_pattern for r in Rule.select()}
     assert "next.example.com" in patterns
     assert "doomed.example.com" not in patterns
+
+
+def test_a_transaction_that_reads_first_still_writes_when_another_process_wrote_meanwhile(db, tmp_path):
+    """WAL: a transaction that began with a read cannot write once another connection has
+    committed since (SQLITE_BUSY at once, without the busy wait). With workers writing log rows
+    all the time, a rule's create (a read, then the insert) failed so as a 503. A transaction
+    takes the write lock when it begins, so the other writer waits for it instead."""
+    db.execute_sql("CREATE TABLE scratch (x TEXT)")
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys\n"
+        "sys.stdin.readline()\n"  # told when the transaction below has read
+        f"c = sqlite3.connect({str(tmp_path / 't.db')!r}, timeout=10)\n"
+        "c.execute(\"INSERT INTO scratch VALUES ('theirs')\")\n"
+        "c.commit()\n")], stdin=subprocess.PIPE, text=True)
+    try:
+        with db.atomic():
+            assert db.execute_sql("SELECT count(*) FROM scratch").fetchone() == (0,)
+            other.stdin.write("go\n")
+            other.stdin.flush()
+            time.sleep(0.5)  # the other process writes now, unless it must wait for this transaction
+            db.execute_sql("INSERT INTO scratch VALUES ('mine')")
+        assert other.wait(timeout=15) == 0
+    finally:
+        other.kill()
+    assert sorted(db.execute_sql("SELECT x FROM scratch").fetchall()) == [("mine",), ("theirs",)]
