@@ -3,7 +3,8 @@
 
 Starts, one after the other on loopback: greyproxy (`serve` with a fresh data dir and CA, one
 rule allowing the benchmark origins), tinyproxy (HTTP CONNECT and absolute-URI), microsocks
-(SOCKS5) and mitmdump (TLS interception), and drives each with bench/proxyload.py. Then prints
+(SOCKS5), mitmdump (TLS interception) and bench/floor_relay.py (the least a gevent process can
+do for a CONNECT: the floor under greyproxy's cost), and drives each with bench/proxyload.py. Then prints
 one markdown table: for each measure, the figure with no proxy, greyproxy's, the peer's,
 greyproxy ÷ peer, and the proxy CPU per connection or request of both (µs) with their ratio.
 
@@ -254,6 +255,21 @@ class Bench:
             finally:
                 stop(proc)
 
+    def floor(self) -> None:
+        """bench/floor_relay.py, run by the Python that runs greyproxy: CONNECT only."""
+        python = Path(self.args.greyproxy).parent / "python"
+        port = free_port()
+        with open(self.out / "floor.log", "w") as log:
+            proc = subprocess.Popen([str(python if python.exists() else sys.executable), str(HERE / "floor_relay.py"),
+                                     str(port)], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                if not wait_port(port, proc, 15):
+                    self.notes.append("floor_relay did not listen")
+                    return
+                self.load("floor http", ["connrate"], f"http://127.0.0.1:{port}", proc.pid)
+            finally:
+                stop(proc)
+
     def _installed(self, name: str, given: str | None) -> str | None:
         exe = given or shutil.which(name)
         if not exe and self.args.install and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -274,6 +290,7 @@ class Bench:
     def table(self) -> list[str]:
         rows = [
             ("CONNECT conn/s", "connrate", "greyproxy http", "tinyproxy http", "rate_per_s"),
+            ("CONNECT conn/s, gevent floor", "connrate", "greyproxy http", "floor http", "rate_per_s"),
             ("SOCKS5 conn/s", "connrate", "greyproxy socks5", "microsocks socks5", "rate_per_s"),
             ("plain absolute-URI req/s", "plainhttp", "greyproxy http", "tinyproxy http", "rate_per_s"),
             ("bulk CONNECT MB/s", "bulk", "greyproxy http", "tinyproxy http", "mb_s"),
@@ -335,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tinyproxy", default=os.environ.get("TINYPROXY"))
     ap.add_argument("--microsocks", default=os.environ.get("MICROSOCKS"))
     ap.add_argument("--mitmdump", default=os.environ.get("MITMDUMP"))
-    ap.add_argument("--skip", default="", help="comma list of direct, greyproxy, tinyproxy, microsocks, mitmdump")
+    ap.add_argument("--skip", default="", help="comma list of direct, greyproxy, tinyproxy, microsocks, mitmdump, floor")
     ap.add_argument("--install", action="store_true", help="apt-get install missing Debian peers (root only)")
     ap.add_argument("--results", help="folder for the raw JSON lines")
     args = ap.parse_args(argv)
@@ -347,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, Path(tmp), out, free_run(4))
         if "direct" not in skip:
             bench.load("direct", ["connrate", "plainhttp", "bulk", "mitm", "mitm-keepalive"], None, None)
-        for name in ("greyproxy", "tinyproxy", "microsocks", "mitmdump"):
+        for name in ("greyproxy", "tinyproxy", "microsocks", "mitmdump", "floor"):
             if name not in skip:
                 getattr(bench, name)()
     head = (f"## greyproxy and its peers ({stamp}; {os.cpu_count()} CPUs shared by client, origins and proxy; "
