@@ -210,7 +210,7 @@ class OffHubMixin:
         with peewee.__exception_wrapper__:
             raise value
 
-    def in_transaction(self) -> bool:
+    def connection_in_transaction(self) -> bool:
         """Whether the raw connection is inside a transaction (called in the database thread)."""
         return bool(getattr(self.connection(), "in_transaction", False))  # type: ignore[attr-defined]
 
@@ -221,7 +221,7 @@ class OffHubMixin:
         transaction') and its locks would stay held."""
 
         def undo() -> None:
-            if self.in_transaction():
+            if self.connection_in_transaction():
                 self.connection().cursor().execute("ROLLBACK")  # type: ignore[attr-defined]
 
         try:

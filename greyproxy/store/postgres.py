@@ -91,7 +91,7 @@ class PostgresDatabase(OffHubMixin, peewee.PostgresqlDatabase):
 
         return self.run_in_db(connect)
 
-    def in_transaction(self) -> bool:
+    def connection_in_transaction(self) -> bool:
         conn = self._state.conn
         return conn is not None and not self._broken() and (
             conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE)
