@@ -16,7 +16,7 @@ import pytest
 from tests.integration.netutil import http_connect
 from tests.integration.tlsutil import make_origin_pki
 from tests.ports import free_port
-from tests.workers import workers  # noqa: F401 - every test here runs with 1 and 2 workers
+from tests.workers import workers  # noqa: F401 - every test here runs with 1 and 2 workers (the fixture)
 
 pytestmark = pytest.mark.no_ca
 
@@ -89,7 +89,7 @@ def through(gp: Any, port: int, sni: str = "localhost", session: ssl.SSLSession 
         return answer, tls.session, tls.session_reused
 
 
-def test_origin_sessions_are_resumed_across_client_connections(gp_factory, origin, workers):
+def test_origin_sessions_are_resumed_across_client_connections(gp_factory, origin, workers):  # noqa: F811
     gp2 = _gp_trusting(gp_factory, origin)
     count = 4 * workers
     for _ in range(count):
@@ -102,7 +102,7 @@ def test_origin_sessions_are_resumed_across_client_connections(gp_factory, origi
     assert resumed[0] is False and resumed.count(False) <= workers, resumed
 
 
-def test_client_resumes_and_is_still_held_to_the_server_name(gp_factory, origin, workers):
+def test_client_resumes_and_is_still_held_to_the_server_name(gp_factory, origin, workers):  # noqa: F811
     gp = _gp_trusting(gp_factory, origin)
     answer, session, resumed = through(gp, origin.port)
     assert answer.startswith(b"HTTP/1.1 200") and not resumed
