@@ -90,12 +90,13 @@ def test_httpx_http2_only_gets_the_page_and_a_transaction_is_stored(mgp, tls_ori
 
 def test_concurrent_streams_over_one_connection(mgp, tls_origin):
     allow(mgp, "h2many", "localhost", tls_origin.port)
-    import concurrent.futures
-
-    with h2_client(mgp, "h2many", mgp.ca_path) as client:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: client.get(f"https://localhost:{tls_origin.port}/n{i}"), range(16)))
-    assert all(a.status_code == 200 and a.text == "hello over tls\n" for a in answers)
+    # All 16 streams are open before any answer is read. (httpx used from several threads
+    # cannot do this: it may send a higher stream id before a lower one, which HTTP/2 forbids
+    # and greyproxy refuses.)
+    paths = [f"/n{i}" for i in range(16)]
+    answers = _raw_h2(mgp, "h2many", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port}", paths)
+    assert [answers[1 + 2 * i] for i in range(16)] == [(200, b"hello over tls\n")] * 16
+    assert sorted(s["path"] for s in tls_origin.seen) == sorted(paths)
     assert len(transactions(mgp, 16, container="h2many")) == 16
 
 
@@ -113,8 +114,10 @@ def test_curl_http2_through_interception(mgp, tls_origin, via):
 
 
 def _raw_h2(gp, container: str, port: int, ca, authority: str,  # noqa: ANN001
-            sni: str = "localhost") -> tuple[int | None, bytes]:
-    """One GET over HTTP/2 (CONNECT to localhost:port, SNI `sni`) naming `authority`."""
+            paths: list[str], sni: str = "localhost") -> dict[int, tuple[int | None, bytes]]:
+    """GETs over one HTTP/2 connection (CONNECT to localhost:port, SNI `sni`) naming
+    `authority`, every stream opened before any answer is read, on ids 1, 3, 5, … in order:
+    {stream id: (status, body)}."""
     code, _, raw = http_connect(gp.ports["http"], "localhost", port, user=container)
     assert code == 200
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -123,40 +126,45 @@ def _raw_h2(gp, container: str, port: int, ca, authority: str,  # noqa: ANN001
     assert sock.selected_alpn_protocol() == "h2"
     conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
-    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
-                          (":path", "/fronted")], end_stream=True)
+    answers: dict[int, tuple[int | None, bytes]] = {}
+    for i, path in enumerate(paths):
+        conn.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                                      (":path", path)], end_stream=True)
+        answers[1 + 2 * i] = (None, b"")
     sock.sendall(conn.data_to_send())
-    status, body = None, b""
+    waiting = set(answers)
     sock.settimeout(10)
-    for _ in range(100):  # bounded
+    for _ in range(100 * len(paths)):  # bounded
         data = sock.recv(65536)
         if not data:
             break
-        ended = False
         for event in conn.receive_data(data):
             if isinstance(event, ResponseReceived):
-                status = int(dict(event.headers)[":status"])
+                answers[event.stream_id] = (int(dict(event.headers)[":status"]), b"")
             elif isinstance(event, DataReceived):
-                body += event.data
+                status, body = answers[event.stream_id]
+                answers[event.stream_id] = (status, body + event.data)
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, StreamEnded | StreamReset):
-                ended = True
+                waiting.discard(event.stream_id)
         sock.sendall(conn.data_to_send())
-        if ended:
+        if not waiting:
             break
     sock.close()
-    return status, body
+    return answers
 
 
 def test_stream_naming_another_authority_never_reaches_the_origin(mgp, tls_origin):
     allow(mgp, "fronter", "localhost", tls_origin.port)
-    status, body = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, "evil.example")
+    status, body = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, "evil.example", ["/fronted"])[1]
     assert status == 403 and b"evil.example" in body
-    status2, _ = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port + 1}")
+    status2, _ = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port + 1}",
+                         ["/fronted"])[1]
     assert status2 == 403
     assert tls_origin.seen == []  # the origin saw nothing
     # the same check lets the admitted name through
-    status3, body3 = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port}")
+    status3, body3 = _raw_h2(mgp, "fronter", tls_origin.port, mgp.ca_path, f"localhost:{tls_origin.port}",
+                             ["/fronted"])[1]
     assert status3 == 200 and body3 == b"hello over tls\n"
     assert [s["path"] for s in tls_origin.seen] == ["/fronted"]
 
@@ -169,7 +177,8 @@ def test_stream_naming_another_authority_never_reaches_the_origin(mgp, tls_origi
 
 def test_h2_client_with_another_tls_name_is_answered_403_and_nothing_goes_upstream(mgp, tls_origin):
     allow(mgp, "snih2", "localhost", tls_origin.port)
-    status, body = _raw_h2(mgp, "snih2", tls_origin.port, mgp.ca_path, "evil.example", sni="evil.example")
+    status, body = _raw_h2(mgp, "snih2", tls_origin.port, mgp.ca_path, "evil.example", ["/fronted"],
+                           sni="evil.example")[1]
     assert status == 403 and b"sni_mismatch" in body
     assert tls_origin.seen == []
 
