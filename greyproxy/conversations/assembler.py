@@ -49,7 +49,7 @@ from peewee import Case, fn
 from greyproxy.capture.har import ws_key
 from greyproxy.conversations.adapters import detect_client
 from greyproxy.conversations.dissect import Dissected, Message, dissect, ws_response
-from greyproxy.conversations.endpoints import BUILTIN_RULES, EndpointRule, auto_rule, pick
+from greyproxy.conversations.endpoints import BUILTIN_RULES, EndpointRule, auto_rule, first_match, ordered
 from greyproxy.events import Bus
 from greyproxy.store.locks import CONVERSATIONS, try_lock, xact_lock
 from greyproxy.store.models import (
@@ -227,7 +227,7 @@ class ConversationAssembler:
         self.enabled = enabled
         self._wake = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
-        self._rules: list[EndpointRule] = []
+        self._ordered: list[EndpointRule] = []  # the enabled endpoint rules, in the order they are tried
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -294,14 +294,14 @@ class ConversationAssembler:
         self._load_rules()
 
     def _load_rules(self) -> None:
-        self._rules = [
+        self._ordered = ordered(
             EndpointRule(host=r.host_pattern, path=r.path_pattern, method=r.method, decoder=r.decoder_name,
                          priority=r.priority, enabled=r.enabled, user_defined=r.user_defined, id=r.id)
             for r in EndpointRuleRow.select().order_by(EndpointRuleRow.id)
-        ]
+        )
 
     def _rule_for(self, row: Any) -> EndpointRule | None:  # a row, or a head read as a named tuple
-        return pick(self._rules, row.destination_host.lower(), urlsplit(row.url).path or "/", row.method)
+        return first_match(self._ordered, row.destination_host.lower(), urlsplit(row.url).path or "/", row.method)
 
     def _candidate(self, row: Any) -> bool:
         """Worth loading the bodies of: a known LLM endpoint, or a JSON POST that might be one."""

@@ -95,23 +95,32 @@ def _method_matches(rule_method: str, method: str) -> bool:
     return rule_method == "*" or rule_method.upper() == (method or "").upper()
 
 
-def pick(rules: Iterable[EndpointRule], host: str, path: str, method: str) -> EndpointRule | None:
-    """First enabled rule matching host/path/method.
-
-    Order: priority descending, then id ascending (rules without id after numbered ones), then
-    the order of ``rules``. The host is lower-cased and compared without port (rule hosts are
-    lower-cased too); the path is compared without its query string.
-    """
-    host_n = normalize_host(host)
-    path_n = normalize_path(path)
+def ordered(rules: Iterable[EndpointRule]) -> list[EndpointRule]:
+    """The enabled rules in the order `pick` tries them: priority descending, then id ascending
+    (rules without id after numbered ones), then the order of ``rules``."""
     indexed = [(i, r) for i, r in enumerate(rules) if r.enabled]
     indexed.sort(key=lambda ir: (-ir[1].priority, ir[1].id is None, ir[1].id or 0, ir[0]))
-    for _, rule in indexed:
+    return [rule for _, rule in indexed]
+
+
+def first_match(ordered_rules: list[EndpointRule], host: str, path: str, method: str) -> EndpointRule | None:
+    """`pick` over rules already `ordered` (the assembler orders them once per load, not once
+    per transaction)."""
+    host_n = normalize_host(host)
+    path_n = normalize_path(path)
+    for rule in ordered_rules:
         if not _method_matches(rule.method, method):
             continue
         if glob_match(rule.host.lower(), host_n) and glob_match(rule.path, path_n):
             return rule
     return None
+
+
+def pick(rules: Iterable[EndpointRule], host: str, path: str, method: str) -> EndpointRule | None:
+    """First enabled rule matching host/path/method, in the order of `ordered`. The host is
+    lower-cased and compared without port (rule hosts are lower-cased too); the path is compared
+    without its query string."""
+    return first_match(ordered(rules), host, path, method)
 
 
 # Request fields and content blocks only Anthropic's Messages API has; an OpenAI-compatible chat
