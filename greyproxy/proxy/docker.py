@@ -230,3 +230,24 @@ class DockerResolver:
             raise EngineError(self._last_error or "the container list could not be read")
         now = self.clock()
         return {ip: info for ip, (info, expires) in self._hits.items() if expires > now}
+
+
+# -- the listing between processes (serve --workers N): one wire format, both ends here ----------
+def listing_message(resolver: DockerResolver | None) -> dict[str, Any]:
+    """The control plane's answer to a worker's ask: the shared listing, or why there is none."""
+    try:
+        if resolver is None:
+            raise EngineError("Docker lookups are off")
+        return {"c": {ip: [c.name, c.id] for ip, c in resolver.shared_listing().items()}}
+    except EngineError as exc:
+        return {"error": str(exc)}
+
+
+def listing_from_message(answer: Any) -> dict[str, ContainerInfo]:
+    """A worker's `Lister` result from that answer (None: the control plane did not answer).
+    Raises EngineError, as a listing from the engine would."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("c"), dict):
+        reason = answer.get("error") if isinstance(answer, dict) else None
+        raise EngineError(str(reason or "the control plane did not answer"))
+    return {str(ip): ContainerInfo(str(c[0]), str(c[1])) for ip, c in answer["c"].items()
+            if isinstance(c, list) and len(c) == 2}

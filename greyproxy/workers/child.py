@@ -25,7 +25,7 @@ from greyproxy.events import from_other_node
 from greyproxy.gcpolicy import freeze_startup_objects
 from greyproxy.proxy.dnscache import CacheRow
 from greyproxy.proxy.docker import DEFAULT_TIMEOUT as DOCKER_TIMEOUT
-from greyproxy.proxy.docker import ContainerInfo, EngineError
+from greyproxy.proxy.docker import ContainerInfo, listing_from_message
 from greyproxy.services.audit import current_actor
 from greyproxy.store.executor import OffHubMixin, reopen_after_fork
 from greyproxy.workers import metrics_feed
@@ -142,12 +142,7 @@ class WorkerProcess:
 
     def _docker_listing(self) -> dict[str, ContainerInfo]:
         # The control plane's engine timeout, and a margin for the link.
-        answer = self.channel.call({"t": "docker"}, timeout=DOCKER_TIMEOUT + 0.5)
-        if not isinstance(answer, dict) or not isinstance(answer.get("c"), dict):
-            reason = answer.get("error") if isinstance(answer, dict) else None
-            raise EngineError(str(reason or "the control plane did not answer"))
-        return {str(ip): ContainerInfo(str(c[0]), str(c[1])) for ip, c in answer["c"].items()
-                if isinstance(c, list) and len(c) == 2}
+        return listing_from_message(self.channel.call({"t": "docker"}, timeout=DOCKER_TIMEOUT + 0.5))
 
     def _flush(self, m: Message) -> None:
         try:

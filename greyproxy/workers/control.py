@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from greyproxy.proxy.docker import EngineError
+from greyproxy.proxy.docker import listing_message
 from greyproxy.workers import metrics_feed
 from greyproxy.workers.child import ON_DEMAND
 from greyproxy.workers.held_http import SharedRequestHolds
@@ -61,22 +61,10 @@ class WorkersControl:
         elif kind == "transactions":
             self.transactions_written()
         elif kind == "docker":  # a listing may take the engine's timeout: the link reads on meanwhile
-            gevent.spawn(self._docker_listing, index, message)
+            gevent.spawn(lambda: self.pool.reply(index, message, listing_message(self.docker())))
         elif kind == "gone":
             self._gauges.pop(index, None)
             self.request_holds.worker_gone(index)
-
-    def _docker_listing(self, index: int, request: Message) -> None:
-        """A worker's Docker resolver wants the containers: this process's resolver answers
-        from its listing, asking the engine only when that is due (greyproxy/proxy/docker.py)."""
-        resolver = self.docker()
-        try:
-            if resolver is None:
-                raise EngineError("Docker lookups are off")
-            answer: dict[str, Any] = {"c": {ip: [c.name, c.id] for ip, c in resolver.shared_listing().items()}}
-        except EngineError as exc:
-            answer = {"error": str(exc)}
-        self.pool.reply(index, request, answer)
 
     def tell(self, event: Event) -> None:
         """A bus hook: state changed here that the workers keep in memory and the fleet's
